@@ -1,0 +1,139 @@
+"""Self-describing checkpoints: the only interface between training and serving.
+
+A checkpoint is a folder:
+    manifest.json   {"format": 1, "family", "config", "epoch", "metrics", "files": {name: sha256}}
+    weights.pt      {"nets": {name: state_dict}, "optimizers": {...}} (DDP already unwrapped)
+The manifest carries the whole run config, so loading rebuilds the model without the
+training code's arguments (as nanoGPT does). Folders are written under a temporary name and
+renamed into place, so a reader never sees half a checkpoint; the checksums catch a file
+that was truncated or corrupted afterwards.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+FORMAT = 1
+MANIFEST = "manifest.json"
+WEIGHTS = "weights.pt"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint is missing, incomplete or corrupted."""
+
+
+@dataclass
+class Checkpoint:
+    path: Path
+    family: str
+    config: dict[str, Any]  # the full RunConfig as a dict
+    epoch: int
+    metrics: dict[str, float]
+    state: dict[str, Any] | None  # None when loaded with weights=False
+
+
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def save(
+    directory: str | Path,
+    *,
+    family: str,
+    config: dict[str, Any],
+    state: dict[str, Any],
+    epoch: int,
+    metrics: dict[str, float],
+) -> Path:
+    """Write a checkpoint folder atomically; an existing folder at `directory` is an error."""
+    directory = Path(directory)
+    if directory.exists() and any(directory.iterdir()):
+        raise CheckpointError(f"refusing to overwrite non-empty folder {directory}")
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
+    try:
+        torch.save(state, tmp / WEIGHTS)
+        manifest = {
+            "format": FORMAT,
+            "family": family,
+            "config": config,
+            "epoch": int(epoch),
+            "metrics": {k: float(v) for k, v in metrics.items()},
+            "files": {WEIGHTS: sha256(tmp / WEIGHTS)},
+        }
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True))
+        if directory.exists():
+            directory.rmdir()  # empty (checked above); os.replace needs the name free
+        os.replace(tmp, directory)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return directory
+
+
+def read_manifest(directory: str | Path) -> dict[str, Any]:
+    path = Path(directory) / MANIFEST
+    if not path.is_file():
+        raise CheckpointError(f"not a genray checkpoint: {path} is missing")
+    try:
+        manifest = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise CheckpointError(f"{path}: corrupted manifest ({err})") from None
+    if manifest.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: format {manifest.get('format')!r}, this genray reads format {FORMAT}")
+    return manifest
+
+
+def load(directory: str | Path, *, weights: bool = True, map_location: str | torch.device = "cpu") -> Checkpoint:
+    """Read and verify a checkpoint; every file's checksum is checked before use."""
+    directory = Path(directory)
+    manifest = read_manifest(directory)
+    state = None
+    if weights:
+        for name, digest in manifest["files"].items():
+            path = directory / name
+            if not path.is_file():
+                raise CheckpointError(f"checkpoint file missing: {path}")
+            if sha256(path) != digest:
+                raise CheckpointError(f"checkpoint file corrupted (checksum mismatch): {path}")
+        # weights_only: a checkpoint is data, never code to run.
+        state = torch.load(directory / WEIGHTS, map_location=map_location, weights_only=True)
+    return Checkpoint(
+        path=directory,
+        family=manifest["family"],
+        config=manifest["config"],
+        epoch=manifest["epoch"],
+        metrics=manifest["metrics"],
+        state=state,
+    )
+
+
+def load_family(directory: str | Path, device: str | torch.device = "cpu"):
+    """Rebuild a family from a checkpoint, in eval mode, ready for inference."""
+    from genray.config import RunConfig
+
+    ckpt = load(directory, map_location=device)
+    config = RunConfig.model_validate(ckpt.config)
+    family = config_family(config)(config.model, device)
+    family.load_state_dict(ckpt.state, optimizers=False)
+    family.eval()
+    return family, ckpt
+
+
+def config_family(config):
+    from genray.families import get_family
+
+    return get_family(config.family)

@@ -1,0 +1,157 @@
+"""The `genray` command: train, export, serve, demo."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from genray.config import ConfigError
+
+app = typer.Typer(
+    help="Train, search and serve classic generative and scientific models on Ray.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+def fail(message: str) -> None:
+    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(2)
+
+
+def connect(address: Optional[str]) -> None:
+    """Join the cluster at `address` (or $RAY_ADDRESS); otherwise start an embedded local Ray."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    address = address or os.environ.get("RAY_ADDRESS")
+    ray.init(address=address or "local", log_to_driver=True)
+
+
+@app.command()
+def train(
+    family: Optional[str] = typer.Argument(None, help="Model family, e.g. vae (omit with --resume)."),
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML run config."),
+    set_: List[str] = typer.Option([], "--set", "-s", help="Override: --set model.latent_dim=8 (repeatable)."),
+    workers: Optional[int] = typer.Option(None, help="Ray Train workers (train.workers)."),
+    epochs: Optional[int] = typer.Option(None, help="Epochs (train.epochs)."),
+    name: Optional[str] = typer.Option(None, help="Run name; the run folder is <storage>/<name>."),
+    storage: str = typer.Option("runs", help="Folder that holds the runs."),
+    resume: Optional[str] = typer.Option(None, help="Continue run NAME from its latest checkpoint."),
+    address: Optional[str] = typer.Option(None, help="Ray cluster address (default: $RAY_ADDRESS or a local Ray)."),
+) -> None:
+    """Train a model family with Ray Train (N workers, DDP, checkpoints)."""
+    from genray.config import build_config
+    from genray.train import fit, load_run_config
+
+    overrides = list(set_)
+    if workers is not None:
+        overrides.append(f"train.workers={workers}")
+    if epochs is not None:
+        overrides.append(f"train.epochs={epochs}")
+    try:
+        if resume:
+            if family or config or name:
+                fail("--resume takes the run's stored config; give no FAMILY, --config or --name with it")
+            cfg = load_run_config(resume, storage, overrides)
+        else:
+            if family is None and config is None:
+                fail("name a FAMILY (e.g. `genray train vae`) or a --config file")
+            overrides += [f"storage={storage}"] + ([f"name={name}"] if name else [])
+            cfg = build_config(family, config, overrides)
+        connect(address)
+        summary = fit(cfg, resume=bool(resume))
+    except (ConfigError, ValueError, FileExistsError) as err:
+        fail(str(err))
+    from genray.families import get_family
+
+    metric = get_family(cfg.family).metric
+    typer.echo(f"run:         {summary.run_dir}")
+    typer.echo(f"best:        {summary.best_checkpoint}")
+    typer.echo(f"{metric}: {summary.metrics.get(metric, float('nan')):.4f} (last epoch)")
+    typer.echo(f"wall time:   {summary.wall_s:.1f} s")
+    typer.echo(f"tensorboard: tensorboard --logdir {summary.run_dir / 'tensorboard'}")
+    typer.echo(f"export:      genray export {summary.name} --storage {storage} --to models/{cfg.family}")
+
+
+@app.command()
+def export(
+    run: str = typer.Argument(..., help="Run name (under --storage) or run folder."),
+    to: Path = typer.Option(..., "--to", help="Model store folder to write, e.g. models/vae."),
+    storage: str = typer.Option("runs", help="Folder that holds the runs."),
+    which: str = typer.Option("best", help="best (by the family's metric) or latest."),
+    replace: bool = typer.Option(False, help="Replace an existing model (the old one is kept beside it)."),
+) -> None:
+    """Copy a run's best checkpoint into the model store that deployments load."""
+    from genray.checkpoint import CheckpointError
+    from genray.store import export as export_model
+
+    run_dir = Path(run) if Path(run).is_dir() else Path(storage) / run
+    try:
+        dest = export_model(run_dir, to, which=which, replace=replace)
+    except (CheckpointError, FileExistsError, ValueError) as err:
+        fail(str(err))
+    from genray.checkpoint import read_manifest
+
+    manifest = read_manifest(dest)
+    typer.echo(f"exported {manifest['family']} (epoch {manifest['epoch']}) from {run_dir} to {dest}")
+
+
+@app.command()
+def serve(
+    config: Path = typer.Argument(..., help="Serve config YAML, e.g. serve/vae.yaml."),
+) -> None:
+    """Start the applications of a Serve config (the same file `serve run` takes); Ctrl-C stops."""
+    import yaml
+
+    from genray.deploy import resolve_model_path
+
+    if not config.is_file():
+        fail(f"serve config not found: {config}")
+    spec = yaml.safe_load(config.read_text()) or {}
+    for application in spec.get("applications", []):
+        model = (application.get("args") or {}).get("model")
+        if model and not (resolve_model_path(model) / "manifest.json").is_file():
+            fail(
+                f"application {application.get('name')!r}: no exported model at {resolve_model_path(model)}; "
+                f"train and export one first (genray demo, or genray train + genray export --to {model})"
+            )
+    os.environ.setdefault("GENRAY_HOME", os.getcwd())  # relative model paths resolve from here
+    from ray.serve.scripts import cli as serve_cli
+
+    serve_cli.main(["run", str(config)], prog_name="genray serve")
+
+
+@app.command()
+def demo(
+    workers: int = typer.Option(2, help="Ray Train workers."),
+    epochs: int = typer.Option(20, help="Epochs."),
+    out: Path = typer.Option(Path("demo_out"), help="Where the PNGs go."),
+    storage: str = typer.Option("runs", help="Folder that holds the runs."),
+    store: Path = typer.Option(Path("models/vae"), help="Model store folder to export to."),
+    port: int = typer.Option(8000, help="HTTP port for Serve."),
+    keep_serving: bool = typer.Option(False, help="Keep the endpoint up after the demo (Ctrl-C stops)."),
+) -> None:
+    """Train a VAE on Ray, export it, serve it, query it: the whole path on one machine."""
+    from genray.demo import run_demo
+
+    try:
+        run_demo(workers=workers, epochs=epochs, out=out, storage=storage, store=store, port=port,
+                 keep_serving=keep_serving)
+    except (ConfigError, ValueError) as err:
+        fail(str(err))
+
+
+def main() -> None:  # pragma: no cover - console entry point
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

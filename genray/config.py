@@ -1,0 +1,152 @@
+"""Typed run configs: YAML files plus `--set key.path=value` overrides, validated by pydantic.
+
+A run config has four parts:
+    family: vae
+    model:  {...}   the family's own Config (genray/families/<family>.py)
+    data:   {...}   genray.data.DataConfig
+    train:  {...}   TrainConfig below: epochs, workers, checkpoints, ...
+Unknown keys and bad values are errors that name the key: `model.latent_dim: Input should be
+greater than or equal to 1 (got 0)`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from genray.data import DataConfig
+from genray.families import get_family
+
+
+class ConfigError(ValueError):
+    """A config file or override is malformed, names an unknown key, or has a bad value."""
+
+
+class TrainConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    epochs: int = Field(10, ge=1, le=100_000)
+    batch_size: int = Field(32, ge=1, le=65_536)  # per worker
+    # Ray Train workers; 0 runs the loop in the driver process (no DDP), for debugging.
+    workers: int = Field(2, ge=0, le=4096)
+    # None: use GPUs when the cluster has them.
+    use_gpu: bool | None = None
+    cpus_per_worker: float = Field(1.0, gt=0.0)
+    # torch intra-op threads per worker; more than cpus_per_worker over-subscribes the cores.
+    threads_per_worker: int = Field(1, ge=1, le=256)
+    seed: int = Field(0, ge=0)
+    keep_checkpoints: int = Field(2, ge=1)  # the best K by the family's metric are kept
+    checkpoint_every: int = Field(1, ge=1)  # epochs
+    max_failures: int = Field(2, ge=-1)  # worker-group restarts from the latest checkpoint; -1 = forever
+    preview_every: int = Field(1, ge=0)  # epochs between TensorBoard image grids; 0 = never
+
+
+class RunConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    family: str
+    name: str | None = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+    # Where runs live: a local folder (or s3:// URI); a run is the folder <storage>/<name>.
+    storage: str = "runs"
+    model: Any = Field(default_factory=dict)
+    data: DataConfig = Field(default_factory=DataConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+
+    @field_validator("family")
+    @classmethod
+    def _known_family(cls, value: str) -> str:
+        get_family(value)  # raises with the list of known families
+        return value
+
+    @model_validator(mode="after")
+    def _validate_model(self) -> "RunConfig":
+        family = get_family(self.family)
+        if not isinstance(self.model, family.Config):
+            raw = self.model.model_dump() if isinstance(self.model, BaseModel) else self.model
+            try:
+                self.model = family.Config.model_validate(raw)
+            except ValidationError as err:
+                raise ConfigError(format_errors(err, prefix="model")) from None
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able dict: what checkpoints, Ray workers and run folders store."""
+        return self.model_dump(mode="json")
+
+
+def format_errors(err: ValidationError, prefix: str = "") -> str:
+    lines = []
+    for e in err.errors():
+        key = ".".join(str(p) for p in ((prefix,) if prefix else ()) + tuple(e["loc"]))
+        msg = "unknown key" if e["type"] == "extra_forbidden" else e["msg"]
+        got = "" if e["type"] == "extra_forbidden" else f" (got {e.get('input')!r})"
+        lines.append(f"{key or '<config>'}: {msg}{got}")
+    return "; ".join(lines)
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """'model.latent_dim=8' -> (['model', 'latent_dim'], 8); the value is read as YAML."""
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"override must look like key.path=value, got {text!r}")
+    try:
+        parsed = yaml.safe_load(value) if value.strip() else ""
+    except yaml.YAMLError:
+        parsed = value  # a bare string YAML cannot read, e.g. 'a: b'
+    return key.strip().split("."), parsed
+
+
+def apply_override(tree: dict[str, Any], path: list[str], value: Any) -> None:
+    node = tree
+    for i, part in enumerate(path[:-1]):
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"{'.'.join(path[: i + 1])} is a value, not a section; cannot set {'.'.join(path)}")
+        node = child
+    node[path[-1]] = value
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping, got {type(data).__name__}")
+    return data
+
+
+def build_config(
+    family: str | None = None,
+    file: str | Path | None = None,
+    overrides: list[str] = (),
+    base: dict[str, Any] | None = None,
+) -> RunConfig:
+    """Merge base dict < YAML file < overrides, then validate into a RunConfig."""
+    tree: dict[str, Any] = dict(base or {})
+    if file is not None:
+        tree.update(read_yaml(file))
+    if family is not None:
+        if tree.get("family", family) != family:
+            raise ConfigError(f"family: the command says {family!r} but the config file says {tree['family']!r}")
+        tree["family"] = family
+    for text in overrides:
+        apply_override(tree, *parse_override(text))
+    if "family" not in tree:
+        raise ConfigError("family: missing (name it on the command line or in the config file)")
+    try:
+        return RunConfig.model_validate(tree)
+    except ConfigError:
+        raise
+    except ValidationError as err:
+        # A ConfigError raised in a validator arrives wrapped; unwrap it to keep its key names.
+        inner = [e.get("ctx", {}).get("error") for e in err.errors()]
+        if len(inner) == 1 and isinstance(inner[0], ConfigError):
+            raise inner[0] from None
+        raise ConfigError(format_errors(err)) from None

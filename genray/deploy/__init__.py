@@ -1,0 +1,43 @@
+"""Ray Serve deployments, one per family, and the application builder that serve/*.yaml names.
+
+`serve run serve/vae.yaml` imports `genray.deploy:build_app` with the YAML's `args`; the
+builder reads the stored model's manifest and binds the deployment of its family.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from pathlib import Path
+from typing import Any
+
+from genray.checkpoint import read_manifest
+
+# family -> "module:DeploymentClass"; imported on use, like the family registry.
+DEPLOYMENTS: dict[str, str] = {
+    "vae": "genray.deploy.vae:VAEDeployment",
+}
+
+
+def resolve_model_path(model: str) -> Path:
+    """A store path from serve YAML: absolute, or relative to $GENRAY_HOME (default: cwd)."""
+    path = Path(model).expanduser()
+    if not path.is_absolute():
+        path = Path(os.environ.get("GENRAY_HOME", os.getcwd())) / path
+    return path.resolve()
+
+
+def build_app(args: dict[str, Any]):
+    """Serve application builder: args = {"model": path to a stored model}."""
+    unknown = set(args) - {"model"}
+    if unknown:
+        raise ValueError(f"unknown application args {sorted(unknown)}; expected 'model'")
+    if "model" not in args:
+        raise ValueError("application args need 'model': the path of an exported model")
+    path = resolve_model_path(str(args["model"]))
+    family = read_manifest(path)["family"]  # clear error if the path holds no model
+    if family not in DEPLOYMENTS:
+        raise ValueError(f"no deployment for family {family!r}; deployable: {sorted(DEPLOYMENTS)}")
+    module_name, _, class_name = DEPLOYMENTS[family].partition(":")
+    deployment = getattr(importlib.import_module(module_name), class_name)
+    return deployment.bind(str(path))

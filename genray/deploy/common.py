@@ -1,0 +1,110 @@
+"""What every deployment shares: request validation, JSON errors, image encoding.
+
+Validation lives in pydantic request models, so a bad request never reaches the model:
+FastAPI answers it with a 4xx whose JSON names the field, and the replica carries on.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from typing import Annotated, Any, Literal, Union
+
+import torch
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+
+from genray.images import from_png, grid, to_base64_png
+
+MAX_IMAGES = 256  # per request, for every image-taking or image-returning endpoint
+IMAGE_HW = (28, 28)
+
+Finite = Annotated[float, Field(allow_inf_nan=False)]
+Pixel = Annotated[float, Field(ge=0.0, le=1.0, allow_inf_nan=False)]
+ImageFormat = Literal["png", "list", "grid"]
+
+
+def _check_image(value: Union[str, list]) -> Union[str, list]:
+    """An image is a base64 PNG string or nested lists of shape 28x28 or 1x28x28."""
+    if isinstance(value, str):
+        try:
+            raw = base64.b64decode(value, validate=True)
+        except (binascii.Error, ValueError):
+            raise ValueError("not valid base64") from None
+        try:
+            from_png(raw, IMAGE_HW)
+        except ValueError:
+            raise
+        except Exception:
+            raise ValueError("base64 data is not a readable PNG image") from None
+        return value
+    rows = value[0] if len(value) == 1 and isinstance(value[0], list) and len(value[0]) == IMAGE_HW[0] else value
+    if len(rows) != IMAGE_HW[0] or any(len(r) != IMAGE_HW[1] for r in rows):
+        shape = f"{len(rows)}x{'/'.join(sorted({str(len(r)) for r in rows})) or 0}"
+        raise ValueError(f"image must be 28x28 (or 1x28x28) values in [0, 1], got {shape}")
+    return value
+
+
+ImageIn = Annotated[Union[str, list[list[Pixel]], list[list[list[Pixel]]]], AfterValidator(_check_image)]
+
+
+class StrictModel(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+def images_to_tensor(images: list) -> torch.Tensor:
+    """Validated images (see ImageIn) -> (B, 1, 28, 28) float32."""
+    out = []
+    for value in images:
+        if isinstance(value, str):
+            out.append(from_png(base64.b64decode(value), IMAGE_HW))
+        else:
+            t = torch.tensor(value, dtype=torch.float32)
+            out.append(t.reshape(1, *IMAGE_HW))
+    return torch.stack(out)
+
+
+def encode_images(images: torch.Tensor, fmt: str) -> dict[str, Any]:
+    """(B, C, H, W) in [0, 1] -> JSON: base64 PNGs, nested lists, or one grid PNG."""
+    images = images.detach().cpu().clamp(0, 1)
+    if fmt == "png":
+        return {"format": "png", "images": [to_base64_png(img) for img in images]}
+    if fmt == "grid":
+        return {"format": "grid", "image": to_base64_png(grid(images))}
+    return {"format": "list", "shape": list(images.shape), "images": images.squeeze(1).tolist()}
+
+
+def _field(loc: tuple) -> str:
+    parts = [str(p) for p in loc if p != "body"]
+    return ".".join(parts) or "body"
+
+
+async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+    """FastAPI's 422 with a one-line message that names each bad field; bad JSON is a 400."""
+    errors = exc.errors()
+    if any(e.get("type") == "json_invalid" for e in errors):
+        return JSONResponse(status_code=400, content={"error": "request body is not valid JSON", "errors": []})
+    items = [{"field": _field(e.get("loc", ())), "message": e.get("msg", "invalid")} for e in errors]
+    message = "; ".join(f"{i['field']}: {i['message']}" for i in items[:5])
+    return JSONResponse(status_code=422, content={"error": message, "errors": items})
+
+
+class BadRequest(Exception):
+    """A request that passed the schema but not a check that needs the model (e.g. code size)."""
+
+    def __init__(self, message: str, status_code: int = 422):
+        super().__init__(message)
+        self.message, self.status_code = message, status_code
+
+
+async def bad_request(request: Request, exc: BadRequest) -> JSONResponse:
+    return JSONResponse(status_code=exc.status_code, content={"error": exc.message, "errors": []})
+
+
+def make_api(title: str) -> FastAPI:
+    api = FastAPI(title=title)
+    api.add_exception_handler(RequestValidationError, validation_error)
+    api.add_exception_handler(BadRequest, bad_request)
+    return api

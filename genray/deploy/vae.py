@@ -1,0 +1,104 @@
+"""Serve deployment of a trained VAE: sample, encode, decode, interpolate."""
+
+
+from typing import Annotated, Optional
+
+import torch
+from pydantic import Field, model_validator
+from ray import serve
+
+from genray.checkpoint import load_family
+from genray.deploy.common import (
+    BadRequest,
+    MAX_IMAGES,
+    Finite,
+    ImageFormat,
+    ImageIn,
+    StrictModel,
+    encode_images,
+    images_to_tensor,
+    make_api,
+)
+
+MAX_CODE = 1e3  # |z| beyond this is no code the decoder has seen; refuse rather than emit noise
+
+
+class SampleRequest(StrictModel):
+    n: int = Field(16, ge=1, le=MAX_IMAGES)
+    seed: Optional[int] = Field(None, ge=0, le=2**63 - 1)
+    format: ImageFormat = "png"
+
+
+class EncodeRequest(StrictModel):
+    images: list[ImageIn] = Field(min_length=1, max_length=MAX_IMAGES)
+
+
+class DecodeRequest(StrictModel):
+    z: list[list[Annotated[Finite, Field(ge=-MAX_CODE, le=MAX_CODE)]]] = Field(min_length=1, max_length=MAX_IMAGES)
+    format: ImageFormat = "png"
+
+
+class InterpolateRequest(StrictModel):
+    a: ImageIn
+    b: ImageIn
+    steps: int = Field(8, ge=2, le=64)
+    format: ImageFormat = "png"
+
+
+def sample_many(family, requests: list[tuple[int, Optional[int]]]) -> list[torch.Tensor]:
+    """Decode all requests' codes in one forward pass. Each request's codes come from its own
+    seed, so a seeded request gets the same images however it was batched."""
+    codes = [family.prior_codes(n, seed) for n, seed in requests]
+    images = family.decode(torch.cat(codes))  # (sum n, 1, 28, 28)
+    return list(images.split([n for n, _ in requests]))
+
+
+api = make_api("genray vae")
+
+
+@serve.deployment(ray_actor_options={"num_cpus": 1})
+@serve.ingress(api)
+class VAEDeployment:
+    def __init__(self, model_path: str):
+        self.family, self.ckpt = load_family(model_path)
+        self.latent_dim = self.family.cfg.latent_dim
+
+    @api.get("/")
+    def info(self) -> dict:
+        return {
+            "family": self.ckpt.family,
+            "epoch": self.ckpt.epoch,
+            "latent_dim": self.latent_dim,
+            "metrics": self.ckpt.metrics,
+            "endpoints": ["/sample", "/encode", "/decode", "/interpolate"],
+        }
+
+    @api.get("/healthz")
+    def healthz(self) -> dict:
+        return {"ok": True}
+
+    @api.post("/sample")
+    async def sample(self, req: SampleRequest) -> dict:
+        images = await self.sample_batched((req.n, req.seed))
+        return encode_images(images, req.format)
+
+    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.005)
+    async def sample_batched(self, requests: list[tuple[int, Optional[int]]]) -> list[torch.Tensor]:
+        return sample_many(self.family, requests)
+
+    @api.post("/encode")
+    def encode(self, req: EncodeRequest) -> dict:
+        mu, logvar = self.family.encode(images_to_tensor(req.images))
+        return {"mu": mu.tolist(), "logvar": logvar.tolist()}
+
+    @api.post("/decode")
+    def decode(self, req: DecodeRequest) -> dict:
+        for i, z in enumerate(req.z):
+            if len(z) != self.latent_dim:
+                raise BadRequest(f"z.{i}: expected {self.latent_dim} values (the latent size), got {len(z)}")
+        return encode_images(self.family.decode(torch.tensor(req.z, dtype=torch.float32)), req.format)
+
+    @api.post("/interpolate")
+    def interpolate(self, req: InterpolateRequest) -> dict:
+        pair = images_to_tensor([req.a, req.b])
+        return encode_images(self.family.interpolate(pair[0], pair[1], req.steps), req.format)
