@@ -22,6 +22,8 @@ class Family(ABC):
     # The validation metric that ranks checkpoints and Tune trials, and its direction.
     metric: ClassVar[str]
     mode: ClassVar[str] = "min"
+    # Two-player families (GAN-like): their losses need not fall step by step.
+    adversarial: ClassVar[bool] = False
 
     def __init__(self, cfg: BaseModel, device: str | torch.device = "cpu"):
         if not isinstance(cfg, self.Config):
