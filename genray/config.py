@@ -42,6 +42,10 @@ class TrainConfig(BaseModel):
     checkpoint_every: int = Field(1, ge=1)  # epochs
     max_failures: int = Field(2, ge=-1)  # worker-group restarts from the latest checkpoint; -1 = forever
     preview_every: int = Field(1, ge=0)  # epochs between TensorBoard image grids; 0 = never
+    # Epochs between sample-quality metrics (classifier IS/FID/coverage, genray.metrics) for
+    # families that generate digits; 0 = never. The last epoch is always measured.
+    quality_every: int = Field(1, ge=0)
+    quality_samples: int = Field(500, ge=20, le=100_000)
 
 
 class RunConfig(BaseModel):

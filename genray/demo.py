@@ -51,6 +51,9 @@ def run_demo(*, workers: int, epochs: int, out: Path, storage: str, store: Path,
         print(f"samples (PNG):    {samples_png.resolve()}")
         print(f"val -ELBO:        {metrics['val_neg_elbo']:.2f} nats/image after {epochs} epochs "
               f"(recon {metrics['val_recon']:.2f} + KL {metrics['val_kl']:.2f})")
+        if "sample_fid" in metrics:
+            print(f"sample quality:   classifier-FID {metrics['sample_fid']:.1f}, classifier-IS "
+                  f"{metrics['sample_is']:.2f}, {metrics['sample_classes_covered']:.0f}/10 classes covered")
         print(f"bad request:      POST /sample {{\"n\": 0}} -> {bad.status_code} {bad.json()['error']}")
         print(f"training time:    {summary.wall_s:.1f} s")
         print(f"demo wall time:   {wall:.1f} s")

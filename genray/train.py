@@ -32,6 +32,7 @@ from genray import checkpoint
 from genray.config import ConfigError, RunConfig, build_config
 from genray.data import load_images
 from genray.families import get_family
+from genray.metrics import store_root
 
 RUN_CONFIG_FILE = "genray.yaml"
 HISTORY_FILE = "history.jsonl"
@@ -40,9 +41,12 @@ HISTORY_FILE = "history.jsonl"
 # --- the worker side ---------------------------------------------------------------------
 
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
-    """Runs on every Ray Train worker. `loop_config` = {"run": RunConfig dict, "run_dir": str}."""
+    """Runs on every Ray Train worker. `loop_config` = {"run": RunConfig dict, "run_dir": str,
+    "store": the model store folder}."""
     cfg = RunConfig.model_validate(loop_config["run"])
     run_dir = Path(loop_config["run_dir"])
+    # The metrics classifier is cached in the driver's model store, wherever this worker runs.
+    os.environ["GENRAY_STORE"] = loop_config["store"]
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     torch.set_num_threads(cfg.train.threads_per_worker)
@@ -89,6 +93,9 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         sums = all_reduce_sums(sums)
         metrics = {f"train_{k}": v / max(1, steps_per_epoch * world) for k, v in sums.items()}
         metrics.update(evaluate(family, val_loader, len(val_set), device))
+        last = epoch == cfg.train.epochs - 1
+        if rank == 0 and cfg.train.quality_every and (last or epoch % cfg.train.quality_every == 0):
+            metrics.update(measure_quality(family, cfg.train.quality_samples))
         metrics.update(epoch=epoch, epoch_s=time.perf_counter() - t0, workers=world)
 
         if writer is not None:
@@ -101,7 +108,6 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                     writer.add_image(tag, grid(images), epoch)
             writer.flush()
 
-        last = epoch == cfg.train.epochs - 1
         if rank == 0 and (last or (epoch + 1) % cfg.train.checkpoint_every == 0):
             with tempfile.TemporaryDirectory() as tmp:
                 checkpoint.save(
@@ -121,6 +127,18 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             ray.train.report(metrics)
     if writer is not None:
         writer.close()
+
+
+def measure_quality(family, n: int) -> dict[str, float]:
+    """Classifier-based sample quality (genray.metrics), for families that generate digits."""
+    family.eval()
+    drawn = family.quality_samples(n, seed=0)
+    if drawn is None:
+        return {}
+    from genray.metrics import sample_quality
+
+    images, wanted = drawn
+    return {f"sample_{k}": v for k, v in sample_quality(images.cpu(), wanted).items()}
 
 
 @torch.no_grad()
@@ -242,7 +260,7 @@ def fit(cfg: RunConfig, *, resume: bool = False, verbose: bool = True) -> TrainS
         use_gpu = ray.cluster_resources().get("GPU", 0) > 0
     trainer = TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"run": cfg.to_dict(), "run_dir": str(run_dir)},
+        train_loop_config={"run": cfg.to_dict(), "run_dir": str(run_dir), "store": str(store_root())},
         scaling_config=ScalingConfig(
             num_workers=cfg.train.workers,
             use_gpu=use_gpu,

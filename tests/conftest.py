@@ -4,7 +4,12 @@ own storage folder, and trains a few steps only."""
 
 from __future__ import annotations
 
+import os
 import socket
+import tempfile
+
+# The metrics classifier is cached in the model store: one per test session, never ./models.
+os.environ.setdefault("GENRAY_STORE", tempfile.mkdtemp(prefix="genray-test-store-"))
 
 import pytest
 

@@ -12,6 +12,7 @@ from genray.families.base import Family
 
 FAMILIES: dict[str, str] = {
     "vae": "genray.families.vae:VAEFamily",
+    "classifier": "genray.families.classifier:ClassifierFamily",
 }
 
 

@@ -56,6 +56,11 @@ class Family(ABC):
         """Images (N, C, H, W) in [0, 1] to show in TensorBoard, by tag."""
         return {}
 
+    def quality_samples(self, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor | None] | None:
+        """Digit samples (n, 1, 28, 28) in [0, 1] for genray.metrics, and the labels they were
+        asked to show (conditional families) or None. None: the family does not generate digits."""
+        return None
+
     # --- shared mechanics --------------------------------------------------------------
     def wrap(self, wrapper: Callable[[nn.Module], nn.Module]) -> None:
         """Wrap every network for training (DDP); `nets` keeps the raw modules."""

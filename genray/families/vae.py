@@ -152,6 +152,9 @@ class VAEFamily(Family):
             "samples": self.sample(64, seed=0),
         }
 
+    def quality_samples(self, n: int, seed: int):
+        return self.sample(n, seed), None
+
     # --- inference (used by the deployment; plain tensors in, plain tensors out) ----------
     @torch.no_grad()
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
