@@ -149,6 +149,43 @@ def demo(
         fail(str(err))
 
 
+bench_app = typer.Typer(help="Measure quality and speed; figures go to JSON and Markdown files.",
+                        no_args_is_help=True)
+app.add_typer(bench_app, name="bench")
+
+
+def finish_bench(name: str, result: dict, markdown: str, out: Path, readme: Optional[Path]) -> None:
+    from genray.bench import update_readme, write_results
+
+    json_path, md_path = write_results(out, name, result, markdown)
+    typer.echo(markdown)
+    typer.echo(f"wrote {json_path} and {md_path}")
+    if readme is not None:
+        updated = update_readme(readme, name, markdown)
+        typer.echo(f"README table {'updated' if updated else 'not found'} in {readme}")
+
+
+@bench_app.command("quality")
+def bench_quality(
+    families: str = typer.Option(",".join(["vae", "ae", "cvae", "gan", "vaegan", "aae"]),
+                                 help="Comma-separated families to train and measure."),
+    epochs: int = typer.Option(30, help="The fixed budget every family gets."),
+    out: Path = typer.Option(Path("bench_results"), help="Folder for quality.json and quality.md."),
+    storage: Path = typer.Option(Path("runs"), help="Where the bench's training runs go."),
+    readme: Optional[Path] = typer.Option(None, help="Also replace the table between <!-- bench:quality --> markers."),
+) -> None:
+    """Train every generative family for the same budget; table of IS, FID, coverage, ELBO, MSE."""
+    from genray.bench.quality import markdown_table, run
+    from genray.families import FAMILIES
+
+    names = [f.strip() for f in families.split(",") if f.strip()]
+    unknown = [f for f in names if f not in FAMILIES]
+    if unknown:
+        fail(f"unknown families {unknown}; known: {sorted(FAMILIES)}")
+    result = run(names, epochs, out, storage.resolve())
+    finish_bench("quality", result, markdown_table(result), out, readme)
+
+
 def main() -> None:  # pragma: no cover - console entry point
     app()
 

@@ -19,7 +19,6 @@ from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
-import scipy.linalg
 import torch
 from torch.utils.data import DataLoader
 
@@ -80,15 +79,21 @@ def get_classifier():
     return _load_cached(str(path))
 
 
+def _sqrt_psd(c: np.ndarray) -> np.ndarray:
+    w, v = np.linalg.eigh((c + c.T) / 2)
+    return (v * np.sqrt(np.clip(w, 0.0, None))) @ v.T
+
+
 def frechet_distance(mu1: np.ndarray, cov1: np.ndarray, mu2: np.ndarray, cov2: np.ndarray) -> float:
-    """||mu1 - mu2||^2 + Tr(C1 + C2 - 2 (C1 C2)^(1/2)), in float64."""
-    covmean, _ = scipy.linalg.sqrtm(cov1 @ cov2, disp=False)
-    if not np.isfinite(covmean).all():
-        # A singular product: nudge both covariances, as the reference FID code does.
-        eps = np.eye(len(cov1)) * 1e-6
-        covmean = scipy.linalg.sqrtm((cov1 + eps) @ (cov2 + eps))
-    covmean = covmean.real
-    return float(((mu1 - mu2) ** 2).sum() + np.trace(cov1) + np.trace(cov2) - 2.0 * np.trace(covmean))
+    """||mu1 - mu2||^2 + Tr(C1 + C2 - 2 (C1 C2)^(1/2)), in float64.
+
+    Tr((C1 C2)^(1/2)) = Tr((C1^(1/2) C2 C1^(1/2))^(1/2)): the eigenvalues of a symmetric PSD
+    matrix, which stays exact where scipy's general sqrtm warns about singular products.
+    """
+    s1 = _sqrt_psd(cov1)
+    middle = s1 @ cov2 @ s1
+    tr_covmean = np.sqrt(np.clip(np.linalg.eigvalsh((middle + middle.T) / 2), 0.0, None)).sum()
+    return float(((mu1 - mu2) ** 2).sum() + np.trace(cov1) + np.trace(cov2) - 2.0 * tr_covmean)
 
 
 def gaussian(features: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:

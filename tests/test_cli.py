@@ -6,9 +6,9 @@ from genray.cli import app
 runner = CliRunner()
 
 
-@pytest.mark.parametrize("command", ["train", "export", "serve", "demo"])
+@pytest.mark.parametrize("command", ["train", "export", "serve", "demo", "bench", "bench quality"])
 def test_every_command_has_help(command):
-    result = runner.invoke(app, [command, "--help"])
+    result = runner.invoke(app, [*command.split(), "--help"])
     assert result.exit_code == 0, result.output
     assert "Usage" in result.output
 
