@@ -17,7 +17,6 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from genray.data import DataConfig
 from genray.families import get_family
 
 
@@ -56,7 +55,7 @@ class RunConfig(BaseModel):
     # Where runs live: a local folder (or s3:// URI); a run is the folder <storage>/<name>.
     storage: str = "runs"
     model: Any = Field(default_factory=dict)
-    data: DataConfig = Field(default_factory=DataConfig)
+    data: Any = Field(default_factory=dict)  # the family's DataConfig (images: genray.data.DataConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
 
     @field_validator("family")
@@ -66,14 +65,18 @@ class RunConfig(BaseModel):
         return value
 
     @model_validator(mode="after")
-    def _validate_model(self) -> "RunConfig":
+    def _validate_sections(self) -> "RunConfig":
+        """`model` and `data` are validated by the family's own config classes."""
         family = get_family(self.family)
-        if not isinstance(self.model, family.Config):
-            raw = self.model.model_dump() if isinstance(self.model, BaseModel) else self.model
+        for section, schema in (("model", family.Config), ("data", family.DataConfig)):
+            value = getattr(self, section)
+            if isinstance(value, schema):
+                continue
+            raw = value.model_dump() if isinstance(value, BaseModel) else value
             try:
-                self.model = family.Config.model_validate(raw)
+                setattr(self, section, schema.model_validate(raw))
             except ValidationError as err:
-                raise ConfigError(format_errors(err, prefix="model")) from None
+                raise ConfigError(format_errors(err, prefix=section)) from None
         return self
 
     def to_dict(self) -> dict[str, Any]:

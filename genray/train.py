@@ -30,7 +30,6 @@ from torch.utils.data import DataLoader, DistributedSampler, Subset
 
 from genray import checkpoint
 from genray.config import ConfigError, RunConfig, build_config
-from genray.data import load_images
 from genray.families import get_family
 from genray.metrics import store_root
 
@@ -54,7 +53,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     torch.manual_seed(cfg.train.seed)
     device = ray.train.torch.get_device()
 
-    family = get_family(cfg.family)(cfg.model, device)
+    family_cls = get_family(cfg.family)
+    family = family_cls(cfg.model, device)
     start_epoch = 0
     restored = ray.train.get_checkpoint()
     if restored is not None:
@@ -65,14 +65,15 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     if world > 1:
         family.wrap(lambda net: ray.train.torch.prepare_model(net, move_to_device=False))
 
-    train_set, val_set = load_images(cfg.data)
+    train_set, val_set = family_cls.load_data(cfg.data)
+    collate = family_cls.collate_fn
     # Different ranks draw different noise (dropout, reparameterisation) after this point.
     torch.manual_seed(cfg.train.seed * 1000 + rank + 7919 * start_epoch)
     sampler = DistributedSampler(train_set, num_replicas=world, rank=rank, shuffle=True, seed=cfg.train.seed)
-    loader = DataLoader(train_set, batch_size=cfg.train.batch_size, sampler=sampler)
+    loader = DataLoader(train_set, batch_size=cfg.train.batch_size, sampler=sampler, collate_fn=collate)
     # Validation: each rank takes every world-th image; sums are all-reduced, so the mean is exact.
-    val_loader = DataLoader(Subset(val_set, range(rank, len(val_set), world)), batch_size=256)
-    preview_batch = family.to_device(next(iter(DataLoader(val_set, batch_size=64))))
+    val_loader = DataLoader(Subset(val_set, range(rank, len(val_set), world)), batch_size=256, collate_fn=collate)
+    preview_batch = family.to_device(next(iter(DataLoader(val_set, batch_size=64, collate_fn=collate))))
 
     writer = None
     if rank == 0:

@@ -6,22 +6,16 @@ from torch.utils.data import DataLoader
 
 from genray import checkpoint
 from genray.config import build_config
-from genray.data import load_images
 from genray.families import FAMILIES, get_family
 
-@pytest.fixture(scope="module")
-def digits():
-    train, val = load_images(build_config("vae").data)
-    return train, val
-
-
 @pytest.mark.parametrize("name", sorted(FAMILIES))
-def test_family_steps_and_checkpoint_round_trip(name, digits, tmp_path):
+def test_family_steps_and_checkpoint_round_trip(name, tmp_path):
     torch.manual_seed(0)
     cfg = build_config(name)  # defaults are small enough to train in seconds on a CPU
-    family = get_family(name)(cfg.model)
-    train, val = digits
-    batch = next(iter(DataLoader(train, batch_size=64)))
+    family_cls = get_family(name)
+    family = family_cls(cfg.model)
+    train, val = family_cls.load_data(cfg.data)
+    batch = next(iter(DataLoader(train, batch_size=64, collate_fn=family_cls.collate_fn)))
     before = {k: [p.detach().clone() for p in net.parameters()] for k, net in family.nets.items()}
 
     family.train()
@@ -34,7 +28,7 @@ def test_family_steps_and_checkpoint_round_trip(name, digits, tmp_path):
         assert changed, f"network {k!r} was not trained"
 
     family.eval()
-    metrics = family.eval_batch(next(iter(DataLoader(val, batch_size=32))))
+    metrics = family.eval_batch(next(iter(DataLoader(val, batch_size=32, collate_fn=family_cls.collate_fn))))
     assert family.metric in metrics and all(map(lambda v: v == v, metrics.values()))
 
     path = checkpoint.save(tmp_path / "ckpt", family=name, config=cfg.to_dict(),

@@ -14,6 +14,10 @@ from typing import Any, Callable, ClassVar
 import torch
 from pydantic import BaseModel
 from torch import nn
+from torch.utils.data import Dataset
+
+from genray.data import DataConfig as ImageDataConfig
+from genray.data import load_images
 
 
 class Family(ABC):
@@ -24,6 +28,16 @@ class Family(ABC):
     mode: ClassVar[str] = "min"
     # Two-player families (GAN-like): their losses need not fall step by step.
     adversarial: ClassVar[bool] = False
+    # The family's data: its config section and loader. Image families keep the defaults
+    # (digits or MNIST IDX, batches of (images, labels)); others bring their own.
+    DataConfig: ClassVar[type[BaseModel]] = ImageDataConfig
+    # How a list of dataset items becomes a batch (None: torch's default collate).
+    collate_fn: ClassVar[Callable | None] = None
+
+    @classmethod
+    def load_data(cls, data_cfg: BaseModel) -> tuple[Dataset, Dataset]:
+        """(train, val) datasets for this family."""
+        return load_images(data_cfg)
 
     def __init__(self, cfg: BaseModel, device: str | torch.device = "cpu"):
         if not isinstance(cfg, self.Config):
