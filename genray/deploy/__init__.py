@@ -16,6 +16,8 @@ from genray.checkpoint import read_manifest
 # family -> "module:DeploymentClass"; imported on use, like the family registry.
 DEPLOYMENTS: dict[str, str] = {
     "vae": "genray.deploy.vae:VAEDeployment",
+    "ae": "genray.deploy.ae:AEDeployment",
+    "cvae": "genray.deploy.cvae:CVAEDeployment",
 }
 
 

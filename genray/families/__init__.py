@@ -12,7 +12,12 @@ from genray.families.base import Family
 
 FAMILIES: dict[str, str] = {
     "vae": "genray.families.vae:VAEFamily",
+    "ae": "genray.families.ae:AEFamily",
+    "cvae": "genray.families.cvae:CVAEFamily",
     "classifier": "genray.families.classifier:ClassifierFamily",
+    "gan": "genray.families.gan:GANFamily",
+    "vaegan": "genray.families.vaegan:VAEGANFamily",
+    "aae": "genray.families.aae:AAEFamily",
 }
 
 

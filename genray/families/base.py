@@ -93,6 +93,8 @@ class Family(ABC):
             return batch.to(self.device, non_blocking=True)
         if isinstance(batch, (list, tuple)):
             return type(batch)(self.to_device(b) for b in batch)
+        if hasattr(batch, "to"):  # torch_geometric Batch and friends
+            return batch.to(self.device)
         return batch
 
     def state_dict(self) -> dict[str, Any]:
