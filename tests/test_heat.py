@@ -1,0 +1,279 @@
+"""Verification of the heat solver (genray.heat): exact answers where they exist, no Ray.
+
+- a manufactured smooth solution converges at second order in h (dt ~ h^2);
+- the same discretisation assembled independently as a scipy sparse matrix and solved directly gives
+  the same time history;
+- the discrete maximum principle, the x1 <-> x2 symmetry when k = 1, CG's residuals, batch = single
+  solves, and clear errors for bad input.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+import scipy.sparse.linalg as spla
+import torch
+
+from genray.families.heat import conductivity_field
+from genray.heat import (
+    TRIANGLE,
+    HeatProblem,
+    course_problem,
+    grid,
+    render_gif,
+    render_png,
+    simulate,
+    solve,
+    solve_batch,
+    solve_frames,
+)
+
+CPU = "cpu"
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """These grids are small: one thread is as fast, and far steadier on a busy shared machine (torch's
+    thread barriers stall when the cores are taken)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+# --- a manufactured solution ------------------------------------------------------------------------
+# u = exp(-t) (sin(2 x1 + x2) + x1 x2) with k = 1 + x1^2 + x2, and the source that makes it exact for
+# u_t = div(k grad u) - u + f: since u_t = -u, f = -div(k grad u) = -exp(-t) (grad k . grad phi + k lap phi).
+
+
+def _k_smooth(x1, x2):
+    return 1.0 + x1**2 + x2
+
+
+def _u_exact(x1, x2, t):
+    return math.exp(-t) * (torch.sin(2 * x1 + x2) + x1 * x2)
+
+
+def _f_manufactured(x1, x2, t):
+    s = 2 * x1 + x2
+    grad_k_dot_grad_phi = 2 * x1 * (2 * torch.cos(s) + x2) + (torch.cos(s) + x1)
+    k_lap_phi = -5.0 * _k_smooth(x1, x2) * torch.sin(s)
+    return -math.exp(-t) * (grad_k_dot_grad_phi + k_lap_phi)
+
+
+MANUFACTURED = HeatProblem(
+    conductivity=_k_smooth,
+    boundary=_u_exact,
+    source=_f_manufactured,
+    initial=lambda x1, x2: _u_exact(x1, x2, 0.0),
+)
+
+
+def test_manufactured_solution_converges_at_second_order():
+    t_end, sizes, errors = 1.0 / 16, (8, 16, 32), []
+    for n in sizes:
+        result = simulate(MANUFACTURED, n, dt=1.0 / n**2, t_end=t_end, rtol=1e-12, device=CPU)  # dt = h^2
+        x1, x2 = grid(n)
+        errors.append((result.u[0] - _u_exact(x1, x2, t_end)).abs().max().item())
+    orders = [math.log2(errors[i] / errors[i + 1]) for i in range(len(errors) - 1)]
+    print(f"\nmanufactured solution: max errors {errors}, orders {orders}")
+    assert errors[-1] < 1e-4
+    assert all(1.8 <= p <= 2.2 for p in orders), orders
+
+
+# --- the same discretisation, assembled independently in scipy and solved directly ----------------
+
+
+def _scipy_history(n: int, dt: float, steps: int, omega: float, k_in: float, k_out: float) -> np.ndarray:
+    """Backward Euler for the course problem with a sparse matrix built node by node and spsolve."""
+    x1, x2 = grid(n)
+    k_in_t, k_out_t = torch.tensor([k_in], dtype=torch.float64), torch.tensor([k_out], dtype=torch.float64)
+    k = conductivity_field(x1, x2, k_in_t, k_out_t)[0].numpy()  # float64, or the faces lose digits
+    h2, m = 1.0 / n**2, n - 1
+    index = lambda i, j: (i - 1) * m + (j - 1)  # interior node (i, j), 1 <= i, j <= n-1  # noqa: E731
+    rows, cols, vals = [], [], []
+    boundary_links = []  # (row, boundary node, weight): moves g to the right-hand side
+    for i in range(1, n):
+        for j in range(1, n):
+            p, diag = index(i, j), 1.0 / dt + 1.0
+            for a, b in ((i - 1, j), (i + 1, j), (i, j - 1), (i, j + 1)):
+                face = 2 * k[i, j] * k[a, b] / (k[i, j] + k[a, b]) / h2
+                diag += face
+                if 1 <= a <= n - 1 and 1 <= b <= n - 1:
+                    rows.append(p), cols.append(index(a, b)), vals.append(-face)
+                else:
+                    boundary_links.append((p, a, b, face))
+            rows.append(p), cols.append(p), vals.append(diag)
+    matrix = sp.csr_matrix((vals, (rows, cols)), shape=(m * m, m * m))
+    u = np.zeros(m * m)
+    for s in range(1, steps + 1):
+        rise = 1.0 - math.exp(-omega * s * dt)
+        rhs = u / dt
+        for p, a, b, face in boundary_links:
+            rhs[p] += face * (rise if (a == 0 or b == 0) else 0.0)  # u = rise on x1 = 0, x2 = 0; else 0
+        u = spla.spsolve(matrix, rhs)
+    return u.reshape(m, m)
+
+
+@pytest.mark.parametrize("n", [20, 32])
+def test_matches_sparse_direct_solve(n):
+    dt, steps, omega, k_in, k_out = 2e-3, 12, 20.0, 50.0, 1.0
+    ours = solve(n, dt, steps * dt, omega, k_in, k_out, rtol=1e-13, device=CPU)
+    reference = _scipy_history(n, dt, steps, omega, k_in, k_out)
+    assert ours.shape == (n + 1, n + 1) and ours.dtype == torch.float64
+    assert np.abs(ours[1:-1, 1:-1].numpy() - reference).max() < 1e-8
+    rise = 1.0 - math.exp(-omega * steps * dt)
+    assert torch.all(ours[0, :-1] == rise) and torch.all(ours[:-1, 0] == rise)  # heated edges
+    assert torch.all(ours[-1, 1:] == 0) and torch.all(ours[1:, -1] == 0)  # cold edges
+
+
+# --- qualitative properties ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dt, t_end, omega", [(1e-3, 0.05, 20.0), (0.05, 1.0, 20.0), (0.01, 0.2, 200.0)])
+def test_discrete_maximum_principle(dt, t_end, omega):
+    times, frames = solve_frames(40, dt, t_end, omega=omega, num_frames=8, rtol=1e-12, device=CPU)
+    for t, u in zip(times.tolist(), frames):
+        upper = 1.0 - math.exp(-omega * t)
+        assert u.min().item() >= -1e-12
+        assert u.max().item() <= upper + 1e-12, (t, u.max().item(), upper)
+
+
+def test_symmetric_in_x1_x2_when_k_is_constant():
+    u = solve(32, 1e-2, 0.1, k_in=1.0, k_out=1.0, device=CPU)
+    assert (u - u.T).abs().max().item() < 1e-10
+    w = solve(32, 1e-2, 0.1, device=CPU)  # the triangle is not symmetric, so neither is the answer
+    assert (w - w.T).abs().max().item() > 1e-3
+
+
+def test_cg_meets_the_tolerance_at_every_step_in_few_iterations():
+    iterations = {}
+    for n in (64, 256):
+        result = simulate(course_problem(), n, 1e-3, 0.01, rtol=1e-9, device=CPU)
+        assert result.steps == 10 and result.residuals.shape == (10, 1)
+        assert torch.all(result.residuals <= 1e-9)
+        assert torch.all(result.iterations >= 1)
+        iterations[n] = result.iterations.max().item()
+    # Multigrid: the iteration count does not grow with n (Jacobi's doubles with each doubling of n).
+    assert iterations[256] <= iterations[64] + 2 and iterations[256] <= 15, iterations
+
+
+def test_roundoff_floor_is_reported_not_looped_on():
+    # k * dt * n^2 ~ 4e10: float64 cannot resolve ||b - Au|| / ||b|| = 1e-14; CG stops at its floor.
+    with pytest.warns(RuntimeWarning, match="CG stalled"):
+        result = simulate(course_problem(k_in=1e6), 64, 10.0, 20.0, rtol=1e-14, device=CPU)
+    assert torch.all(result.residuals < 1e-8) and torch.all(result.iterations < 60)
+
+
+@pytest.mark.parametrize("preconditioner", ["multigrid", "multigrid64", "jacobi", "none"])
+def test_preconditioners_agree(preconditioner):
+    reference = solve(24, 5e-3, 0.05, rtol=1e-12, preconditioner="multigrid64", device=CPU)
+    u = solve(24, 5e-3, 0.05, rtol=1e-12, preconditioner=preconditioner, device=CPU)
+    assert (u - reference).abs().max().item() < 1e-9
+
+
+@pytest.mark.parametrize("n", [2, 3, 17, 34])
+def test_any_n_works(n):  # odd n, n with one factor of 2, tiny grids
+    result = simulate(course_problem(), n, 1e-2, 0.05, device=CPU)
+    assert result.u.shape == (1, n + 1, n + 1)
+    assert torch.all(result.residuals <= 1e-10)
+
+
+def test_batch_equals_single_solves():
+    omega, k_in, k_out = [20.0, 5.0, 20.0], [50.0, 50.0, 1.0], [1.0, 2.0, 1.0]
+    batch = solve_batch(24, 1e-2, 0.1, omega, k_in, k_out, device=CPU)
+    assert batch.shape == (3, 25, 25)
+    for i in range(3):
+        single = solve(24, 1e-2, 0.1, omega[i], k_in[i], k_out[i], device=CPU)
+        assert torch.allclose(batch[i], single, rtol=0, atol=1e-12)
+    broadcast = solve_batch(24, 1e-2, 0.1, omega=[20.0, 5.0], device=CPU)  # scalars broadcast
+    assert broadcast.shape == (2, 25, 25)
+
+
+def test_time_grid_and_frames():
+    result = simulate(course_problem(), 16, 0.03, 0.1, num_frames=3, device=CPU)
+    assert result.steps == 3 and result.dt == pytest.approx(0.1 / 3)  # round(0.1/0.03) steps, stretched
+    assert result.times.tolist() == pytest.approx([0.0, 2 * 0.1 / 3, 0.1])
+    assert torch.equal(result.frames[-1], result.u.cpu())
+    assert torch.all(solve(16, 0.1, 0.0, device=CPU) == 0)  # t_end = 0: the initial state
+    times, frames = solve_frames(16, 0.01, 0.02, num_frames=10, device=CPU)  # fewer steps than frames
+    assert times.tolist() == pytest.approx([0.0, 0.01, 0.02]) and frames.shape == (3, 17, 17)
+
+
+def test_conductivity_marks_the_triangle():
+    x1 = torch.tensor([[0.45, 0.2, 0.7, 0.5, 0.1, 0.9, 0.5, 0.5, 0.2]], dtype=torch.float64)
+    x2 = torch.tensor([[0.5, 0.5, 0.2, 0.8, 0.1, 0.9, 0.4, 0.3, 0.45]], dtype=torch.float64)
+    k = conductivity_field(x1, x2, torch.tensor([50.0], dtype=torch.float64), torch.tensor([1.0]))
+    # inside; the 3 vertices (edges count as inside); 2 far outside; inside; just below edge AB
+    # (x2 = 0.32 there); just below vertex A
+    assert k[0, 0].tolist() == [50.0, 50.0, 50.0, 50.0, 1.0, 1.0, 50.0, 1.0, 1.0]
+    assert len(TRIANGLE) == 3
+
+
+# --- clear errors ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(n=1), r"n must be >= 2, got 1"),
+        (dict(n=2.5), r"n must be an int"),
+        (dict(dt=0.0), r"dt must be finite and > 0, got 0.0"),
+        (dict(dt=-1e-3), r"dt must be finite and > 0"),
+        (dict(dt=float("nan")), r"dt must be finite and > 0"),
+        (dict(t_end=-1.0), r"t_end must be finite and >= 0, got -1.0"),
+        (dict(t_end=float("inf")), r"t_end must be finite and >= 0"),
+        (dict(k_in=0.0), r"k_in must be > 0"),
+        (dict(k_out=-1.0), r"k_out must be > 0"),
+        (dict(k_in=float("inf")), r"k_in must be finite"),
+        (dict(k_out=float("nan")), r"k_out must be finite"),
+        (dict(omega=float("nan")), r"omega must be finite"),
+        (dict(omega=float("-inf")), r"omega must be finite"),
+        (dict(n=100_000), r"n must be <= \d+ for a batch of 1.*MAX_SOLVER_BYTES"),
+        (dict(rtol=0.0), r"rtol must be in \[1e-14, 1\)"),
+        (dict(max_iter=0), r"max_iter must be an int >= 1"),
+        (dict(preconditioner="ilu"), r"preconditioner must be one of"),
+    ],
+)
+def test_invalid_input_raises_a_clear_error(kwargs, message):
+    args = dict(n=8, dt=1e-2, t_end=0.05, device=CPU) | kwargs
+    with pytest.raises(ValueError, match=message):
+        solve(**args)
+
+
+def test_invalid_batch_and_frames():
+    with pytest.raises(ValueError, match="same length"):
+        solve_batch(8, 1e-2, 0.05, omega=[1.0, 2.0], k_in=[1.0, 2.0, 3.0], device=CPU)
+    with pytest.raises(ValueError, match=r"n must be <= \d+ for a batch of 64"):
+        solve_batch(2048, 1e-2, 0.05, omega=[20.0] * 64, device=CPU)
+    with pytest.raises(ValueError, match="num_frames must be an int >= 2"):
+        solve_frames(8, 1e-2, 0.05, num_frames=1, device=CPU)
+
+
+# --- pictures -------------------------------------------------------------------------------------
+
+
+def test_render_png_and_gif(tmp_path):
+    times, frames = solve_frames(16, 1e-2, 0.05, num_frames=4, device=CPU)
+    png = render_png(frames[-1], tmp_path / "u.png", title="t = 0.05")
+    assert png.startswith(b"\x89PNG") and (tmp_path / "u.png").read_bytes() == png
+    gif = render_gif(times, frames, size=64)
+    assert gif.startswith(b"GIF89a")
+    from PIL import Image
+    import io
+
+    assert Image.open(io.BytesIO(gif)).n_frames == 4
+    with pytest.raises(ValueError, match="square"):
+        render_png(torch.zeros(3, 4))
+
+
+def test_bench_smoke(tmp_path):
+    from genray.bench.heat import markdown_table, run
+
+    result = run(sizes=(16,), out=tmp_path / "heat.json", warmup=1, steps=1, threads=1)
+    assert (tmp_path / "heat.json").exists() and result["rows"]
+    assert all(row["max_abs_diff_vs_splu"] < 1e-8 for row in result["rows"])
+    assert "genray multigrid" in markdown_table(result)
