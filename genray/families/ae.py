@@ -1,0 +1,201 @@
+"""Autoencoder, dense or convolutional, optionally denoising, for 1x28x28 images in [0, 1].
+
+A deterministic code of `latent_dim` numbers per image. With `noise` set, the encoder sees a
+corrupted image and the loss compares the reconstruction with the *clean* one (Vincent et al.
+2008): `gaussian` adds N(0, noise_level^2) to every pixel (then clips to [0, 1], so a noisy
+image is still an image), `masking` zeroes exactly round(noise_level * 784) pixels per image.
+The training loss is the pixel BCE (summed over pixels, like the VAE's likelihood) or the pixel
+MSE; the family metric is always `val_mse`, the mean squared error per pixel of the
+reconstructions of *clean* val images, so every setting is ranked on the same scale (and
+against PCA at the same code size).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict, Field
+from torch import nn
+
+from genray.families.base import Family
+from genray.families.vae import VAEConfig, decoder_net, encoder_trunk
+
+NoiseKind = Literal["none", "gaussian", "masking"]
+
+
+class AEConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    latent_dim: int = Field(16, ge=1, le=512)
+    arch: Literal["conv", "dense"] = "conv"
+    hidden: int = Field(256, ge=8, le=8192)
+    channels: int = Field(32, ge=4, le=512)  # width of the first conv layer (conv arch)
+    # Denoising: what corrupts the encoder's input during training ("none": a plain AE).
+    noise: NoiseKind = "none"
+    noise_level: float = Field(0.3, ge=0.0, le=1.0)  # gaussian: std; masking: fraction zeroed
+    loss: Literal["bce", "mse"] = "bce"
+    lr: float = Field(2e-3, gt=0.0, le=1.0)
+    weight_decay: float = Field(0.0, ge=0.0)
+
+    @property
+    def denoising(self) -> bool:
+        return self.noise != "none" and self.noise_level > 0
+
+
+def corrupt(
+    x: torch.Tensor, noise: str, level: float, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """A noisy copy of images x (B, 1, 28, 28) in [0, 1]; a CPU `generator` makes it reproducible."""
+    if noise == "none" or level == 0:
+        return x
+    if noise == "gaussian":
+        if generator is None:
+            eps = torch.randn_like(x)
+        else:
+            eps = torch.randn(x.shape, generator=generator).to(x.device)
+        return (x + level * eps).clamp(0.0, 1.0)
+    if noise == "masking":
+        flat = x.flatten(1)  # (B, 784)
+        k = round(level * flat.shape[1])
+        if generator is None:
+            scores = torch.rand(flat.shape, device=x.device)
+        else:
+            scores = torch.rand(flat.shape, generator=generator).to(x.device)
+        # The k pixels with the lowest scores: a uniformly random subset of exactly k per image.
+        dropped = scores.argsort(dim=1)[:, :k]
+        keep = torch.ones_like(flat).scatter_(1, dropped, 0.0)
+        return (flat * keep).view_as(x)
+    raise ValueError(f"noise must be 'none', 'gaussian' or 'masking', got {noise!r}")
+
+
+def seeded_generator(seed: int | None) -> torch.Generator:
+    gen = torch.Generator()
+    if seed is None:
+        gen.seed()
+    else:
+        gen.manual_seed(seed)
+    return gen
+
+
+class AE(nn.Module):
+    def __init__(self, cfg: AEConfig):
+        super().__init__()
+        # The same encoder trunk and decoder as the VAE, so the two compare like for like.
+        shape = VAEConfig(latent_dim=cfg.latent_dim, arch=cfg.arch, hidden=cfg.hidden, channels=cfg.channels)
+        self.trunk, features = encoder_trunk(shape)
+        self.to_code = nn.Linear(features, cfg.latent_dim)
+        self.decoder = decoder_net(shape)
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        return self.to_code(self.trunk(x))  # (B, latent)
+
+    def decode_logits(self, z: torch.Tensor) -> torch.Tensor:
+        return self.decoder(z)  # (B, 1, 28, 28)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.decode_logits(self.encode(x))
+
+
+def reconstruction_loss(logits: torch.Tensor, target: torch.Tensor, kind: str) -> torch.Tensor:
+    """Per-image loss (B,): BCE summed over pixels (nats), or MSE averaged over pixels."""
+    if kind == "bce":
+        return F.binary_cross_entropy_with_logits(logits, target, reduction="none").flatten(1).sum(1)
+    return (torch.sigmoid(logits) - target).pow(2).flatten(1).mean(1)
+
+
+def pixel_mse(images: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Mean squared error per pixel, per image (B,)."""
+    return (images - target).pow(2).flatten(1).mean(1)
+
+
+class AEFamily(Family):
+    name = "ae"
+    Config = AEConfig
+    metric = "val_mse"
+    mode = "min"
+
+    # Validation corrupts with this seed, so val_denoise_mse is comparable from epoch to epoch.
+    EVAL_NOISE_SEED = 0
+
+    def build(self) -> dict[str, nn.Module]:
+        return {"ae": AE(self.cfg)}
+
+    def make_optimizers(self):
+        params = self.nets["ae"].parameters()
+        return {"ae": torch.optim.Adam(params, lr=self.cfg.lr, weight_decay=self.cfg.weight_decay)}
+
+    def train_step(self, batch, epoch: float) -> dict[str, float]:
+        x, _ = batch
+        noisy = corrupt(x, self.cfg.noise, self.cfg.noise_level)  # the input is noisy ...
+        logits = self.train_nets["ae"](noisy)
+        loss = reconstruction_loss(logits, x, self.cfg.loss).mean()  # ... the target is clean
+        opt = self.optimizers["ae"]
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        return {"loss": loss.item(), "mse": pixel_mse(torch.sigmoid(logits.detach()), x).mean().item()}
+
+    @torch.no_grad()
+    def eval_batch(self, batch) -> dict[str, float]:
+        x, _ = batch
+        ae = self.nets["ae"]
+        logits = ae(x)
+        out = {
+            "val_mse": pixel_mse(torch.sigmoid(logits), x).sum().item(),
+            "val_loss": reconstruction_loss(logits, x, self.cfg.loss).sum().item(),
+        }
+        if self.cfg.denoising:
+            noisy = corrupt(x, self.cfg.noise, self.cfg.noise_level, seeded_generator(self.EVAL_NOISE_SEED))
+            out["val_denoise_mse"] = pixel_mse(torch.sigmoid(ae(noisy)), x).sum().item()
+            out["val_noisy_mse"] = pixel_mse(noisy, x).sum().item()  # what doing nothing scores
+        return out
+
+    @torch.no_grad()
+    def preview(self, batch) -> dict[str, torch.Tensor]:
+        x, _ = batch
+        x = x[:32]
+        out = {"reconstructions": torch.cat([x, self.reconstruct(x)])}
+        if self.cfg.denoising:
+            noisy = self.add_noise(x, seed=0)
+            out["denoising"] = torch.cat([noisy, self.reconstruct(noisy)])
+        return out
+
+    # --- inference (used by the deployment; plain tensors in, plain tensors out) ----------
+    @torch.no_grad()
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 1, 28, 28) -> codes (B, latent)."""
+        return self.nets["ae"].encode(x.to(self.device))
+
+    @torch.no_grad()
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """(B, latent) -> images (B, 1, 28, 28) in [0, 1]."""
+        return torch.sigmoid(self.nets["ae"].decode_logits(z.to(self.device)))
+
+    @torch.no_grad()
+    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
+        return self.decode(self.encode(x))
+
+    def add_noise(
+        self, x: torch.Tensor, seed: int | None = None, noise: str | None = None, level: float | None = None
+    ) -> torch.Tensor:
+        """x corrupted as in training (or with the given noise kind and level); seeded: reproducible."""
+        noise = self.cfg.noise if noise is None else noise
+        level = self.cfg.noise_level if level is None else level
+        return corrupt(x.to(self.device), noise, level, seeded_generator(seed))
+
+    @torch.no_grad()
+    def denoise(
+        self,
+        x: torch.Tensor,
+        *,
+        add_noise: bool = False,
+        seed: int | None = None,
+        noise: str | None = None,
+        level: float | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Reconstruct x as given (already noisy), or first corrupt it (add_noise=True).
+        Returns (the network's input, its reconstruction), each (B, 1, 28, 28)."""
+        noisy = self.add_noise(x, seed, noise, level) if add_noise else x.to(self.device)
+        return noisy, self.reconstruct(noisy)
