@@ -1,0 +1,283 @@
+"""Latent ODE (Chen et al. 2018; Rubanova et al. 2019) for irregularly sampled noisy spirals.
+
+Generative model: z0 ~ N(0, I) in a `latent_dim` space, z(t) = odeint(f, z0, t) for a learned
+field f, and each observation x(t_i) ~ N(decoder(z(t_i)), obs_std^2 I).
+Recognition: a GRU runs *backwards* over the observations (value, gap to the next observation)
+and its last state gives q(z0 | x) = N(mu, diag sigma^2) at the first observation's time,
+which is t = 0 (genray.data.spirals puts every series' first observation there).
+Loss: the negative ELBO per series, in nats: sum over observations of the Gaussian NLL plus
+KL(q(z0) || N(0, I)), with one reparameterised sample of z0 (as torchdiffeq's latent_ode.py).
+
+Validation (held-out series, generated with another seed), per series then averaged:
+  val_neg_elbo     the negative ELBO (one sample of z0)
+  val_mse          interpolation: the posterior-mean trajectory decode(z(t; mu)) at the observed
+                   times 2..n against the noise-free curve (observation 1 is left out so that the
+                   `rnn` forecaster, which cannot predict a first point, is scored on the same points)
+  val_extrap_mse   extrapolation: the same trajectory at the series' later target times
+                   (obs_span, obs_span + extrap_span] against the noise-free curve
+For scale: copying the noisy observations would score noise_std^2 = 0.09 on val_mse.
+
+A batch's series have different times; the latent ODE is solved once over the union of
+their times (small: they share a time grid) and each series reads its own times from it.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from torch import nn
+from torch.utils.data import TensorDataset
+
+from genray.data.spirals import SPIRAL_STOP, spiral_series
+from genray.families.base import Family
+from genray.families.ode import SolverConfig, solve
+
+LOG_2PI = math.log(2 * math.pi)
+
+
+class SeriesDataConfig(BaseModel):
+    """The series data shared by `latent_ode` and its `rnn` baseline (genray.data.spirals)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    n_train: int = Field(1000, ge=1, le=1_000_000)
+    n_val: int = Field(200, ge=1, le=1_000_000)
+    n_obs: int = Field(30, ge=2)  # observations per series (the first at t = 0)
+    obs_grid: int = Field(100, ge=1)  # the grid on (0, obs_span] they are drawn from
+    obs_span: float = Field(3.0, gt=0.0)
+    n_extrap: int = Field(30, ge=1)  # extrapolation targets per series
+    extrap_grid: int = Field(100, ge=1)
+    extrap_span: float = Field(3.0, gt=0.0)
+    noise_std: float = Field(0.3, ge=0.0)
+    seed: int = Field(0, ge=0)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "SeriesDataConfig":
+        if self.n_obs > self.obs_grid + 1:
+            raise ValueError(f"n_obs must be <= obs_grid + 1 = {self.obs_grid + 1}, got {self.n_obs}")
+        if self.n_extrap > self.extrap_grid:
+            raise ValueError(f"n_extrap must be <= extrap_grid = {self.extrap_grid}, got {self.n_extrap}")
+        if self.obs_span + self.extrap_span >= SPIRAL_STOP - 2.0:
+            raise ValueError(f"obs_span + extrap_span must be < {SPIRAL_STOP - 2.0:.3f}, "
+                             f"got {self.obs_span + self.extrap_span}")
+        return self
+
+
+def load_series(cfg: SeriesDataConfig) -> tuple[TensorDataset, TensorDataset]:
+    """(train, val) series; items as genray.data.spirals.SERIES_FIELDS. Disjoint seeds."""
+    kwargs = dict(n_obs=cfg.n_obs, obs_grid=cfg.obs_grid, obs_span=cfg.obs_span, n_extrap=cfg.n_extrap,
+                  extrap_grid=cfg.extrap_grid, extrap_span=cfg.extrap_span, noise_std=cfg.noise_std)
+    return (spiral_series(cfg.n_train, seed=2 * cfg.seed, **kwargs),
+            spiral_series(cfg.n_val, seed=2 * cfg.seed + 1, **kwargs))
+
+
+def series_mse(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Per-series MSE over points and coordinates: (B, n, D) x2 -> (B,)."""
+    return (pred - target).pow(2).flatten(1).mean(1)
+
+
+def render_series(t_obs, x_obs, x_obs_clean, t_ext, x_ext_clean, t_pred, x_pred, title: str,
+                  size: int = 480) -> torch.Tensor:
+    """Up to four series side by side: noisy observations (dots), the noise-free curve (thin
+    grey), the model's trajectory at t_pred (solid) with the observed window's end marked.
+    Returns RGB (3, size / 2, k * size / 2) in [0, 1]."""
+    import numpy as np
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    k = min(4, t_obs.shape[0])
+    fig = Figure(figsize=(size / 100 * k / 2, size / 200), dpi=100)
+    FigureCanvasAgg(fig)
+    for b in range(k):
+        ax = fig.add_subplot(1, k, b + 1)
+        truth = torch.cat([x_obs_clean[b], x_ext_clean[b]])
+        ax.plot(truth[:, 0], truth[:, 1], "-", color="0.7", lw=1, label="truth")
+        ax.plot(x_obs[b, :, 0], x_obs[b, :, 1], ".", color="C0", ms=4, label="observed")
+        inside = t_pred[b] <= t_obs[b, -1]
+        ax.plot(x_pred[b, inside, 0], x_pred[b, inside, 1], "-", color="C1", lw=1.5, label="interp.")
+        ax.plot(x_pred[b, ~inside, 0], x_pred[b, ~inside, 1], "-", color="C3", lw=1.5, label="extrap.")
+        ax.set_xticks([])
+        ax.set_yticks([])
+        if b == 0:
+            ax.set_title(title, fontsize=8, loc="left")
+            ax.legend(fontsize=6, loc="best")
+    fig.tight_layout()
+    fig.canvas.draw()
+    rgb = np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()
+    return torch.from_numpy(rgb).permute(2, 0, 1).float() / 255.0
+
+
+class LatentODEConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    obs_dim: int = Field(2, ge=1, le=1024)
+    latent_dim: int = Field(4, ge=1, le=512)
+    hidden: int = Field(20, ge=1, le=4096)  # the latent field's and the decoder's width
+    rnn_hidden: int = Field(25, ge=1, le=4096)
+    obs_std: float = Field(0.3, gt=0.0)  # the likelihood's noise (the data's is 0.3)
+    # The networks see observations / value_scale and emit means * value_scale: the spirals
+    # reach |x| ~ 12, which would saturate the GRU's and the decoder's units.
+    value_scale: float = Field(5.0, gt=0.0)
+    solver: SolverConfig = Field(default_factory=SolverConfig)
+    kl_warmup_epochs: float = Field(0.0, ge=0.0)
+    lr: float = Field(1e-2, gt=0.0, le=1.0)
+
+
+class RecognitionRNN(nn.Module):
+    """Observations, read last to first -> q(z0) = N(mu, exp(logvar)), each (B, latent)."""
+
+    def __init__(self, cfg: LatentODEConfig):
+        super().__init__()
+        self.gru = nn.GRU(cfg.obs_dim + 1, cfg.rnn_hidden, batch_first=True)
+        self.out = nn.Linear(cfg.rnn_hidden, 2 * cfg.latent_dim)
+
+    def forward(self, t: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        gaps = torch.cat([t[:, 1:] - t[:, :-1], torch.zeros_like(t[:, :1])], dim=1)  # (B, n): to the next obs
+        inputs = torch.cat([x, gaps.unsqueeze(-1)], dim=-1).flip(1)  # (B, n, D + 1), last obs first
+        _, h = self.gru(inputs)  # h: (1, B, H), after reading the first observation
+        mu, logvar = self.out(h[0]).chunk(2, dim=-1)
+        return mu, logvar.clamp(-20.0, 10.0)  # clamp keeps exp() finite
+
+
+class LatentODEFunc(nn.Module):
+    """dz/dt = f(z): (..., latent) -> (..., latent); autonomous."""
+
+    def __init__(self, cfg: LatentODEConfig):
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Linear(cfg.latent_dim, cfg.hidden), nn.ELU(),
+            nn.Linear(cfg.hidden, cfg.hidden), nn.ELU(),
+            nn.Linear(cfg.hidden, cfg.latent_dim),
+        )
+
+    def forward(self, t: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        return self.net(z)
+
+
+class LatentODE(nn.Module):
+    def __init__(self, cfg: LatentODEConfig):
+        super().__init__()
+        self.encoder = RecognitionRNN(cfg)
+        self.func = LatentODEFunc(cfg)
+        self.decoder = nn.Sequential(
+            nn.Linear(cfg.latent_dim, cfg.hidden), nn.ReLU(), nn.Linear(cfg.hidden, cfg.obs_dim),
+        )
+        self.solver = cfg.solver
+        self.scale = cfg.value_scale
+
+    def encode(self, t_obs: torch.Tensor, x_obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.encoder(t_obs, x_obs / self.scale)
+
+    def latent_path(self, z0: torch.Tensor, times: torch.Tensor) -> torch.Tensor:
+        """z0 (B, L) at t = 0 -> z at each series' own times (B, m), any order and sign -> (B, m, L).
+
+        One solve forward over the union of the times >= 0, one backward over those < 0."""
+        B, m = times.shape
+        out = z0.new_empty(B, m, z0.shape[1])
+        for part in (times >= 0, times < 0):
+            if not part.any():
+                continue
+            wanted = times[part].unique()  # sorted increasing
+            forward = bool(wanted[0] >= 0)
+            grid = wanted if forward else wanted.flip(0)  # away from 0 either way
+            if grid[0] != 0:
+                grid = torch.cat([grid.new_zeros(1), grid])
+            path = solve(self.func, z0, grid, self.solver) if len(grid) > 1 else z0[None]  # (U, B, L)
+            pos = torch.searchsorted(wanted, times) if forward else len(wanted) - 1 - torch.searchsorted(wanted, times)
+            pos = pos + (len(grid) - len(wanted))  # the 0 prepended to the grid, if it was
+            rows = path[pos.clamp(0, len(grid) - 1), torch.arange(B, device=times.device)[:, None]]  # (B, m, L)
+            out[part] = rows[part]
+        return out
+
+    def decode(self, z0: torch.Tensor, times: torch.Tensor) -> torch.Tensor:
+        """Mean observations at `times` (B, m) -> (B, m, obs_dim)."""
+        return self.decoder(self.latent_path(z0, times)) * self.scale
+
+    def forward(self, t_obs: torch.Tensor, x_obs: torch.Tensor):
+        """Training pass: a reparameterised z0 decoded at the observed times.
+        Returns x_hat (B, n, D), mu (B, L), logvar (B, L)."""
+        mu, logvar = self.encode(t_obs, x_obs)
+        z0 = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)  # (B, L); keeps the gradient
+        return self.decode(z0, t_obs), mu, logvar
+
+
+def neg_elbo_terms(x, x_hat, mu, logvar, obs_std: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-series Gaussian NLL of the observations and KL(q(z0) || N(0, I)), nats, each (B,)."""
+    nll = (0.5 * ((x - x_hat) / obs_std).pow(2) + math.log(obs_std) + 0.5 * LOG_2PI).flatten(1).sum(1)
+    kl = 0.5 * (mu.pow(2) + logvar.exp() - 1.0 - logvar).sum(1)
+    return nll, kl
+
+
+class LatentODEFamily(Family):
+    name = "latent_ode"
+    Config = LatentODEConfig
+    DataConfig = SeriesDataConfig
+    metric = "val_mse"
+    mode = "min"
+
+    @classmethod
+    def load_data(cls, data_cfg: SeriesDataConfig):
+        return load_series(data_cfg)
+
+    def build(self) -> dict[str, nn.Module]:
+        return {"latent_ode": LatentODE(self.cfg)}
+
+    def make_optimizers(self):
+        return {"latent_ode": torch.optim.Adam(self.nets["latent_ode"].parameters(), lr=self.cfg.lr)}
+
+    def kl_weight(self, epoch: float) -> float:
+        if self.cfg.kl_warmup_epochs == 0:
+            return 1.0
+        return min(1.0, epoch / self.cfg.kl_warmup_epochs)
+
+    def train_step(self, batch, epoch: float) -> dict[str, float]:
+        t_obs, x_obs = batch[0], batch[1]  # (B, n), (B, n, D); the clean values stay unseen
+        x_hat, mu, logvar = self.train_nets["latent_ode"](t_obs, x_obs)
+        nll, kl = neg_elbo_terms(x_obs, x_hat, mu, logvar, self.cfg.obs_std)
+        beta = self.kl_weight(epoch)
+        loss = (nll + beta * kl).mean()
+        opt = self.optimizers["latent_ode"]
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        return {"loss": loss.item(), "nll": nll.mean().item(), "kl": kl.mean().item(), "kl_weight": beta}
+
+    @torch.no_grad()
+    def eval_batch(self, batch) -> dict[str, float]:
+        t_obs, x_obs, x_obs_clean, t_ext, x_ext_clean, _ = batch
+        model = self.nets["latent_ode"]
+        x_hat, mu, logvar = model(t_obs, x_obs)
+        nll, kl = neg_elbo_terms(x_obs, x_hat, mu, logvar, self.cfg.obs_std)
+        mean = model.decode(mu, torch.cat([t_obs, t_ext], dim=1))  # the posterior-mean trajectory
+        n = t_obs.shape[1]
+        return {
+            "val_neg_elbo": (nll + kl).sum().item(),
+            "val_nll": nll.sum().item(),
+            "val_kl": kl.sum().item(),
+            "val_mse": series_mse(mean[:, 1:n], x_obs_clean[:, 1:]).sum().item(),
+            "val_extrap_mse": series_mse(mean[:, n:], x_ext_clean).sum().item(),
+        }
+
+    @torch.no_grad()
+    def preview(self, batch) -> dict[str, torch.Tensor]:
+        t_obs, x_obs, x_obs_clean, t_ext, x_ext_clean, _ = (b[:4].cpu() for b in batch)
+        t_pred = torch.linspace(0.0, 1.0, 200)[None] * t_ext[:, -1:]  # (4, 200) dense, over both windows
+        x_pred = self.predict(t_obs, x_obs, t_pred).cpu()
+        image = render_series(t_obs, x_obs, x_obs_clean, t_ext, x_ext_clean, t_pred, x_pred, "latent ODE")
+        return {"series": image[None]}
+
+    # --- inference (used by the deployment; plain tensors in, plain tensors out) ----------
+    @torch.no_grad()
+    def encode(self, t_obs: torch.Tensor, x_obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Series with times relative to their first observation (t_obs[:, 0] == 0):
+        t_obs (B, n), x_obs (B, n, D) -> q(z0): mu, logvar, each (B, latent)."""
+        return self.nets["latent_ode"].encode(t_obs.to(self.device), x_obs.to(self.device))
+
+    @torch.no_grad()
+    def predict(self, t_obs: torch.Tensor, x_obs: torch.Tensor, t_query: torch.Tensor) -> torch.Tensor:
+        """The posterior-mean trajectory decode(z(t; mu)) at t_query (B, m), in the same clock
+        as t_obs (t_obs[:, 0] == 0; negative query times extrapolate backwards) -> (B, m, D)."""
+        mu, _ = self.encode(t_obs, x_obs)
+        return self.nets["latent_ode"].decode(mu, t_query.to(self.device))

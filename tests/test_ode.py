@@ -1,0 +1,351 @@
+"""Neural-ODE families without Ray: the solver against exact solutions, the generated data,
+training steps, adjoint gradients, solver limits, and the deployments' validation and math."""
+
+import base64
+import io
+import math
+
+import pytest
+import torch
+from PIL import Image
+from pydantic import ValidationError
+from torch import nn
+from torch.utils.data import DataLoader
+
+from genray.data.spirals import SPIRAL_Y0, SpiralField, spiral_series, spiral_trajectory, trajectory_windows
+from genray.deploy.common import BadRequest
+from genray.families.latent_ode import LatentODEFamily, SeriesDataConfig, neg_elbo_terms
+from genray.families.ode import ODEConfig, ODEFamily, ODEFunc, SolverConfig, SolverError, solve
+from genray.families.rnn import RNNFamily
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """These problems are tiny: one intra-op thread is faster, and far faster on a busy machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+A = torch.tensor([[-0.1, 2.0], [-2.0, -0.1]], dtype=torch.float64)
+
+
+class LinearField(nn.Module):
+    """dy/dt = y A^T for row vectors y: the exact solution is y(t) = y0 expm(t A)^T."""
+
+    def __init__(self, matrix: torch.Tensor):
+        super().__init__()
+        self.register_buffer("A", matrix)
+
+    def forward(self, t, y):
+        return y @ self.A.to(y.dtype).T
+
+
+def exact_linear(y0: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    return torch.stack([y0 @ torch.linalg.matrix_exp(ti * A).T for ti in t])  # (T, B, 2)
+
+
+@pytest.mark.parametrize("method,options,tol", [
+    ("dopri5", {"rtol": 1e-9, "atol": 1e-11}, 1e-7),
+    ("rk4", {"step_size": 0.01}, 1e-7),  # global error ~ C h^4
+])
+def test_solver_matches_matrix_exponential(method, options, tol):
+    y0 = torch.tensor([[1.0, 0.0], [0.3, -2.0]], dtype=torch.float64)
+    t = torch.linspace(0.0, 5.0, 11, dtype=torch.float64)
+    y = solve(LinearField(A), y0, t, SolverConfig(method=method, **options))
+    assert y.shape == (11, 2, 2)
+    assert (y - exact_linear(y0, t)).abs().max().item() < tol
+
+
+def test_family_integrate_runs_the_solver_on_its_field():
+    """The family's plumbing (shapes, float32, method override) around a known field."""
+    family = ODEFamily({"solver": {"rtol": 1e-7, "atol": 1e-9, "step_size": 0.01}})  # step_size: rk4's
+    family.nets["ode"].field = LinearField(A.float())
+    y0 = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.5, 0.5]])
+    t = torch.linspace(0.0, 3.0, 7)
+    exact = exact_linear(y0.double(), t.double()).float()
+    for method in (None, "rk4"):
+        y = family.integrate(y0, t, method=method)
+        assert y.shape == (7, 3, 2) and y.dtype == torch.float32
+        assert (y - exact).abs().max() < 1e-5
+
+
+# --- data ---------------------------------------------------------------------------------------
+
+def test_spiral_trajectory_solves_the_spiral_system():
+    t, y = spiral_trajectory()
+    assert t.shape == (1000,) and y.shape == (1000, 2)
+    assert t[0] == 0 and t[-1] == pytest.approx(25.0) and y[0].tolist() == list(SPIRAL_Y0)
+    # Fourth-order central differences of the stored trajectory match the true field.
+    dt = (t[1] - t[0]).item()
+    slope = (-y[4:] + 8 * y[3:-1] - 8 * y[1:-3] + y[:-4]) / (12 * dt)
+    field = SpiralField()(None, y[2:-2])
+    assert ((slope - field).norm(dim=1) / field.norm(dim=1)).max() < 5e-3
+    assert torch.equal(spiral_trajectory()[1], y)  # deterministic
+
+
+def test_trajectory_windows_cut_the_trajectory():
+    t, y = spiral_trajectory()
+    windows = trajectory_windows(t, y, 10)
+    tw, yw = windows.tensors
+    assert tw.shape == (991, 10) and yw.shape == (991, 10, 2)
+    assert torch.equal(tw[0], tw[500]) and tw[0, 0] == 0  # one shared clock
+    assert torch.equal(yw[123], y[123:133])
+    noisy = trajectory_windows(t, y, 10, noise_std=0.1, seed=3, limit=50).tensors[1]
+    assert noisy.shape == (50, 10, 2)
+    assert torch.equal(noisy, trajectory_windows(t, y, 10, noise_std=0.1, seed=3, limit=50).tensors[1])
+    with pytest.raises(ValueError, match="window must be in"):
+        trajectory_windows(t, y, 1)
+
+
+def test_spiral_series_shapes_determinism_and_irregular_times():
+    data = spiral_series(64, n_obs=20, n_extrap=15, obs_span=3.0, extrap_span=2.0, noise_std=0.3, seed=5)
+    t_obs, x_obs, x_clean, t_ext, x_ext, cw = data.tensors
+    assert t_obs.shape == (64, 20) and x_obs.shape == x_clean.shape == (64, 20, 2)
+    assert t_ext.shape == (64, 15) and x_ext.shape == (64, 15, 2) and cw.shape == (64,)
+    assert (t_obs[:, 0] == 0).all() and (t_obs[:, 1:] > t_obs[:, :-1]).all() and (t_obs <= 3.0 + 1e-6).all()
+    assert (t_ext[:, 1:] > t_ext[:, :-1]).all() and (t_ext > 3.0).all() and (t_ext <= 5.0 + 1e-6).all()
+    assert len({tuple(row.tolist()) for row in t_obs}) > 60  # irregular: every series its own times
+    assert 0 < cw.sum() < 64  # both directions
+    noise = x_obs - x_clean
+    assert 0.25 < noise.std().item() < 0.35
+    again = spiral_series(64, n_obs=20, n_extrap=15, obs_span=3.0, extrap_span=2.0, noise_std=0.3, seed=5)
+    assert all(torch.equal(a, b) for a, b in zip(data.tensors, again.tensors))
+    other = spiral_series(64, n_obs=20, n_extrap=15, obs_span=3.0, extrap_span=2.0, noise_std=0.3, seed=6)
+    assert not torch.equal(other.tensors[0], t_obs)
+    # Counter-clockwise spirals turn counter-clockwise about their centre (5, 0).
+    ccw = cw == 0
+    rel = x_clean[ccw] - torch.tensor([5.0, 0.0])
+    cross = rel[:, :-1, 0] * rel[:, 1:, 1] - rel[:, :-1, 1] * rel[:, 1:, 0]
+    assert (cross > 0).all()
+
+
+def test_series_train_and_val_are_different_series():
+    train, val = LatentODEFamily.load_data(SeriesDataConfig(n_train=16, n_val=16))
+    assert not torch.equal(train.tensors[1], val.tensors[1])
+    with pytest.raises(ValidationError, match="n_obs"):
+        SeriesDataConfig(n_obs=500, obs_grid=100)
+
+
+# --- training ---------------------------------------------------------------------------------
+
+def fixed_batch(family_cls, data_cfg, n=32):
+    train, _ = family_cls.load_data(data_cfg)
+    return next(iter(DataLoader(train, batch_size=n, shuffle=True, generator=torch.Generator().manual_seed(0))))
+
+
+@pytest.mark.parametrize("solver", [{"adjoint": True}, {"method": "rk4"}])
+def test_ode_steps_reduce_the_loss(solver):
+    torch.manual_seed(0)
+    family = ODEFamily({"solver": solver})
+    batch = fixed_batch(ODEFamily, ODEFamily.DataConfig(limit=200))
+    losses = [family.train_step(batch, epoch=0.0)["loss"] for _ in range(8)]
+    assert all(b < a for a, b in zip(losses, losses[1:])) and losses[-1] < 0.7 * losses[0], losses
+
+
+def test_ode_val_metric_is_the_full_span_rollout():
+    family = ODEFamily({})
+    _, val = ODEFamily.load_data(ODEFamily.DataConfig())
+    t, y = val.tensors
+    assert t.shape == (1, 1000)
+    family.eval()
+    metrics = family.eval_batch((t, y))
+    pred = family.integrate(y[:, 0], t[0])[:, 0]
+    assert metrics["val_mse"] == pytest.approx((pred - y[0]).pow(2).mean().item(), rel=1e-5)
+    assert metrics["val_solver_failures"] == 0
+
+
+def test_adjoint_gradients_match_backprop():
+    torch.manual_seed(0)
+    field = ODEFunc(ODEConfig(hidden=8)).double()
+    y0 = torch.tensor([[1.0, 0.5], [-0.5, 1.2], [0.2, -0.8]], dtype=torch.float64)
+    t = torch.linspace(0.0, 1.0, 5, dtype=torch.float64)
+    grads = {}
+    for adjoint in (False, True):
+        field.zero_grad()
+        solver = SolverConfig(rtol=1e-10, atol=1e-12, adjoint=adjoint)
+        solve(field, y0, t, solver).pow(2).sum().backward()
+        grads[adjoint] = torch.cat([p.grad.flatten() for p in field.parameters()])
+    assert grads[False].abs().max() > 1e-3  # a real gradient, not zeros
+    assert torch.allclose(grads[True], grads[False], rtol=1e-6, atol=1e-9)
+
+
+def test_latent_ode_elbo_terms_finite_and_exact():
+    torch.manual_seed(0)
+    family = LatentODEFamily({})
+    batch = fixed_batch(LatentODEFamily, SeriesDataConfig(n_train=64, n_val=8), n=16)
+    x_hat, mu, logvar = family.nets["latent_ode"](batch[0], batch[1])
+    nll, kl = neg_elbo_terms(batch[1], x_hat, mu, logvar, obs_std=0.3)
+    assert nll.shape == kl.shape == (16,)
+    assert torch.isfinite(nll).all() and torch.isfinite(kl).all() and (kl >= 0).all()
+    # A perfect mean costs log(sigma) + log(2 pi) / 2 per coordinate; N(0, 1) has KL 0.
+    x = torch.randn(2, 3, 2)
+    nll, kl = neg_elbo_terms(x, x, torch.zeros(2, 4), torch.zeros(2, 4), obs_std=0.5)
+    assert nll.tolist() == pytest.approx([6 * (math.log(0.5) + 0.5 * math.log(2 * math.pi))] * 2)
+    assert kl.tolist() == [0.0, 0.0]
+    metrics = family.eval_batch(batch)
+    assert {"val_neg_elbo", "val_mse", "val_extrap_mse"} <= set(metrics)
+    assert all(math.isfinite(v) for v in metrics.values())
+
+
+def test_latent_path_reads_each_series_times_forward_and_backward():
+    torch.manual_seed(0)
+    model = LatentODEFamily({"solver": {"rtol": 1e-7, "atol": 1e-9}}).nets["latent_ode"]
+    z0 = torch.randn(3, 4)
+    times = torch.tensor([[0.0, 0.5, 1.0], [0.2, 0.7, 2.0], [-0.5, 0.0, 1.5]])
+    with torch.no_grad():
+        path = model.latent_path(z0, times)  # (3, 3, 4)
+        for b in range(3):  # one series at a time, its own solve
+            alone = model.latent_path(z0[b : b + 1], times[b : b + 1])[0]
+            assert torch.allclose(path[b], alone, atol=1e-5)
+        assert torch.allclose(path[0, 0], z0[0]) and torch.allclose(path[2, 1], z0[2])
+        # Going back to t = -0.5 and forward 0.5 again returns to z0.
+        back = path[2, 0:1]
+        forward = solve(model.func, back, torch.tensor([0.0, 0.5]), model.solver)[-1]
+        assert torch.allclose(forward, z0[2:3], atol=1e-5)
+
+
+def test_rnn_baseline_metrics_on_the_same_points():
+    torch.manual_seed(0)
+    family = RNNFamily({})
+    batch = fixed_batch(RNNFamily, SeriesDataConfig(n_train=64, n_val=8), n=16)
+    losses = [family.train_step(batch, epoch=0.0)["loss"] for _ in range(5)]
+    assert losses[-1] < losses[0]
+    family.eval()
+    metrics = family.eval_batch(batch)
+    assert set(metrics) == {"val_mse", "val_extrap_mse"} and all(math.isfinite(v) for v in metrics.values())
+    rollout = family.forecast(batch[0], batch[1], batch[3])
+    assert rollout.shape == batch[4].shape
+
+
+# --- solver limits ----------------------------------------------------------------------------
+
+class BlowUp(nn.Module):
+    """dy/dt = y^2, y(0) = 1: y = 1 / (1 - t), infinite at t = 1."""
+
+    def forward(self, t, y):
+        return y * y
+
+
+class Stiff(nn.Module):
+    """dy/dt = -1e4 (y - cos t): explicit methods need steps ~ 1e-4."""
+
+    def forward(self, t, y):
+        return -1e4 * (y - torch.cos(t))
+
+
+def test_solver_limits_become_a_clear_error():
+    y0 = torch.ones(1, 1)
+    t = torch.tensor([0.0, 2.0])
+    with pytest.raises(SolverError, match="did not converge") as err:
+        solve(BlowUp(), y0, t, SolverConfig())
+    assert err.value.reason in {"max_steps", "step_underflow", "non_finite", "max_evals"}
+    with pytest.raises(SolverError) as err:
+        solve(Stiff(), y0, torch.tensor([0.0, 1.0]), SolverConfig(max_num_steps=50))
+    assert err.value.reason == "max_steps"
+    with pytest.raises(SolverError, match="max_evals") as err:
+        solve(Stiff(), y0, torch.linspace(0.0, 1.0, 100), SolverConfig(max_evals=500))
+    assert err.value.reason == "max_evals"
+    # A fixed step that would need too many steps is refused before any work.
+    with pytest.raises(SolverError, match="needs 100000000 steps"):
+        solve(Stiff(), y0, torch.tensor([0.0, 1.0]), SolverConfig(method="euler", step_size=1e-8))
+    # Fixed-step methods do not check for blow-up themselves; the wrapper does.
+    with pytest.raises(SolverError) as err:
+        solve(Stiff(), y0, torch.tensor([0.0, 1.0]), SolverConfig(method="euler", step_size=0.01))
+    assert err.value.reason == "non_finite"
+
+
+def test_deployment_turns_a_solver_failure_into_a_422():
+    from genray.deploy.ode import IntegrateRequest, integrate_trajectories
+
+    family = ODEFamily({"solver": {"max_evals": 200}})
+    family.nets["ode"].field = BlowUp()
+    with pytest.raises(BadRequest, match=r"solver did not converge \(") as err:
+        integrate_trajectories(family, IntegrateRequest(y0=[[1.0, 1.0]], t=[0.0, 5.0]))
+    assert err.value.status_code == 422
+
+
+# --- deployments: validation and math, no HTTP -----------------------------------------------
+
+def test_integrate_request_validation():
+    from genray.deploy.ode import MAX_STATES, MAX_TIMES, IntegrateRequest, PortraitRequest
+
+    ok = IntegrateRequest(y0=[2.0, 0.0], t=[0.0, 1.0])
+    assert ok.y0 == [[2.0, 0.0]] and ok.method is None
+    bad = [
+        ({"y0": [[2, 0]], "t": [0.0, 1.0, 1.0]}, "t", "strictly increasing"),
+        ({"y0": [[2, 0]], "t": [1.0, 0.0]}, "t", "strictly increasing"),
+        ({"y0": [[2, 0]], "t": [0.0]}, "t", "at least 2"),
+        ({"y0": [[2, 0, 1]], "t": [0.0, 1.0]}, "y0", "2 values"),
+        ({"y0": [[2]], "t": [0.0, 1.0]}, "y0", "2 values"),
+        ({"y0": [[2, 0]] * (MAX_STATES + 1), "t": [0.0, 1.0]}, "y0", "at most"),
+        ({"y0": [[2, 0]], "t": [float(i) for i in range(MAX_TIMES + 1)]}, "t", "at most"),
+        ({"y0": [[2, 0]], "t": [0.0, 1.0], "method": "magic"}, "method", "Input should be"),
+        ({"y0": [[2, 0]], "t": [0.0, 1.0], "extra": 1}, "extra", "Extra inputs"),
+    ]
+    for body, field, message in bad:
+        with pytest.raises(ValidationError, match=message) as err:
+            IntegrateRequest.model_validate(body)
+        assert err.value.errors()[0]["loc"][0] == field, body
+    with pytest.raises(ValidationError, match="finite"):
+        IntegrateRequest.model_validate_json('{"y0": [[NaN, 0]], "t": [0, 1]}')
+    with pytest.raises(ValidationError, match="finite"):
+        IntegrateRequest.model_validate_json('{"y0": [[2, 0]], "t": [0, Infinity]}')
+    with pytest.raises(ValidationError, match="less than or equal"):
+        PortraitRequest(t_end=1e6)
+
+
+def test_extrapolate_request_validation():
+    from genray.deploy.latent_ode import ExtrapolateRequest, MAX_OBSERVATIONS, check_sizes
+
+    ok = ExtrapolateRequest(times=[0.0, 0.5], values=[[1.0, 2.0], [1.5, 2.5]], query_times=[-1.0, 3.0])
+    check_sizes(ok, 2)
+    with pytest.raises(BadRequest, match="expected 3 values"):
+        check_sizes(ok, 3)
+    series = {"times": [0.0, 0.5], "values": [[1.0, 2.0], [1.5, 2.5]], "query_times": [1.0, 2.0]}
+    bad = [
+        ({"times": [0.0, 0.0]}, "times", "strictly increasing"),
+        ({"query_times": [2.0, 1.0]}, "query_times", "strictly increasing"),
+        ({"values": [[1.0, 2.0]]}, "values", "one value per time"),
+        ({"values": [[1.0, 2.0], [1.0]]}, "values", "same non-zero size"),
+        ({"query_times": [1.0, 500.0]}, "query_times", "further than"),
+        ({"times": [float(i) for i in range(MAX_OBSERVATIONS + 1)]}, "times", "at most"),
+    ]
+    for change, field, message in bad:
+        with pytest.raises(ValidationError, match=message) as err:
+            ExtrapolateRequest.model_validate({**series, **change})
+        assert err.value.errors()[0]["loc"][0] == field, change
+    with pytest.raises(ValidationError, match="finite"):
+        ExtrapolateRequest.model_validate_json('{"times": [0, 1], "values": [[NaN, 1], [1, 1]], "query_times": [2]}')
+
+
+def test_integrate_and_portrait_math():
+    from genray.deploy.ode import IntegrateRequest, PortraitRequest, draw_portrait, integrate_trajectories
+
+    family = ODEFamily({})
+    family.eval()
+    out = integrate_trajectories(family, IntegrateRequest(y0=[[2.0, 0.0], [0.0, 1.0]], t=[0.0, 0.5, 1.0, 2.0]))
+    assert out["shape"] == [4, 2, 2] and out["y"][0] == [[2.0, 0.0], [0.0, 1.0]] and out["evals"] > 0
+    fixed = integrate_trajectories(family, IntegrateRequest(y0=[2.0, 0.0], t=[0.0, 1.0], method="rk4"))
+    assert fixed["method"] == "rk4" and fixed["shape"] == [2, 1, 2]
+    image = draw_portrait(family, PortraitRequest(y0=[[2.0, 0.0], [1.0, 1.0]], t_end=5.0, points=50))
+    png = Image.open(io.BytesIO(base64.b64decode(image["image"])))
+    assert png.format == "PNG" and png.size[0] > 100
+
+
+def test_extrapolate_math_shifts_the_clock_to_the_first_observation():
+    from genray.deploy.latent_ode import ExtrapolateRequest, extrapolate_series
+
+    torch.manual_seed(0)
+    family = LatentODEFamily({})
+    family.eval()
+    series = spiral_series(1, n_obs=12, n_extrap=5, seed=1)
+    t_obs, x_obs, _, t_ext, _, _ = series.tensors
+    body = {"times": t_obs[0].tolist(), "values": x_obs[0].tolist(), "query_times": [-0.5] + t_ext[0].tolist()}
+    out = extrapolate_series(family, ExtrapolateRequest(**body))
+    assert len(out["mean"]) == 6 and len(out["mean"][0]) == 2 and len(out["z0_std"]) == 4
+    expected = family.predict(t_obs, x_obs, torch.tensor([body["query_times"]]))[0]
+    assert torch.allclose(torch.tensor(out["mean"]), expected, atol=1e-5)
+    shifted = {k: [q + 10.0 for q in v] if k != "values" else v for k, v in body.items()}
+    again = extrapolate_series(family, ExtrapolateRequest(**shifted))
+    assert torch.allclose(torch.tensor(again["mean"]), expected, atol=1e-4)
