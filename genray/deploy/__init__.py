@@ -18,6 +18,13 @@ DEPLOYMENTS: dict[str, str] = {
     "vae": "genray.deploy.vae:VAEDeployment",
     "ae": "genray.deploy.ae:AEDeployment",
     "cvae": "genray.deploy.cvae:CVAEDeployment",
+    "gan": "genray.deploy.gan:GANDeployment",
+    "vaegan": "genray.deploy.vaegan:VAEGANDeployment",
+    "aae": "genray.deploy.aae:AAEDeployment",
+    "gcn": "genray.deploy.gnn:GCNDeployment",
+    "mpnn": "genray.deploy.gnn:MPNNDeployment",
+    "ode": "genray.deploy.ode:ODEDeployment",
+    "latent_ode": "genray.deploy.latent_ode:LatentODEDeployment",
 }
 
 

@@ -18,6 +18,11 @@ FAMILIES: dict[str, str] = {
     "gan": "genray.families.gan:GANFamily",
     "vaegan": "genray.families.vaegan:VAEGANFamily",
     "aae": "genray.families.aae:AAEFamily",
+    "gcn": "genray.families.gcn:GCNFamily",
+    "mpnn": "genray.families.mpnn:MPNNFamily",
+    "ode": "genray.families.ode:ODEFamily",
+    "latent_ode": "genray.families.latent_ode:LatentODEFamily",
+    "rnn": "genray.families.rnn:RNNFamily",
 }
 
 

@@ -1,0 +1,61 @@
+"""Serve deployment of a trained GAN: sample n images, optionally seeded."""
+
+
+from typing import Optional
+
+import torch
+from pydantic import Field
+from ray import serve
+
+from genray.checkpoint import load_family
+from genray.deploy.common import MAX_IMAGES, ImageFormat, StrictModel, encode_images, make_api
+
+
+class SampleRequest(StrictModel):
+    n: int = Field(16, ge=1, le=MAX_IMAGES)
+    seed: Optional[int] = Field(None, ge=0, le=2**63 - 1)
+    format: ImageFormat = "png"
+
+
+def sample_many(family, requests: list[tuple[int, Optional[int]]]) -> list[torch.Tensor]:
+    """Generate all requests' images in one forward pass. Each request's codes come from its own
+    seed and the generator runs in eval mode (batch norm on running statistics), so a seeded
+    request gets the same images however it was batched."""
+    codes = [family.prior_codes(n, seed) for n, seed in requests]
+    images = family.generate(torch.cat(codes))  # (sum n, 1, 28, 28)
+    return list(images.split([n for n, _ in requests]))
+
+
+api = make_api("genray gan")
+
+
+@serve.deployment(ray_actor_options={"num_cpus": 1})
+@serve.ingress(api)
+class GANDeployment:
+    def __init__(self, model_path: str):
+        self.family, self.ckpt = load_family(model_path)
+
+    @api.get("/")
+    def info(self) -> dict:
+        cfg = self.family.cfg
+        return {
+            "family": self.ckpt.family,
+            "epoch": self.ckpt.epoch,
+            "latent_dim": cfg.latent_dim,
+            "loss": cfg.loss,
+            "metrics": self.ckpt.metrics,
+            "endpoints": ["/sample"],
+        }
+
+    @api.get("/healthz")
+    def healthz(self) -> dict:
+        return {"ok": True}
+
+    @api.post("/sample")
+    async def sample(self, req: SampleRequest) -> dict:
+        images = await self.sample_batched((req.n, req.seed))
+        return encode_images(images, req.format)
+
+    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.005)
+    async def sample_batched(self, requests: list[tuple[int, Optional[int]]]) -> list[torch.Tensor]:
+        return sample_many(self.family, requests)
