@@ -10,7 +10,7 @@ from typing import List, Optional
 
 import typer
 
-from genray.config import ConfigError
+from genray.config import ConfigError, build_config
 
 app = typer.Typer(
     help="Train, search and serve classic generative and scientific models on Ray.",
@@ -83,19 +83,32 @@ def train(
 
 @app.command()
 def export(
-    run: str = typer.Argument(..., help="Run name (under --storage) or run folder."),
+    run: str = typer.Argument(..., help="Run name (under --storage) or run folder; a search name with --best."),
     to: Path = typer.Option(..., "--to", help="Model store folder to write, e.g. models/vae."),
-    storage: str = typer.Option("runs", help="Folder that holds the runs."),
+    storage: Optional[str] = typer.Option(None, help="Folder that holds the runs (default runs, or searches with --best)."),
     which: str = typer.Option("best", help="best (by the family's metric) or latest."),
+    best: bool = typer.Option(False, "--best", help="RUN is a Tune search: export its best trial's best checkpoint."),
     replace: bool = typer.Option(False, help="Replace an existing model (the old one is kept beside it)."),
 ) -> None:
-    """Copy a run's best checkpoint into the model store that deployments load."""
+    """Copy a run's (or a search's) best checkpoint into the model store that deployments load."""
+    import json
+
     from genray.checkpoint import CheckpointError
     from genray.store import export as export_model
 
+    storage = storage or ("searches" if best else "runs")
     run_dir = Path(run) if Path(run).is_dir() else Path(storage) / run
+    options = {}
+    if best:
+        from genray.tune import SPEC_FILE
+
+        spec = run_dir / SPEC_FILE
+        if not spec.is_file():
+            fail(f"{run_dir} is not a genray search (no {SPEC_FILE})")
+        meta = json.loads(spec.read_text())
+        options = {"pattern": "*/checkpoint_*", "metric": meta["metric"], "mode": meta["mode"]}
     try:
-        dest = export_model(run_dir, to, which=which, replace=replace)
+        dest = export_model(run_dir, to, which=which, replace=replace, **options)
     except (CheckpointError, FileExistsError, ValueError) as err:
         fail(str(err))
     from genray.checkpoint import read_manifest
@@ -147,6 +160,68 @@ def demo(
                  keep_serving=keep_serving)
     except (ConfigError, ValueError) as err:
         fail(str(err))
+
+
+@app.command("tune")
+def tune_cmd(
+    family: Optional[str] = typer.Argument(None, help="Model family, e.g. vae or gan (omit with --resume)."),
+    space: Optional[str] = typer.Option(None, help="Search-space YAML (default: the family's packaged one)."),
+    scheduler: str = typer.Option("asha", help="asha, pbt or fifo."),
+    num_samples: int = typer.Option(8, help="Trials to sample."),
+    max_concurrent: int = typer.Option(2, help="Trials running at once (waiting ones never starve running ones)."),
+    epochs: Optional[int] = typer.Option(None, help="Epochs per trial (the scheduler's max_t)."),
+    workers: int = typer.Option(1, help="Ray Train workers per trial."),
+    set_: List[str] = typer.Option([], "--set", "-s", help="Fixed override for every trial (repeatable)."),
+    metric: Optional[str] = typer.Option(None, help="Override the family's metric."),
+    mode: Optional[str] = typer.Option(None, help="min or max, with --metric."),
+    name: Optional[str] = typer.Option(None, help="Search name; its folder is <storage>/<name>."),
+    storage: Path = typer.Option(Path("searches"), help="Folder that holds searches."),
+    resume: Optional[str] = typer.Option(None, help="Continue an interrupted search NAME (Tuner.restore)."),
+    perturbation_interval: int = typer.Option(1, help="PBT: epochs between exploit/explore steps."),
+    address: Optional[str] = typer.Option(None, help="Ray cluster address (default: $RAY_ADDRESS or a local Ray)."),
+) -> None:
+    """Search hyperparameters with Ray Tune (ASHA, PBT) over the same Ray Train trainer."""
+    from genray.tune import build_tuner, load_space, restore_tuner, summarize
+
+    try:
+        if resume:
+            connect(address)
+            tuner, meta = restore_tuner(resume, storage)
+            search_name, metric_name, metric_mode = resume, meta["metric"], meta["mode"]
+        else:
+            if family is None:
+                fail("name a FAMILY (e.g. `genray tune vae`) or --resume NAME")
+            spec = load_space(family, space)
+            if metric:
+                spec.metric, spec.mode = metric, mode or spec.mode
+            overrides = list(set_) + [f"train.workers={workers}"] + ([f"train.epochs={epochs}"] if epochs else [])
+            base = build_config(family, None, overrides)
+            search_name = name or f"{family}-{scheduler}-{time.strftime('%Y%m%d-%H%M%S')}"
+            if (storage / search_name).exists():
+                fail(f"search {search_name!r} exists in {storage}; continue it with --resume {search_name}")
+            connect(address)
+            tuner = build_tuner(family, name=search_name, storage=storage, spec=spec, base=base,
+                                scheduler=scheduler, num_samples=num_samples, max_concurrent=max_concurrent,
+                                perturbation_interval=perturbation_interval)
+            metric_name, metric_mode = spec.metric, spec.mode
+        results = tuner.fit()
+    except (ConfigError, ValueError) as err:
+        fail(str(err))
+    rows = summarize(results, metric_name, metric_mode, storage.resolve() / search_name)
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"{search_name}: trials by best {metric_name} ({metric_mode})")
+    keys = list(dict.fromkeys(k for r in rows for k in r))
+    for k in keys:
+        table.add_column(k)
+    for r in rows:
+        table.add_row(*[f"{r.get(k):.4g}" if isinstance(r.get(k), float) else str(r.get(k, "")) for k in keys])
+    Console().print(table)
+    search_dir = storage.resolve() / search_name
+    typer.echo(f"results:     {search_dir / 'results.csv'} and results.json")
+    typer.echo(f"tensorboard: tensorboard --logdir {search_dir / 'train'}")
+    typer.echo(f"export best: genray export {search_name} --best --storage {storage} --to models/<name>")
 
 
 bench_app = typer.Typer(help="Measure quality and speed; figures go to JSON and Markdown files.",

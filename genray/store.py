@@ -18,13 +18,14 @@ from genray.checkpoint import CheckpointError
 from genray.families import get_family
 
 
-def run_checkpoints(run_dir: str | Path) -> list[checkpoint.Checkpoint]:
-    """Every readable checkpoint of a run (manifests only), oldest epoch first."""
+def run_checkpoints(run_dir: str | Path, pattern: str = "checkpoint_*") -> list[checkpoint.Checkpoint]:
+    """Every readable checkpoint of a run (manifests only), oldest epoch first. A Tune search
+    folder holds its trials' checkpoints one level down: pattern "*/checkpoint_*"."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise CheckpointError(f"run folder not found: {run_dir}")
     found = []
-    for folder in sorted(run_dir.glob("checkpoint_*")):
+    for folder in sorted(run_dir.glob(pattern)):
         try:
             found.append(checkpoint.load(folder, weights=False))
         except CheckpointError:
@@ -32,26 +33,43 @@ def run_checkpoints(run_dir: str | Path) -> list[checkpoint.Checkpoint]:
     return sorted(found, key=lambda c: c.epoch)
 
 
-def best_checkpoint(run_dir: str | Path, which: str = "best") -> checkpoint.Checkpoint:
-    """The run's best checkpoint by its family's metric ("best"), or its newest ("latest")."""
-    found = run_checkpoints(run_dir)
+def best_checkpoint(
+    run_dir: str | Path,
+    which: str = "best",
+    *,
+    pattern: str = "checkpoint_*",
+    metric: str | None = None,
+    mode: str | None = None,
+) -> checkpoint.Checkpoint:
+    """The best checkpoint by `metric` (default: the family's), or the newest ("latest")."""
+    found = run_checkpoints(run_dir, pattern)
     if not found:
-        raise CheckpointError(f"run {run_dir} has no checkpoints")
+        raise CheckpointError(f"{run_dir} has no checkpoints")
     if which == "latest":
         return found[-1]
     if which != "best":
         raise ValueError(f"which must be 'best' or 'latest', got {which!r}")
     family = get_family(found[0].family)
-    scored = [c for c in found if family.metric in c.metrics]
+    metric, mode = metric or family.metric, mode or family.mode
+    scored = [c for c in found if metric in c.metrics]
     if not scored:
-        raise CheckpointError(f"no checkpoint of {run_dir} reports {family.metric}")
-    pick = min if family.mode == "min" else max
-    return pick(scored, key=lambda c: c.metrics[family.metric])
+        raise CheckpointError(f"no checkpoint in {run_dir} reports {metric}")
+    pick = min if mode == "min" else max
+    return pick(scored, key=lambda c: c.metrics[metric])
 
 
-def export(run_dir: str | Path, dest: str | Path, *, which: str = "best", replace: bool = False) -> Path:
-    """Copy a run's chosen checkpoint to `dest` (a model-store folder) and verify the copy."""
-    chosen = best_checkpoint(run_dir, which)
+def export(
+    run_dir: str | Path,
+    dest: str | Path,
+    *,
+    which: str = "best",
+    replace: bool = False,
+    pattern: str = "checkpoint_*",
+    metric: str | None = None,
+    mode: str | None = None,
+) -> Path:
+    """Copy a run's (or search's) chosen checkpoint to `dest`, a model-store folder, and verify the copy."""
+    chosen = best_checkpoint(run_dir, which, pattern=pattern, metric=metric, mode=mode)
     checkpoint.load(chosen.path)  # checksums verified before anything is copied
     dest = Path(dest).expanduser().resolve()
     if dest.exists():

@@ -41,7 +41,7 @@ HISTORY_FILE = "history.jsonl"
 
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     """Runs on every Ray Train worker. `loop_config` = {"run": RunConfig dict, "run_dir": str,
-    "store": the model store folder}."""
+    "store": the model store folder, "init_from": optional checkpoint folder to start from}."""
     cfg = RunConfig.model_validate(loop_config["run"])
     run_dir = Path(loop_config["run_dir"])
     # The metrics classifier is cached in the driver's model store, wherever this worker runs.
@@ -57,9 +57,12 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     family = family_cls(cfg.model, device)
     start_epoch = 0
     restored = ray.train.get_checkpoint()
-    if restored is not None:
+    if restored is not None:  # this run's own latest checkpoint: a resume or a worker restart
         with restored.as_directory() as folder:
             ckpt = checkpoint.load(folder, map_location=device)
+    elif loop_config.get("init_from"):  # another run's checkpoint: a Tune/PBT trial taking it over
+        ckpt = checkpoint.load(loop_config["init_from"], map_location=device)
+    if restored is not None or loop_config.get("init_from"):
         family.load_state_dict(ckpt.state)
         start_epoch = ckpt.epoch + 1
     if world > 1:

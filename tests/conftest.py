@@ -8,6 +8,11 @@ import os
 import socket
 import tempfile
 
+import torch
+
+# Two threads on two shared cores make these tiny models several times slower.
+torch.set_num_threads(1)
+
 # The metrics classifier is cached in the model store: one per test session, never ./models.
 os.environ.setdefault("GENRAY_STORE", tempfile.mkdtemp(prefix="genray-test-store-"))
 

@@ -112,7 +112,12 @@ class Family(ABC):
         if optimizers:
             for k, opt in self.optimizers.items():
                 if k in state.get("optimizers", {}):
+                    # The moments come from the checkpoint; the hyperparameters (lr, betas, ...)
+                    # from this config, so a resumed or PBT-perturbed run uses what it was given.
+                    configured = [{h: v for h, v in g.items() if h != "params"} for g in opt.param_groups]
                     opt.load_state_dict(state["optimizers"][k])
+                    for group, hparams in zip(opt.param_groups, configured):
+                        group.update(hparams)
 
     def num_parameters(self) -> int:
         return sum(p.numel() for net in self.nets.values() for p in net.parameters())

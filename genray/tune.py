@@ -1,0 +1,303 @@
+"""Ray Tune glue: search spaces, schedulers, resume — over the very same Ray Train trainer.
+
+Train V2 + Tune: each Tune trial is a small driver (a function trainable) that runs one
+`TorchTrainer.fit()` of genray's worker loop. The fit runs in a background thread while the
+trial's own thread hands every epoch to Tune with `ray.tune.report(metrics, checkpoint)`:
+the Train controller's callback passes (metrics, checkpoint path) through a Ray queue, and the
+trial copies that checkpoint into a Tune checkpoint. Real Tune checkpoints are what let PBT
+exploit a better trial and let `Tuner.restore` restart an interrupted trial where it was; a
+trial that starts from a Tune checkpoint passes it to the worker loop as `init_from`.
+
+A search lives in <storage>/<name>/: Tune's experiment folder, `train/` with every trial's
+Train run (so `tensorboard --logdir <storage>/<name>/train` shows all trials together), and
+results.csv / results.json once it finishes.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import queue as pyqueue
+import shutil
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import ray
+import ray.train
+import ray.tune
+import yaml
+from ray import tune
+from ray.train import CheckpointConfig, FailureConfig, ScalingConfig, UserCallback
+from ray.train.torch import TorchTrainer
+from ray.util.queue import Queue
+
+from genray.config import ConfigError, RunConfig, apply_override, build_config
+from genray.families import get_family
+from genray.metrics import store_root
+from genray.train import train_loop_per_worker
+
+DOMAINS = {
+    "loguniform": lambda a: tune.loguniform(*a),
+    "uniform": lambda a: tune.uniform(*a),
+    "choice": lambda a: tune.choice(list(a)),
+    "randint": lambda a: tune.randint(*a),
+}
+SPEC_FILE = "genray_search.json"
+# A trial is only a driver: its Train workers ask the cluster for their own CPUs/GPUs. Tune
+# refuses an empty request, so the driver holds a token hundredth of a CPU.
+TRIAL_RESOURCES = {"cpu": 0.01}
+
+
+@dataclass
+class SearchSpec:
+    space: dict[str, Any]  # config path -> Tune domain
+    mutations: dict[str, Any]
+    metric: str
+    mode: str
+
+
+def load_space(family: str, spec: str | None) -> SearchSpec:
+    """A YAML search space: a path, or None for the family's packaged default."""
+    if spec is None:
+        packaged = resources.files("genray.spaces") / f"{family}.yaml"
+        if not packaged.is_file():
+            raise ConfigError(f"space: no packaged search space for {family!r}; pass --space FILE")
+        text = packaged.read_text()
+    else:
+        path = Path(spec)
+        if not path.is_file():
+            raise ConfigError(f"space: file not found: {spec}")
+        text = path.read_text()
+    raw = yaml.safe_load(text) or {}
+    unknown = set(raw) - {"space", "mutations", "metric", "mode"}
+    if unknown:
+        raise ConfigError(f"space: unknown keys {sorted(unknown)}; expected space, mutations, metric, mode")
+    fam = get_family(family)
+    return SearchSpec(
+        space={k: to_domain(k, v) for k, v in (raw.get("space") or {}).items()},
+        mutations={k: to_domain(k, v) for k, v in (raw.get("mutations") or {}).items()},
+        metric=raw.get("metric", fam.metric),
+        mode=raw.get("mode", fam.mode),
+    )
+
+
+def to_domain(key: str, value: Any):
+    if not isinstance(value, dict) or len(value) != 1 or next(iter(value)) not in DOMAINS:
+        raise ConfigError(f"space.{key}: expected one of {{{', '.join(DOMAINS)}: ...}}, got {value!r}")
+    kind, args = next(iter(value.items()))
+    return DOMAINS[kind](args)
+
+
+def trial_config(base: dict[str, Any], overrides: dict[str, Any]) -> RunConfig:
+    tree = json.loads(json.dumps(base))
+    for key, value in overrides.items():
+        apply_override(tree, key.split("."), value)
+    return RunConfig.model_validate(tree)
+
+
+class ToTune(UserCallback):
+    """On the Train controller: hand each epoch's rank-0 metrics and checkpoint path to the trial."""
+
+    def __init__(self, channel: Queue):
+        self.channel = channel
+
+    def after_report(self, run_context, metrics, checkpoint) -> None:
+        self.channel.put((metrics[0], checkpoint.path if checkpoint is not None else None))
+
+
+def run_trial(config: dict[str, Any], base: dict[str, Any], train_storage: str, store: str) -> None:
+    """One Tune trial: drives one Ray Train run of genray's worker loop."""
+    cfg = trial_config(base, config["train_loop_config"])
+    trial_id = ray.tune.get_context().get_trial_id()
+    init_from = None
+    started = ray.tune.get_checkpoint()
+    if started is not None:  # PBT exploit or Tuner.restore: continue from this Tune checkpoint
+        init_dir = Path(tempfile.mkdtemp(prefix="genray-init-"))
+        with started.as_directory() as folder:
+            shutil.copytree(folder, init_dir, dirs_exist_ok=True)
+        init_from = str(init_dir)
+    # A fresh Train run per (trial, starting point): Train V2 would otherwise auto-resume the
+    # trial's own older checkpoints instead of the one Tune handed over.
+    suffix = "" if init_from is None else "-" + hashlib.sha1(f"{init_from}{time.time()}".encode()).hexdigest()[:6]
+    run_name = f"{trial_id}{suffix}"
+    channel = Queue(maxsize=4, actor_options={"num_cpus": 0})
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={"run": cfg.to_dict(), "run_dir": str(Path(train_storage) / run_name),
+                           "store": store, "init_from": init_from},
+        scaling_config=ScalingConfig(num_workers=max(1, cfg.train.workers),
+                                     use_gpu=bool(cfg.train.use_gpu),
+                                     resources_per_worker={"CPU": cfg.train.cpus_per_worker}),
+        run_config=ray.train.RunConfig(
+            name=run_name, storage_path=train_storage,
+            checkpoint_config=CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints),
+            failure_config=FailureConfig(max_failures=cfg.train.max_failures),
+            callbacks=[ToTune(channel)],
+        ),
+    )
+    (Path(train_storage) / run_name).mkdir(parents=True, exist_ok=True)
+    outcome: dict[str, Any] = {}
+
+    def fit() -> None:
+        try:
+            outcome["result"] = trainer.fit()
+        except BaseException as err:  # re-raised in the trial's thread below
+            outcome["error"] = err
+
+    worker = threading.Thread(target=fit, name=f"genray-fit-{trial_id}", daemon=True)
+    worker.start()
+    while True:
+        try:
+            metrics, path = channel.get(timeout=1.0)
+        except pyqueue.Empty:
+            if worker.is_alive():
+                continue
+            if channel.empty():
+                break
+            continue
+        report(metrics, path)
+    worker.join()
+    if "error" in outcome:
+        raise outcome["error"]
+
+
+def report(metrics: dict[str, Any], path: str | None) -> None:
+    numbers = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
+    if path is None:
+        ray.tune.report(numbers)
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        shutil.copytree(path, tmp, dirs_exist_ok=True)  # self-contained: survives Train's pruning
+        ray.tune.report(numbers, checkpoint=ray.tune.Checkpoint.from_directory(tmp))
+
+
+def make_scheduler(kind: str, spec: SearchSpec, epochs: int, perturbation_interval: int, population: int):
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, PopulationBasedTraining
+
+    if kind == "fifo":
+        return FIFOScheduler()
+    if kind == "asha":
+        return ASHAScheduler(time_attr="training_iteration", max_t=epochs, grace_period=1, reduction_factor=2)
+    if kind == "pbt":
+        if not spec.mutations:
+            raise ConfigError("space: PBT needs `mutations` (the hyperparameters it perturbs)")
+        return PopulationBasedTraining(
+            time_attr="training_iteration",
+            perturbation_interval=perturbation_interval,
+            hyperparam_mutations={"train_loop_config": spec.mutations},
+            # With the default quarter, a population under 4 would never exploit anyone.
+            quantile_fraction=0.5 if population < 8 else 0.25,
+            # Synchronous: every trial reaches the boundary before anyone is exploited, so
+            # the decision does not depend on which trial happened to report first.
+            synch=True,
+        )
+    raise ConfigError(f"scheduler must be asha, pbt or fifo, got {kind!r}")
+
+
+def build_tuner(
+    family: str,
+    *,
+    name: str,
+    storage: Path,
+    spec: SearchSpec,
+    base: RunConfig,
+    scheduler: str,
+    num_samples: int,
+    max_concurrent: int,
+    perturbation_interval: int = 1,
+):
+    storage = storage.resolve()
+    search_dir = storage / name
+    train_storage = search_dir / "train"
+    train_storage.mkdir(parents=True, exist_ok=True)
+    keep = max(base.train.keep_checkpoints, 4 if scheduler == "pbt" else 2)  # PBT exploits older ones
+    base = base.model_copy(update={"train": base.train.model_copy(update={"keep_checkpoints": keep})})
+    trainable = tune.with_parameters(run_trial, base=base.to_dict(), train_storage=str(train_storage),
+                                     store=str(store_root()))
+    trainable = tune.with_resources(trainable, TRIAL_RESOURCES)
+    (search_dir / SPEC_FILE).parent.mkdir(parents=True, exist_ok=True)
+    (search_dir / SPEC_FILE).write_text(json.dumps(
+        {"family": family, "metric": spec.metric, "mode": spec.mode, "scheduler": scheduler,
+         "base": base.to_dict()}))
+    return tune.Tuner(
+        trainable,
+        param_space={"train_loop_config": spec.space},
+        tune_config=tune.TuneConfig(
+            metric=spec.metric, mode=spec.mode,
+            scheduler=make_scheduler(scheduler, spec, base.train.epochs, perturbation_interval, num_samples),
+            num_samples=num_samples, max_concurrent_trials=max_concurrent,
+        ),
+        run_config=tune.RunConfig(
+            name=name, storage_path=str(storage),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=keep),
+            stop={"training_iteration": base.train.epochs},
+            verbose=1,
+        ),
+    )
+
+
+def restore_tuner(name: str, storage: Path):
+    """Tuner.restore of an interrupted search: finished trials stay finished, others continue."""
+    search_dir = storage.resolve() / name
+    spec_file = search_dir / SPEC_FILE
+    if not spec_file.is_file() or not tune.Tuner.can_restore(str(search_dir)):
+        raise ConfigError(f"resume: no search {name!r} in {storage}")
+    meta = json.loads(spec_file.read_text())
+    # Tune needs the trainable again: the same one, rebuilt from what the search stored.
+    trainable = tune.with_resources(
+        tune.with_parameters(run_trial, base=meta["base"], train_storage=str(search_dir / "train"),
+                             store=str(store_root())),
+        TRIAL_RESOURCES,
+    )
+    return tune.Tuner.restore(str(search_dir), trainable=trainable, resume_errored=True), meta
+
+
+def summarize(results, metric: str, mode: str, search_dir: Path) -> list[dict[str, Any]]:
+    """Trials sorted best first; also written to results.csv and results.json."""
+    rows = []
+    for result in results:
+        if result.metrics is None:
+            continue
+        hist = result.metrics_dataframe
+        best_value = None
+        if hist is not None and metric in hist:
+            series = hist[metric].dropna()
+            if len(series):
+                best_value = float(series.min() if mode == "min" else series.max())
+        row = {"trial": result.metrics.get("trial_id", Path(result.path).name), "best_" + metric: best_value,
+               "epochs": int(result.metrics.get("training_iteration", 0)),
+               "status": "error" if result.error else "done"}
+        row.update({k: v for k, v in result.config.get("train_loop_config", {}).items()})
+        rows.append(row)
+    missing = float("inf") if mode == "min" else float("-inf")
+    rows.sort(key=lambda r: r["best_" + metric] if r["best_" + metric] is not None else missing,
+              reverse=(mode == "max"))
+    (search_dir / "results.json").write_text(json.dumps(rows, indent=2))
+    if rows:
+        keys = list(dict.fromkeys(k for r in rows for k in r))
+        with open(search_dir / "results.csv", "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=keys)
+            writer.writeheader()
+            writer.writerows(rows)
+    return rows
+
+
+def best_checkpoint_dir(results, metric: str, mode: str) -> Path:
+    """The folder of the best checkpoint across all trials (Tune checkpoints hold genray ones)."""
+    best = None
+    for result in results:
+        for ckpt, metrics in result.best_checkpoints or []:
+            value = metrics.get(metric)
+            if value is None:
+                continue
+            if best is None or (value < best[0] if mode == "min" else value > best[0]):
+                best = (value, Path(ckpt.path))
+    if best is None:
+        raise ConfigError(f"no trial reported a checkpoint with {metric}")
+    return best[1]
