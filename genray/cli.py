@@ -224,6 +224,41 @@ def tune_cmd(
     typer.echo(f"export best: genray export {search_name} --best --storage {storage} --to models/<name>")
 
 
+@app.command()
+def heat(
+    n: int = typer.Option(64, help="Grid: x_i = i/n, i = 0..n."),
+    dt: float = typer.Option(1e-3, help="Time step (backward Euler)."),
+    t_end: float = typer.Option(0.1, help="Final time."),
+    omega: float = typer.Option(20.0, help="Boundary ramp rate: u = 1 - exp(-omega t) on x1 = 0 and x2 = 0."),
+    k_in: float = typer.Option(50.0, help="Conductivity inside the triangle."),
+    k_out: float = typer.Option(1.0, help="Conductivity outside."),
+    probe: List[str] = typer.Option(["0.25,0.25", "0.5,0.5", "0.5,0.6"], help="Points x1,x2 to print u at."),
+    frames: int = typer.Option(21, help="Frames in the animation."),
+    out: Path = typer.Option(Path("heat_out"), help="Folder for heat.png and heat.gif."),
+) -> None:
+    """Solve the 2-D heat problem; print probe values, write a PNG and an animated GIF."""
+    from genray.deploy.heat import probe as probe_values
+    from genray.heat import render_gif, render_png, solve_frames
+
+    try:
+        points = [tuple(float(v) for v in text.split(",")) for text in probe]
+        if any(len(pt) != 2 or not all(0.0 <= v <= 1.0 for v in pt) for pt in points):
+            raise ValueError(f"probe points must be x1,x2 in [0, 1], got {probe}")
+        t0 = time.perf_counter()
+        times, fields = solve_frames(n, dt, t_end, omega, k_in, k_out, num_frames=frames)
+        wall = time.perf_counter() - t0
+    except ValueError as err:
+        fail(str(err))
+    u = fields[-1]
+    out.mkdir(parents=True, exist_ok=True)
+    render_png(u, out / "heat.png", title=f"u(x, t={t_end:g})")
+    render_gif(times, fields, out / "heat.gif")
+    typer.echo(f"solved n={n}, dt={dt:g}, t_end={t_end:g} in {wall:.2f} s; max u = {float(u.max()):.6f}")
+    for (x1, x2), value in zip(points, probe_values(u, points)):
+        typer.echo(f"u({x1:g}, {x2:g}) = {value:.6f}")
+    typer.echo(f"wrote {out / 'heat.png'} and {out / 'heat.gif'}")
+
+
 bench_app = typer.Typer(help="Measure quality and speed; figures go to JSON and Markdown files.",
                         no_args_is_help=True)
 app.add_typer(bench_app, name="bench")
@@ -259,6 +294,20 @@ def bench_quality(
         fail(f"unknown families {unknown}; known: {sorted(FAMILIES)}")
     result = run(names, epochs, out, storage.resolve())
     finish_bench("quality", result, markdown_table(result), out, readme)
+
+
+@bench_app.command("heat")
+def bench_heat(
+    sizes: str = typer.Option("128,256,512", help="Grid sizes n."),
+    out: Path = typer.Option(Path("bench_results"), help="Folder for heat.json and heat.md."),
+    threads: int = typer.Option(1, help="torch and BLAS threads for every method."),
+    readme: Optional[Path] = typer.Option(None, help="Also replace the table between <!-- bench:heat --> markers."),
+) -> None:
+    """Seconds and CG iterations per step against scipy (splu, Jacobi CG) and pyamg; stencil bandwidth."""
+    from genray.bench.heat import markdown_table, run
+
+    result = run([int(v) for v in sizes.split(",")], out / "heat.json", threads=threads)
+    finish_bench("heat", result, markdown_table(result), out, readme)
 
 
 def main() -> None:  # pragma: no cover - console entry point

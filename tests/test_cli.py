@@ -6,7 +6,7 @@ from genray.cli import app
 runner = CliRunner()
 
 
-@pytest.mark.parametrize("command", ["train", "export", "serve", "demo", "bench", "bench quality"])
+@pytest.mark.parametrize("command", ["train", "export", "serve", "demo", "tune", "heat", "bench", "bench quality", "bench heat"])
 def test_every_command_has_help(command):
     result = runner.invoke(app, [*command.split(), "--help"])
     assert result.exit_code == 0, result.output
@@ -43,3 +43,17 @@ def test_serve_without_an_exported_model(tmp_path, monkeypatch):
     config = Path(__file__).resolve().parents[1] / "serve" / "vae.yaml"
     result = runner.invoke(app, ["serve", str(config)])
     assert result.exit_code == 2 and "no exported model" in result.output
+
+
+def test_heat_command_writes_png_gif_and_probes(tmp_path):
+    result = runner.invoke(app, ["heat", "--n", "16", "--dt", "0.01", "--t-end", "0.05", "--frames", "3",
+                                 "--out", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "heat.png").read_bytes()[:4] == b"\x89PNG"
+    assert (tmp_path / "heat.gif").read_bytes()[:3] == b"GIF"
+    assert "u(0.5, 0.5) = " in result.output
+
+
+def test_heat_command_rejects_bad_input(tmp_path):
+    result = runner.invoke(app, ["heat", "--n", "1", "--out", str(tmp_path)])
+    assert result.exit_code == 2 and "n must be >= 2" in result.output

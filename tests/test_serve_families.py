@@ -1,0 +1,118 @@
+"""Every deployment on a real local Serve: a good request answers 200, a bad one a 4xx JSON
+error naming the problem, and the replica keeps answering. Also: each two-player family trains
+under DDP with 2 Ray Train workers."""
+
+import pytest
+import requests
+
+from genray import checkpoint
+from genray.config import build_config
+from genray.deploy import DEPLOYMENTS, build_app
+from genray.families import get_family
+
+IMAGE = [[0.0] * 28 for _ in range(28)]
+GCN_X = [[0.1 * i for i in range(16)], [0.2] * 16]
+
+# family -> (path, good body, bad body, field the error must name)
+REQUESTS = {
+    "vae": ("/sample", {"n": 2, "seed": 1}, {"n": 0}, "n"),
+    "ae": ("/encode", {"images": [IMAGE]}, {"images": []}, "images"),
+    "cvae": ("/sample", {"digit": 3, "n": 2}, {"digit": 11, "n": 2}, "digit"),
+    "gan": ("/sample", {"n": 2, "seed": 3}, {"n": 100000}, "n"),
+    "vaegan": ("/sample", {"n": 2}, {"n": -1}, "n"),
+    "aae": ("/sample", {"n": 2}, {"n": "many"}, "n"),
+    "gcn": ("/predict", {"x": GCN_X, "edge_index": [[0], [1]], "undirected": True},
+            {"x": GCN_X, "edge_index": [[0], [5]]}, "edge_index"),
+    "mpnn": ("/predict", {"x": [[1, 2], [1, 2], [1, 2]], "edge_index": [[0, 1, 2], [1, 2, 0]],
+                          "edge_attr": [[0.3], [0.25], [0.35]]},
+             {"x": [], "edge_index": [[], []]}, "x"),
+    "ode": ("/integrate", {"y0": [[2.0, 0.0]], "t": [0.0, 0.5, 1.0]},
+            {"y0": [[2.0, 0.0]], "t": [0.0, 1.0, 0.5]}, "t"),
+    "latent_ode": ("/extrapolate", {"times": [0, 0.3, 0.45, 1.2], "values": [[5.1, 0.2], [4.9, 0.9], [4.7, 1.1],
+                                    [3.6, 2.4]], "query_times": [0, 0.6, 1.5]},
+                   {"times": [0, 0.3], "values": [[5.1, 0.2]], "query_times": [1.0]}, ""),
+}
+
+
+def test_every_deployment_has_a_request_table():
+    assert set(REQUESTS) == set(DEPLOYMENTS)
+
+
+def untrained_model(name: str, folder) -> str:
+    """A checkpoint of freshly built weights: enough to exercise the serving path."""
+    cfg = build_config(name)
+    family = get_family(name)(cfg.model)
+    path = folder / name
+    checkpoint.save(path, family=name, config=cfg.to_dict(), state=family.state_dict(), epoch=0, metrics={})
+    return str(path)
+
+
+def check(url: str, path: str, good: dict, bad: dict, field: str) -> None:
+    ok = requests.post(url + path, json=good, timeout=60)
+    assert ok.status_code == 200, ok.text
+    assert requests.get(url + "/", timeout=60).status_code == 200
+    rejected = requests.post(url + path, json=bad, timeout=60)
+    assert 400 <= rejected.status_code < 500, rejected.text
+    assert field in rejected.json()["error"], rejected.json()
+    assert requests.post(url + path, json=good, timeout=60).status_code == 200  # still alive
+
+
+@pytest.mark.ray
+def test_every_deployment_answers_and_rejects(serve_url, tmp_path):
+    from ray import serve
+
+    for name, (path, good, bad, field) in REQUESTS.items():
+        app = build_app({"model": untrained_model(name, tmp_path)})
+        # One small replica at a time; num_cpus=0 so it never waits for a core.
+        app = app._bound_deployment.options(ray_actor_options={"num_cpus": 0}).bind(*app._bound_deployment.init_args)
+        serve.run(app, name=name, route_prefix=f"/{name}")
+        try:
+            check(f"{serve_url}/{name}", path, good, bad, field)
+        finally:
+            serve.delete(name)
+
+
+@pytest.mark.ray
+def test_heat_deployment_batches_and_limits(serve_url):
+    import concurrent.futures
+
+    from ray import serve
+
+    from genray.deploy.heat import HeatDeployment
+
+    serve.run(HeatDeployment.options(ray_actor_options={"num_cpus": 0}).bind(), name="heat", route_prefix="/heat")
+    url = f"{serve_url}/heat"
+    try:
+        body = {"n": 16, "dt": 0.01, "t_end": 0.05, "format": "probe", "points": [[0.5, 0.5], [0.0, 0.3]]}
+        with concurrent.futures.ThreadPoolExecutor(4) as pool:
+            answers = list(pool.map(lambda w: requests.post(url + "/solve", json={**body, "omega": w}, timeout=60),
+                                    [5.0, 10.0, 20.0, 40.0]))
+        assert all(a.status_code == 200 for a in answers)
+        edge = [a.json()["values"][1] for a in answers]  # on x1 = 0: u = 1 - exp(-omega t) exactly
+        import math
+
+        for w, value in zip([5.0, 10.0, 20.0, 40.0], edge):
+            assert value == pytest.approx(1 - math.exp(-w * 0.05), abs=1e-9)
+        png = requests.post(url + "/solve", json={"n": 16, "dt": 0.01, "t_end": 0.05, "format": "png"}, timeout=60)
+        assert png.status_code == 200 and png.json()["format"] == "png"
+        for bad, field in [({"n": 100000}, "n"), ({"dt": 1e-6, "t_end": 10}, "steps"),
+                           ({"format": "probe"}, "points"), ({"k_in": -1}, "k_in")]:
+            r = requests.post(url + "/solve", json=bad, timeout=60)
+            assert r.status_code == 422 and field in r.json()["error"], r.text
+    finally:
+        serve.delete("heat")
+
+
+@pytest.mark.ray
+@pytest.mark.parametrize("name, extra", [("gan", ["model.loss=wgan-gp"]), ("vaegan", []), ("aae", [])])
+def test_two_player_families_train_under_ddp(ray_session, tmp_path, name, extra):
+    from genray.train import fit
+
+    cfg = build_config(name, overrides=[f"storage={tmp_path}", "name=ddp", "train.workers=2", "train.epochs=1",
+                                        "data.limit=64", "train.quality_every=0", *extra])
+    summary = fit(cfg, verbose=True)
+    assert [h["epoch"] for h in summary.history] == [0]
+    assert summary.history[0]["workers"] == 2
+    assert summary.best_checkpoint is not None
+    restored, _ = checkpoint.load_family(summary.best_checkpoint)
+    assert restored.quality_samples(4, seed=0)[0].shape == (4, 1, 28, 28)
