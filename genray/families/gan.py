@@ -58,8 +58,9 @@ class GANConfig(BaseModel):
     label_noise: float = Field(0.05, ge=0.0, lt=0.5)  # share of D's labels flipped
     dropout: float = Field(0.3, ge=0.0, lt=1.0)  # in D
     d_norm: Literal["none", "layer"] = "none"  # normalisation in D; never batch norm
-    lr_g: float = Field(2e-4, gt=0.0, le=1.0)
-    lr_d: float = Field(2e-4, gt=0.0, le=1.0)
+    # DCGAN's 2e-4 is tuned for long runs; with the averaged G, 1e-3 reaches good samples in ~1000 steps.
+    lr_g: float = Field(1e-3, gt=0.0, le=1.0)
+    lr_d: float = Field(1e-3, gt=0.0, le=1.0)
     betas: tuple[Beta, Beta] = (0.5, 0.999)
     # Decay of an exponential moving average of G's weights that inference uses (Yazici et al.
     # 2019): it smooths out the oscillation of the two-player game. 0 = use G itself.
