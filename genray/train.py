@@ -98,7 +98,10 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         metrics = {f"train_{k}": v / max(1, steps_per_epoch * world) for k, v in sums.items()}
         metrics.update(evaluate(family, val_loader, len(val_set), device))
         last = epoch == cfg.train.epochs - 1
-        if rank == 0 and cfg.train.quality_every and (last or epoch % cfg.train.quality_every == 0):
+        # A family ranked by sample quality (GANs: classifier-FID) is measured every epoch:
+        # its checkpoints are scored by that metric.
+        ranked_by_quality = family_cls.metric.startswith("sample_")
+        if rank == 0 and (ranked_by_quality or cfg.train.quality_every and (last or epoch % cfg.train.quality_every == 0)):
             metrics.update(measure_quality(family, cfg.train.quality_samples))
         metrics.update(epoch=epoch, epoch_s=time.perf_counter() - t0, workers=world)
 

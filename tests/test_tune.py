@@ -12,6 +12,15 @@ from genray.tune import build_tuner, load_space, summarize
 FAST = ["data.limit=96", "train.quality_every=0", "train.preview_every=0", "train.workers=1"]
 
 
+@pytest.mark.parametrize("family", ["vae", "ae", "cvae", "gan", "gcn", "mpnn"])
+def test_packaged_spaces_name_real_config_keys(family):
+    spec = load_space(family, None)
+    base = build_config(family).to_dict()
+    for key in spec.space:
+        section, _, field = key.partition(".")
+        assert field in base[section], f"{family}: {key} is not a config key"
+
+
 def test_space_yaml_is_validated(tmp_path):
     spec = load_space("vae", None)
     assert spec.metric == "val_neg_elbo" and spec.mode == "min" and "model.lr" in spec.space
