@@ -50,8 +50,10 @@ DOMAINS = {
 }
 SPEC_FILE = "genray_search.json"
 # A trial is only a driver: its Train workers ask the cluster for their own CPUs/GPUs. Tune
-# refuses an empty request, so the driver holds a token hundredth of a CPU.
-TRIAL_RESOURCES = {"cpu": 0.01}
+# refuses an empty request, and any CPU fraction here would leave N trials x 1-CPU workers
+# one fraction short of N CPUs (deadlock at max_concurrent = cores), so the driver reserves
+# 64 MiB of memory instead.
+TRIAL_RESOURCES = {"memory": 64 * 1024 * 1024}
 
 
 @dataclass
@@ -232,6 +234,9 @@ def build_tuner(
             metric=spec.metric, mode=spec.mode,
             scheduler=make_scheduler(scheduler, spec, base.train.epochs, perturbation_interval, num_samples),
             num_samples=num_samples, max_concurrent_trials=max_concurrent,
+            # A stopped or exploited trial's actor must die: it owns the Train controller and
+            # workers of its fit, which a reused actor would leave running, holding their CPUs.
+            reuse_actors=False,
         ),
         run_config=tune.RunConfig(
             name=name, storage_path=str(storage),

@@ -30,7 +30,6 @@ from torch import nn
 from genray.families.base import Family
 from genray.families.gan import moment_mse
 
-IMAGE_SHAPE = (1, 28, 28)
 Beta = Annotated[float, Field(ge=0.0, lt=1.0)]
 
 

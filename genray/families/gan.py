@@ -40,7 +40,6 @@ from torch import nn
 
 from genray.families.base import Family
 
-IMAGE_SHAPE = (1, 28, 28)
 LOSSES = ("bce", "hinge", "lsgan", "wgan-gp")
 Beta = Annotated[float, Field(ge=0.0, lt=1.0)]
 
@@ -182,7 +181,7 @@ def seeded_normal(n: int, dim: int, seed: int | None) -> torch.Tensor:
 class GANFamily(Family):
     name = "gan"
     Config = GANConfig
-    metric = "val_moment_mse"
+    metric = "sample_fid"
     mode = "min"
     adversarial = True
 

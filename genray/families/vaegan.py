@@ -110,7 +110,7 @@ def scale_grad(x: torch.Tensor, scale: float) -> torch.Tensor:
 class VAEGANFamily(Family):
     name = "vaegan"
     Config = VAEGANConfig
-    metric = "val_moment_mse"
+    metric = "sample_fid"
     mode = "min"
     adversarial = True
 
