@@ -124,6 +124,9 @@ def run_trial(config: dict[str, Any], base: dict[str, Any], train_storage: str, 
         with started.as_directory() as folder:
             shutil.copytree(folder, init_dir, dirs_exist_ok=True)
         init_from = str(init_dir)
+    # The trial ends when its fit returns (no Tune `stop`): Tune kills a trial's actor as soon as a
+    # stop condition is met, which would take the Train controller down before it releases its
+    # workers' placement group. Early stops (ASHA, PBT) rely on Train's PlacementGroupCleaner.
     # A fresh Train run per (trial, starting point): Train V2 would otherwise auto-resume the
     # trial's own older checkpoints instead of the one Tune handed over.
     suffix = "" if init_from is None else "-" + hashlib.sha1(f"{init_from}{time.time()}".encode()).hexdigest()[:6]
@@ -241,7 +244,6 @@ def build_tuner(
         run_config=tune.RunConfig(
             name=name, storage_path=str(storage),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=keep),
-            stop={"training_iteration": base.train.epochs},
             verbose=1,
         ),
     )

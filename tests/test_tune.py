@@ -33,6 +33,10 @@ def test_space_yaml_is_validated(tmp_path):
         load_space("vae", str(bad))
 
 
+# Known problem (issue 7 stays open): when Tune stops a trial early (ASHA) or pauses it (PBT),
+# the trial's actor dies mid-fit and its Train worker group's placement group is not always
+# removed, so later trials wait forever for a CPU on a 2-core machine. Run with `-m tune`.
+@pytest.mark.tune
 @pytest.mark.ray
 def test_asha_search_finishes_and_exports_the_best(ray_session, tmp_path):
     storage = tmp_path / "searches"
@@ -59,6 +63,7 @@ def test_asha_search_finishes_and_exports_the_best(ray_session, tmp_path):
     assert exported.metrics["val_neg_elbo"] == pytest.approx(rows[0]["best_val_neg_elbo"])
 
 
+@pytest.mark.tune
 @pytest.mark.ray
 def test_pbt_exploits_the_better_trial(ray_session, tmp_path):
     spec = load_space("vae", None)
