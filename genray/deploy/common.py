@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import base64
 import binascii
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal, Optional, Union
 
 import torch
 from fastapi import FastAPI, Request
@@ -108,3 +108,30 @@ def make_api(title: str) -> FastAPI:
     api.add_exception_handler(RequestValidationError, validation_error)
     api.add_exception_handler(BadRequest, bad_request)
     return api
+
+
+# --- request models shared by the image-generating deployments (vae, aae, vaegan, gan) -----
+MAX_CODE = 1e3  # |z| beyond this is no code a decoder has seen; refuse rather than emit noise
+
+
+class SampleRequest(StrictModel):
+    n: int = Field(16, ge=1, le=MAX_IMAGES)
+    seed: Optional[int] = Field(None, ge=0, le=2**63 - 1)
+    format: ImageFormat = "png"
+
+
+class EncodeRequest(StrictModel):
+    images: list[ImageIn] = Field(min_length=1, max_length=MAX_IMAGES)
+
+
+class DecodeRequest(StrictModel):
+    z: list[list[Annotated[Finite, Field(ge=-MAX_CODE, le=MAX_CODE)]]] = Field(min_length=1, max_length=MAX_IMAGES)
+    format: ImageFormat = "png"
+
+
+def codes_to_tensor(z: list[list[float]], latent_dim: int) -> torch.Tensor:
+    """Validated codes -> (B, latent) float32; a code of the wrong size is a 422 naming it."""
+    for i, code in enumerate(z):
+        if len(code) != latent_dim:
+            raise BadRequest(f"z.{i}: expected {latent_dim} values (the latent size), got {len(code)}")
+    return torch.tensor(z, dtype=torch.float32)

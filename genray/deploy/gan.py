@@ -4,17 +4,14 @@
 from typing import Optional
 
 import torch
-from pydantic import Field
 from ray import serve
 
 from genray.checkpoint import load_family
-from genray.deploy.common import MAX_IMAGES, ImageFormat, StrictModel, encode_images, make_api
-
-
-class SampleRequest(StrictModel):
-    n: int = Field(16, ge=1, le=MAX_IMAGES)
-    seed: Optional[int] = Field(None, ge=0, le=2**63 - 1)
-    format: ImageFormat = "png"
+from genray.deploy.common import (
+    encode_images,
+    make_api,
+    SampleRequest,
+)
 
 
 def sample_many(family, requests: list[tuple[int, Optional[int]]]) -> list[torch.Tensor]:

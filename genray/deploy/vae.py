@@ -1,41 +1,25 @@
 """Serve deployment of a trained VAE: sample, encode, decode, interpolate."""
 
 
-from typing import Annotated, Optional
+from typing import Optional
 
 import torch
-from pydantic import Field, model_validator
+from pydantic import Field
 from ray import serve
 
 from genray.checkpoint import load_family
 from genray.deploy.common import (
     BadRequest,
-    MAX_IMAGES,
-    Finite,
+    DecodeRequest,
+    encode_images,
+    EncodeRequest,
     ImageFormat,
     ImageIn,
-    StrictModel,
-    encode_images,
     images_to_tensor,
     make_api,
+    SampleRequest,
+    StrictModel,
 )
-
-MAX_CODE = 1e3  # |z| beyond this is no code the decoder has seen; refuse rather than emit noise
-
-
-class SampleRequest(StrictModel):
-    n: int = Field(16, ge=1, le=MAX_IMAGES)
-    seed: Optional[int] = Field(None, ge=0, le=2**63 - 1)
-    format: ImageFormat = "png"
-
-
-class EncodeRequest(StrictModel):
-    images: list[ImageIn] = Field(min_length=1, max_length=MAX_IMAGES)
-
-
-class DecodeRequest(StrictModel):
-    z: list[list[Annotated[Finite, Field(ge=-MAX_CODE, le=MAX_CODE)]]] = Field(min_length=1, max_length=MAX_IMAGES)
-    format: ImageFormat = "png"
 
 
 class InterpolateRequest(StrictModel):

@@ -1,49 +1,21 @@
 """Serve deployment of a trained VAE-GAN: encode, decode, sample."""
 
 
-from typing import Annotated, Optional
+from typing import Optional
 
 import torch
-from pydantic import Field
 from ray import serve
 
 from genray.checkpoint import load_family
 from genray.deploy.common import (
-    BadRequest,
-    MAX_IMAGES,
-    Finite,
-    ImageFormat,
-    ImageIn,
-    StrictModel,
+    codes_to_tensor,
+    DecodeRequest,
     encode_images,
+    EncodeRequest,
     images_to_tensor,
     make_api,
+    SampleRequest,
 )
-
-MAX_CODE = 1e3  # |z| beyond this is no code the decoder has seen; refuse rather than emit noise
-
-
-class SampleRequest(StrictModel):
-    n: int = Field(16, ge=1, le=MAX_IMAGES)
-    seed: Optional[int] = Field(None, ge=0, le=2**63 - 1)
-    format: ImageFormat = "png"
-
-
-class EncodeRequest(StrictModel):
-    images: list[ImageIn] = Field(min_length=1, max_length=MAX_IMAGES)
-
-
-class DecodeRequest(StrictModel):
-    z: list[list[Annotated[Finite, Field(ge=-MAX_CODE, le=MAX_CODE)]]] = Field(min_length=1, max_length=MAX_IMAGES)
-    format: ImageFormat = "png"
-
-
-def codes_to_tensor(z: list[list[float]], latent_dim: int) -> torch.Tensor:
-    """Validated codes -> (B, latent) float32; a code of the wrong size is a 422 naming it."""
-    for i, code in enumerate(z):
-        if len(code) != latent_dim:
-            raise BadRequest(f"z.{i}: expected {latent_dim} values (the latent size), got {len(code)}")
-    return torch.tensor(z, dtype=torch.float32)
 
 
 def sample_many(family, requests: list[tuple[int, Optional[int]]]) -> list[torch.Tensor]:
