@@ -135,3 +135,12 @@ def codes_to_tensor(z: list[list[float]], latent_dim: int) -> torch.Tensor:
         if len(code) != latent_dim:
             raise BadRequest(f"z.{i}: expected {latent_dim} values (the latent size), got {len(code)}")
     return torch.tensor(z, dtype=torch.float32)
+
+
+def sample_many(family, requests: list[tuple[int, Optional[int]]]) -> list[torch.Tensor]:
+    """Decode all (n, seed) requests' prior codes in one forward pass. Each request's codes come
+    from its own seed and the networks run in eval mode, so a seeded request gets the same images
+    however it was batched."""
+    codes = [family.prior_codes(n, seed) for n, seed in requests]
+    images = family.decode(torch.cat(codes))  # (sum n, 1, 28, 28)
+    return list(images.split([n for n, _ in requests]))

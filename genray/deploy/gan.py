@@ -8,19 +8,11 @@ from ray import serve
 
 from genray.checkpoint import load_family
 from genray.deploy.common import (
+    sample_many,
     encode_images,
     make_api,
     SampleRequest,
 )
-
-
-def sample_many(family, requests: list[tuple[int, Optional[int]]]) -> list[torch.Tensor]:
-    """Generate all requests' images in one forward pass. Each request's codes come from its own
-    seed and the generator runs in eval mode (batch norm on running statistics), so a seeded
-    request gets the same images however it was batched."""
-    codes = [family.prior_codes(n, seed) for n, seed in requests]
-    images = family.generate(torch.cat(codes))  # (sum n, 1, 28, 28)
-    return list(images.split([n for n, _ in requests]))
 
 
 api = make_api("genray gan")

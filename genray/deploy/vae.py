@@ -9,6 +9,7 @@ from ray import serve
 
 from genray.checkpoint import load_family
 from genray.deploy.common import (
+    sample_many,
     BadRequest,
     DecodeRequest,
     encode_images,
@@ -27,14 +28,6 @@ class InterpolateRequest(StrictModel):
     b: ImageIn
     steps: int = Field(8, ge=2, le=64)
     format: ImageFormat = "png"
-
-
-def sample_many(family, requests: list[tuple[int, Optional[int]]]) -> list[torch.Tensor]:
-    """Decode all requests' codes in one forward pass. Each request's codes come from its own
-    seed, so a seeded request gets the same images however it was batched."""
-    codes = [family.prior_codes(n, seed) for n, seed in requests]
-    images = family.decode(torch.cat(codes))  # (sum n, 1, 28, 28)
-    return list(images.split([n for n, _ in requests]))
 
 
 api = make_api("genray vae")

@@ -8,6 +8,7 @@ from ray import serve
 
 from genray.checkpoint import load_family
 from genray.deploy.common import (
+    sample_many,
     codes_to_tensor,
     DecodeRequest,
     encode_images,
@@ -16,14 +17,6 @@ from genray.deploy.common import (
     make_api,
     SampleRequest,
 )
-
-
-def sample_many(family, requests: list[tuple[int, Optional[int]]]) -> list[torch.Tensor]:
-    """Decode all requests' prior codes in one forward pass; each request's codes come from its
-    own seed, so a seeded request gets the same images however it was batched."""
-    codes = [family.prior_codes(n, seed) for n, seed in requests]
-    images = family.decode(torch.cat(codes))  # (sum n, 1, 28, 28)
-    return list(images.split([n for n, _ in requests]))
 
 
 api = make_api("genray vaegan")

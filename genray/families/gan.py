@@ -295,6 +295,10 @@ class GANFamily(Family):
         return seeded_normal(n, self.cfg.latent_dim, seed)
 
     @torch.no_grad()
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """Codes -> images in [0, 1]: a GAN's generator is its decoder (the name deployments share)."""
+        return self.generate(z)
+
     def generate(self, z: torch.Tensor) -> torch.Tensor:
         """(B, latent) -> images (B, 1, 28, 28) in [0, 1], from the averaged generator when there
         is one. Needs eval mode for batch-independent output (batch norm on running statistics)."""
