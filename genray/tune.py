@@ -37,7 +37,7 @@ from ray.train import CheckpointConfig, FailureConfig, ScalingConfig, UserCallba
 from ray.train.torch import TorchTrainer
 from ray.util.queue import Queue
 
-from genray.config import ConfigError, RunConfig, apply_override, build_config
+from genray.config import ConfigError, RunConfig, apply_override
 from genray.families import get_family
 from genray.metrics import store_root
 from genray.train import train_loop_per_worker

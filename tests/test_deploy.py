@@ -3,7 +3,6 @@ local Ray: 2 Ray Train workers -> checkpoint -> export -> Serve -> HTTP -> resum
 
 import base64
 import io
-import json
 from pathlib import Path
 
 import pytest

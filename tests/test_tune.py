@@ -1,7 +1,6 @@
 """Ray Tune over the Ray Train trainer: ASHA with a killed-and-resumed driver, and PBT."""
 
 import json
-from pathlib import Path
 
 import pytest
 
