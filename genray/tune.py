@@ -37,6 +37,7 @@ from ray.train import CheckpointConfig, FailureConfig, ScalingConfig, UserCallba
 from ray.train.torch import TorchTrainer
 from ray.util.queue import Queue
 
+from genray import checkpoint
 from genray.config import ConfigError, RunConfig, apply_override
 from genray.families import get_family
 from genray.metrics import store_root
@@ -124,9 +125,11 @@ def run_trial(config: dict[str, Any], base: dict[str, Any], train_storage: str, 
         with started.as_directory() as folder:
             shutil.copytree(folder, init_dir, dirs_exist_ok=True)
         init_from = str(init_dir)
-    # The trial ends when its fit returns (no Tune `stop`): Tune kills a trial's actor as soon as a
-    # stop condition is met, which would take the Train controller down before it releases its
-    # workers' placement group. Early stops (ASHA, PBT) rely on Train's PlacementGroupCleaner.
+        if checkpoint.load(init_from, weights=False).epoch + 1 >= cfg.train.epochs:
+            return  # exploited (PBT) or restored after its last epoch: nothing left to train
+    # The trial ends when its fit returns (no Tune `stop`). An early stop (ASHA) or a pause (PBT)
+    # ends the trial's actor mid-fit, and with it the Train controller it owns; the workers'
+    # placement group is then freed by Train's PlacementGroupCleaner (see require_state_api).
     # A fresh Train run per (trial, starting point): Train V2 would otherwise auto-resume the
     # trial's own older checkpoints instead of the one Tune handed over.
     suffix = "" if init_from is None else "-" + hashlib.sha1(f"{init_from}{time.time()}".encode()).hexdigest()[:6]
@@ -205,6 +208,27 @@ def make_scheduler(kind: str, spec: SearchSpec, epochs: int, perturbation_interv
     raise ConfigError(f"scheduler must be asha, pbt or fifo, got {kind!r}")
 
 
+def require_state_api() -> None:
+    """Refuse to search on a cluster without Ray's state API (served by the dashboard).
+
+    When Tune stops a trial early or pauses it, the trial's actor dies mid-fit. The placement
+    group of its Train workers belongs to the job, not to that actor, so it outlives it; Ray
+    Train's PlacementGroupCleaner removes it once the state API says the controller is dead.
+    Without the dashboard that check never succeeds: the CPUs stay reserved and, on a small
+    cluster, the next trials wait for them forever.
+    """
+    from ray.util.state import list_actors
+
+    try:
+        list_actors(limit=1, timeout=10, raise_on_missing_output=False)
+    except Exception as err:  # ServerUnavailable, RayStateApiException, connection errors
+        raise ConfigError(
+            "tune needs Ray's dashboard (the state API) so that stopped trials free their Train "
+            "workers' CPUs; start Ray with the dashboard (ray.init(include_dashboard=True), "
+            f"`ray start --head` without --include-dashboard=false). ({type(err).__name__})"
+        ) from None
+
+
 def build_tuner(
     family: str,
     *,
@@ -217,6 +241,8 @@ def build_tuner(
     max_concurrent: int,
     perturbation_interval: int = 1,
 ):
+    if scheduler != "fifo":
+        require_state_api()
     storage = storage.resolve()
     search_dir = storage / name
     train_storage = search_dir / "train"
@@ -256,6 +282,8 @@ def restore_tuner(name: str, storage: Path):
     if not spec_file.is_file() or not tune.Tuner.can_restore(str(search_dir)):
         raise ConfigError(f"resume: no search {name!r} in {storage}")
     meta = json.loads(spec_file.read_text())
+    if meta["scheduler"] != "fifo":
+        require_state_api()
     # Tune needs the trainable again: the same one, rebuilt from what the search stored.
     trainable = tune.with_resources(
         tune.with_parameters(run_trial, base=meta["base"], train_storage=str(search_dir / "train"),

@@ -29,7 +29,10 @@ def free_port() -> int:
 def ray_session():
     import ray
 
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    # The dashboard serves Ray's state API, which Ray Train's PlacementGroupCleaner needs to see
+    # that a stopped Tune trial's controller is dead and free its workers' placement group.
+    ray.init(address="local", num_cpus=2, include_dashboard=True, dashboard_port=free_port(),
+             log_to_driver=False)
     try:
         yield ray
     finally:
