@@ -310,6 +310,31 @@ def bench_heat(
     finish_bench("heat", result, markdown_table(result), out, readme)
 
 
+@bench_app.command("tune")
+def bench_tune(
+    family: str = typer.Option("vae", help="The family searched (its packaged space)."),
+    num_samples: int = typer.Option(8, help="Sampled configurations; the same ones for both searches."),
+    epochs: int = typer.Option(16, help="Epochs per trial (ASHA's max_t)."),
+    max_concurrent: int = typer.Option(2, help="Trials at once, in both searches."),
+    seed: int = typer.Option(0, help="Seed of the sampled configurations."),
+    tolerance: float = typer.Option(0.02, help="Target: random search's best value within this fraction."),
+    set_: List[str] = typer.Option(["train.quality_every=0", "train.preview_every=0"], "--set", "-s",
+                                   help="Fixed override for every trial (repeatable)."),
+    storage: Path = typer.Option(Path("searches"), help="Where the two searches go."),
+    out: Path = typer.Option(Path("bench_results"), help="Folder for tune.json and tune.md."),
+    readme: Optional[Path] = typer.Option(None, help="Also replace the table between <!-- bench:tune --> markers."),
+) -> None:
+    """Trial-seconds ASHA needs to reach a target against random search with no early stopping."""
+    from genray.bench.tune import markdown_table, run
+
+    try:
+        result = run(family, num_samples=num_samples, epochs=epochs, max_concurrent=max_concurrent, seed=seed,
+                     tolerance=tolerance, storage=storage.resolve(), overrides=list(set_))
+    except ConfigError as err:
+        fail(str(err))
+    finish_bench("tune", result, markdown_table(result), out, readme)
+
+
 def main() -> None:  # pragma: no cover - console entry point
     app()
 

@@ -219,8 +219,9 @@ def require_state_api() -> None:
     """
     from ray.util.state import list_actors
 
-    try:
-        list_actors(limit=1, timeout=10, raise_on_missing_output=False)
+    try:  # this cluster's own dashboard, found through its GCS (not the newest Ray on the machine)
+        list_actors(address=ray.get_runtime_context().gcs_address, limit=1, timeout=10,
+                    raise_on_missing_output=False)
     except Exception as err:  # ServerUnavailable, RayStateApiException, connection errors
         raise ConfigError(
             "tune needs Ray's dashboard (the state API) so that stopped trials free their Train "
@@ -240,7 +241,12 @@ def build_tuner(
     num_samples: int,
     max_concurrent: int,
     perturbation_interval: int = 1,
+    seed: int | None = None,
 ):
+    """The Tuner of a new search. `seed` fixes the sampled configurations (the same seed and
+    space give the same trials whatever the scheduler: `genray bench tune` relies on it)."""
+    from ray.tune.search.basic_variant import BasicVariantGenerator
+
     if scheduler != "fifo":
         require_state_api()
     storage = storage.resolve()
@@ -263,6 +269,7 @@ def build_tuner(
             metric=spec.metric, mode=spec.mode,
             scheduler=make_scheduler(scheduler, spec, base.train.epochs, perturbation_interval, num_samples),
             num_samples=num_samples, max_concurrent_trials=max_concurrent,
+            search_alg=BasicVariantGenerator(random_state=seed) if seed is not None else None,
             # A stopped or exploited trial's actor must die: it owns the Train controller and
             # workers of its fit, which a reused actor would leave running, holding their CPUs.
             reuse_actors=False,

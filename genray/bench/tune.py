@@ -1,0 +1,153 @@
+"""`genray bench tune`: what ASHA's early stopping saves against random search without it.
+
+Both searches run the same family, space, number of samples and sampled configurations (one
+seed for Tune's variant generator), the same epochs per trial and the same concurrency, through
+`genray.tune.build_tuner` — the code path of `genray tune`. Only the scheduler differs:
+
+    random   FIFO: every sampled configuration trains for all its epochs
+    asha     ASHA (grace period 1 epoch, reduction factor 2): the worse half stops at each rung
+
+The target is set by the random search, after both ran: within `tolerance` of the best value any
+of its trials reached. For each search: its trial-seconds until some trial first reports a value
+at or past the target (trial-seconds: the time trials spent running, start-up included, summed
+over trials, on the wall-clock timeline of the search), the wall time until then, and totals for
+the whole search. The issue's target: ASHA needs at most half of random search's trial-seconds.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from genray.bench import machine, machine_line
+
+METHODS = {"random": "fifo", "asha": "asha"}
+
+
+def trial_runs(results, metric: str) -> list[dict[str, Any]]:
+    """Per trial: start and end on the wall clock, and (time, value) of every report."""
+    trials = []
+    for result in results:
+        frame = result.metrics_dataframe
+        if frame is None or not len(frame) or metric not in frame:
+            continue
+        ends = frame["timestamp"].astype(float).tolist()
+        totals = frame["time_total_s"].astype(float).tolist()
+        start = ends[0] - totals[0]
+        trials.append({
+            "trial": str(result.metrics.get("trial_id")),
+            "start": start,
+            "end": start + totals[-1],
+            "epochs": int(frame["training_iteration"].max()),
+            "reports": [(start + t, float(v)) for t, v in zip(totals, frame[metric].tolist())],
+            "config": result.config.get("train_loop_config", {}),
+        })
+    return trials
+
+
+def reaches(value: float, target: float, mode: str) -> bool:
+    return value <= target if mode == "min" else value >= target
+
+
+def cost_until(trials: list[dict[str, Any]], until: float) -> float:
+    """Trial-seconds spent by all trials up to the wall-clock time `until`."""
+    return sum(max(0.0, min(t["end"], until) - t["start"]) for t in trials)
+
+
+def summarize_search(trials: list[dict[str, Any]], wall_s: float, target: float, mode: str) -> dict[str, Any]:
+    t0 = min(t["start"] for t in trials)
+    hits = [when for t in trials for when, value in t["reports"] if reaches(value, target, mode)]
+    values = [v for t in trials for _, v in t["reports"]]
+    hit = min(hits) if hits else None
+    return {
+        "trials": len(trials),
+        "epochs_trained": sum(t["epochs"] for t in trials),
+        "trial_s": round(cost_until(trials, float("inf")), 1),
+        "wall_s": round(wall_s, 1),
+        "best": min(values) if mode == "min" else max(values),
+        "reached_target": hit is not None,
+        "trial_s_to_target": round(cost_until(trials, hit), 1) if hit is not None else None,
+        "wall_s_to_target": round(hit - t0, 1) if hit is not None else None,
+        "per_trial": [{"trial": t["trial"], "epochs": t["epochs"], "seconds": round(t["end"] - t["start"], 1),
+                       "last": t["reports"][-1][1], **t["config"]} for t in trials],
+    }
+
+
+def run(family: str, *, num_samples: int, epochs: int, max_concurrent: int, seed: int, tolerance: float,
+        storage: Path, overrides: list[str]) -> dict[str, Any]:
+    import ray
+
+    from genray.config import build_config
+    from genray.tune import build_tuner, load_space
+
+    if not ray.is_initialized():
+        ray.init(address="local", log_to_driver=False)
+    spec = load_space(family, None)
+    base = build_config(family, None, ["train.workers=1", f"train.epochs={epochs}", *overrides])
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    searches = {}
+    for method, scheduler in METHODS.items():
+        tuner = build_tuner(family, name=f"bench-{method}-{stamp}", storage=storage, spec=spec, base=base,
+                            scheduler=scheduler, num_samples=num_samples, max_concurrent=max_concurrent,
+                            seed=seed)
+        started = time.monotonic()
+        results = tuner.fit()
+        searches[method] = (trial_runs(results, spec.metric), time.monotonic() - started)
+        if not searches[method][0]:
+            raise RuntimeError(f"bench tune: the {method} search reported no {spec.metric}")
+
+    random_values = [v for t in searches["random"][0] for _, v in t["reports"]]
+    best = min(random_values) if spec.mode == "min" else max(random_values)
+    target = best + tolerance * abs(best) * (1 if spec.mode == "min" else -1)
+    methods = {m: summarize_search(trials, wall, target, spec.mode) for m, (trials, wall) in searches.items()}
+    ratio = None
+    if methods["asha"]["reached_target"]:
+        ratio = round(methods["asha"]["trial_s_to_target"] / methods["random"]["trial_s_to_target"], 3)
+    return {
+        "machine": machine(),
+        "family": family,
+        "metric": spec.metric,
+        "mode": spec.mode,
+        "space": sorted(spec.space),
+        "num_samples": num_samples,
+        "epochs": epochs,
+        "max_concurrent": max_concurrent,
+        "seed": seed,
+        "overrides": overrides,
+        "target": {"value": round(target, 4), "rule": f"random search's best {spec.metric} within {tolerance:.0%}"},
+        "methods": methods,
+        "asha_over_random_trial_s_to_target": ratio,
+        "asha_over_random_trial_s_total": round(methods["asha"]["trial_s"] / methods["random"]["trial_s"], 3),
+        "storage": str(storage),
+    }
+
+
+def markdown_table(result: dict[str, Any]) -> str:
+    metric = result["metric"]
+    lines = [
+        f"{result['family']}: {result['num_samples']} sampled configurations (seed {result['seed']}) of "
+        f"{', '.join(result['space'])}; {result['epochs']} epochs each, 1 worker per trial, "
+        f"{result['max_concurrent']} trials at once. Target: {metric} "
+        f"{'≤' if result['mode'] == 'min' else '≥'} {result['target']['value']:.4g} "
+        f"({result['target']['rule']}).",
+        "",
+        f"| search | trials | epochs trained | trial-seconds to target | wall s to target "
+        f"| trial-seconds, whole search | wall s, whole search | best {metric} |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for name, m in result["methods"].items():
+        to_target = (f"{m['trial_s_to_target']:.0f} | {m['wall_s_to_target']:.0f}" if m["reached_target"]
+                     else "not reached | not reached")
+        lines.append(f"| {name} | {m['trials']} | {m['epochs_trained']} | {to_target} | {m['trial_s']:.0f} "
+                     f"| {m['wall_s']:.0f} | {m['best']:.4g} |")
+    ratio = result["asha_over_random_trial_s_to_target"]
+    lines += [
+        "",
+        f"ASHA / random, trial-seconds to target: **{ratio if ratio is not None else 'ASHA never reached it'}** "
+        f"(target ≤ 0.5); whole search: {result['asha_over_random_trial_s_total']}.",
+        "",
+        machine_line(result["machine"]),
+        "",
+    ]
+    return "\n".join(lines)
