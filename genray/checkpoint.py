@@ -6,7 +6,8 @@ A checkpoint is a folder:
 The manifest carries the whole run config, so loading rebuilds the model without the
 training code's arguments (as nanoGPT does). Folders are written under a temporary name and
 renamed into place, so a reader never sees half a checkpoint; the checksums catch a file
-that was truncated or corrupted afterwards.
+that was truncated or corrupted afterwards. Checkpoints are read from a folder or an s3://
+prefix (a Ray Train run on S3, or the model store there).
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ from typing import Any
 
 import torch
 
+from genray.data import uri
+
 FORMAT = 1
 MANIFEST = "manifest.json"
 WEIGHTS = "weights.pt"
@@ -33,7 +36,7 @@ class CheckpointError(ValueError):
 
 @dataclass
 class Checkpoint:
-    path: Path
+    path: Path | str  # a folder, or an s3:// URI
     family: str
     config: dict[str, Any]  # the full RunConfig as a dict
     epoch: int
@@ -85,11 +88,13 @@ def save(
 
 
 def read_manifest(directory: str | Path) -> dict[str, Any]:
-    path = Path(directory) / MANIFEST
-    if not path.is_file():
-        raise CheckpointError(f"not a genray checkpoint: {path} is missing")
+    path = uri.join(directory, MANIFEST)
     try:
-        manifest = json.loads(path.read_text())
+        text = uri.read_text(path)
+    except uri.ObjectNotFound:
+        raise CheckpointError(f"not a genray checkpoint: {path} is missing") from None
+    try:
+        manifest = json.loads(text)
     except json.JSONDecodeError as err:
         raise CheckpointError(f"{path}: corrupted manifest ({err})") from None
     if manifest.get("format") != FORMAT:
@@ -98,7 +103,16 @@ def read_manifest(directory: str | Path) -> dict[str, Any]:
 
 
 def load(directory: str | Path, *, weights: bool = True, map_location: str | torch.device = "cpu") -> Checkpoint:
-    """Read and verify a checkpoint; every file's checksum is checked before use."""
+    """Read and verify a checkpoint; every file's checksum is checked before use. An s3://
+    checkpoint is downloaded to a temporary folder first (its path stays the URI)."""
+    if uri.is_s3(directory):
+        if not weights:
+            return _from_manifest(str(directory), read_manifest(directory), None)
+        read_manifest(directory)  # "not a genray checkpoint" before anything is downloaded
+        with tempfile.TemporaryDirectory(prefix="genray-ckpt-") as tmp:
+            local = load(uri.download_folder(str(directory), tmp), map_location=map_location)
+        local.path = str(directory)
+        return local
     directory = Path(directory)
     manifest = read_manifest(directory)
     state = None
@@ -111,8 +125,12 @@ def load(directory: str | Path, *, weights: bool = True, map_location: str | tor
                 raise CheckpointError(f"checkpoint file corrupted (checksum mismatch): {path}")
         # weights_only: a checkpoint is data, never code to run.
         state = torch.load(directory / WEIGHTS, map_location=map_location, weights_only=True)
+    return _from_manifest(directory, manifest, state)
+
+
+def _from_manifest(path: Path | str, manifest: dict[str, Any], state: dict[str, Any] | None) -> Checkpoint:
     return Checkpoint(
-        path=directory,
+        path=path,
         family=manifest["family"],
         config=manifest["config"],
         epoch=manifest["epoch"],

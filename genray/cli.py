@@ -83,9 +83,9 @@ def train(
 
 @app.command()
 def export(
-    run: str = typer.Argument(..., help="Run name (under --storage) or run folder; a search name with --best."),
-    to: Path = typer.Option(..., "--to", help="Model store folder to write, e.g. models/vae."),
-    storage: Optional[str] = typer.Option(None, help="Folder that holds the runs (default runs, or searches with --best)."),
+    run: str = typer.Argument(..., help="Run name (under --storage), run folder or s3:// URI; a search name with --best."),
+    to: str = typer.Option(..., "--to", help="Model store folder or s3:// URI to write, e.g. models/vae."),
+    storage: Optional[str] = typer.Option(None, help="Folder or s3:// prefix that holds the runs (default runs, or searches with --best)."),
     which: str = typer.Option("best", help="best (by the family's metric) or latest."),
     best: bool = typer.Option(False, "--best", help="RUN is a Tune search: export its best trial's best checkpoint."),
     replace: bool = typer.Option(False, help="Replace an existing model (the old one is kept beside it)."),
@@ -96,8 +96,10 @@ def export(
     from genray.checkpoint import CheckpointError
     from genray.store import export as export_model
 
+    from genray.data.uri import is_s3, join
+
     storage = storage or ("searches" if best else "runs")
-    run_dir = Path(run) if Path(run).is_dir() else Path(storage) / run
+    run_dir = run if is_s3(run) else Path(run) if Path(run).is_dir() else join(storage, run) if is_s3(storage) else Path(storage) / run
     options = {}
     if best:
         from genray.tune import SPEC_FILE
@@ -131,7 +133,7 @@ def serve(
     spec = yaml.safe_load(config.read_text()) or {}
     for application in spec.get("applications", []):
         model = (application.get("args") or {}).get("model")
-        if model and not (resolve_model_path(model) / "manifest.json").is_file():
+        if model and not str(model).startswith("s3://") and not (resolve_model_path(model) / "manifest.json").is_file():
             fail(
                 f"application {application.get('name')!r}: no exported model at {resolve_model_path(model)}; "
                 f"train and export one first (genray demo, or genray train + genray export --to {model})"
@@ -259,6 +261,80 @@ def heat(
     typer.echo(f"wrote {out / 'heat.png'} and {out / 'heat.gif'}")
 
 
+@app.command()
+def submit(
+    spec: Path = typer.Argument(..., help="Job spec YAML under the working folder, e.g. jobs/vae-gpu.yaml."),
+    address: Optional[str] = typer.Option(None, help="Dashboard URL (default: $RAY_API_SERVER_ADDRESS or http://127.0.0.1:8265)."),
+    set_: List[str] = typer.Option([], "--set", "-s", help="Override a spec key: --set config.train.epochs=5 (repeatable)."),
+    working_dir: Path = typer.Option(Path("."), help="Folder uploaded with the job (.gitignore'd files are skipped)."),
+    follow: bool = typer.Option(True, help="Print the job's log until it ends; exit 1 unless it succeeded."),
+    job_id: Optional[str] = typer.Option(None, "--id", help="Submission id (default: Ray picks one)."),
+) -> None:
+    """Run a job spec on a Ray cluster through its job API (token from RAY_AUTH_TOKEN or ~/.ray/auth_token)."""
+    from genray import submit as jobs
+
+    try:
+        submitted = jobs.submit(spec, address=address, working_dir=working_dir, overrides=list(set_),
+                                submission_id=job_id)
+    except (ConfigError, ValueError, RuntimeError, ConnectionError) as err:
+        fail(str(err))
+    typer.echo(f"submitted {submitted}")
+    if not follow:
+        typer.echo(f"follow it:   genray job logs {submitted} --follow" + (f" --address {address}" if address else ""))
+        return
+    status = jobs.follow(submitted, address=address, write=typer.echo)
+    typer.echo(f"job {submitted}: {status}")
+    if status != "SUCCEEDED":
+        raise typer.Exit(1)
+
+
+job_app = typer.Typer(help="Jobs on a Ray cluster: list, status, logs, stop (see genray submit).", no_args_is_help=True)
+app.add_typer(job_app, name="job")
+ADDRESS_HELP = "Dashboard URL (default: $RAY_API_SERVER_ADDRESS or http://127.0.0.1:8265)."
+
+
+@job_app.command("list")
+def job_list(address: Optional[str] = typer.Option(None, help=ADDRESS_HELP)) -> None:
+    """Every job the cluster knows, oldest first: id, status, entrypoint."""
+    from genray.submit import client
+
+    for job in sorted(client(address).list_jobs(), key=lambda j: j.start_time or 0):
+        typer.echo(f"{job.submission_id or job.job_id}\t{job.status.value}\t{job.entrypoint}")
+
+
+@job_app.command("status")
+def job_status(job_id: str = typer.Argument(..., help="Submission id."),
+               address: Optional[str] = typer.Option(None, help=ADDRESS_HELP)) -> None:
+    """A job's status (PENDING, RUNNING, SUCCEEDED, FAILED, STOPPED) and message."""
+    from genray.submit import client
+
+    info = client(address).get_job_info(job_id)
+    typer.echo(f"{info.status.value}" + (f": {info.message}" if info.message else ""))
+
+
+@job_app.command("logs")
+def job_logs(job_id: str = typer.Argument(..., help="Submission id."),
+             follow: bool = typer.Option(False, help="Keep printing until the job ends."),
+             address: Optional[str] = typer.Option(None, help=ADDRESS_HELP)) -> None:
+    """A job's log so far (or, with --follow, until it ends)."""
+    from genray.submit import client, follow as follow_job
+
+    if follow:
+        typer.echo(f"job {job_id}: {follow_job(job_id, address=address, write=typer.echo)}")
+    else:
+        typer.echo(client(address).get_job_logs(job_id))
+
+
+@job_app.command("stop")
+def job_stop(job_id: str = typer.Argument(..., help="Submission id."),
+             address: Optional[str] = typer.Option(None, help=ADDRESS_HELP)) -> None:
+    """Stop a running job (its driver, and with it its Train workers)."""
+    from genray.submit import client
+
+    stopped = client(address).stop_job(job_id)
+    typer.echo(f"job {job_id}: {'stop requested' if stopped else 'was not running'}")
+
+
 bench_app = typer.Typer(help="Measure quality and speed; figures go to JSON and Markdown files.",
                         no_args_is_help=True)
 app.add_typer(bench_app, name="bench")
@@ -308,6 +384,25 @@ def bench_heat(
 
     result = run([int(v) for v in sizes.split(",")], out / "heat.json", threads=threads)
     finish_bench("heat", result, markdown_table(result), out, readme)
+
+
+@bench_app.command("ode")
+def bench_ode(
+    quick: bool = typer.Option(False, "--quick", help="Smoke-test sizes (seconds, no Ray run); the figures mean little."),
+    path: Optional[str] = typer.Option(None, help="How genray's ode side runs: ray-train (default) or in-process "
+                                                  "(the default with --quick)."),
+    rounds: Optional[int] = typer.Option(None, help="Interleaved rounds of the ode comparison (3; 1 with --quick)."),
+    out: Path = typer.Option(Path("bench_results"), help="Folder for ode.json and ode.md."),
+    storage: Path = typer.Option(Path("runs"), help="Where the bench's Ray Train runs go."),
+    readme: Optional[Path] = typer.Option(None, help="Also replace the table between <!-- bench:ode --> markers."),
+) -> None:
+    """ode vs the same loop in plain torchdiffeq (time, NFE, memory, error; adjoint on and off); latent_ode vs rnn."""
+    from genray.bench.ode import markdown_table, run
+
+    if path not in (None, "ray-train", "in-process"):
+        fail(f"--path must be ray-train or in-process, got {path!r}")
+    result = run(quick=quick, path=path, rounds=rounds, storage=storage, log=typer.echo)
+    finish_bench("ode", result, markdown_table(result), out, readme)
 
 
 @bench_app.command("tune")

@@ -5,6 +5,11 @@ has one, wraps each network for DDP, shards the training set with a DistributedS
 and after every epoch reports metrics (all workers: `ray.train.report` is a barrier) and a
 checkpoint (rank 0 only). A run is the folder <storage>/<name>; starting a run again with the
 same storage and name makes Ray Train hand the loop its latest checkpoint (Train V2).
+
+Storage is a folder or an s3:// prefix on any S3-compatible store. On S3, Ray Train writes the
+checkpoints through a pyarrow S3FileSystem (genray.data.uri.s3_filesystem); rank 0 writes
+history.jsonl and TensorBoard events to a local folder and copies them to the bucket after every
+epoch; the driver keeps a local mirror of the run's small files (run_dir_of) for TensorBoard.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -30,6 +36,7 @@ from torch.utils.data import DataLoader, DistributedSampler, Subset
 
 from genray import checkpoint
 from genray.config import ConfigError, RunConfig, build_config
+from genray.data import uri
 from genray.families import get_family
 from genray.metrics import store_root
 
@@ -41,9 +48,9 @@ HISTORY_FILE = "history.jsonl"
 
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     """Runs on every Ray Train worker. `loop_config` = {"run": RunConfig dict, "run_dir": str,
-    "store": the model store folder, "init_from": optional checkpoint folder to start from}."""
+    "store": the model store folder, "init_from": optional checkpoint folder to start from,
+    "run_uri" and "run_fs": where the run is stored when that is not run_dir (s3://)}."""
     cfg = RunConfig.model_validate(loop_config["run"])
-    run_dir = Path(loop_config["run_dir"])
     # The metrics classifier is cached in the driver's model store, wherever this worker runs.
     os.environ["GENRAY_STORE"] = loop_config["store"]
     ctx = ray.train.get_context()
@@ -78,11 +85,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     val_loader = DataLoader(Subset(val_set, range(rank, len(val_set), world)), batch_size=256, collate_fn=collate)
     preview_batch = family.to_device(next(iter(DataLoader(val_set, batch_size=64, collate_fn=collate))))
 
-    writer = None
-    if rank == 0:
-        from torch.utils.tensorboard import SummaryWriter
-
-        writer = SummaryWriter(str(run_dir / "tensorboard"), purge_step=start_epoch)
+    log = RunLog(loop_config, start_epoch) if rank == 0 else None
+    writer = log.writer if log is not None else None
 
     steps_per_epoch = len(loader)
     for epoch in range(start_epoch, cfg.train.epochs):
@@ -115,7 +119,9 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                     writer.add_image(tag, grid(images), epoch)
             writer.flush()
 
+        checkpoint_name = None
         if rank == 0 and (last or (epoch + 1) % cfg.train.checkpoint_every == 0):
+            checkpoint_name = f"checkpoint_epoch{epoch:05d}"
             with tempfile.TemporaryDirectory() as tmp:
                 checkpoint.save(
                     Path(tmp) / "ckpt",
@@ -128,12 +134,62 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                 ray.train.report(
                     metrics,
                     checkpoint=ray.train.Checkpoint.from_directory(Path(tmp) / "ckpt"),
-                    checkpoint_dir_name=f"checkpoint_epoch{epoch:05d}",
+                    checkpoint_dir_name=checkpoint_name,
                 )
         else:
             ray.train.report(metrics)
-    if writer is not None:
-        writer.close()
+        if log is not None:  # after report: the checkpoint it names is stored by now
+            log.append(metrics, checkpoint_name)
+    if log is not None:
+        log.close()
+
+
+class RunLog:
+    """Rank 0's record of a run: history.jsonl (one line per epoch) and TensorBoard events.
+
+    They are written in the run folder; for a run on s3:// they are written in a local folder
+    and copied to the bucket after every epoch, through the filesystem Ray Train stores the
+    checkpoints with. A restarted or resumed loop drops the history of the epochs it repeats.
+    """
+
+    def __init__(self, loop_config: dict[str, Any], start_epoch: int):
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.run_uri = loop_config.get("run_uri") or loop_config["run_dir"]
+        self.fs = loop_config.get("run_fs")  # None: the run folder is local (or shared)
+        if self.fs is None:
+            self.local = Path(loop_config["run_dir"])
+        else:
+            self.local = Path(tempfile.mkdtemp(prefix="genray-run-"))
+            self.remote_path = self.run_uri[len("s3://"):]
+        self.history = [r for r in self.read_history() if r.get("epoch", -1) < start_epoch]
+        self.writer = SummaryWriter(str(self.local / "tensorboard"), purge_step=start_epoch)
+
+    def read_history(self) -> list[dict[str, Any]]:
+        if self.fs is None:
+            return read_history(self.local)
+        try:
+            with self.fs.open_input_stream(f"{self.remote_path}/{HISTORY_FILE}") as f:
+                text = f.read().decode()
+        except FileNotFoundError:
+            return []
+        return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+    def append(self, metrics: dict[str, Any], checkpoint_name: str | None) -> None:
+        record = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
+        record["checkpoint"] = uri.join(self.run_uri, checkpoint_name) if checkpoint_name else None
+        self.history.append(record)
+        uri.write_text(self.local / HISTORY_FILE, "".join(json.dumps(r) + "\n" for r in self.history))
+        self.writer.flush()
+        if self.fs is not None:
+            import pyarrow.fs
+
+            # The whole folder each epoch: a few small files, and a restarted worker on another
+            # node leaves nothing behind.
+            pyarrow.fs.copy_files(str(self.local), self.remote_path, destination_filesystem=self.fs)
+
+    def close(self) -> None:
+        self.writer.close()
 
 
 def measure_quality(family, n: int) -> dict[str, float]:
@@ -176,18 +232,14 @@ def all_reduce_sums(sums: dict[str, float]) -> dict[str, float]:
 # --- the driver side -----------------------------------------------------------------------
 
 class ProgressCallback(UserCallback):
-    """Prints one line per epoch and appends it to <run>/history.jsonl (on the Train controller)."""
+    """Prints one line per epoch (on the Train controller; the job's log on a cluster)."""
 
-    def __init__(self, run_dir: str, epochs: int, metric: str):
-        self.run_dir, self.epochs, self.metric = run_dir, epochs, metric
+    def __init__(self, epochs: int, metric: str):
+        self.epochs, self.metric = epochs, metric
         self.t0 = time.time()
 
     def after_report(self, run_context, metrics: list[dict[str, Any]], checkpoint) -> None:
         m = metrics[0]  # rank 0's
-        record = {k: v for k, v in m.items() if isinstance(v, (int, float))}
-        record["checkpoint"] = checkpoint.path if checkpoint is not None else None
-        with open(Path(self.run_dir) / HISTORY_FILE, "a") as f:
-            f.write(json.dumps(record) + "\n")
         epoch = int(m["epoch"]) + 1
         width = 20
         done = math.floor(width * epoch / self.epochs)
@@ -203,17 +255,32 @@ class ProgressCallback(UserCallback):
 @dataclass
 class TrainSummary:
     name: str
-    run_dir: Path
+    run_dir: Path  # the run folder; for s3:// storage, its local mirror (config, history, tensorboard)
     metrics: dict[str, Any]
-    best_checkpoint: Path | None
+    best_checkpoint: Path | str | None  # a folder, or an s3:// URI
     wall_s: float
     history: list[dict[str, Any]] = field(default_factory=list)
+    run_uri: str = ""  # where the run is stored: the run folder's path, or s3://bucket/.../<name>
+
+
+def run_uri_of(storage: str, name: str) -> str:
+    """Where run `name` is stored: <storage>/<name>, a folder path or an s3:// URI."""
+    if uri.is_s3(storage):
+        return uri.join(storage, name)
+    return str(Path(storage).expanduser().resolve() / name)
 
 
 def run_dir_of(storage: str, name: str) -> Path:
-    if storage.startswith("s3://"):
-        raise ConfigError("storage: s3:// run storage is not supported yet; use a local folder")
-    return Path(storage).expanduser().resolve() / name
+    """The run's local folder: the run itself, or for s3:// storage a local mirror of its
+    config, history and TensorBoard events (its checkpoints stay in the bucket)."""
+    if uri.is_s3(storage):
+        bucket, prefix = uri.split_s3(uri.join(storage, name))
+        return uri.cache_dir() / "runs" / bucket / prefix
+    return Path(run_uri_of(storage, name))
+
+
+def run_exists(storage: str, name: str) -> bool:
+    return uri.exists(uri.join(run_uri_of(storage, name), RUN_CONFIG_FILE))
 
 
 def prepare_run(cfg: RunConfig, resume: bool) -> tuple[RunConfig, Path]:
@@ -221,39 +288,50 @@ def prepare_run(cfg: RunConfig, resume: bool) -> tuple[RunConfig, Path]:
     if cfg.name is None:
         cfg = cfg.model_copy(update={"name": f"{cfg.family}-{time.strftime('%Y%m%d-%H%M%S')}"})
     run_dir = run_dir_of(cfg.storage, cfg.name)
-    config_file = run_dir / RUN_CONFIG_FILE
-    if config_file.exists() and not resume:
+    if run_exists(cfg.storage, cfg.name) and not resume:
         raise ConfigError(
-            f"name: run {cfg.name!r} already exists in {run_dir.parent}; "
+            f"name: run {cfg.name!r} already exists in {cfg.storage}; "
             f"continue it with `genray train --resume {cfg.name}` or pick another --name"
         )
+    text = yaml.safe_dump(cfg.to_dict(), sort_keys=False)
+    if uri.is_s3(cfg.storage) and not resume:
+        shutil.rmtree(run_dir, ignore_errors=True)  # a mirror of an older run of that name
     run_dir.mkdir(parents=True, exist_ok=True)
-    tmp = config_file.with_suffix(".tmp")
-    tmp.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-    os.replace(tmp, config_file)
+    uri.write_text(run_dir / RUN_CONFIG_FILE, text)
+    if uri.is_s3(cfg.storage):
+        uri.write_text(uri.join(run_uri_of(cfg.storage, cfg.name), RUN_CONFIG_FILE), text)
     return cfg, run_dir
 
 
 def load_run_config(name_or_dir: str, storage: str = "runs", overrides: list[str] = ()) -> RunConfig:
-    """The stored config of an existing run, with `train.*` overrides (e.g. more epochs)."""
-    path = Path(name_or_dir)
-    run_dir = path if (path / RUN_CONFIG_FILE).exists() else run_dir_of(storage, name_or_dir)
-    config_file = run_dir / RUN_CONFIG_FILE
-    if not config_file.exists():
-        raise ConfigError(f"resume: no run {name_or_dir!r} (looked for {config_file})")
+    """The stored config of an existing run, with `train.*` overrides (e.g. more epochs).
+    `name_or_dir` is a run name under `storage`, a run folder, or a run's s3:// URI."""
+    if uri.is_s3(name_or_dir):
+        run, storage = name_or_dir.rstrip("/"), name_or_dir.rstrip("/").rsplit("/", 1)[0]
+    elif (Path(name_or_dir) / RUN_CONFIG_FILE).exists():
+        run = str(Path(name_or_dir).resolve())
+        storage = str(Path(run).parent)
+    else:
+        run = run_uri_of(storage, name_or_dir)
+    config_file = uri.join(run, RUN_CONFIG_FILE)
     for text in overrides:
         if not text.startswith("train."):
             raise ConfigError(f"resume: only train.* settings can change when resuming, got {text!r}")
-    base = yaml.safe_load(config_file.read_text())
-    base["storage"] = str(run_dir.parent)
+    try:
+        base = yaml.safe_load(uri.read_text(config_file))
+    except uri.ObjectNotFound:
+        raise ConfigError(f"resume: no run {name_or_dir!r} (looked for {config_file})") from None
+    base["storage"] = storage if uri.is_s3(storage) else str(Path(run).parent)
     return build_config(base=base, overrides=list(overrides))
 
 
-def read_history(run_dir: Path) -> list[dict[str, Any]]:
-    path = Path(run_dir) / HISTORY_FILE
-    if not path.exists():
+def read_history(run: str | Path) -> list[dict[str, Any]]:
+    """A run's history.jsonl (a run folder or an s3:// URI); [] before its first epoch."""
+    try:
+        text = uri.read_text(uri.join(run, HISTORY_FILE))
+    except uri.ObjectNotFound:
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
 
 
 def fit(cfg: RunConfig, *, resume: bool = False, verbose: bool = True) -> TrainSummary:
@@ -261,13 +339,20 @@ def fit(cfg: RunConfig, *, resume: bool = False, verbose: bool = True) -> TrainS
     if not ray.is_initialized():
         ray.init()
     cfg, run_dir = prepare_run(cfg, resume)
+    run_uri = run_uri_of(cfg.storage, cfg.name)
+    remote = uri.is_s3(cfg.storage)
+    # On S3, Ray Train takes the bucket path without its scheme plus a filesystem that knows
+    # the endpoint; the same filesystem goes to rank 0 for history and TensorBoard.
+    fs = uri.s3_filesystem() if remote else None
+    storage_path = "/".join(p for p in uri.split_s3(cfg.storage) if p) if remote else str(run_dir.parent)
     family = get_family(cfg.family)
     use_gpu = cfg.train.use_gpu
     if use_gpu is None:
         use_gpu = ray.cluster_resources().get("GPU", 0) > 0
     trainer = TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"run": cfg.to_dict(), "run_dir": str(run_dir), "store": str(store_root())},
+        train_loop_config={"run": cfg.to_dict(), "run_dir": str(run_dir), "store": str(store_root()),
+                           "run_uri": run_uri, "run_fs": fs},
         scaling_config=ScalingConfig(
             num_workers=cfg.train.workers,
             use_gpu=use_gpu,
@@ -275,14 +360,15 @@ def fit(cfg: RunConfig, *, resume: bool = False, verbose: bool = True) -> TrainS
         ),
         run_config=ray.train.RunConfig(
             name=cfg.name,
-            storage_path=str(run_dir.parent),
+            storage_path=storage_path,
+            storage_filesystem=fs,
             checkpoint_config=CheckpointConfig(
                 num_to_keep=cfg.train.keep_checkpoints,
                 checkpoint_score_attribute=family.metric,
                 checkpoint_score_order=family.mode,
             ),
             failure_config=FailureConfig(max_failures=cfg.train.max_failures),
-            callbacks=[ProgressCallback(str(run_dir), cfg.train.epochs, family.metric)] if verbose else [],
+            callbacks=[ProgressCallback(cfg.train.epochs, family.metric)] if verbose else [],
         ),
     )
     t0 = time.perf_counter()
@@ -292,5 +378,16 @@ def fit(cfg: RunConfig, *, resume: bool = False, verbose: bool = True) -> TrainS
     if result.best_checkpoints:
         pick = min if family.mode == "min" else max
         best_ckpt, _ = pick(result.best_checkpoints, key=lambda cm: cm[1][family.metric])
-        best = Path(best_ckpt.path)
-    return TrainSummary(cfg.name, run_dir, dict(result.metrics or {}), best, wall, read_history(run_dir))
+        best = f"s3://{best_ckpt.path}" if remote else Path(best_ckpt.path)
+    if remote:
+        mirror_run(run_uri, run_dir)
+    return TrainSummary(cfg.name, run_dir, dict(result.metrics or {}), best, wall, read_history(run_dir), run_uri)
+
+
+def mirror_run(run_uri: str, run_dir: Path) -> None:
+    """Copy an s3:// run's history and TensorBoard events into its local mirror."""
+    try:
+        uri.write_text(run_dir / HISTORY_FILE, uri.read_text(uri.join(run_uri, HISTORY_FILE)))
+        uri.download_folder(uri.join(run_uri, "tensorboard"), run_dir / "tensorboard")
+    except uri.ObjectNotFound:
+        pass  # no epoch finished

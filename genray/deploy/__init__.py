@@ -1,7 +1,9 @@
 """Ray Serve deployments, one per family, and the application builder that serve/*.yaml names.
 
 `serve run serve/vae.yaml` imports `genray.deploy:build_app` with the YAML's `args`; the
-builder reads the stored model's manifest and binds the deployment of its family.
+builder reads the stored model's manifest and binds the deployment of its family. A model is
+a folder or an s3:// URI in the model store; a replica reads it with boto3 (endpoint and
+credentials from the AWS chain of the replica's node, or the application's runtime_env).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from genray.checkpoint import read_manifest
+from genray.data import uri
 
 # family -> "module:DeploymentClass"; imported on use, like the family registry.
 DEPLOYMENTS: dict[str, str] = {
@@ -28,8 +31,11 @@ DEPLOYMENTS: dict[str, str] = {
 }
 
 
-def resolve_model_path(model: str) -> Path:
-    """A store path from serve YAML: absolute, or relative to $GENRAY_HOME (default: cwd)."""
+def resolve_model_path(model: str) -> Path | str:
+    """A store path from serve YAML: an s3:// URI, an absolute path, or a path relative to
+    $GENRAY_HOME (default: cwd)."""
+    if uri.is_s3(model):
+        return model.rstrip("/")
     path = Path(model).expanduser()
     if not path.is_absolute():
         path = Path(os.environ.get("GENRAY_HOME", os.getcwd())) / path
@@ -43,10 +49,15 @@ def build_app(args: dict[str, Any]):
         raise ValueError(f"unknown application args {sorted(unknown)}; expected 'model'")
     if "model" not in args:
         raise ValueError("application args need 'model': the path of an exported model")
-    path = resolve_model_path(str(args["model"]))
+    deployment, path = deployment_for(str(args["model"]))
+    return deployment.bind(path)
+
+
+def deployment_for(model: str):
+    """(the Serve deployment of the stored model's family, the model's resolved path or URI)."""
+    path = resolve_model_path(model)
     family = read_manifest(path)["family"]  # clear error if the path holds no model
     if family not in DEPLOYMENTS:
         raise ValueError(f"no deployment for family {family!r}; deployable: {sorted(DEPLOYMENTS)}")
     module_name, _, class_name = DEPLOYMENTS[family].partition(":")
-    deployment = getattr(importlib.import_module(module_name), class_name)
-    return deployment.bind(str(path))
+    return getattr(importlib.import_module(module_name), class_name), str(path)

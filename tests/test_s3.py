@@ -1,0 +1,154 @@
+"""Run storage and the model store on an S3-compatible endpoint: moto's standalone server on
+loopback, reached only through the endpoint override (AWS_ENDPOINT_URL), as MinIO would be.
+A training run checkpoints to s3://, a resumed run continues from there, an exported model is
+served from s3://; network errors are retried and a missing object is a clear error."""
+
+import pytest
+import requests
+from botocore.exceptions import EndpointConnectionError
+from typer.testing import CliRunner
+
+from genray import checkpoint
+from genray.data import uri
+
+from conftest import free_port
+
+S3_ENV = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
+
+
+@pytest.fixture(scope="module")
+def s3(tmp_path_factory):
+    """moto's S3 on a free loopback port, with buckets `runs` and `models`; yields the env that
+    points the AWS chain at it (set in this process for the module's tests)."""
+    from moto.server import ThreadedMotoServer
+
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    env = {**S3_ENV, "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}"}
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("GENRAY_CACHE", str(tmp_path_factory.mktemp("cache")))  # local mirrors of s3 runs
+        for key in ("AWS_PROFILE", "AWS_ENDPOINT_URL_S3", "AWS_MAX_ATTEMPTS", "AWS_SESSION_TOKEN"):
+            mp.delenv(key, raising=False)
+        for key, value in env.items():
+            mp.setenv(key, value)
+        client = uri.s3_client()
+        for bucket in ("runs", "models"):
+            client.create_bucket(Bucket=bucket)
+        try:
+            yield env
+        finally:
+            server.stop()
+
+
+def test_missing_objects_are_clear_errors(s3):
+    with pytest.raises(uri.ObjectNotFound, match="s3://models/nothing/here.json does not exist"):
+        uri.read_text("s3://models/nothing/here.json")
+    with pytest.raises(uri.ObjectNotFound, match="s3://no-such-bucket/x does not exist"):
+        uri.read_text("s3://no-such-bucket/x")
+    with pytest.raises(checkpoint.CheckpointError, match="s3://models/none/manifest.json is missing"):
+        checkpoint.load("s3://models/none")
+    from genray.deploy import build_app
+
+    with pytest.raises(checkpoint.CheckpointError, match="not a genray checkpoint: s3://models/none"):
+        build_app({"model": "s3://models/none"})
+    from genray.store import export
+
+    with pytest.raises(checkpoint.CheckpointError, match="run folder not found: s3://runs/none"):
+        export("s3://runs/none", "s3://models/x")
+
+
+def test_network_errors_are_retried_with_backoff(s3, monkeypatch):
+    """The first two attempts fail as if the connection dropped; the third one reads the object."""
+    uri.write_text("s3://models/retry.txt", "still here")
+    attempts = []
+
+    def flaky(request, **kwargs):
+        attempts.append(request.url)
+        if len(attempts) <= 2:
+            raise EndpointConnectionError(endpoint_url=request.url)
+
+    make_client = uri.s3_client
+
+    def client_with_flaky_network():
+        client = make_client()
+        client.meta.events.register("before-send.s3.GetObject", flaky)
+        return client
+
+    monkeypatch.setattr(uri, "s3_client", client_with_flaky_network)
+    assert uri.read_text("s3://models/retry.txt") == "still here"
+    assert len(attempts) == 3
+    # Past the attempt budget the network error reaches the caller.
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "2")
+    attempts.clear()
+    with pytest.raises(EndpointConnectionError):
+        uri.read_text("s3://models/retry.txt")
+    assert len(attempts) == 2
+
+
+def test_export_to_s3_refuses_to_overwrite_and_keeps_replaced_models(s3, trained_vae, tmp_path):
+    import shutil
+
+    from genray.store import export
+
+    run = tmp_path / "run"
+    shutil.copytree(trained_vae, run / "checkpoint_epoch00000")
+    assert export(run, "s3://models/store-test") == "s3://models/store-test"
+    with pytest.raises(FileExistsError, match="already exists"):
+        export(run, "s3://models/store-test")
+    export(run, "s3://models/store-test", replace=True)
+    kept = {k.split("/")[0] for k in uri.list_keys("s3://models") if k.startswith("store-test.replaced-")}
+    assert len(kept) == 1
+    assert checkpoint.load("s3://models/store-test").family == "vae"
+
+
+@pytest.mark.ray
+def test_train_resume_export_and_serve_on_s3(s3, ray_session, serve_url):
+    from ray import serve
+
+    from genray.cli import app
+    from genray.config import ConfigError, build_config
+    from genray.deploy import deployment_for
+    from genray.train import fit, load_run_config, read_history
+
+    storage = "s3://runs/experiments"
+    cfg = build_config("vae", overrides=[
+        "name=on-s3", f"storage={storage}", "train.workers=1", "train.epochs=1", "data.limit=128",
+        "model.latent_dim=4", "train.quality_every=0", "train.preview_every=0",
+    ])
+    first = fit(cfg, verbose=False)
+    run = f"{storage}/on-s3"
+    assert first.run_uri == run and first.best_checkpoint == f"{run}/checkpoint_epoch00000"
+    keys = uri.list_keys(run)
+    for key in ("genray.yaml", "history.jsonl", "checkpoint_epoch00000/manifest.json", "checkpoint_epoch00000/weights.pt"):
+        assert key in keys, keys
+    assert any(k.startswith("tensorboard/events.out.tfevents.") for k in keys)
+    assert [h["epoch"] for h in first.history] == [0]
+    assert list((first.run_dir / "tensorboard").glob("events.out.tfevents.*")), "the local mirror has the events"
+
+    with pytest.raises(ConfigError, match="already exists"):
+        fit(cfg, verbose=False)
+
+    # Resume from the bucket: epoch 1 only, starting from the epoch-0 checkpoint.
+    resumed = fit(load_run_config("on-s3", storage, ["train.epochs=2"]), resume=True, verbose=False)
+    assert resumed.metrics["epoch"] == 1
+    assert [h["epoch"] for h in read_history(run)] == [0, 1]
+    assert checkpoint.load(resumed.best_checkpoint).epoch in (0, 1)
+
+    result = CliRunner().invoke(app, ["export", "on-s3", "--storage", storage, "--which", "latest",
+                                      "--to", "s3://models/vae"])
+    assert result.exit_code == 0, result.output
+    assert "epoch 1" in result.output
+
+    # The replica reads the model with boto3; its process gets the endpoint as a Serve
+    # application would from its runtime_env.
+    deployment, path = deployment_for("s3://models/vae")
+    serve.run(deployment.options(ray_actor_options={"num_cpus": 0.5, "runtime_env": {"env_vars": s3}}).bind(path),
+              name="vae-s3", route_prefix="/vae-s3")
+    try:
+        info = requests.get(f"{serve_url}/vae-s3/", timeout=30).json()
+        assert info["family"] == "vae" and info["epoch"] == 1
+        sample = requests.post(f"{serve_url}/vae-s3/sample", json={"n": 2, "seed": 1}, timeout=30)
+        assert sample.status_code == 200 and len(sample.json()["images"]) == 2
+    finally:
+        serve.delete("vae-s3")
