@@ -293,12 +293,20 @@ app.add_typer(job_app, name="job")
 ADDRESS_HELP = "Dashboard URL (default: $RAY_API_SERVER_ADDRESS or http://127.0.0.1:8265)."
 
 
+def job_api(address: Optional[str]):
+    """The cluster's job client, or a clear error (unreachable, token refused)."""
+    from genray.submit import client
+
+    try:
+        return client(address)
+    except (RuntimeError, ConnectionError) as err:
+        fail(str(err))
+
+
 @job_app.command("list")
 def job_list(address: Optional[str] = typer.Option(None, help=ADDRESS_HELP)) -> None:
     """Every job the cluster knows, oldest first: id, status, entrypoint."""
-    from genray.submit import client
-
-    for job in sorted(client(address).list_jobs(), key=lambda j: j.start_time or 0):
+    for job in sorted(job_api(address).list_jobs(), key=lambda j: j.start_time or 0):
         typer.echo(f"{job.submission_id or job.job_id}\t{job.status.value}\t{job.entrypoint}")
 
 
@@ -306,9 +314,10 @@ def job_list(address: Optional[str] = typer.Option(None, help=ADDRESS_HELP)) -> 
 def job_status(job_id: str = typer.Argument(..., help="Submission id."),
                address: Optional[str] = typer.Option(None, help=ADDRESS_HELP)) -> None:
     """A job's status (PENDING, RUNNING, SUCCEEDED, FAILED, STOPPED) and message."""
-    from genray.submit import client
-
-    info = client(address).get_job_info(job_id)
+    try:
+        info = job_api(address).get_job_info(job_id)
+    except RuntimeError as err:  # an unknown id
+        fail(str(err))
     typer.echo(f"{info.status.value}" + (f": {info.message}" if info.message else ""))
 
 
@@ -317,21 +326,26 @@ def job_logs(job_id: str = typer.Argument(..., help="Submission id."),
              follow: bool = typer.Option(False, help="Keep printing until the job ends."),
              address: Optional[str] = typer.Option(None, help=ADDRESS_HELP)) -> None:
     """A job's log so far (or, with --follow, until it ends)."""
-    from genray.submit import client, follow as follow_job
+    from genray.submit import follow as follow_job
 
-    if follow:
-        typer.echo(f"job {job_id}: {follow_job(job_id, address=address, write=typer.echo)}")
-    else:
-        typer.echo(client(address).get_job_logs(job_id))
+    jobs = job_api(address)
+    try:
+        if follow:
+            typer.echo(f"job {job_id}: {follow_job(job_id, address=address, write=typer.echo)}")
+        else:
+            typer.echo(jobs.get_job_logs(job_id))
+    except RuntimeError as err:
+        fail(str(err))
 
 
 @job_app.command("stop")
 def job_stop(job_id: str = typer.Argument(..., help="Submission id."),
              address: Optional[str] = typer.Option(None, help=ADDRESS_HELP)) -> None:
     """Stop a running job (its driver, and with it its Train workers)."""
-    from genray.submit import client
-
-    stopped = client(address).stop_job(job_id)
+    try:
+        stopped = job_api(address).stop_job(job_id)
+    except RuntimeError as err:
+        fail(str(err))
     typer.echo(f"job {job_id}: {'stop requested' if stopped else 'was not running'}")
 
 

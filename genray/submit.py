@@ -24,7 +24,12 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from genray.config import ConfigError, RunConfig, apply_override, build_config, format_errors, parse_override
 
 DEFAULT_ADDRESS = "http://127.0.0.1:8265"
+TOKEN_SOURCES = "RAY_AUTH_TOKEN, the file named by RAY_AUTH_TOKEN_PATH, or ~/.ray/auth_token"
 TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
+
+
+class JobAPIError(RuntimeError):
+    """The cluster's job API could not be reached, refused the token, or refused the request."""
 
 
 class JobSpec(BaseModel):
@@ -105,15 +110,24 @@ def read_token() -> Optional[str]:
 def client(address: Optional[str] = None, token: Optional[str] = None):
     """A JobSubmissionClient for `address` (default: $RAY_API_SERVER_ADDRESS, $RAY_ADDRESS if it is
     an http(s) URL, else the local dashboard), authenticated with `token` (default: read_token())."""
+    from ray.exceptions import AuthenticationError
     from ray.job_submission import JobSubmissionClient
 
     address = address or os.environ.get("RAY_API_SERVER_ADDRESS")
     if not address and os.environ.get("RAY_ADDRESS", "").startswith("http"):
         address = os.environ["RAY_ADDRESS"]
+    address = address or DEFAULT_ADDRESS
     token = token if token is not None else read_token()
     # An explicit header: Ray adds its own only when none is given, from its process-wide cache.
     headers = {"Authorization": f"Bearer {token}"} if token else None
-    return JobSubmissionClient(address or DEFAULT_ADDRESS, headers=headers)
+    try:
+        return JobSubmissionClient(address, headers=headers)
+    except AuthenticationError as err:
+        said = str(err).strip().splitlines()[0]
+        which = "no token was sent" if not token else "the token was refused"
+        raise JobAPIError(f"{address}: {which} ({said}); genray reads it from {TOKEN_SOURCES}") from None
+    except ConnectionError as err:
+        raise JobAPIError(f"{err} Is the dashboard reachable there (ray dashboard CLUSTER.yaml, kubectl port-forward)?") from None
 
 
 def submit(

@@ -1,0 +1,175 @@
+"""Jobs on a real Ray head: `ray start --head` on free loopback ports with token authentication
+(RAY_AUTH_MODE=token, a token generated for this test in a temporary HOME, so the user's
+~/.ray/auth_token is neither read nor written). The job API refuses requests without the
+token; `genray submit` runs jobs/smoke.yaml through jobs/train.py; `genray job` lists, follows
+and stops jobs; Ray's `serve deploy` puts serve/heat.yaml on the same head.
+
+The head is this module's own: its processes are stopped by pid at the end (never `ray stop`,
+which would stop every Ray on the machine), and the tests' shared Ray session never sees it."""
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import psutil
+import pytest
+import requests
+import yaml
+from typer.testing import CliRunner
+
+from genray.cli import app
+from genray.submit import client, wait_for
+
+from conftest import free_port
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+
+@dataclass
+class Head:
+    url: str  # the dashboard: job API and Serve's REST API
+    token: str
+    env: dict  # what the head runs with: Ray's CLIs given this env find the token
+    home: Path
+
+
+def head_env(home: Path) -> dict:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}  # no RAY_ADDRESS etc.
+    env.update(HOME=str(home), RAY_AUTH_MODE="token", PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}")
+    return env
+
+
+def wait_until_up(url: str, token: str, process: subprocess.Popen, timeout_s: float = 180.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"ray start exited with {process.returncode}")
+        try:
+            if requests.get(f"{url}/api/jobs/", headers={"Authorization": f"Bearer {token}"}, timeout=5).ok:
+                return
+        except requests.ConnectionError:
+            pass
+        time.sleep(1.0)
+    raise TimeoutError(f"the head's job API at {url} did not come up in {timeout_s} s")
+
+
+@pytest.fixture(scope="module")
+def head():
+    # A short path: Ray's unix sockets live under --temp-dir and must stay under ~107 characters.
+    home = Path(tempfile.mkdtemp(prefix="genray-head-", dir="/tmp"))
+    env = head_env(home)
+    subprocess.run([BIN / "ray", "get-auth-token", "--generate"], env=env, check=True, capture_output=True)
+    token = (home / ".ray" / "auth_token").read_text().strip()
+    dashboard = free_port()
+    ports = {"port": free_port(), "dashboard-port": dashboard, "ray-client-server-port": free_port(),
+             "node-manager-port": free_port(), "object-manager-port": free_port(),
+             "dashboard-agent-listen-port": free_port(), "dashboard-agent-grpc-port": free_port(),
+             "runtime-env-agent-port": free_port(), "metrics-export-port": free_port()}
+    command = [str(BIN / "ray"), "start", "--head", "--block", "--node-ip-address=127.0.0.1",
+               "--dashboard-host=127.0.0.1", "--include-dashboard=true", "--num-cpus=4",
+               f"--temp-dir={home / 'ray'}", "--disable-usage-stats"]
+    command += [f"--{name}={port}" for name, port in ports.items()]
+    log = open(home / "head.log", "w")
+    # Its own session: the head and everything it starts are this process and its descendants.
+    process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{dashboard}"
+    try:
+        wait_until_up(url, token, process)
+        yield Head(url, token, env, home)
+    finally:
+        stop_head(process)
+        log.close()
+        shutil.rmtree(home, ignore_errors=True)
+
+
+def stop_head(process: subprocess.Popen) -> None:
+    """Stop `ray start --block` and every process it started, by pid."""
+    try:
+        tree = [psutil.Process(process.pid)] + psutil.Process(process.pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        return
+    for p in tree:
+        try:
+            p.terminate()
+        except psutil.NoSuchProcess:
+            pass
+    _, alive = psutil.wait_procs(tree, timeout=20)
+    for p in alive:
+        try:
+            p.kill()
+        except psutil.NoSuchProcess:
+            pass
+    process.wait(timeout=10)
+
+
+def test_the_job_api_refuses_requests_without_the_token(head):
+    assert requests.get(f"{head.url}/api/jobs/", timeout=10).status_code == 401
+    wrong = {"Authorization": "Bearer not-the-token"}
+    assert requests.get(f"{head.url}/api/jobs/", headers=wrong, timeout=10).status_code == 403
+    refused = CliRunner().invoke(app, ["submit", str(REPO / "jobs" / "smoke.yaml"), "--address", head.url,
+                                       "--working-dir", str(REPO)], env={"RAY_AUTH_TOKEN": "not-the-token"})
+    assert refused.exit_code == 2 and "the token was refused" in refused.output, refused.output
+    unknown = CliRunner().invoke(app, ["job", "list", "--address", head.url], env={"RAY_AUTH_TOKEN": "not-the-token"})
+    assert unknown.exit_code == 2 and "Forbidden" in unknown.output, unknown.output
+    assert client(head.url, head.token).list_jobs() == [], "nothing was submitted"
+
+
+def test_submit_follow_stop_list_and_serve_deploy(head, tmp_path):
+    runner = CliRunner()
+    auth = {"RAY_AUTH_TOKEN": head.token}
+
+    def genray(*args):
+        result = runner.invoke(app, [*args], env=auth)
+        assert result.exit_code == 0, result.output + repr(result.exception)
+        return result.output
+
+    # Serve first: it starts while the jobs run.
+    serve_port = free_port()
+    config = yaml.safe_load((REPO / "serve" / "heat.yaml").read_text())
+    config["http_options"]["port"] = serve_port
+    (tmp_path / "heat.yaml").write_text(yaml.safe_dump(config))
+    deploy = subprocess.run([str(BIN / "serve"), "deploy", str(tmp_path / "heat.yaml"), "--address", head.url],
+                            env=head.env, capture_output=True, text=True, timeout=120)
+    assert deploy.returncode == 0, deploy.stdout + deploy.stderr
+
+    storage = tmp_path / "runs"
+    smoke, long = f"smoke-{uuid.uuid4().hex[:6]}", f"long-{uuid.uuid4().hex[:6]}"
+    common = ["--address", head.url, "--working-dir", str(REPO), "--no-follow", "--set", f"storage={storage}"]
+    genray("submit", str(REPO / "jobs" / "smoke.yaml"), *common, "--id", smoke, "--set", "name=smoke")
+    genray("submit", str(REPO / "jobs" / "smoke.yaml"), *common, "--id", long, "--set", "name=long",
+           "--set", "config.train.epochs=10000")
+
+    assert wait_for(long, {"RUNNING"}, address=head.url, token=head.token, timeout_s=120) == "RUNNING"
+    assert "stop requested" in genray("job", "stop", long, "--address", head.url)
+
+    followed = genray("job", "logs", smoke, "--follow", "--address", head.url)
+    assert f"job {smoke}: SUCCEEDED" in followed, followed
+    assert "epoch 1/1" in followed and "val_neg_elbo" in followed
+    assert (storage / "smoke" / "checkpoint_epoch00000" / "manifest.json").is_file()
+    assert genray("job", "status", smoke, "--address", head.url).startswith("SUCCEEDED")
+
+    assert wait_for(long, set(), address=head.url, token=head.token, timeout_s=60) == "STOPPED"
+    listed = genray("job", "list", "--address", head.url)
+    assert f"{smoke}\tSUCCEEDED\tpython jobs/train.py jobs/smoke.yaml" in listed
+    assert f"{long}\tSTOPPED" in listed
+
+    # serve deploy's heat app answers on the head's proxy.
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            answer = requests.post(f"http://127.0.0.1:{serve_port}/heat/solve", timeout=30,
+                                   json={"n": 8, "dt": 0.01, "t_end": 0.02, "format": "probe", "points": [[0.5, 0.5]]})
+            if answer.status_code == 200:
+                break
+        except requests.ConnectionError:
+            pass
+        assert time.monotonic() < deadline, "serve deploy's app never answered"
+        time.sleep(1.0)
+    assert 0.0 <= answer.json()["values"][0] <= 1.0
