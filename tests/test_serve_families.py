@@ -1,9 +1,11 @@
 """Every deployment on a real local Serve: a good request answers 200, a bad one a 4xx JSON
-error naming the problem, and the replica keeps answering. Also: each two-player family trains
+error naming the problem, a property-based fuzz of every POST endpoint (tests/fuzz.py) gets no
+5xx and restarts no replica. Also: each two-player family trains
 under DDP with 2 Ray Train workers."""
 
 import pytest
 import requests
+from fuzz import fuzz_deployment
 
 from genray import checkpoint
 from genray.config import build_config
@@ -68,8 +70,22 @@ def test_every_deployment_answers_and_rejects(serve_url, tmp_path):
         serve.run(app, name=name, route_prefix=f"/{name}")
         try:
             check(f"{serve_url}/{name}", path, good, bad, field)
+            before = replicas(name)
+            sent = fuzz_deployment(f"{serve_url}/{name}", path, good)
+            assert sent >= 30
+            assert replicas(name) == before and all(state == "ALIVE" for state in before.values()), \
+                f"{name}: a replica died or restarted under fuzzing"
+            assert requests.post(f"{serve_url}/{name}{path}", json=good, timeout=60).status_code == 200
         finally:
             serve.delete(name)
+
+
+def replicas(app: str) -> dict[str, str]:
+    """Actor id -> state of every replica Serve ever started for the application."""
+    from ray.util.state import list_actors
+
+    actors = list_actors(filters=[("ray_namespace", "=", "serve")], limit=10000, raise_on_missing_output=False)
+    return {a.actor_id: a.state for a in actors if a.class_name.startswith(f"ServeReplica:{app}:")}
 
 
 @pytest.mark.ray

@@ -14,8 +14,10 @@ import torch
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
+from genray.deploy.guard import Guard
 from genray.images import from_png, grid, to_base64_png
 
 MAX_IMAGES = 256  # per request, for every image-taking or image-returning endpoint
@@ -103,10 +105,25 @@ async def bad_request(request: Request, exc: BadRequest) -> JSONResponse:
     return JSONResponse(status_code=exc.status_code, content={"error": exc.message, "errors": []})
 
 
+async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    """FastAPI's own errors (unparseable body, unknown path, wrong method) in genray's shape."""
+    return JSONResponse(status_code=exc.status_code, content={"error": str(exc.detail), "errors": []},
+                        headers=getattr(exc, "headers", None))
+
+
+async def internal_error(request: Request, exc: Exception) -> JSONResponse:
+    """A bug, not a bad request: still JSON, and nothing about the request echoed back."""
+    return JSONResponse(status_code=500, content={"error": f"internal error ({type(exc).__name__})", "errors": []})
+
+
 def make_api(title: str) -> FastAPI:
+    """The FastAPI app of a deployment: JSON errors, and the Guard (API key, body cap) in front."""
     api = FastAPI(title=title)
     api.add_exception_handler(RequestValidationError, validation_error)
     api.add_exception_handler(BadRequest, bad_request)
+    api.add_exception_handler(StarletteHTTPException, http_error)
+    api.add_exception_handler(Exception, internal_error)
+    api.add_middleware(Guard)
     return api
 
 

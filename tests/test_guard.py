@@ -1,0 +1,107 @@
+"""The Guard in front of every endpoint: API key (401 without it or with a wrong one, the key never
+echoed or logged) and the body-size cap (413 before parsing, with or without Content-Length)."""
+
+import pytest
+import requests
+from fastapi.testclient import TestClient
+
+from genray.deploy.common import SampleRequest, make_api
+from genray.deploy.guard import API_KEY_ENV, API_KEY_FILE_ENV, MAX_BODY_ENV
+
+KEY = "k3y-that-must-never-leak"
+
+
+@pytest.fixture
+def client():
+    api = make_api("guarded")
+
+    @api.post("/sample")
+    def sample(req: SampleRequest) -> dict:
+        return {"n": req.n}
+
+    @api.get("/healthz")
+    def healthz() -> dict:
+        return {"ok": True}
+
+    return TestClient(api, raise_server_exceptions=False)
+
+
+def test_no_key_configured_means_open(client, monkeypatch):
+    monkeypatch.delenv(API_KEY_ENV, raising=False)
+    monkeypatch.delenv(API_KEY_FILE_ENV, raising=False)
+    assert client.post("/sample", json={"n": 2}).json() == {"n": 2}
+
+
+def test_api_key_is_required_when_configured(client, monkeypatch):
+    monkeypatch.setenv(API_KEY_ENV, KEY)
+    for headers in ({}, {"x-api-key": "wrong"}, {"authorization": f"Bearer {KEY}x"}, {"authorization": KEY}):
+        r = client.post("/sample", json={"n": 2}, headers=headers)
+        assert r.status_code == 401 and "API key" in r.json()["error"], headers
+        assert KEY not in r.text and r.headers["www-authenticate"] == "Bearer"
+    assert client.post("/sample", json={"n": 2}, headers={"x-api-key": KEY}).status_code == 200
+    assert client.post("/sample", json={"n": 2}, headers={"authorization": f"Bearer {KEY}"}).status_code == 200
+    assert client.get("/healthz").status_code == 200  # health checks need no key
+    assert client.get("/openapi.json").status_code == 401
+
+
+def test_api_key_from_a_file_and_an_unreadable_file_refuses_everyone(client, monkeypatch, tmp_path):
+    monkeypatch.delenv(API_KEY_ENV, raising=False)
+    (tmp_path / "key").write_text(KEY + "\n")
+    monkeypatch.setenv(API_KEY_FILE_ENV, str(tmp_path / "key"))
+    assert client.post("/sample", json={"n": 2}).status_code == 401
+    assert client.post("/sample", json={"n": 2}, headers={"x-api-key": KEY}).status_code == 200
+    monkeypatch.setenv(API_KEY_FILE_ENV, str(tmp_path / "missing"))
+    assert client.post("/sample", json={"n": 2}, headers={"x-api-key": KEY}).status_code == 401
+    assert client.post("/sample", json={"n": 2}, headers={"x-api-key": ""}).status_code == 401
+
+
+def test_oversized_bodies_are_refused_before_parsing(client, monkeypatch):
+    monkeypatch.setenv(MAX_BODY_ENV, "1000")
+    big = b'{"n": 2, "pad": "' + b"x" * 2000 + b'"}'
+    r = client.post("/sample", content=big, headers={"content-type": "application/json"})
+    assert r.status_code == 413 and "1000 byte limit" in r.json()["error"]
+
+    def chunks(n):  # no Content-Length: the body arrives in pieces
+        yield b'{"n": 2'
+        for _ in range(n):
+            yield b" " * 100
+        yield b"}"
+
+    r = client.post("/sample", content=chunks(20), headers={"content-type": "application/json"})
+    assert r.status_code == 413
+    r = client.post("/sample", content=chunks(3), headers={"content-type": "application/json"})
+    assert r.status_code == 200 and r.json() == {"n": 2}
+
+
+def test_framework_errors_have_the_same_json_shape(client):
+    r = client.post("/sample", content=b"\x00\x01", headers={"content-type": "application/json"})
+    assert 400 <= r.status_code < 500 and isinstance(r.json()["error"], str)
+    assert client.get("/nowhere").json()["error"] == "Not Found"
+
+
+@pytest.mark.ray
+def test_api_key_on_a_real_deployment_and_not_in_the_logs(serve_url, tmp_path):
+    import ray
+    from ray import serve
+
+    from genray.deploy.heat import HeatDeployment
+
+    key_file = tmp_path / "api-key"
+    key_file.write_text(KEY)
+    env = {"env_vars": {API_KEY_FILE_ENV: str(key_file)}}  # what serve YAML's runtime_env sets
+    serve.run(HeatDeployment.options(ray_actor_options={"num_cpus": 0, "runtime_env": env}).bind(),
+              name="guarded", route_prefix="/guarded")
+    try:
+        body = {"n": 16, "dt": 0.01, "t_end": 0.02}
+        url = f"{serve_url}/guarded/solve"
+        assert requests.post(url, json=body, timeout=60).status_code == 401
+        assert requests.post(url, json=body, headers={"x-api-key": "nope"}, timeout=60).status_code == 401
+        ok = requests.post(url, json=body, headers={"authorization": f"Bearer {KEY}"}, timeout=60)
+        assert ok.status_code == 200, ok.text
+    finally:
+        serve.delete("guarded")
+    logs = ray._private.worker._global_node.get_logs_dir_path()
+    from pathlib import Path
+
+    leaked = [p for p in Path(logs).rglob("*") if p.is_file() and KEY.encode() in p.read_bytes()]
+    assert not leaked, f"the API key appears in {leaked}"
