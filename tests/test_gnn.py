@@ -26,6 +26,7 @@ from genray.data.graphs import (
     load_node_graph,
     planted_partition,
     rgg_graphs,
+    split_graph_data,
     split_nodes,
     triangles,
 )
@@ -85,13 +86,37 @@ def test_generated_graphs_carry_their_exact_targets_and_repeat_with_the_seed():
     assert any(a.num_nodes != b.num_nodes or not torch.equal(a.y, b.y) for a, b in zip(graphs, other))
 
 
-def test_graph_split_standardises_with_training_statistics():
-    train, val = load_graph_data(small_rgg(val_fraction=0.25))
-    assert (len(train), len(val)) == (30, 10)
+def test_graph_split_holds_out_test_graphs_and_standardises_with_training_statistics():
+    train, val, test = split_graph_data(small_rgg(val_fraction=0.25, test_fraction=0.2))
+    assert (len(train), len(val), len(test)) == (22, 10, 8)
     y = torch.cat([g.y for g in train])
-    for g in train + val:
+    for g in train + val + test:
         assert torch.allclose(g.y_mean, y.mean(0, keepdim=True)) and torch.allclose(g.y_std, y.std(0, keepdim=True))
-    assert not {id(g) for g in train} & {id(g) for g in val}
+    ids = [{id(g) for g in part} for part in (train, val, test)]
+    assert not (ids[0] & ids[1] or ids[0] & ids[2] or ids[1] & ids[2])
+    # The training loop's loader: the same graphs, in the same order; the test graphs stay out.
+    loaded_train, loaded_val = load_graph_data(small_rgg(val_fraction=0.25, test_fraction=0.2))
+    assert [g.y.tolist() for g in loaded_train] == [g.y.tolist() for g in train]
+    assert [g.y.tolist() for g in loaded_val] == [g.y.tolist() for g in val]
+    assert len(load_graph_data(small_rgg(test_fraction=0.0))[0]) == 32
+    with pytest.raises(ValidationError, match="leaves no training graphs"):
+        small_rgg(val_fraction=0.5, test_fraction=0.5)
+
+
+def test_graph_datasets_are_sharded_across_workers():
+    """What the Ray Train loop does with a graph-level dataset: a DistributedSampler gives each
+    rank its own graphs (padded to equal shards by repeating a few), and Collater batches them."""
+    train, _ = load_graph_data(small_rgg(num_graphs=44, val_fraction=0.2, test_fraction=0.1))
+    assert len(train) == 31  # 44 - 9 val - 4 test: odd, so 2 ranks need one repeat
+    collate = get_family("mpnn").collate_fn
+    for world in (2, 3):
+        shards = [list(DistributedSampler(train, num_replicas=world, rank=r, shuffle=True, seed=0))
+                  for r in range(world)]
+        assert {len(s) for s in shards} == {-(-len(train) // world)}  # ceil: equal steps on every rank
+        assert set().union(*shards) == set(range(len(train)))  # every graph is trained on
+        assert sum(len(s) for s in shards) - len(train) < world  # and only the padding repeats
+        batches = [next(iter(DataLoader([train[i] for i in s], batch_size=4, collate_fn=collate))) for s in shards]
+        assert all(b.num_graphs == 4 and b.y.shape == (4, 3) for b in batches)
 
 
 # --- node-level data ---------------------------------------------------------------------------
@@ -198,9 +223,9 @@ def test_saved_pyg_datasets_load_for_both_families(tmp_path):
     graphs = rgg_graphs(10, 5, 8, 0.5, seed=0)
     (tmp_path / "root" / "processed").mkdir(parents=True)
     InMemoryDataset.save(graphs, str(tmp_path / "root" / "processed" / "data.pt"))
-    train, val = load_graph_data(GraphDataConfig(source=str(tmp_path / "root"), val_fraction=0.2))
-    assert len(train) + len(val) == 10
-    assert sorted(g.y.tolist() for g in train + val) == sorted(g.y.tolist() for g in graphs)
+    train, val, test = split_graph_data(GraphDataConfig(source=str(tmp_path / "root"), val_fraction=0.2))
+    assert (len(train), len(val), len(test)) == (6, 2, 2)
+    assert sorted(g.y.tolist() for g in train + val + test) == sorted(g.y.tolist() for g in graphs)
 
 
 # --- training and symmetry ---------------------------------------------------------------------
@@ -363,3 +388,65 @@ def test_batched_inference_matches_one_graph_at_a_time():
         assert torch.allclose(single, standardised * net.target_std + net.target_mean, atol=1e-5)
         assert list(answer["prediction"]) == ["triangles", "avg_shortest_path", "algebraic_connectivity"]
         assert torch.allclose(torch.tensor(list(answer["prediction"].values())), single, atol=1e-5)
+
+
+# --- deployment: over HTTP on a real Serve ------------------------------------------------------
+
+def saved_untrained(name: str, folder) -> str:
+    cfg = build_config(name)
+    family = get_family(name)(cfg.model)
+    path = folder / name
+    checkpoint.save(path, family=name, config=cfg.to_dict(), state=family.state_dict(), epoch=0, metrics={})
+    return str(path)
+
+
+RING = {"x": [[1.0, 2.0]] * 3, "edge_index": [[0, 1, 2], [1, 2, 0]], "undirected": True}
+GCN_ROW = [0.1] * 16  # the default gcn takes 16 features per node
+
+# app -> (good body, [(bad body, status, words the error must contain), ...])
+HTTP_CASES = {
+    "mpnn": ({**RING, "edge_attr": [[0.3]] * 3}, [
+        ({"x": [], "edge_index": [[], []]}, 422, ["x", "graph is empty"]),
+        ({"x": [[1.0, 2.0]] * 2001, "edge_index": [[], []]}, 422, ["x", "too many nodes: 2001"]),
+        ({**RING, "edge_index": [[0, 1, 3], [1, 2, 0]], "edge_attr": [[0.3]] * 3}, 422,
+         ["edge_index", "source node index 3 is out of range"]),
+        ({**RING, "edge_attr": [[0.3]] * 2}, 422, ["edge_attr", "one row per edge"]),
+        ({**RING, "x": [[1.0, 2.0, 3.0]] * 3, "edge_attr": [[0.3]] * 3}, 422, ["x", "takes 2 features per node, got 3"]),
+        (RING, 422, ["edge_attr", "needs 1 feature"]),
+        ({**RING, "edge_attr": [[0.3, 0.1]] * 3}, 422, ["edge_attr", "takes 1 features per edge, got 2"]),
+    ]),
+    "gcn": ({"x": [GCN_ROW] * 3, "edge_index": [[0, 1], [1, 2]], "undirected": True}, [
+        ({"x": [GCN_ROW] * 3, "edge_index": [[0, 1], [1, -2]]}, 422, ["edge_index", "target node index -2"]),
+        ({"x": [[0.1] * 4] * 3, "edge_index": [[0], [1]]}, 422, ["x", "takes 16 features per node, got 4"]),
+        ({"x": [GCN_ROW, [0.1] * 15], "edge_index": [[0], [1]]}, 422, ["x", "same number of features"]),
+        ({"x": [GCN_ROW] * 10_001, "edge_index": [[], []]}, 422, ["x", "too many nodes: 10001"]),
+        ({"x": [GCN_ROW] * 2, "edge_index": [[0], [1]], "edge_attr": [[1.0]]}, 422, ["edge_attr", "no edge features"]),
+    ]),
+}
+
+
+@pytest.mark.ray
+def test_graph_deployments_answer_bad_graphs_with_a_4xx_naming_the_problem(serve_url, tmp_path):
+    import requests
+    from ray import serve
+
+    from genray.deploy import build_app
+
+    for name, (good, bad_cases) in HTTP_CASES.items():
+        app = build_app({"model": saved_untrained(name, tmp_path)})
+        app = app._bound_deployment.options(ray_actor_options={"num_cpus": 0}).bind(*app._bound_deployment.init_args)
+        serve.run(app, name=f"test-{name}", route_prefix=f"/test-{name}")
+        url = f"{serve_url}/test-{name}/predict"
+        try:
+            ok = requests.post(url, json=good, timeout=60)
+            assert ok.status_code == 200, ok.text
+            for body, status, words in bad_cases:
+                answer = requests.post(url, json=body, timeout=60)
+                assert answer.status_code == status, (body if len(str(body)) < 300 else words, answer.text[:300])
+                error = answer.json()["error"]
+                assert all(w in error for w in words), (words, error)
+            not_json = requests.post(url, data=b"{x: [", headers={"content-type": "application/json"}, timeout=60)
+            assert not_json.status_code == 400 and "not valid JSON" in not_json.json()["error"]
+            assert requests.post(url, json=good, timeout=60).json() == ok.json()  # the replica is unharmed
+        finally:
+            serve.delete(f"test-{name}")

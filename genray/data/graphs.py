@@ -12,7 +12,8 @@ Graph regression (many graphs, each with a graph-level target row y of shape (1,
     a path    a saved PyG dataset as above, whose graphs have x, edge_index, edge_attr and y
 
 Both loaders return (train, val) as Python lists of `Data`, which is what the Ray Train loop
-shards with a DistributedSampler and `Collater` turns into a `Batch`. A node-level dataset is a
+shards with a DistributedSampler and `Collater` turns into a `Batch`. Graph regression also
+holds out test graphs (split_graph_data) that training never sees. A node-level dataset is a
 list of one graph (the same object in train and val): see genray/families/gcn.py for why.
 """
 
@@ -75,7 +76,10 @@ class GraphDataConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     source: str = "rgg"  # "rgg" or a saved PyG dataset (file or root folder)
+    # Held out: val_fraction picks the checkpoint; test_fraction is never seen in training
+    # (genray bench gnn reports it). The rest trains.
     val_fraction: float = Field(0.2, gt=0.0, lt=1.0)
+    test_fraction: float = Field(0.2, ge=0.0, lt=1.0)
     seed: int = Field(0, ge=0)
     # rgg only: num_graphs graphs of min_nodes..max_nodes points uniform in the unit square,
     # joined when closer than `radius`; disconnected draws are redrawn (the targets need a
@@ -89,6 +93,9 @@ class GraphDataConfig(BaseModel):
     def _node_range(self) -> "GraphDataConfig":
         if self.min_nodes > self.max_nodes:
             raise ValueError(f"min_nodes={self.min_nodes} is more than max_nodes={self.max_nodes}")
+        if self.val_fraction + self.test_fraction >= 1.0:
+            raise ValueError(f"val_fraction + test_fraction = {self.val_fraction + self.test_fraction:g} "
+                             f"leaves no training graphs; it must be below 1")
         return self
 
 
@@ -319,7 +326,16 @@ def rgg_graphs(num_graphs: int, min_nodes: int, max_nodes: int, radius: float, s
 
 def load_graph_data(cfg: GraphDataConfig) -> tuple[list[Data], list[Data]]:
     """(train, val) lists of graphs, each with y (1, T) in original units and the *training*
-    set's target mean and std as y_mean, y_std (1, T), which the model keeps for inference."""
+    set's target mean and std as y_mean, y_std (1, T), which the model keeps for inference.
+    The test graphs (split_graph_data) are left out."""
+    train, val, _ = split_graph_data(cfg)
+    return train, val
+
+
+def split_graph_data(cfg: GraphDataConfig) -> tuple[list[Data], list[Data], list[Data]]:
+    """(train, val, test): a fixed permutation (cfg.seed) puts round(n * val_fraction) graphs in
+    val, round(n * test_fraction) in test and the rest in train; all three carry the training
+    set's y_mean, y_std."""
     if cfg.source == "rgg":
         graphs = rgg_graphs(cfg.num_graphs, cfg.min_nodes, cfg.max_nodes, cfg.radius, cfg.seed)
     else:
@@ -327,15 +343,19 @@ def load_graph_data(cfg: GraphDataConfig) -> tuple[list[Data], list[Data]]:
             raise DataError(f"source {cfg.source!r}: expected 'rgg' or a local saved PyG dataset (file or root folder)")
         graphs = [as_regression_graph(g, i, cfg.source) for i, g in enumerate(read_saved_graphs(cfg.source))]
     n_val = max(1, int(round(len(graphs) * cfg.val_fraction)))
-    if n_val >= len(graphs):
-        raise DataError(f"val_fraction={cfg.val_fraction} leaves no training graphs out of {len(graphs)}")
+    n_test = int(round(len(graphs) * cfg.test_fraction))
+    if n_val + n_test >= len(graphs):
+        raise DataError(f"val_fraction={cfg.val_fraction} and test_fraction={cfg.test_fraction} leave no "
+                        f"training graphs out of {len(graphs)}")
     perm = torch.randperm(len(graphs), generator=torch.Generator().manual_seed(cfg.seed)).tolist()
-    train, val = [graphs[i] for i in perm[n_val:]], [graphs[i] for i in perm[:n_val]]
+    val = [graphs[i] for i in perm[:n_val]]
+    test = [graphs[i] for i in perm[n_val:n_val + n_test]]
+    train = [graphs[i] for i in perm[n_val + n_test:]]
     y = torch.cat([g.y for g in train])  # (N_train, T)
     mean, std = y.mean(0, keepdim=True), y.std(0, keepdim=True).clamp_min(1e-6)
-    for g in train + val:
+    for g in train + val + test:
         g.y_mean, g.y_std = mean, std
-    return train, val
+    return train, val, test
 
 
 def as_regression_graph(g: Data, i: int, source: str) -> Data:
