@@ -444,6 +444,20 @@ def bench_tune(
     finish_bench("tune", result, markdown_table(result), out, readme)
 
 
+@bench_app.command("gnn")
+def bench_gnn(
+    quick: bool = typer.Option(False, "--quick", help="Tiny budgets, all runs at once: a smoke test, not figures."),
+    out: Path = typer.Option(Path("bench_results"), help="Folder for gnn.json and gnn.md."),
+    storage: Path = typer.Option(Path("runs"), help="Where the bench's Ray Train runs go."),
+    readme: Optional[Path] = typer.Option(None, help="Also replace the table between <!-- bench:gnn --> markers."),
+) -> None:
+    """GCN test accuracy (SBM, KarateClub); MPNN test MAE against baselines; 1- and 2-worker throughput."""
+    from genray.bench.gnn import markdown_table, run
+
+    result = run(storage.resolve(), quick=quick)
+    finish_bench("gnn", result, markdown_table(result), out, readme)
+
+
 def main() -> None:  # pragma: no cover - console entry point
     app()
 
