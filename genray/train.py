@@ -190,6 +190,8 @@ class RunLog:
 
     def close(self) -> None:
         self.writer.close()
+        if self.fs is not None:
+            shutil.rmtree(self.local, ignore_errors=True)  # everything is in the bucket by now
 
 
 def measure_quality(family, n: int) -> dict[str, float]:

@@ -1,8 +1,9 @@
 """Jobs on a real Ray head: `ray start --head` on free loopback ports with token authentication
 (RAY_AUTH_MODE=token, a token generated for this test in a temporary HOME, so the user's
 ~/.ray/auth_token is neither read nor written). The job API refuses requests without the
-token; `genray submit` runs jobs/smoke.yaml through jobs/train.py; `genray job` lists, follows
-and stops jobs; Ray's `serve deploy` puts serve/heat.yaml on the same head.
+token; `genray submit` and Ray's `ray job submit` run jobs/smoke.yaml through jobs/train.py;
+`genray job` lists, follows and stops jobs; Ray's `serve deploy` puts serve/heat.yaml on the
+same head.
 
 The head is this module's own: its processes are stopped by pid at the end (never `ray stop`,
 which would stop every Ray on the machine), and the tests' shared Ray session never sees it."""
@@ -100,7 +101,7 @@ def stop_head(process: subprocess.Popen) -> None:
             p.terminate()
         except psutil.NoSuchProcess:
             pass
-    _, alive = psutil.wait_procs(tree, timeout=20)
+    _, alive = psutil.wait_procs(tree, timeout=8)
     for p in alive:
         try:
             p.kill()
@@ -143,8 +144,13 @@ def test_submit_follow_stop_list_and_serve_deploy(head, tmp_path):
     smoke, long = f"smoke-{uuid.uuid4().hex[:6]}", f"long-{uuid.uuid4().hex[:6]}"
     common = ["--address", head.url, "--working-dir", str(REPO), "--no-follow", "--set", f"storage={storage}"]
     genray("submit", str(REPO / "jobs" / "smoke.yaml"), *common, "--id", smoke, "--set", "name=smoke")
-    genray("submit", str(REPO / "jobs" / "smoke.yaml"), *common, "--id", long, "--set", "name=long",
-           "--set", "config.train.epochs=10000")
+    # The same entrypoint through Ray's own CLI (which finds the token in the head's HOME).
+    ray_cli = subprocess.run(
+        [str(BIN / "ray"), "job", "submit", "--address", head.url, "--submission-id", long, "--no-wait",
+         "--working-dir", str(REPO), "--", "python", "jobs/train.py", "jobs/smoke.yaml",
+         "--set", f"storage={storage}", "--set", "name=long", "--set", "config.train.epochs=10000"],
+        env=head.env, capture_output=True, text=True, timeout=120)
+    assert ray_cli.returncode == 0, ray_cli.stdout + ray_cli.stderr
 
     assert wait_for(long, {"RUNNING"}, address=head.url, token=head.token, timeout_s=120) == "RUNNING"
     assert "stop requested" in genray("job", "stop", long, "--address", head.url)
