@@ -43,7 +43,7 @@ def train(
     workers: Optional[int] = typer.Option(None, help="Ray Train workers (train.workers)."),
     epochs: Optional[int] = typer.Option(None, help="Epochs (train.epochs)."),
     name: Optional[str] = typer.Option(None, help="Run name; the run folder is <storage>/<name>."),
-    storage: str = typer.Option("runs", help="Folder that holds the runs."),
+    storage: str = typer.Option("runs", help="Folder or s3://bucket/prefix that holds the runs."),
     resume: Optional[str] = typer.Option(None, help="Continue run NAME from its latest checkpoint."),
     address: Optional[str] = typer.Option(None, help="Ray cluster address (default: $RAY_ADDRESS or a local Ray)."),
 ) -> None:

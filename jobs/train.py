@@ -40,6 +40,11 @@ def main(argv: list[str] | None = None) -> int:
 
     ray.init()  # inside a Ray job: the cluster that runs it
     print(f"cluster: {ray.cluster_resources()}", flush=True)
+    nodes = sum(1 for node in ray.nodes() if node["Alive"])
+    if nodes > 1 and not cfg.storage.startswith("s3://"):
+        # Ray Train's workers on other nodes write their checkpoints to this path on *their* disks.
+        print(f"warning: storage {cfg.storage!r} is a local path on a {nodes}-node cluster; "
+              "use s3://... or a shared filesystem", flush=True)
     print(f"{'resuming' if resume else 'starting'} run {cfg.name or '(new)'} in {cfg.storage}: "
           f"{cfg.family}, {cfg.train.workers} workers, GPUs: {spec.gpus_per_worker}", flush=True)
     summary = fit(cfg, resume=resume)
