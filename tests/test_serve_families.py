@@ -82,9 +82,11 @@ def test_every_deployment_answers_and_rejects(serve_url, tmp_path):
 
 def replicas(app: str) -> dict[str, str]:
     """Actor id -> state of every replica Serve ever started for the application."""
+    import ray
     from ray.util.state import list_actors
 
-    actors = list_actors(filters=[("ray_namespace", "=", "serve")], limit=10000, raise_on_missing_output=False)
+    actors = list_actors(address=ray.get_runtime_context().gcs_address, filters=[("ray_namespace", "=", "serve")],
+                         limit=10000, raise_on_missing_output=False)
     return {a.actor_id: a.state for a in actors if a.class_name.startswith(f"ServeReplica:{app}:")}
 
 
