@@ -25,7 +25,8 @@ import yaml
 from typer.testing import CliRunner
 
 from genray.cli import app
-from genray.submit import client, wait_for
+from genray.config import ConfigError
+from genray.submit import client, entrypoint_of, load_spec, read_token, submit, wait_for
 
 from conftest import free_port
 
@@ -109,6 +110,53 @@ def stop_head(process: subprocess.Popen) -> None:
             pass
     process.wait(timeout=10)
 
+
+# --- without a cluster -------------------------------------------------------------------------
+
+def test_job_spec_errors_name_the_key():
+    spec = REPO / "jobs" / "smoke.yaml"
+    with pytest.raises(ConfigError, match="model.latent_dim: Input should be greater than or equal to 1"):
+        load_spec(spec, ["config.model.latent_dim=0"])
+    with pytest.raises(ConfigError, match="gpus: unknown key"):
+        load_spec(spec, ["gpus=1"])
+    with pytest.raises(ConfigError, match="gpus_per_worker: Input should be less than or equal to 1"):
+        load_spec(spec, ["gpus_per_worker=2"])
+    with pytest.raises(ConfigError, match="unknown sections"):
+        load_spec(spec, ["config.optimizer.lr=1"]).run_config()
+
+
+def test_submit_checks_the_spec_before_contacting_the_cluster(tmp_path):
+    outside = tmp_path / "spec.yaml"
+    outside.write_text((REPO / "jobs" / "smoke.yaml").read_text())
+    with pytest.raises(ConfigError, match="must be inside the working folder"):
+        submit(outside, address="http://127.0.0.1:9", working_dir=REPO)
+    with pytest.raises(ConfigError, match="no jobs/nope.py"):
+        submit(REPO / "jobs" / "smoke.yaml", address="http://127.0.0.1:9", working_dir=REPO,
+               overrides=["entrypoint=nope.py"])
+
+
+def test_the_entrypoint_quotes_overrides():
+    spec = load_spec(REPO / "jobs" / "smoke.yaml")
+    assert entrypoint_of(spec, "jobs/smoke.yaml", ["storage=/tmp/a b"]) == \
+        "python jobs/train.py jobs/smoke.yaml --set 'storage=/tmp/a b'"
+
+
+def test_the_token_is_found_where_ray_looks(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.delenv("RAY_AUTH_TOKEN", raising=False)
+    monkeypatch.delenv("RAY_AUTH_TOKEN_PATH", raising=False)
+    assert read_token() is None
+    (tmp_path / ".ray").mkdir()
+    (tmp_path / ".ray" / "auth_token").write_text("from-home\n")
+    assert read_token() == "from-home"
+    (tmp_path / "token").write_text("from-path")
+    monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", str(tmp_path / "token"))
+    assert read_token() == "from-path"
+    monkeypatch.setenv("RAY_AUTH_TOKEN", "from-env")
+    assert read_token() == "from-env"
+
+
+# --- on the head ----------------------------------------------------------------------------------
 
 def test_the_job_api_refuses_requests_without_the_token(head):
     assert requests.get(f"{head.url}/api/jobs/", timeout=10).status_code == 401
