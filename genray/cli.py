@@ -458,6 +458,23 @@ def bench_gnn(
     finish_bench("gnn", result, markdown_table(result), out, readme)
 
 
+@bench_app.command("serve")
+def bench_serve(
+    requests_: int = typer.Option(2000, "--requests", help="Requests per endpoint."),
+    concurrency: int = typer.Option(32, help="Client threads sending at once."),
+    warmup: int = typer.Option(100, help="Requests sent first and not counted."),
+    gan: Optional[str] = typer.Option(None, help="GAN model to serve (default: freshly initialised weights)."),
+    port: int = typer.Option(8000, help="Serve's HTTP port on 127.0.0.1."),
+    out: Path = typer.Option(Path("bench_results"), help="Folder for serve.json and serve.md."),
+    readme: Optional[Path] = typer.Option(None, help="Also replace the table between <!-- bench:serve --> markers."),
+) -> None:
+    """Load test on loopback: errors, throughput, p50/p99 of gan/sample and heat/solve."""
+    from genray.bench.serve import markdown_table, run
+
+    result = run(total=requests_, concurrency=concurrency, warmup=warmup, gan_model=gan, port=port)
+    finish_bench("serve", result, markdown_table(result), out, readme)
+
+
 def main() -> None:  # pragma: no cover - console entry point
     app()
 
