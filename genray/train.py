@@ -66,7 +66,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     restored = ray.train.get_checkpoint()
     if restored is not None:  # this run's own latest checkpoint: a resume or a worker restart
         with restored.as_directory() as folder:
-            ckpt = checkpoint.load(folder, map_location=device)
+            ckpt = restore(folder, loop_config.get("run_uri") or loop_config["run_dir"], device)
     elif loop_config.get("init_from"):  # another run's checkpoint: a Tune/PBT trial taking it over
         ckpt = checkpoint.load(loop_config["init_from"], map_location=device)
     if restored is not None or loop_config.get("init_from"):
@@ -192,6 +192,25 @@ class RunLog:
         self.writer.close()
         if self.fs is not None:
             shutil.rmtree(self.local, ignore_errors=True)  # everything is in the bucket by now
+
+
+def restore(folder: str, run: str, device: torch.device) -> checkpoint.Checkpoint:
+    """The run's latest checkpoint; when it fails verification (truncated, corrupted), the
+    newest earlier checkpoint of the run that passes. Nothing is deleted: the damaged one stays
+    for inspection, and the epochs after the fallback are trained (and logged) again."""
+    from genray.store import run_checkpoints
+
+    try:
+        return checkpoint.load(folder, map_location=device)
+    except checkpoint.CheckpointError as err:
+        damaged = err
+    print(f"genray: the latest checkpoint is unusable: {damaged}; falling back to an earlier one", flush=True)
+    for candidate in reversed(run_checkpoints(run)):
+        try:
+            return checkpoint.load(candidate.path, map_location=device)
+        except checkpoint.CheckpointError:
+            continue
+    raise checkpoint.CheckpointError(f"no usable checkpoint in {run}; the latest: {damaged}")
 
 
 def measure_quality(family, n: int) -> dict[str, float]:
@@ -346,7 +365,7 @@ def fit(cfg: RunConfig, *, resume: bool = False, verbose: bool = True) -> TrainS
     # On S3, Ray Train takes the bucket path without its scheme plus a filesystem that knows
     # the endpoint; the same filesystem goes to rank 0 for history and TensorBoard.
     fs = uri.s3_filesystem() if remote else None
-    storage_path = "/".join(p for p in uri.split_s3(cfg.storage) if p) if remote else str(run_dir.parent)
+    storage_path = cfg.storage[len("s3://"):].rstrip("/") if remote else str(run_dir.parent)
     family = get_family(cfg.family)
     use_gpu = cfg.train.use_gpu
     if use_gpu is None:
