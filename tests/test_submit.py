@@ -113,6 +113,13 @@ def stop_head(process: subprocess.Popen) -> None:
 
 # --- without a cluster -------------------------------------------------------------------------
 
+@pytest.mark.parametrize("command", ["submit", "job", "job list", "job status", "job logs", "job stop"])
+def test_job_commands_have_help(command):
+    result = CliRunner().invoke(app, [*command.split(), "--help"])
+    assert result.exit_code == 0, result.output
+    assert "--address" in result.output or command == "job"  # the group lists its commands
+
+
 def test_job_spec_errors_name_the_key():
     spec = REPO / "jobs" / "smoke.yaml"
     with pytest.raises(ConfigError, match="model.latent_dim: Input should be greater than or equal to 1"):
