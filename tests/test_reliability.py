@@ -127,3 +127,21 @@ def test_serve_replaces_a_killed_replica_under_traffic(serve_url):
     print(f"replica killed: replaced in {replaced_s:.1f} s; {failed} of {len(after)} requests failed meanwhile")
     assert log[-1][1] and all(ok for t, ok in log if t < killed_at)
     assert failed <= 5, f"{failed} requests failed with a second replica up"
+
+
+@pytest.mark.ray
+def test_resume_falls_back_past_a_corrupted_latest_checkpoint(ray_session, tmp_path):
+    from genray import checkpoint
+    from genray.train import load_run_config
+
+    cfg = build_config("vae", overrides=FAST + ["train.epochs=3", "train.keep_checkpoints=3", f"storage={tmp_path}",
+                                                "name=c"])
+    fit(cfg, verbose=False)
+    latest = tmp_path / "c" / "checkpoint_epoch00002"
+    weights = latest / "weights.pt"
+    weights.write_bytes(weights.read_bytes()[:100])  # a truncated write
+    with pytest.raises(checkpoint.CheckpointError, match="weights.pt"):
+        checkpoint.load(latest)
+    summary = fit(load_run_config("c", str(tmp_path), ["train.epochs=4"]), resume=True, verbose=False)
+    assert epochs_of(tmp_path / "c") == [0, 1, 2, 3], "epoch 2 is trained again from epoch 1's checkpoint"
+    assert summary.metrics["epoch"] == 3
