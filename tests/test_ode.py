@@ -143,6 +143,15 @@ def test_ode_steps_reduce_the_loss(solver):
     assert all(b < a for a, b in zip(losses, losses[1:])) and losses[-1] < 0.7 * losses[0], losses
 
 
+def test_ode_step_counts_forward_and_adjoint_evaluations():
+    batch = fixed_batch(ODEFamily, ODEFamily.DataConfig(limit=64))
+    backprop = ODEFamily({}).train_step(batch, epoch=0.0)
+    adjoint = ODEFamily({"solver": {"adjoint": True}}).train_step(batch, epoch=0.0)
+    assert backprop["nfe"] >= 6 and backprop["nfe_backward"] == 0  # backprop through the solver's steps
+    assert adjoint["nfe"] == backprop["nfe"] and adjoint["nfe_backward"] >= 6  # the adjoint solve
+    assert backprop["mse"] == backprop["loss"]
+
+
 def test_ode_val_metric_is_the_full_span_rollout():
     family = ODEFamily({})
     _, val = ODEFamily.load_data(ODEFamily.DataConfig())
@@ -205,6 +214,20 @@ def test_latent_path_reads_each_series_times_forward_and_backward():
         assert torch.allclose(forward, z0[2:3], atol=1e-5)
 
 
+def test_latent_ode_prefix_encoding_and_linear_decoder():
+    torch.manual_seed(0)
+    family = LatentODEFamily({"decoder": "linear", "min_encoded_fraction": 0.5, "lr_decay": 0.5})
+    assert isinstance(family.nets["latent_ode"].decoder, nn.Linear)
+    batch = fixed_batch(LatentODEFamily, SeriesDataConfig(n_train=64, n_val=8), n=16)
+    model = family.nets["latent_ode"]
+    torch.manual_seed(1)
+    x_hat, mu, _ = model(batch[0], batch[1], encoded=10)  # z0 from the first 10 of 30 observations
+    assert x_hat.shape == batch[1].shape  # ... but every observation is reconstructed
+    assert torch.allclose(mu, model.encode(batch[0][:, :10], batch[1][:, :10])[0])
+    step = family.train_step(batch, epoch=1.0)
+    assert math.isfinite(step["loss"]) and family.optimizers["latent_ode"].param_groups[0]["lr"] == pytest.approx(0.5 * family.cfg.lr)
+
+
 def test_rnn_baseline_metrics_on_the_same_points():
     torch.manual_seed(0)
     family = RNNFamily({})
@@ -225,6 +248,13 @@ class BlowUp(nn.Module):
 
     def forward(self, t, y):
         return y * y
+
+
+class Tangent(nn.Module):
+    """dy/dt = 1 + y^2: y = tan(t + c) reaches infinity within pi, from any start."""
+
+    def forward(self, t, y):
+        return 1.0 + y * y
 
 
 class Stiff(nn.Module):
@@ -262,6 +292,18 @@ def test_deployment_turns_a_solver_failure_into_a_422():
     family.nets["ode"].field = BlowUp()
     with pytest.raises(BadRequest, match=r"solver did not converge \(") as err:
         integrate_trajectories(family, IntegrateRequest(y0=[[1.0, 1.0]], t=[0.0, 5.0]))
+    assert err.value.status_code == 422
+
+
+def test_latent_ode_deployment_turns_a_solver_failure_into_a_422():
+    from genray.deploy.latent_ode import ExtrapolateRequest, extrapolate_series
+
+    family = LatentODEFamily({"solver": {"max_evals": 50}})
+    family.nets["latent_ode"].func = Tangent()
+    family.eval()
+    body = {"times": [0.0, 0.5, 1.0], "values": [[5.0, 0.0], [4.0, 1.0], [3.0, 2.0]], "query_times": [0.0, 60.0]}
+    with pytest.raises(BadRequest, match=r"solver did not converge \(") as err:
+        extrapolate_series(family, ExtrapolateRequest(**body))
     assert err.value.status_code == 422
 
 
@@ -349,3 +391,48 @@ def test_extrapolate_math_shifts_the_clock_to_the_first_observation():
     shifted = {k: [q + 10.0 for q in v] if k != "values" else v for k, v in body.items()}
     again = extrapolate_series(family, ExtrapolateRequest(**shifted))
     assert torch.allclose(torch.tensor(again["mean"]), expected, atol=1e-4)
+
+
+# --- the ode app over HTTP on the shared Ray session -----------------------------------------
+
+@pytest.mark.ray
+def test_ode_app_over_http_rejects_bad_input_and_failed_solves(serve_url, tmp_path):
+    import requests
+    from ray import serve
+
+    from genray import checkpoint
+    from genray.config import build_config
+    from genray.deploy import build_app
+
+    cfg = build_config("ode", overrides=["model.solver.max_evals=300"])
+    family = ODEFamily(cfg.model)
+    checkpoint.save(tmp_path / "ode", family="ode", config=cfg.to_dict(), state=family.state_dict(), epoch=0, metrics={})
+    app = build_app({"model": str(tmp_path / "ode")})
+    app = app._bound_deployment.options(ray_actor_options={"num_cpus": 0}).bind(*app._bound_deployment.init_args)
+    serve.run(app, name="ode-http", route_prefix="/ode-http")
+    url = f"{serve_url}/ode-http"
+    try:
+        def post(path, body):
+            return requests.post(url + path, data=body if isinstance(body, str) else None,
+                                 json=None if isinstance(body, str) else body,
+                                 headers={"content-type": "application/json"}, timeout=60)
+
+        for body, status, says in [
+            ('{"y0": [[NaN, 0]], "t": [0, 1]}', 422, "y0"),
+            ({"y0": [[2, 0]], "t": [0, 2, 1]}, 422, "strictly increasing"),
+            ({"y0": [[2, 0, 1]], "t": [0, 1]}, 422, "2 values"),
+            ({"y0": [[2, 0]], "t": [float(i) for i in range(6000)]}, 422, "t"),
+            ("{not json", 400, ""),
+            # 5000 output times need >= 5000 solver steps; the model allows 300 evaluations.
+            ({"y0": [[2, 0]], "t": [float(i) for i in range(5000)]}, 422, "solver did not converge (max_evals)"),
+        ]:
+            r = post("/integrate", body)
+            assert r.status_code == status and says in r.json()["error"], (body if isinstance(body, str) else "...", r.text)
+        ok = post("/integrate", {"y0": [2, 0], "t": [0, 0.5, 1]})
+        assert ok.status_code == 200 and ok.json()["shape"] == [3, 1, 2]  # the replica carried on
+        png = post("/portrait", {"y0": [[2, 0], [1, 1]], "t_end": 2.0, "points": 40})
+        assert png.status_code == 200
+        image = Image.open(io.BytesIO(base64.b64decode(png.json()["image"])))
+        assert image.format == "PNG" and min(image.size) > 100
+    finally:
+        serve.delete("ode-http")
