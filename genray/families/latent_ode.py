@@ -24,6 +24,7 @@ their times (small: they share a time grid) and each series reads its own times 
 from __future__ import annotations
 
 import math
+from typing import Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -123,6 +124,18 @@ class LatentODEConfig(BaseModel):
     solver: SolverConfig = Field(default_factory=SolverConfig)
     kl_warmup_epochs: float = Field(0.0, ge=0.0)
     lr: float = Field(1e-2, gt=0.0, le=1.0)
+    lr_decay: float = Field(1.0, gt=0.0, le=1.0)  # lr * lr_decay**epoch
+    decoder: Literal["mlp", "linear"] = "mlp"
+    # dz/dt = A z + mlp(z): the linear part (rotation, growth) extends beyond the states seen in training.
+    linear_field: bool = False
+    # Training only: the recognition net reads the first k observations, k drawn per batch from
+    # [ceil(min_encoded_fraction * n), n]; every observation is still reconstructed, so z0 and the
+    # latent field must carry the series forward (Rubanova et al. 2019's extrapolation training).
+    min_encoded_fraction: float = Field(1.0, gt=0.0, le=1.0)
+    # Where q(z) lives: at the first observation (Chen et al.: a GRU read backwards, the ODE run
+    # forwards) or at the last (a GRU read forwards; the ODE runs backwards over the observed window
+    # and forwards to extrapolate, from the state the observations pin down best).
+    anchor: Literal["first", "last"] = "first"
 
 
 class RecognitionRNN(nn.Module):
@@ -132,11 +145,16 @@ class RecognitionRNN(nn.Module):
         super().__init__()
         self.gru = nn.GRU(cfg.obs_dim + 1, cfg.rnn_hidden, batch_first=True)
         self.out = nn.Linear(cfg.rnn_hidden, 2 * cfg.latent_dim)
+        self.backwards = cfg.anchor == "first"
 
     def forward(self, t: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        gaps = torch.cat([t[:, 1:] - t[:, :-1], torch.zeros_like(t[:, :1])], dim=1)  # (B, n): to the next obs
-        inputs = torch.cat([x, gaps.unsqueeze(-1)], dim=-1).flip(1)  # (B, n, D + 1), last obs first
-        _, h = self.gru(inputs)  # h: (1, B, H), after reading the first observation
+        if self.backwards:
+            gaps = torch.cat([t[:, 1:] - t[:, :-1], torch.zeros_like(t[:, :1])], dim=1)  # (B, n): to the next obs
+            inputs = torch.cat([x, gaps.unsqueeze(-1)], dim=-1).flip(1)  # (B, n, D + 1), last obs first
+        else:
+            gaps = torch.cat([torch.zeros_like(t[:, :1]), t[:, 1:] - t[:, :-1]], dim=1)  # from the previous obs
+            inputs = torch.cat([x, gaps.unsqueeze(-1)], dim=-1)  # (B, n, D + 1), first obs first
+        _, h = self.gru(inputs)  # h: (1, B, H), after reading the anchor observation
         mu, logvar = self.out(h[0]).chunk(2, dim=-1)
         return mu, logvar.clamp(-20.0, 10.0)  # clamp keeps exp() finite
 
@@ -151,9 +169,11 @@ class LatentODEFunc(nn.Module):
             nn.Linear(cfg.hidden, cfg.hidden), nn.ELU(),
             nn.Linear(cfg.hidden, cfg.latent_dim),
         )
+        self.linear = nn.Linear(cfg.latent_dim, cfg.latent_dim, bias=False) if cfg.linear_field else None
 
     def forward(self, t: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-        return self.net(z)
+        dz = self.net(z)
+        return dz if self.linear is None else dz + self.linear(z)
 
 
 class LatentODE(nn.Module):
@@ -161,14 +181,23 @@ class LatentODE(nn.Module):
         super().__init__()
         self.encoder = RecognitionRNN(cfg)
         self.func = LatentODEFunc(cfg)
-        self.decoder = nn.Sequential(
-            nn.Linear(cfg.latent_dim, cfg.hidden), nn.ReLU(), nn.Linear(cfg.hidden, cfg.obs_dim),
-        )
+        if cfg.decoder == "linear":
+            self.decoder = nn.Linear(cfg.latent_dim, cfg.obs_dim)
+        else:
+            self.decoder = nn.Sequential(
+                nn.Linear(cfg.latent_dim, cfg.hidden), nn.ReLU(), nn.Linear(cfg.hidden, cfg.obs_dim),
+            )
         self.solver = cfg.solver
         self.scale = cfg.value_scale
+        self.anchor = cfg.anchor
 
     def encode(self, t_obs: torch.Tensor, x_obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """q(z) at the anchor time of each series: mu, logvar (B, L)."""
         return self.encoder(t_obs, x_obs / self.scale)
+
+    def anchor_time(self, t_obs: torch.Tensor) -> torch.Tensor:
+        """The time (B,) that the encoded z belongs to: the first or the last observed time."""
+        return t_obs[:, 0] if self.anchor == "first" else t_obs[:, -1]
 
     def latent_path(self, z0: torch.Tensor, times: torch.Tensor) -> torch.Tensor:
         """z0 (B, L) at t = 0 -> z at each series' own times (B, m), any order and sign -> (B, m, L).
@@ -191,16 +220,19 @@ class LatentODE(nn.Module):
             out[part] = rows[part]
         return out
 
-    def decode(self, z0: torch.Tensor, times: torch.Tensor) -> torch.Tensor:
-        """Mean observations at `times` (B, m) -> (B, m, obs_dim)."""
+    def decode(self, z0: torch.Tensor, times: torch.Tensor, anchor: torch.Tensor | None = None) -> torch.Tensor:
+        """Mean observations at `times` (B, m) -> (B, m, obs_dim), for z0 at time `anchor` (B,) (0 if None)."""
+        if anchor is not None:
+            times = times - anchor[:, None]
         return self.decoder(self.latent_path(z0, times)) * self.scale
 
-    def forward(self, t_obs: torch.Tensor, x_obs: torch.Tensor):
-        """Training pass: a reparameterised z0 decoded at the observed times.
-        Returns x_hat (B, n, D), mu (B, L), logvar (B, L)."""
-        mu, logvar = self.encode(t_obs, x_obs)
+    def forward(self, t_obs: torch.Tensor, x_obs: torch.Tensor, encoded: int | None = None):
+        """Training pass: a reparameterised z0, from the first `encoded` observations (all by
+        default), decoded at every observed time. Returns x_hat (B, n, D), mu (B, L), logvar (B, L)."""
+        t_enc = t_obs[:, :encoded]
+        mu, logvar = self.encode(t_enc, x_obs[:, :encoded])
         z0 = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)  # (B, L); keeps the gradient
-        return self.decode(z0, t_obs), mu, logvar
+        return self.decode(z0, t_obs, self.anchor_time(t_enc)), mu, logvar
 
 
 def neg_elbo_terms(x, x_hat, mu, logvar, obs_std: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -234,11 +266,16 @@ class LatentODEFamily(Family):
 
     def train_step(self, batch, epoch: float) -> dict[str, float]:
         t_obs, x_obs = batch[0], batch[1]  # (B, n), (B, n, D); the clean values stay unseen
-        x_hat, mu, logvar = self.train_nets["latent_ode"](t_obs, x_obs)
+        n = t_obs.shape[1]
+        low = max(1, math.ceil(self.cfg.min_encoded_fraction * n))
+        k = int(torch.randint(low, n + 1, ())) if low < n else n
+        x_hat, mu, logvar = self.train_nets["latent_ode"](t_obs, x_obs, encoded=k)
         nll, kl = neg_elbo_terms(x_obs, x_hat, mu, logvar, self.cfg.obs_std)
         beta = self.kl_weight(epoch)
         loss = (nll + beta * kl).mean()
         opt = self.optimizers["latent_ode"]
+        for group in opt.param_groups:
+            group["lr"] = self.cfg.lr * self.cfg.lr_decay**epoch
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -250,7 +287,7 @@ class LatentODEFamily(Family):
         model = self.nets["latent_ode"]
         x_hat, mu, logvar = model(t_obs, x_obs)
         nll, kl = neg_elbo_terms(x_obs, x_hat, mu, logvar, self.cfg.obs_std)
-        mean = model.decode(mu, torch.cat([t_obs, t_ext], dim=1))  # the posterior-mean trajectory
+        mean = model.decode(mu, torch.cat([t_obs, t_ext], dim=1), model.anchor_time(t_obs))  # posterior mean
         n = t_obs.shape[1]
         return {
             "val_neg_elbo": (nll + kl).sum().item(),
@@ -280,4 +317,5 @@ class LatentODEFamily(Family):
         """The posterior-mean trajectory decode(z(t; mu)) at t_query (B, m), in the same clock
         as t_obs (t_obs[:, 0] == 0; negative query times extrapolate backwards) -> (B, m, D)."""
         mu, _ = self.encode(t_obs, x_obs)
-        return self.nets["latent_ode"].decode(mu, t_query.to(self.device))
+        model = self.nets["latent_ode"]
+        return model.decode(mu, t_query.to(self.device), model.anchor_time(t_obs.to(self.device)))

@@ -27,6 +27,7 @@ class RNNConfig(BaseModel):
     obs_dim: int = Field(2, ge=1, le=1024)
     hidden: int = Field(32, ge=1, le=4096)  # ~ latent_ode's parameter count at the defaults
     lr: float = Field(1e-2, gt=0.0, le=1.0)
+    lr_decay: float = Field(1.0, gt=0.0, le=1.0)  # lr * lr_decay**epoch
 
 
 class GRUForecaster(nn.Module):
@@ -80,6 +81,8 @@ class RNNFamily(Family):
         pred = self.train_nets["rnn"](t_obs, x_obs)
         loss = F.mse_loss(pred, x_obs[:, 1:])
         opt = self.optimizers["rnn"]
+        for group in opt.param_groups:
+            group["lr"] = self.cfg.lr * self.cfg.lr_decay**epoch
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
