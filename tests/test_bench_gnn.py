@@ -47,6 +47,8 @@ def test_bench_gnn_quick_writes_json_markdown_and_readme(ray_session, tmp_path):
     for t in data["throughput"]:
         assert t["epochs_measured"] >= 1
         assert all(finite(t[k]) and t[k] > 0 for k in ("epoch_s", "graphs_per_s", "nodes_per_s")), t
+    assert [s["runs"] for s in data["load_average"]] == [["sbm", "karate", "mpnn", "mpnn_2_workers"]]
+    assert all(finite(s["start"]) and finite(s["end"]) for s in data["load_average"])
     assert len(data["claims"]) == 3 and all(isinstance(c["holds"], bool) for c in data["claims"])
 
     markdown = (tmp_path / "out" / "gnn.md").read_text()

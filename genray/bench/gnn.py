@@ -53,7 +53,7 @@ class Budget:
 
 FULL = Budget(gcn_epochs=200, mpnn_epochs=100, throughput_epochs=12, warmup_epochs=2, num_graphs=600,
               batch_size=32, cpus_per_worker=1.0, concurrent=False)
-QUICK = Budget(gcn_epochs=12, mpnn_epochs=3, throughput_epochs=3, warmup_epochs=1, num_graphs=60,
+QUICK = Budget(gcn_epochs=4, mpnn_epochs=3, throughput_epochs=3, warmup_epochs=1, num_graphs=60,
                batch_size=16, cpus_per_worker=0.25, concurrent=True)
 
 
@@ -191,7 +191,6 @@ def run(storage: Path, quick: bool = False) -> dict[str, Any]:
     if not ray.is_initialized():
         ray.init(address="local")
     budget = QUICK if quick else FULL
-    load_start = os.getloadavg()
     stamp = time.strftime("%Y%m%d-%H%M%S")
     gcn_common = [f"train.epochs={budget.gcn_epochs}", f"train.checkpoint_every={max(1, budget.gcn_epochs // 10)}"]
     mpnn_common = [f"data.num_graphs={budget.num_graphs}", f"train.batch_size={budget.batch_size}"]
@@ -209,10 +208,14 @@ def run(storage: Path, quick: bool = False) -> dict[str, Any]:
     # Full: the GCN runs together (their times are not reported as speeds), then each MPNN run
     # alone so that its epoch times are its own. Quick: everything at once.
     stages = [list(jobs)] if budget.concurrent else [["sbm", "karate"], ["mpnn"], ["mpnn_2_workers"]]
-    done = {}
+    done, load = {}, []
     for stage in stages:
+        # The 1-minute load average around each stage: on a shared machine it says which
+        # timings other work slowed.
+        before = os.getloadavg()[0]
         with ThreadPoolExecutor(len(stage)) as pool:
             done.update(zip(stage, pool.map(start, stage)))
+        load.append({"runs": stage, "start": before, "end": os.getloadavg()[0]})
         print(f"bench gnn: trained {', '.join(stage)}", flush=True)
 
     gcn_rows = [gcn_result(key, *done[key]) for key in ("sbm", "karate")]
@@ -224,7 +227,7 @@ def run(storage: Path, quick: bool = False) -> dict[str, Any]:
              throughput(done["mpnn_2_workers"][1], 2, graphs, nodes, budget.warmup_epochs)]
     result = {
         "machine": machine(),
-        "load_average": {"start": list(load_start), "end": list(os.getloadavg())},
+        "load_average": load,
         "quick": quick,
         "budget": asdict(budget),
         "gcn": gcn_rows,
@@ -295,10 +298,10 @@ def markdown_table(result: dict[str, Any]) -> str:
     ]
     for t in result["throughput"]:
         lines.append(f"| {t['workers']} | {t['epoch_s']:.2f} | {t['graphs_per_s']:.0f} | {t['nodes_per_s']:.0f} |")
-    load = result["load_average"]
-    lines += ["", f"Load average (1 min) {load['start'][0]:.1f} at the start and {load['end'][0]:.1f} at the end "
-                  f"on {result['machine']['cores']} cores (above the core count: other work shared the CPUs and "
-                  f"slowed the timings, the 2-worker run most). {machine_line(result['machine'])}"]
+    stages = "; ".join(f"{' + '.join(s['runs'])} {s['start']:.1f} → {s['end']:.1f}" for s in result["load_average"])
+    lines += ["", f"Load average (1 min) before → after each stage of runs: {stages}, on "
+                  f"{result['machine']['cores']} cores. Above the core count, other work shared the CPUs and "
+                  f"slowed the timings. {machine_line(result['machine'])}"]
     lines += ["", "| claim | holds | figures |", "|---|---|---|"]
     lines += [f"| {c['claim']} | {'yes' if c['holds'] else '**no**'} | {c['figures']} |" for c in result["claims"]]
     return "\n".join(lines) + "\n"
