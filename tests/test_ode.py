@@ -200,7 +200,7 @@ def test_latent_ode_elbo_terms_finite_and_exact():
 def test_latent_path_reads_each_series_times_forward_and_backward():
     torch.manual_seed(0)
     model = LatentODEFamily({"solver": {"rtol": 1e-7, "atol": 1e-9}}).nets["latent_ode"]
-    z0 = torch.randn(3, 4)
+    z0 = torch.randn(3, model.func.net[0].in_features)  # (B, latent_dim)
     times = torch.tensor([[0.0, 0.5, 1.0], [0.2, 0.7, 2.0], [-0.5, 0.0, 1.5]])
     with torch.no_grad():
         path = model.latent_path(z0, times)  # (3, 3, 4)
@@ -385,7 +385,7 @@ def test_extrapolate_math_shifts_the_clock_to_the_first_observation():
     t_obs, x_obs, _, t_ext, _, _ = series.tensors
     body = {"times": t_obs[0].tolist(), "values": x_obs[0].tolist(), "query_times": [-0.5] + t_ext[0].tolist()}
     out = extrapolate_series(family, ExtrapolateRequest(**body))
-    assert len(out["mean"]) == 6 and len(out["mean"][0]) == 2 and len(out["z0_std"]) == 4
+    assert len(out["mean"]) == 6 and len(out["mean"][0]) == 2 and len(out["z0_std"]) == family.cfg.latent_dim
     expected = family.predict(t_obs, x_obs, torch.tensor([body["query_times"]]))[0]
     assert torch.allclose(torch.tensor(out["mean"]), expected, atol=1e-5)
     shifted = {k: [q + 10.0 for q in v] if k != "values" else v for k, v in body.items()}

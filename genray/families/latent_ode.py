@@ -7,6 +7,12 @@ and its last state gives q(z0 | x) = N(mu, diag sigma^2) at the first observatio
 which is t = 0 (genray.data.spirals puts every series' first observation there).
 Loss: the negative ELBO per series, in nats: sum over observations of the Gaussian NLL plus
 KL(q(z0) || N(0, I)), with one reparameterised sample of z0 (as torchdiffeq's latent_ode.py).
+Two choices made for extrapolation (measured on the spirals, 30 points: RMSE 0.96 -> 0.80 at 40
+epochs): in training the recognition net reads only a random prefix of each batch's observations
+(at least `min_encoded_fraction` of them) while every observation is reconstructed, so z0 and the
+field must predict forward (Rubanova et al. 2019 train for extrapolation this way); and the
+decoder is linear, so the dynamics live in the ODE rather than in a decoder that knows nothing
+outside the region seen in training.
 
 Validation (held-out series, generated with another seed), per series then averaged:
   val_neg_elbo     the negative ELBO (one sample of z0)
@@ -114,8 +120,8 @@ class LatentODEConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     obs_dim: int = Field(2, ge=1, le=1024)
-    latent_dim: int = Field(4, ge=1, le=512)
-    hidden: int = Field(20, ge=1, le=4096)  # the latent field's and the decoder's width
+    latent_dim: int = Field(8, ge=1, le=512)
+    hidden: int = Field(50, ge=1, le=4096)  # the latent field's (and an mlp decoder's) width
     rnn_hidden: int = Field(25, ge=1, le=4096)
     obs_std: float = Field(0.3, gt=0.0)  # the likelihood's noise (the data's is 0.3)
     # The networks see observations / value_scale and emit means * value_scale: the spirals
@@ -124,18 +130,15 @@ class LatentODEConfig(BaseModel):
     solver: SolverConfig = Field(default_factory=SolverConfig)
     kl_warmup_epochs: float = Field(0.0, ge=0.0)
     lr: float = Field(1e-2, gt=0.0, le=1.0)
-    lr_decay: float = Field(1.0, gt=0.0, le=1.0)  # lr * lr_decay**epoch
-    decoder: Literal["mlp", "linear"] = "mlp"
-    # dz/dt = A z + mlp(z): the linear part (rotation, growth) extends beyond the states seen in training.
-    linear_field: bool = False
+    lr_decay: float = Field(0.99, gt=0.0, le=1.0)  # lr * lr_decay**epoch
+    # linear: x = W z + b, so the latent ODE itself must carry the rotation, and a trajectory that
+    # leaves the region seen in training still decodes sensibly (the mlp decoder of torchdiffeq's
+    # example extrapolated with about twice the error on the spirals)
+    decoder: Literal["mlp", "linear"] = "linear"
     # Training only: the recognition net reads the first k observations, k drawn per batch from
     # [ceil(min_encoded_fraction * n), n]; every observation is still reconstructed, so z0 and the
     # latent field must carry the series forward (Rubanova et al. 2019's extrapolation training).
-    min_encoded_fraction: float = Field(1.0, gt=0.0, le=1.0)
-    # Where q(z) lives: at the first observation (Chen et al.: a GRU read backwards, the ODE run
-    # forwards) or at the last (a GRU read forwards; the ODE runs backwards over the observed window
-    # and forwards to extrapolate, from the state the observations pin down best).
-    anchor: Literal["first", "last"] = "first"
+    min_encoded_fraction: float = Field(0.25, gt=0.0, le=1.0)
 
 
 class RecognitionRNN(nn.Module):
@@ -145,16 +148,11 @@ class RecognitionRNN(nn.Module):
         super().__init__()
         self.gru = nn.GRU(cfg.obs_dim + 1, cfg.rnn_hidden, batch_first=True)
         self.out = nn.Linear(cfg.rnn_hidden, 2 * cfg.latent_dim)
-        self.backwards = cfg.anchor == "first"
 
     def forward(self, t: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        if self.backwards:
-            gaps = torch.cat([t[:, 1:] - t[:, :-1], torch.zeros_like(t[:, :1])], dim=1)  # (B, n): to the next obs
-            inputs = torch.cat([x, gaps.unsqueeze(-1)], dim=-1).flip(1)  # (B, n, D + 1), last obs first
-        else:
-            gaps = torch.cat([torch.zeros_like(t[:, :1]), t[:, 1:] - t[:, :-1]], dim=1)  # from the previous obs
-            inputs = torch.cat([x, gaps.unsqueeze(-1)], dim=-1)  # (B, n, D + 1), first obs first
-        _, h = self.gru(inputs)  # h: (1, B, H), after reading the anchor observation
+        gaps = torch.cat([t[:, 1:] - t[:, :-1], torch.zeros_like(t[:, :1])], dim=1)  # (B, n): to the next obs
+        inputs = torch.cat([x, gaps.unsqueeze(-1)], dim=-1).flip(1)  # (B, n, D + 1), last obs first
+        _, h = self.gru(inputs)  # h: (1, B, H), after reading the first observation
         mu, logvar = self.out(h[0]).chunk(2, dim=-1)
         return mu, logvar.clamp(-20.0, 10.0)  # clamp keeps exp() finite
 
@@ -169,11 +167,9 @@ class LatentODEFunc(nn.Module):
             nn.Linear(cfg.hidden, cfg.hidden), nn.ELU(),
             nn.Linear(cfg.hidden, cfg.latent_dim),
         )
-        self.linear = nn.Linear(cfg.latent_dim, cfg.latent_dim, bias=False) if cfg.linear_field else None
 
     def forward(self, t: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-        dz = self.net(z)
-        return dz if self.linear is None else dz + self.linear(z)
+        return self.net(z)
 
 
 class LatentODE(nn.Module):
@@ -189,15 +185,9 @@ class LatentODE(nn.Module):
             )
         self.solver = cfg.solver
         self.scale = cfg.value_scale
-        self.anchor = cfg.anchor
 
     def encode(self, t_obs: torch.Tensor, x_obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """q(z) at the anchor time of each series: mu, logvar (B, L)."""
         return self.encoder(t_obs, x_obs / self.scale)
-
-    def anchor_time(self, t_obs: torch.Tensor) -> torch.Tensor:
-        """The time (B,) that the encoded z belongs to: the first or the last observed time."""
-        return t_obs[:, 0] if self.anchor == "first" else t_obs[:, -1]
 
     def latent_path(self, z0: torch.Tensor, times: torch.Tensor) -> torch.Tensor:
         """z0 (B, L) at t = 0 -> z at each series' own times (B, m), any order and sign -> (B, m, L).
@@ -220,19 +210,16 @@ class LatentODE(nn.Module):
             out[part] = rows[part]
         return out
 
-    def decode(self, z0: torch.Tensor, times: torch.Tensor, anchor: torch.Tensor | None = None) -> torch.Tensor:
-        """Mean observations at `times` (B, m) -> (B, m, obs_dim), for z0 at time `anchor` (B,) (0 if None)."""
-        if anchor is not None:
-            times = times - anchor[:, None]
+    def decode(self, z0: torch.Tensor, times: torch.Tensor) -> torch.Tensor:
+        """Mean observations at `times` (B, m) -> (B, m, obs_dim)."""
         return self.decoder(self.latent_path(z0, times)) * self.scale
 
     def forward(self, t_obs: torch.Tensor, x_obs: torch.Tensor, encoded: int | None = None):
         """Training pass: a reparameterised z0, from the first `encoded` observations (all by
         default), decoded at every observed time. Returns x_hat (B, n, D), mu (B, L), logvar (B, L)."""
-        t_enc = t_obs[:, :encoded]
-        mu, logvar = self.encode(t_enc, x_obs[:, :encoded])
+        mu, logvar = self.encode(t_obs[:, :encoded], x_obs[:, :encoded])
         z0 = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)  # (B, L); keeps the gradient
-        return self.decode(z0, t_obs, self.anchor_time(t_enc)), mu, logvar
+        return self.decode(z0, t_obs), mu, logvar
 
 
 def neg_elbo_terms(x, x_hat, mu, logvar, obs_std: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -287,7 +274,7 @@ class LatentODEFamily(Family):
         model = self.nets["latent_ode"]
         x_hat, mu, logvar = model(t_obs, x_obs)
         nll, kl = neg_elbo_terms(x_obs, x_hat, mu, logvar, self.cfg.obs_std)
-        mean = model.decode(mu, torch.cat([t_obs, t_ext], dim=1), model.anchor_time(t_obs))  # posterior mean
+        mean = model.decode(mu, torch.cat([t_obs, t_ext], dim=1))  # the posterior-mean trajectory
         n = t_obs.shape[1]
         return {
             "val_neg_elbo": (nll + kl).sum().item(),
@@ -317,5 +304,4 @@ class LatentODEFamily(Family):
         """The posterior-mean trajectory decode(z(t; mu)) at t_query (B, m), in the same clock
         as t_obs (t_obs[:, 0] == 0; negative query times extrapolate backwards) -> (B, m, D)."""
         mu, _ = self.encode(t_obs, x_obs)
-        model = self.nets["latent_ode"]
-        return model.decode(mu, t_query.to(self.device), model.anchor_time(t_obs.to(self.device)))
+        return self.nets["latent_ode"].decode(mu, t_query.to(self.device))
