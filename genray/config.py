@@ -18,6 +18,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from genray.families import get_family
+from genray.families.base import FinetuneConfig
 
 
 class ConfigError(ValueError):
@@ -45,6 +46,9 @@ class TrainConfig(BaseModel):
     # families that generate digits; 0 = never. The last epoch is always measured.
     quality_every: int = Field(1, ge=0)
     quality_samples: int = Field(500, ge=20, le=100_000)
+    # Start from another checkpoint, freeze the base, unfreeze its last blocks later
+    # (genray.families.base.FinetuneConfig); off by default.
+    finetune: FinetuneConfig = Field(default_factory=FinetuneConfig)
 
 
 class RunConfig(BaseModel):

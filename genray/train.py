@@ -36,7 +36,7 @@ from torch.utils.data import DataLoader, DistributedSampler, Subset
 
 from genray import checkpoint
 from genray.config import ConfigError, RunConfig, build_config
-from genray.data import uri
+from genray.data import augment, uri
 from genray.families import get_family
 from genray.metrics import store_root
 
@@ -72,8 +72,16 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     if restored is not None or loop_config.get("init_from"):
         family.load_state_dict(ckpt.state)
         start_epoch = ckpt.epoch + 1
+    finetune = cfg.train.finetune
+    if finetune.init_from and restored is None and not loop_config.get("init_from"):
+        # Fine-tuning starts from another run's weights (a fresh head), at epoch 0.
+        loaded = family.init_finetune(checkpoint.load(finetune.init_from, map_location=device).state, finetune)
+        if rank == 0:
+            print(f"genray: {len(loaded)} tensors from {finetune.init_from}", flush=True)
+    family.apply_finetune(finetune, start_epoch)  # before DDP: it syncs only what requires grad
+    ddp = lambda net: ray.train.torch.prepare_model(net, move_to_device=False)  # noqa: E731
     if world > 1:
-        family.wrap(lambda net: ray.train.torch.prepare_model(net, move_to_device=False))
+        family.wrap(ddp)
 
     train_set, val_set = family_cls.load_data(cfg.data)
     collate = family_cls.collate_fn
@@ -88,19 +96,33 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     log = RunLog(loop_config, start_epoch) if rank == 0 else None
     writer = log.writer if log is not None else None
 
+    augmenting = getattr(cfg.data, "augment", None) is not None and cfg.data.augment.enabled
     steps_per_epoch = len(loader)
     for epoch in range(start_epoch, cfg.train.epochs):
         t0 = time.perf_counter()
+        if family.apply_finetune(finetune, epoch) and world > 1:
+            family.wrap(ddp)  # blocks were unfrozen: a new DDP wrapper that syncs their gradients
         sampler.set_epoch(epoch)
         family.train()
+        # Training inputs only, transformed on their device; the draws depend on (seed, rank, epoch).
+        augment_gen = augment.generator(cfg.train.seed, rank, epoch) if augmenting else None
         sums: dict[str, float] = {}
         for i, batch in enumerate(loader):
-            step = family.train_step(family.to_device(batch), epoch + i / steps_per_epoch)
+            batch = family.to_device(batch)
+            if augment_gen is not None:
+                batch = family.augment_batch(batch, cfg.data.augment, augment_gen)
+                if writer is not None and cfg.train.preview_every and epoch == start_epoch and i == 0:
+                    from genray.images import grid
+
+                    writer.add_image("augment/inputs", grid(batch[0][:64].detach().cpu()), epoch)
+            step = family.train_step(batch, epoch + i / steps_per_epoch)
             for k, v in step.items():
                 sums[k] = sums.get(k, 0.0) + v
         sums = all_reduce_sums(sums)
         metrics = {f"train_{k}": v / max(1, steps_per_epoch * world) for k, v in sums.items()}
         metrics.update(evaluate(family, val_loader, len(val_set), device))
+        if world > 1 and (finetune.freeze != "none" or finetune.init_from):
+            metrics["param_rank_spread"] = rank_spread(family)  # 0 when DDP kept the ranks in step
         last = epoch == cfg.train.epochs - 1
         # A family ranked by sample quality (GANs: classifier-FID) is measured every epoch:
         # its checkpoints are scored by that metric.
@@ -234,6 +256,16 @@ def evaluate(family, loader: DataLoader, total: int, device: torch.device) -> di
         for k, v in family.eval_batch(family.to_device(batch)).items():
             sums[k] = sums.get(k, 0.0) + v
     return {k: v / total for k, v in all_reduce_sums(sums).items()}
+
+
+def rank_spread(family) -> float:
+    """The largest difference between ranks of any network's summed parameters."""
+    total = torch.tensor([float(sum(p.double().sum() for p in net.parameters())) for net in family.nets.values()],
+                         dtype=torch.float64)
+    high, low = total.clone(), -total
+    dist.all_reduce(high, op=dist.ReduceOp.MAX)
+    dist.all_reduce(low, op=dist.ReduceOp.MAX)
+    return float((high + low).max())
 
 
 def all_reduce_sums(sums: dict[str, float]) -> dict[str, float]:

@@ -13,9 +13,10 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from torch.utils.data import TensorDataset
 
+from genray.data.augment import AugmentConfig
 from genray.data.uri import fetch_to_local
 
 IMAGE_SIZE = 28
@@ -32,8 +33,25 @@ class DataConfig(BaseModel):
     source: str = "digits"
     val_fraction: float = Field(0.2, gt=0.0, lt=1.0)
     split_seed: int = Field(0, ge=0)
+    # Keep only these digits, in train and val (labels keep their values): e.g. [5, 6, 7, 8, 9].
+    classes: list[int] | None = None
+    # At most this many training images of each class (the first ones of the shuffled split):
+    # a small labelled budget. Validation is never cut.
+    per_class_limit: int | None = Field(None, ge=1)
     # Use at most this many training images: smoke tests and quick demos.
     limit: int | None = Field(None, ge=1)
+    # Random affine transforms of the training batches (genray.data.augment), applied per batch
+    # on the batch's device by the training loop; never to validation. Off by default.
+    augment: AugmentConfig = Field(default_factory=AugmentConfig)
+
+    @field_validator("classes")
+    @classmethod
+    def _digit_classes(cls, value: list[int] | None) -> list[int] | None:
+        if value is None:
+            return None
+        if not value or len(set(value)) != len(value) or not all(0 <= c <= 9 for c in value):
+            raise ValueError(f"classes must be distinct digits 0..9, at least one, got {value}")
+        return sorted(value)
 
 
 def load_images(cfg: DataConfig) -> tuple[TensorDataset, TensorDataset]:
@@ -43,9 +61,32 @@ def load_images(cfg: DataConfig) -> tuple[TensorDataset, TensorDataset]:
         train, val = split(images, labels, cfg.val_fraction, cfg.split_seed)
     else:
         train, val = mnist_folder(cfg.source, cfg.val_fraction, cfg.split_seed)
+    if cfg.classes is not None:
+        train, val = only_classes(train, cfg.classes), only_classes(val, cfg.classes)
+    if cfg.per_class_limit is not None:
+        train = first_per_class(train, cfg.per_class_limit)
     if cfg.limit is not None:
         train = TensorDataset(*(t[: cfg.limit] for t in train.tensors))
     return train, val
+
+
+def only_classes(data: TensorDataset, classes: list[int]) -> TensorDataset:
+    images, labels = data.tensors
+    keep = torch.isin(labels, torch.tensor(classes))
+    if not keep.any():
+        raise DataError(f"no images of classes {classes} in a set of {len(labels)}")
+    return TensorDataset(images[keep], labels[keep])
+
+
+def first_per_class(data: TensorDataset, k: int) -> TensorDataset:
+    """The first k images of each label, in the set's order (it is shuffled already)."""
+    images, labels = data.tensors
+    rank = torch.zeros_like(labels)  # how many of the same label come before each image
+    for c in labels.unique():
+        mask = labels == c
+        rank[mask] = torch.arange(int(mask.sum()))
+    keep = rank < k
+    return TensorDataset(images[keep], labels[keep])
 
 
 def digits_28x28() -> tuple[torch.Tensor, torch.Tensor]:

@@ -4,20 +4,80 @@ A family owns named networks (`nets`), their optimizers, one train step and an e
 The Ray Train loop only wraps `train_nets` for DDP (each network separately, so two-player
 families get one DDP wrapper per player) and calls `train_step`; evaluation, inference and
 saving always use the raw modules in `nets`.
+
+Fine-tuning (the course's five steps: a base with a fresh head, the base frozen, the head
+trained, the last blocks unfrozen, both trained at a lower learning rate) is driven by
+`FinetuneConfig` (the run config's `train.finetune`) and works on any family that names its
+parts: `parts()` lists the base's blocks and the head as parameter-name prefixes.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Any, Callable, ClassVar
+from dataclasses import dataclass
+from typing import Any, Callable, ClassVar, Literal
 
 import torch
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
 from torch.utils.data import Dataset
 
 from genray.data import DataConfig as ImageDataConfig
 from genray.data import load_images
+from genray.data.augment import AugmentConfig, augment
+
+
+class FinetuneConfig(BaseModel):
+    """A fine-tuning schedule (`train.finetune`); the defaults train everything from scratch."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    # A checkpoint folder (or s3:// prefix) to start from: every tensor whose name and shape
+    # match is loaded, except the head's (a fresh head) unless load_head. The optimizers start fresh.
+    init_from: str | None = None
+    load_head: bool = False
+    # "base": the family's blocks (parts().blocks) get no gradient and keep their weights.
+    freeze: Literal["none", "base"] = "none"
+    # After this many epochs the last `unfreeze_blocks` blocks train again (None: never).
+    unfreeze_after_epochs: int | None = Field(None, ge=0)
+    unfreeze_blocks: int = Field(1, ge=1)
+    # The learning rate of every optimizer from the unfreezing on (None: keep the model's lr).
+    lr_after_unfreeze: float | None = Field(None, gt=0.0, le=1.0)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "FinetuneConfig":
+        if self.unfreeze_after_epochs is not None and self.freeze == "none":
+            raise ValueError("unfreeze_after_epochs needs freeze: base (nothing is frozen to unfreeze)")
+        if self.lr_after_unfreeze is not None and self.unfreeze_after_epochs is None:
+            raise ValueError("lr_after_unfreeze needs unfreeze_after_epochs (the epoch it starts at)")
+        return self
+
+    def frozen_blocks(self, blocks: list[str], epoch: int) -> list[str]:
+        """The blocks that get no gradient in `epoch` (0-based)."""
+        if self.freeze == "none":
+            return []
+        if self.unfreeze_after_epochs is not None and epoch >= self.unfreeze_after_epochs:
+            return blocks[: max(0, len(blocks) - self.unfreeze_blocks)]
+        return list(blocks)
+
+    def lr(self, epoch: int) -> float | None:
+        """The learning rate to set in `epoch`, or None to keep the configured one."""
+        if self.lr_after_unfreeze is not None and epoch >= self.unfreeze_after_epochs:
+            return self.lr_after_unfreeze
+        return None
+
+
+@dataclass(frozen=True)
+class Parts:
+    """Where fine-tuning acts, as prefixes of "<net>.<parameter name>", e.g.
+    "classifier.body.0" for the first conv layer of net "classifier"."""
+
+    blocks: list[str]  # the base, input side first: what `freeze` freezes, unfrozen from the end
+    head: list[str]  # what `init_from` leaves freshly initialised; always trained
+
+
+def _under(name: str, prefixes: list[str]) -> bool:
+    return any(name == p or name.startswith(p + ".") for p in prefixes)
 
 
 class Family(ABC):
@@ -48,6 +108,7 @@ class Family(ABC):
         # What train_step calls: the same modules, or their DDP wrappers after wrap().
         self.train_nets: dict[str, nn.Module] = dict(self.nets)
         self.optimizers: dict[str, torch.optim.Optimizer] = self.make_optimizers()
+        self.frozen: list[str] = []  # the blocks that get no gradient now (fine-tuning)
 
     # --- what a family defines -----------------------------------------------------------
     @abstractmethod
@@ -75,14 +136,85 @@ class Family(ABC):
         asked to show (conditional families) or None. None: the family does not generate digits."""
         return None
 
+    def parts(self) -> Parts | None:
+        """The base's blocks and the head, for fine-tuning; None: this family cannot be fine-tuned."""
+        return None
+
+    def augment_batch(self, batch: Any, cfg: AugmentConfig, gen: torch.Generator) -> Any:
+        """The training batch with its images randomly transformed (genray.data.augment).
+        Image families' batches are (images (B, C, H, W), labels, ...); others override this."""
+        if not (isinstance(batch, (list, tuple)) and batch and torch.is_tensor(batch[0]) and batch[0].dim() == 4):
+            raise ValueError(f"family {self.name} cannot augment its batches: they are not (images, ...)")
+        return type(batch)([augment(batch[0], cfg, gen), *batch[1:]])
+
     # --- shared mechanics --------------------------------------------------------------
     def wrap(self, wrapper: Callable[[nn.Module], nn.Module]) -> None:
-        """Wrap every network for training (DDP); `nets` keeps the raw modules."""
-        self.train_nets = {k: wrapper(v) for k, v in self.nets.items()}
+        """Wrap every network for training (DDP); `nets` keeps the raw modules. A network with
+        nothing to train (wholly frozen) is left bare: DDP refuses a module without gradients."""
+        self.train_nets = {k: wrapper(v) if any(p.requires_grad for p in v.parameters()) else v
+                           for k, v in self.nets.items()}
 
     def train(self) -> None:
         for net in self.nets.values():
             net.train()
+        for block in self.frozen:  # frozen blocks keep their statistics too (batch norm, dropout off)
+            self.module(block).eval()
+
+    def module(self, prefix: str) -> nn.Module:
+        net, _, path = prefix.partition(".")
+        return self.nets[net].get_submodule(path) if path else self.nets[net]
+
+    def named_parameters(self):
+        """("<net>.<name>", parameter) over every network."""
+        for k, net in self.nets.items():
+            for name, p in net.named_parameters():
+                yield f"{k}.{name}", p
+
+    def load_matching(self, state: dict[str, Any], *, skip: list[str] = ()) -> list[str]:
+        """Load every tensor of a checkpoint's `state` whose "<net>.<name>" and shape match this
+        family's, except those under `skip` (a fresh head); the names loaded."""
+        loaded = []
+        for k, net in self.nets.items():
+            theirs = state["nets"].get(k, {})
+            mine = net.state_dict()
+            take = {name: t for name, t in theirs.items()
+                    if name in mine and mine[name].shape == t.shape and not _under(f"{k}.{name}", list(skip))}
+            net.load_state_dict({**mine, **take})
+            loaded += [f"{k}.{name}" for name in take]
+        return loaded
+
+    def init_finetune(self, state: dict[str, Any], cfg: FinetuneConfig) -> list[str]:
+        """Step 1 of fine-tuning: another checkpoint's weights where names and shapes match, and
+        a fresh head (unless cfg.load_head); the names loaded."""
+        parts = self.parts()
+        skip = parts.head if parts is not None and not cfg.load_head else []
+        loaded = self.load_matching(state, skip=skip)
+        if not loaded:
+            raise ValueError(f"init_from {cfg.init_from}: none of its tensors matches a {self.name} "
+                             f"parameter by name and shape")
+        return loaded
+
+    def apply_finetune(self, cfg: FinetuneConfig, epoch: int) -> bool:
+        """Freeze and unfreeze blocks and set the learning rate for `epoch`. True when the set of
+        parameters that take gradients changed (a DDP wrapper must then be rebuilt: DDP only
+        synchronises the parameters that required gradients when it was built)."""
+        if cfg.freeze == "none" and cfg.lr_after_unfreeze is None:
+            return False
+        parts = self.parts()
+        if parts is None:
+            raise ValueError(f"family {self.name} names no base blocks (parts()); it cannot be fine-tuned "
+                             f"with freeze={cfg.freeze!r}")
+        frozen = cfg.frozen_blocks(parts.blocks, epoch)
+        changed = frozen != self.frozen
+        for name, p in self.named_parameters():
+            p.requires_grad_(not _under(name, frozen))
+        self.frozen = frozen
+        lr = cfg.lr(epoch)
+        if lr is not None:
+            for opt in self.optimizers.values():
+                for group in opt.param_groups:
+                    group["lr"] = lr
+        return changed
 
     def eval(self) -> None:
         for net in self.nets.values():

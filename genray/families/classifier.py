@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
-from genray.families.base import Family
+from genray.families.base import Family, Parts
 
 NUM_CLASSES = 10
 
@@ -57,6 +57,12 @@ class ClassifierFamily(Family):
 
     def make_optimizers(self):
         return {"classifier": torch.optim.Adam(self.nets["classifier"].parameters(), lr=self.cfg.lr)}
+
+    def parts(self) -> Parts:
+        # The base: conv block 1, conv block 2 and the dense feature layer (input side first);
+        # the head: the last linear layer, which fine-tuning starts afresh.
+        return Parts(blocks=["classifier.body.0", "classifier.body.3", "classifier.body.8"],
+                     head=["classifier.head"])
 
     def train_step(self, batch, epoch: float) -> dict[str, float]:
         x, y = batch
