@@ -368,7 +368,8 @@ def finish_bench(name: str, result: dict, markdown: str, out: Path, readme: Opti
 @bench_app.command("quality")
 def bench_quality(
     families: str = typer.Option(",".join(["vae", "ae", "cvae", "gan", "vaegan", "aae"]),
-                                 help="Comma-separated families to train and measure."),
+                                 help="Comma-separated families to train and measure; `classifier` runs the "
+                                      "classifier rows (augmentation, fine-tuning) and alone keeps the other rows."),
     epochs: int = typer.Option(30, help="The fixed budget every family gets."),
     out: Path = typer.Option(Path("bench_results"), help="Folder for quality.json and quality.md."),
     storage: Path = typer.Option(Path("runs"), help="Where the bench's training runs go."),
