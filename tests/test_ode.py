@@ -404,7 +404,7 @@ def test_ode_app_over_http_rejects_bad_input_and_failed_solves(serve_url, tmp_pa
     from genray.config import build_config
     from genray.deploy import build_app
 
-    cfg = build_config("ode", overrides=["model.solver.max_evals=300"])
+    cfg = build_config("ode", overrides=["model.solver.max_evals=2000"])
     family = ODEFamily(cfg.model)
     checkpoint.save(tmp_path / "ode", family="ode", config=cfg.to_dict(), state=family.state_dict(), epoch=0, metrics={})
     app = build_app({"model": str(tmp_path / "ode")})
@@ -423,8 +423,9 @@ def test_ode_app_over_http_rejects_bad_input_and_failed_solves(serve_url, tmp_pa
             ({"y0": [[2, 0, 1]], "t": [0, 1]}, 422, "2 values"),
             ({"y0": [[2, 0]], "t": [float(i) for i in range(6000)]}, 422, "t"),
             ("{not json", 400, ""),
-            # 5000 output times need >= 5000 solver steps; the model allows 300 evaluations.
-            ({"y0": [[2, 0]], "t": [float(i) for i in range(5000)]}, 422, "solver did not converge (max_evals)"),
+            # rk4 steps from output time to output time: 4 x 4999 evaluations; the model allows 2000.
+            ({"y0": [[2, 0]], "t": [float(i) for i in range(5000)], "method": "rk4"}, 422,
+             "solver did not converge (max_evals)"),
         ]:
             r = post("/integrate", body)
             assert r.status_code == status and says in r.json()["error"], (body if isinstance(body, str) else "...", r.text)
