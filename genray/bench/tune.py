@@ -16,6 +16,7 @@ the whole search. The issue's target: ASHA needs at most half of random search's
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -86,14 +87,15 @@ def run(family: str, *, num_samples: int, epochs: int, max_concurrent: int, seed
     spec = load_space(family, None)
     base = build_config(family, None, ["train.workers=1", f"train.epochs={epochs}", *overrides])
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    searches = {}
+    searches, load = {}, {}
     for method, scheduler in METHODS.items():
         tuner = build_tuner(family, name=f"bench-{method}-{stamp}", storage=storage, spec=spec, base=base,
                             scheduler=scheduler, num_samples=num_samples, max_concurrent=max_concurrent,
                             seed=seed)
-        started = time.monotonic()
+        started, load_before = time.monotonic(), os.getloadavg()[0]
         results = tuner.fit()
         searches[method] = (trial_runs(results, spec.metric), time.monotonic() - started)
+        load[method] = (round(load_before, 1), round(os.getloadavg()[0], 1))
         if not searches[method][0]:
             raise RuntimeError(f"bench tune: the {method} search reported no {spec.metric}")
 
@@ -101,6 +103,8 @@ def run(family: str, *, num_samples: int, epochs: int, max_concurrent: int, seed
     best = min(random_values) if spec.mode == "min" else max(random_values)
     target = best + tolerance * abs(best) * (1 if spec.mode == "min" else -1)
     methods = {m: summarize_search(trials, wall, target, spec.mode) for m, (trials, wall) in searches.items()}
+    for m in methods:  # other work on the machine slows trials: the 1-minute load average, before/after
+        methods[m]["load_average"] = load[m]
     ratio = None
     if methods["asha"]["reached_target"]:
         ratio = round(methods["asha"]["trial_s_to_target"] / methods["random"]["trial_s_to_target"], 3)
@@ -142,8 +146,11 @@ def markdown_table(result: dict[str, Any]) -> str:
         lines.append(f"| {name} | {m['trials']} | {m['epochs_trained']} | {to_target} | {m['trial_s']:.0f} "
                      f"| {m['wall_s']:.0f} | {m['best']:.4g} |")
     ratio = result["asha_over_random_trial_s_to_target"]
+    loads = "; ".join(f"{name} {m['load_average'][0]} -> {m['load_average'][1]}"
+                      for name, m in result["methods"].items() if "load_average" in m)
     lines += [
         "",
+        f"Load average (1 min) before -> after each search: {loads}." if loads else "",
         f"ASHA / random, trial-seconds to target: **{ratio if ratio is not None else 'ASHA never reached it'}** "
         f"(target ≤ 0.5); whole search: {result['asha_over_random_trial_s_total']}.",
         "",
