@@ -33,6 +33,10 @@ REQUESTS = {
     "latent_ode": ("/extrapolate", {"times": [0, 0.3, 0.45, 1.2], "values": [[5.1, 0.2], [4.9, 0.9], [4.7, 1.1],
                                     [3.6, 2.4]], "query_times": [0, 0.6, 1.5]},
                    {"times": [0, 0.3], "values": [[5.1, 0.2]], "query_times": [1.0]}, ""),
+    "charlm": ("/generate", {"prompt": "def ", "n": 20, "temperature": 0.8, "top_k": 5, "seed": 1},
+               {"prompt": "\u0436\u00a7", "n": 20}, "prompt"),
+    "unet": ("/inpaint", {"image": IMAGE, "mask": [[1.0] * 8 + [0.0] * 20] * 28, "format": "list"},
+             {"image": IMAGE, "mask": [[1.0] * 20] * 20}, "mask"),
 }
 
 

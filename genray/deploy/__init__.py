@@ -28,6 +28,8 @@ DEPLOYMENTS: dict[str, str] = {
     "mpnn": "genray.deploy.gnn:MPNNDeployment",
     "ode": "genray.deploy.ode:ODEDeployment",
     "latent_ode": "genray.deploy.latent_ode:LatentODEDeployment",
+    "charlm": "genray.deploy.charlm:CharLMDeployment",
+    "unet": "genray.deploy.unet:UNetDeployment",
 }
 
 

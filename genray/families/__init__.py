@@ -23,6 +23,8 @@ FAMILIES: dict[str, str] = {
     "ode": "genray.families.ode:ODEFamily",
     "latent_ode": "genray.families.latent_ode:LatentODEFamily",
     "rnn": "genray.families.rnn:RNNFamily",
+    "charlm": "genray.families.charlm:CharLMFamily",
+    "unet": "genray.families.unet:UNetFamily",
 }
 
 
