@@ -6,7 +6,8 @@ from genray.cli import app
 runner = CliRunner()
 
 
-@pytest.mark.parametrize("command", ["train", "export", "serve", "demo", "tune", "heat", "bench", "bench quality", "bench heat"])
+@pytest.mark.parametrize("command", ["train", "export", "serve", "demo", "tune", "heat", "bench", "bench quality",
+                                     "bench heat", "bench ode", "bench gnn", "bench tune", "bench serve"])
 def test_every_command_has_help(command):
     result = runner.invoke(app, [*command.split(), "--help"])
     assert result.exit_code == 0, result.output
