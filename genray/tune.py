@@ -269,7 +269,10 @@ def build_tuner(
             metric=spec.metric, mode=spec.mode,
             scheduler=make_scheduler(scheduler, spec, base.train.epochs, perturbation_interval, num_samples),
             num_samples=num_samples, max_concurrent_trials=max_concurrent,
-            search_alg=BasicVariantGenerator(random_state=seed) if seed is not None else None,
+            # An explicit generator must carry the concurrency bound itself: Tune ignores
+            # max_concurrent_trials for a SearchGenerator passed as search_alg.
+            search_alg=(BasicVariantGenerator(random_state=seed, max_concurrent=max_concurrent)
+                        if seed is not None else None),
             # A stopped or exploited trial's actor must die: it owns the Train controller and
             # workers of its fit, which a reused actor would leave running, holding their CPUs.
             reuse_actors=False,
