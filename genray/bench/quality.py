@@ -24,6 +24,12 @@ import torch
 GENERATIVE = ["vae", "ae", "cvae", "gan", "vaegan", "aae"]
 SAMPLES = 1000
 GENERATIVE_KEYS = ("machine", "budget", "rows", "ceiling", "claims")
+# Families scored against baselines rather than by samples: their own budgets (Ray Train, 1
+# worker, default model), and one row each in the "scientific" section, kept across runs.
+SCIENTIFIC_BUDGET = {
+    "charlm": ["train.epochs=5", "train.batch_size=64", "data.stride=64"],  # each epoch reads the text once
+    "unet": ["train.epochs=15", "train.batch_size=32"],
+}
 
 # The classifier rows: every arm trains through Ray Train (1 worker) and is scored by its val
 # accuracy at the last epoch (no checkpoint picked on val), mean over `seeds` train.seed values.
@@ -83,8 +89,11 @@ def run(families: list[str], epochs: int, out_dir: Path, storage: Path) -> dict[
     stamp = time.strftime("%Y%m%d-%H%M%S")
     previous_file = out_dir / "quality.json"
     previous = json.loads(previous_file.read_text()) if previous_file.is_file() else {}
-    generative = [f for f in families if f != "classifier"]
+    generative = [f for f in families if f != "classifier" and f not in SCIENTIFIC_BUDGET]
+    scientific = [f for f in families if f in SCIENTIFIC_BUDGET]
     result: dict[str, Any] = {}
+    if scientific or "scientific" in previous:  # rows of the families not run now are kept
+        result["scientific"] = scientific_rows(scientific, out_dir, storage, stamp, previous.get("scientific"))
     if "classifier" in families:
         result["classifier"] = classifier_rows(storage, stamp)
     elif "classifier" in previous:
@@ -190,6 +199,130 @@ def classifier_claims(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     ]
 
 
+def scientific_rows(families: list[str], out_dir: Path, storage: Path, stamp: str,
+                    previous: dict[str, Any] | None) -> dict[str, Any]:
+    """charlm and unet through Ray Train with their own budgets, each against its baselines;
+    the rows of the families not run now come from the previous quality.json."""
+    from genray.bench import machine
+    from genray.config import build_config
+    from genray.store import export
+    from genray.train import fit
+
+    rows = {r["family"]: r for r in (previous or {}).get("rows", [])}
+    for name in families:
+        cfg = build_config(name, overrides=[
+            f"name=bench-{name}-{stamp}", f"storage={storage}", "train.workers=1", "train.quality_every=0",
+            *SCIENTIFIC_BUDGET[name]])
+        summary = fit(cfg, verbose=False)
+        model = export(summary.run_dir, out_dir / "models" / name, replace=True)
+        row = {"charlm": measure_charlm, "unet": measure_unet}[name](model, summary.history)
+        row.update(train_s=summary.wall_s, budget=SCIENTIFIC_BUDGET[name], machine=machine())
+        rows[name] = row
+        print(f"{name}: " + ", ".join(f"{k} {v:.4g}" for k, v in row.items() if isinstance(v, float)), flush=True)
+    ordered = [rows[f] for f in SCIENTIFIC_BUDGET if f in rows]
+    return {"rows": ordered, "claims": scientific_claims(ordered)}
+
+
+def measure_charlm(model_path: Path, history: list[dict[str, Any]]) -> dict[str, Any]:
+    """Val bits per character against the unigram entropy of the text (and the held-out unigram
+    code), the first epoch's figure beside the best, and a sample."""
+    from genray.checkpoint import load_family
+    from genray.data.text import TextDataConfig, read_text, unigram_cross_entropy, unigram_entropy
+
+    family, ckpt = load_family(model_path)
+    data = TextDataConfig.model_validate(ckpt.config["data"])
+    text = read_text(data.source, data.encoding)
+    cut = int(round(len(text) * (1.0 - data.val_fraction)))  # the split genray.data.text makes
+    return {
+        "family": "charlm", "epoch": ckpt.epoch, "data": f"{data.source} ({len(text)} characters)",
+        "val_bits_per_char": ckpt.metrics["val_bits_per_char"],
+        "by_epoch": [h["val_bits_per_char"] for h in history],
+        "unigram_entropy": unigram_entropy(text),
+        "unigram_heldout": unigram_cross_entropy(text[:cut], text[cut:]),
+        "sample": family.generate("The ", 200, temperature=0.8, seed=0),
+    }
+
+
+def measure_unet(model_path: Path, history: list[dict[str, Any]]) -> dict[str, Any]:
+    """Masked-region MSE on the val holes against mean fill and normalized-convolution blur;
+    also the digits-trained model on photo patches it never saw."""
+    from torch.utils.data import DataLoader
+
+    from genray.checkpoint import load_family
+    from genray.data.inpaint import InpaintDataConfig, load_inpaint
+
+    family, ckpt = load_family(model_path)
+    data = InpaintDataConfig.model_validate(ckpt.config["data"])
+    row = {"family": "unet", "epoch": ckpt.epoch, "data": f"{data.source}, {data.masks} masks",
+           "by_epoch": [h["val_masked_mse"] for h in history]}
+    row.update({k: ckpt.metrics[k] for k in ("val_masked_mse", "val_mean_fill_mse", "val_blur_fill_mse")})
+    if data.source == "digits":
+        _, photos = load_inpaint(data.model_copy(update={"source": "photos", "limit": None, "val_limit": None}))
+        sums: dict[str, float] = {}
+        for batch in DataLoader(photos, batch_size=256):
+            for k, v in family.eval_batch(batch).items():
+                sums[k] = sums.get(k, 0.0) + v
+        row["photos"] = {k: v / len(photos) for k, v in sums.items()}
+    return row
+
+
+def scientific_claims(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    by = {r["family"]: r for r in rows}
+    claims = []
+    if "charlm" in by:
+        r = by["charlm"]
+        claims.append({"claim": "the char-LSTM needs under 60% of the bits per character of the text's unigram entropy",
+                       "holds": r["val_bits_per_char"] < 0.6 * r["unigram_entropy"],
+                       "figures": f"{r['val_bits_per_char']:.3f} vs {r['unigram_entropy']:.3f} bits/char"})
+        claims.append({"claim": "the char-LSTM's val bits per character fall with training",
+                       "holds": r["val_bits_per_char"] < r["by_epoch"][0],
+                       "figures": " → ".join(f"{v:.3f}" for v in r["by_epoch"])})
+    if "unet" in by:
+        r = by["unet"]
+        claims.append({"claim": "the UNet fills holes in val digits better than mean fill and blur (masked MSE)",
+                       "holds": r["val_masked_mse"] < min(r["val_mean_fill_mse"], r["val_blur_fill_mse"]),
+                       "figures": f"{r['val_masked_mse']:.4f} vs {r['val_mean_fill_mse']:.4f} mean, "
+                                  f"{r['val_blur_fill_mse']:.4f} blur"})
+    return claims
+
+
+def scientific_table(section: dict[str, Any]) -> str:
+    from genray.bench import machine_line
+
+    lines = [
+        "Scored against baselines (`genray bench quality --families charlm,unet`): Ray Train, 1 worker, default "
+        "model, the budget in each row; the value of the best checkpoint.",
+        "",
+        "| family | data | metric | model | by epoch | baselines | train s |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in section["rows"]:
+        steps = r["by_epoch"]
+        trend = f"{steps[0]:.4g} → {steps[-1]:.4g} ({len(steps)} epochs)"
+        if r["family"] == "charlm":
+            lines.append(f"| charlm | {r['data']} | val bits/char ↓ | {r['val_bits_per_char']:.3f} | {trend} | "
+                         f"unigram entropy {r['unigram_entropy']:.3f}; held-out unigram {r['unigram_heldout']:.3f} | "
+                         f"{r['train_s']:.0f} |")
+        elif r["family"] == "unet":
+            lines.append(f"| unet | {r['data']} | val masked MSE ↓ | {r['val_masked_mse']:.4f} | {trend} | "
+                         f"mean fill {r['val_mean_fill_mse']:.4f}; blur fill {r['val_blur_fill_mse']:.4f} | "
+                         f"{r['train_s']:.0f} |")
+            if "photos" in r:
+                p = r["photos"]
+                lines.append(f"| unet, trained on digits | photo patches (never seen) | val masked MSE ↓ | "
+                             f"{p['val_masked_mse']:.4f} | — | mean fill {p['val_mean_fill_mse']:.4f}; "
+                             f"blur fill {p['val_blur_fill_mse']:.4f} | — |")
+    lines.append("")
+    for r in section["rows"]:
+        lines.append(f"- {r['family']}: budget `{' '.join(r['budget'])}`. {machine_line(r['machine'])}")
+        if "sample" in r:
+            lines.append(f"- charlm sample (prompt \"The \", T = 0.8, seed 0): `{r['sample'][:160]!r}`")
+    if section["claims"]:
+        lines += ["", "| claim | holds | figures |", "|---|---|---|"]
+        lines += [f"| {c['claim']} | {'yes' if c['holds'] else '**no**'} | {c['figures']} |" for c in section["claims"]]
+    return "\n".join(lines) + "\n"
+
+
 def check_claims(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The course material's claims, as measured. Claims whose families were not run are skipped."""
     by = {r["family"]: r for r in rows}
@@ -226,6 +359,8 @@ def markdown_table(result: dict[str, Any]) -> str:
         parts.append(generative_table(result))
     if "classifier" in result:
         parts.append(classifier_table(result["classifier"]))
+    if "scientific" in result:
+        parts.append(scientific_table(result["scientific"]))
     return "\n".join(parts)
 
 
