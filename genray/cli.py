@@ -104,10 +104,12 @@ def export(
     if best:
         from genray.tune import SPEC_FILE
 
-        spec = run_dir / SPEC_FILE
-        if not spec.is_file():
+        from genray.data import uri
+
+        spec = uri.join(run_dir, SPEC_FILE)
+        if not uri.exists(spec):
             fail(f"{run_dir} is not a genray search (no {SPEC_FILE})")
-        meta = json.loads(spec.read_text())
+        meta = json.loads(uri.read_text(spec))
         options = {"pattern": "*/checkpoint_*", "metric": meta["metric"], "mode": meta["mode"]}
     try:
         dest = export_model(run_dir, to, which=which, replace=replace, **options)
@@ -177,13 +179,14 @@ def tune_cmd(
     metric: Optional[str] = typer.Option(None, help="Override the family's metric."),
     mode: Optional[str] = typer.Option(None, help="min or max, with --metric."),
     name: Optional[str] = typer.Option(None, help="Search name; its folder is <storage>/<name>."),
-    storage: Path = typer.Option(Path("searches"), help="Folder that holds searches."),
+    storage: str = typer.Option("searches", help="Folder or s3:// prefix that holds searches."),
     resume: Optional[str] = typer.Option(None, help="Continue an interrupted search NAME (Tuner.restore)."),
     perturbation_interval: int = typer.Option(1, help="PBT: epochs between exploit/explore steps."),
     address: Optional[str] = typer.Option(None, help="Ray cluster address (default: $RAY_ADDRESS or a local Ray)."),
 ) -> None:
     """Search hyperparameters with Ray Tune (ASHA, PBT) over the same Ray Train trainer."""
-    from genray.tune import build_tuner, load_space, restore_tuner, summarize
+    from genray.data import uri
+    from genray.tune import SPEC_FILE, build_tuner, load_space, restore_tuner, search_location, summarize
 
     try:
         if resume:
@@ -199,7 +202,7 @@ def tune_cmd(
             overrides = list(set_) + [f"train.workers={workers}"] + ([f"train.epochs={epochs}"] if epochs else [])
             base = build_config(family, None, overrides)
             search_name = name or f"{family}-{scheduler}-{time.strftime('%Y%m%d-%H%M%S')}"
-            if (storage / search_name).exists():
+            if uri.exists(uri.join(search_location(storage, search_name), SPEC_FILE)):
                 fail(f"search {search_name!r} exists in {storage}; continue it with --resume {search_name}")
             connect(address)
             tuner = build_tuner(family, name=search_name, storage=storage, spec=spec, base=base,
@@ -209,7 +212,8 @@ def tune_cmd(
         results = tuner.fit()
     except (ConfigError, ValueError) as err:
         fail(str(err))
-    rows = summarize(results, metric_name, metric_mode, storage.resolve() / search_name)
+    search = search_location(storage, search_name)
+    rows = summarize(results, metric_name, metric_mode, search)
     from rich.console import Console
     from rich.table import Table
 
@@ -220,9 +224,8 @@ def tune_cmd(
     for r in rows:
         table.add_row(*[f"{r.get(k):.4g}" if isinstance(r.get(k), float) else str(r.get(k, "")) for k in keys])
     Console().print(table)
-    search_dir = storage.resolve() / search_name
-    typer.echo(f"results:     {search_dir / 'results.csv'} and results.json")
-    typer.echo(f"tensorboard: tensorboard --logdir {search_dir / 'train'}")
+    typer.echo(f"results:     {uri.join(search, 'results.csv')} and results.json")
+    typer.echo(f"tensorboard: tensorboard --logdir {uri.join(search, 'train')}")
     typer.echo(f"export best: genray export {search_name} --best --storage {storage} --to models/<name>")
 
 

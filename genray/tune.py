@@ -8,15 +8,17 @@ trial copies that checkpoint into a Tune checkpoint. Real Tune checkpoints are w
 exploit a better trial and let `Tuner.restore` restart an interrupted trial where it was; a
 trial that starts from a Tune checkpoint passes it to the worker loop as `init_from`.
 
-A search lives in <storage>/<name>/: Tune's experiment folder, `train/` with every trial's
-Train run (so `tensorboard --logdir <storage>/<name>/train` shows all trials together), and
-results.csv / results.json once it finishes.
+A search lives in <storage>/<name>/ (a folder or an s3:// prefix): Tune's experiment folder,
+`train/` with every trial's Train run (so `tensorboard --logdir <storage>/<name>/train` shows all
+trials together), and results.csv / results.json once it finishes. On S3, Tune and each trial's
+Train run write through the same pyarrow filesystem as `genray train` (genray.data.uri).
 """
 
 from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import json
 import queue as pyqueue
 import shutil
@@ -39,9 +41,10 @@ from ray.util.queue import Queue
 
 from genray import checkpoint
 from genray.config import ConfigError, RunConfig, apply_override
+from genray.data import uri
 from genray.families import get_family
 from genray.metrics import store_root
-from genray.train import train_loop_per_worker
+from genray.train import run_dir_of, train_loop_per_worker
 
 DOMAINS = {
     "loguniform": lambda a: tune.loguniform(*a),
@@ -97,6 +100,22 @@ def to_domain(key: str, value: Any):
     return DOMAINS[kind](args)
 
 
+def search_location(storage: str | Path, name: str) -> str:
+    """The search's folder: an absolute local path, or an s3:// URI."""
+    if uri.is_s3(storage):
+        return uri.join(str(storage), name)
+    return str(Path(storage).expanduser().resolve() / name)
+
+
+def ray_storage(storage: str | Path, fs=None) -> tuple[str, Any]:
+    """(storage_path, storage_filesystem) for Ray: an S3 prefix goes without its scheme, with a
+    filesystem that knows the endpoint (made here from the AWS settings unless given); a folder
+    goes as its absolute path."""
+    if uri.is_s3(storage):
+        return str(storage)[len("s3://"):].rstrip("/"), fs or uri.s3_filesystem()
+    return str(Path(storage).expanduser().resolve()), None
+
+
 def trial_config(base: dict[str, Any], overrides: dict[str, Any]) -> RunConfig:
     tree = json.loads(json.dumps(base))
     for key, value in overrides.items():
@@ -114,8 +133,10 @@ class ToTune(UserCallback):
         self.channel.put((metrics[0], checkpoint.path if checkpoint is not None else None))
 
 
-def run_trial(config: dict[str, Any], base: dict[str, Any], train_storage: str, store: str) -> None:
-    """One Tune trial: drives one Ray Train run of genray's worker loop."""
+def run_trial(config: dict[str, Any], base: dict[str, Any], train_storage: str, store: str, fs=None) -> None:
+    """One Tune trial: drives one Ray Train run of genray's worker loop. `fs`: the driver's
+    S3 filesystem when the search is on S3 (it carries the endpoint and credentials, which the
+    trial's process may not have in its environment)."""
     cfg = trial_config(base, config["train_loop_config"])
     trial_id = ray.tune.get_context().get_trial_id()
     init_from = None
@@ -134,22 +155,26 @@ def run_trial(config: dict[str, Any], base: dict[str, Any], train_storage: str, 
     # trial's own older checkpoints instead of the one Tune handed over.
     suffix = "" if init_from is None else "-" + hashlib.sha1(f"{init_from}{time.time()}".encode()).hexdigest()[:6]
     run_name = f"{trial_id}{suffix}"
+    remote = uri.is_s3(train_storage)
+    storage_path, fs = ray_storage(train_storage, fs)
     channel = Queue(maxsize=4, actor_options={"num_cpus": 0})
     trainer = TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"run": cfg.to_dict(), "run_dir": str(Path(train_storage) / run_name),
-                           "store": store, "init_from": init_from},
+        train_loop_config={"run": cfg.to_dict(), "run_dir": str(run_dir_of(train_storage, run_name)),
+                           "store": store, "init_from": init_from,
+                           "run_uri": uri.join(train_storage, run_name), "run_fs": fs},
         scaling_config=ScalingConfig(num_workers=max(1, cfg.train.workers),
                                      use_gpu=bool(cfg.train.use_gpu),
                                      resources_per_worker={"CPU": cfg.train.cpus_per_worker}),
         run_config=ray.train.RunConfig(
-            name=run_name, storage_path=train_storage,
+            name=run_name, storage_path=storage_path, storage_filesystem=fs,
             checkpoint_config=CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints),
             failure_config=FailureConfig(max_failures=cfg.train.max_failures),
             callbacks=[ToTune(channel)],
         ),
     )
-    (Path(train_storage) / run_name).mkdir(parents=True, exist_ok=True)
+    if not remote:
+        (Path(train_storage) / run_name).mkdir(parents=True, exist_ok=True)
     outcome: dict[str, Any] = {}
 
     def fit() -> None:
@@ -169,19 +194,24 @@ def run_trial(config: dict[str, Any], base: dict[str, Any], train_storage: str, 
             if channel.empty():
                 break
             continue
-        report(metrics, path)
+        report(metrics, path, fs if remote else None)
     worker.join()
     if "error" in outcome:
         raise outcome["error"]
 
 
-def report(metrics: dict[str, Any], path: str | None) -> None:
+def report(metrics: dict[str, Any], path: str | None, fs) -> None:
     numbers = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
     if path is None:
         ray.tune.report(numbers)
         return
-    with tempfile.TemporaryDirectory() as tmp:
-        shutil.copytree(path, tmp, dirs_exist_ok=True)  # self-contained: survives Train's pruning
+    with tempfile.TemporaryDirectory() as tmp:  # a self-contained copy: survives Train's pruning
+        if fs is not None:  # Train's checkpoint on S3: bucket/key in that filesystem
+            import pyarrow.fs
+
+            pyarrow.fs.copy_files(path, tmp, source_filesystem=fs, destination_filesystem=pyarrow.fs.LocalFileSystem())
+        else:
+            shutil.copytree(path, tmp, dirs_exist_ok=True)
         ray.tune.report(numbers, checkpoint=ray.tune.Checkpoint.from_directory(tmp))
 
 
@@ -234,7 +264,7 @@ def build_tuner(
     family: str,
     *,
     name: str,
-    storage: Path,
+    storage: str | Path,
     spec: SearchSpec,
     base: RunConfig,
     scheduler: str,
@@ -249,17 +279,17 @@ def build_tuner(
 
     if scheduler != "fifo":
         require_state_api()
-    storage = storage.resolve()
-    search_dir = storage / name
-    train_storage = search_dir / "train"
-    train_storage.mkdir(parents=True, exist_ok=True)
+    search = search_location(storage, name)
+    train_storage = uri.join(search, "train")
+    if not uri.is_s3(search):
+        Path(train_storage).mkdir(parents=True, exist_ok=True)
     keep = max(base.train.keep_checkpoints, 4 if scheduler == "pbt" else 2)  # PBT exploits older ones
     base = base.model_copy(update={"train": base.train.model_copy(update={"keep_checkpoints": keep})})
-    trainable = tune.with_parameters(run_trial, base=base.to_dict(), train_storage=str(train_storage),
-                                     store=str(store_root()))
+    storage_path, fs = ray_storage(storage)
+    trainable = tune.with_parameters(run_trial, base=base.to_dict(), train_storage=train_storage,
+                                     store=str(store_root()), fs=fs)
     trainable = tune.with_resources(trainable, TRIAL_RESOURCES)
-    (search_dir / SPEC_FILE).parent.mkdir(parents=True, exist_ok=True)
-    (search_dir / SPEC_FILE).write_text(json.dumps(
+    uri.write_text(uri.join(search, SPEC_FILE), json.dumps(
         {"family": family, "metric": spec.metric, "mode": spec.mode, "scheduler": scheduler,
          "base": base.to_dict()}))
     return tune.Tuner(
@@ -278,32 +308,33 @@ def build_tuner(
             reuse_actors=False,
         ),
         run_config=tune.RunConfig(
-            name=name, storage_path=str(storage),
+            name=name, storage_path=storage_path, storage_filesystem=fs,
             checkpoint_config=tune.CheckpointConfig(num_to_keep=keep),
             verbose=1,
         ),
     )
 
 
-def restore_tuner(name: str, storage: Path):
+def restore_tuner(name: str, storage: str | Path):
     """Tuner.restore of an interrupted search: finished trials stay finished, others continue."""
-    search_dir = storage.resolve() / name
-    spec_file = search_dir / SPEC_FILE
-    if not spec_file.is_file() or not tune.Tuner.can_restore(str(search_dir)):
+    search = search_location(storage, name)
+    storage_path, fs = ray_storage(storage)
+    experiment = f"{storage_path}/{name}"
+    if not uri.exists(uri.join(search, SPEC_FILE)) or not tune.Tuner.can_restore(experiment, storage_filesystem=fs):
         raise ConfigError(f"resume: no search {name!r} in {storage}")
-    meta = json.loads(spec_file.read_text())
+    meta = json.loads(uri.read_text(uri.join(search, SPEC_FILE)))
     if meta["scheduler"] != "fifo":
         require_state_api()
     # Tune needs the trainable again: the same one, rebuilt from what the search stored.
     trainable = tune.with_resources(
-        tune.with_parameters(run_trial, base=meta["base"], train_storage=str(search_dir / "train"),
-                             store=str(store_root())),
+        tune.with_parameters(run_trial, base=meta["base"], train_storage=uri.join(search, "train"),
+                             store=str(store_root()), fs=fs),
         TRIAL_RESOURCES,
     )
-    return tune.Tuner.restore(str(search_dir), trainable=trainable, resume_errored=True), meta
+    return tune.Tuner.restore(experiment, trainable=trainable, resume_errored=True, storage_filesystem=fs), meta
 
 
-def summarize(results, metric: str, mode: str, search_dir: Path) -> list[dict[str, Any]]:
+def summarize(results, metric: str, mode: str, search: str | Path) -> list[dict[str, Any]]:
     """Trials sorted best first; also written to results.csv and results.json."""
     rows = []
     for result in results:
@@ -323,26 +354,11 @@ def summarize(results, metric: str, mode: str, search_dir: Path) -> list[dict[st
     missing = float("inf") if mode == "min" else float("-inf")
     rows.sort(key=lambda r: r["best_" + metric] if r["best_" + metric] is not None else missing,
               reverse=(mode == "max"))
-    (search_dir / "results.json").write_text(json.dumps(rows, indent=2))
+    uri.write_text(uri.join(search, "results.json"), json.dumps(rows, indent=2))
     if rows:
-        keys = list(dict.fromkeys(k for r in rows for k in r))
-        with open(search_dir / "results.csv", "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=keys)
-            writer.writeheader()
-            writer.writerows(rows)
+        table = io.StringIO()
+        writer = csv.DictWriter(table, fieldnames=list(dict.fromkeys(k for r in rows for k in r)))
+        writer.writeheader()
+        writer.writerows(rows)
+        uri.write_text(uri.join(search, "results.csv"), table.getvalue())
     return rows
-
-
-def best_checkpoint_dir(results, metric: str, mode: str) -> Path:
-    """The folder of the best checkpoint across all trials (Tune checkpoints hold genray ones)."""
-    best = None
-    for result in results:
-        for ckpt, metrics in result.best_checkpoints or []:
-            value = metrics.get(metric)
-            if value is None:
-                continue
-            if best is None or (value < best[0] if mode == "min" else value > best[0]):
-                best = (value, Path(ckpt.path))
-    if best is None:
-        raise ConfigError(f"no trial reported a checkpoint with {metric}")
-    return best[1]

@@ -1,7 +1,10 @@
 """Run storage and the model store on an S3-compatible endpoint: moto's standalone server on
 loopback, reached only through the endpoint override (AWS_ENDPOINT_URL), as MinIO would be.
 A training run checkpoints to s3://, a resumed run continues from there, an exported model is
-served from s3://; network errors are retried and a missing object is a clear error."""
+served from s3://, a Tune search keeps its experiment, trials and results there; network errors
+are retried and a missing object is a clear error."""
+
+import json
 
 import pytest
 import requests
@@ -152,3 +155,32 @@ def test_train_resume_export_and_serve_on_s3(s3, ray_session, serve_url):
         assert sample.status_code == 200 and len(sample.json()["images"]) == 2
     finally:
         serve.delete("vae-s3")
+
+
+@pytest.mark.tune
+@pytest.mark.ray
+def test_search_on_s3_finishes_resumes_and_exports_the_best(s3, ray_session):
+    """Tune's experiment, every trial's Train run and the results live in the bucket."""
+    from genray.cli import app
+
+    storage = "s3://runs/searches"
+    fixed = [arg for o in ["data.limit=96", "train.quality_every=0", "train.preview_every=0", "model.latent_dim=4"]
+             for arg in ("--set", o)]
+    out = CliRunner().invoke(app, ["tune", "vae", "--scheduler", "fifo", "--num-samples", "2", "--max-concurrent", "2",
+                                   "--epochs", "1", "--name", "t", "--storage", storage, *fixed])
+    assert out.exit_code == 0, out.output
+    rows = json.loads(uri.read_text(f"{storage}/t/results.json"))
+    assert len(rows) == 2 and all(r["status"] == "done" for r in rows)
+    keys = uri.list_keys(f"{storage}/t")
+    assert "results.csv" in keys and any(k.startswith("train/") and k.endswith("/manifest.json") for k in keys)
+    assert any(k.startswith("experiment_state-") for k in keys), "Tune's own state is in the bucket"
+
+    again = CliRunner().invoke(app, ["tune", "--resume", "t", "--storage", storage])  # nothing left to run
+    assert again.exit_code == 0, again.output
+    assert len(json.loads(uri.read_text(f"{storage}/t/results.json"))) == 2
+
+    best = CliRunner().invoke(app, ["export", "t", "--best", "--storage", storage, "--to", "s3://models/tuned"])
+    assert best.exit_code == 0, best.output
+    exported = checkpoint.load("s3://models/tuned")
+    assert exported.family == "vae"
+    assert exported.metrics["val_neg_elbo"] == pytest.approx(min(r["best_val_neg_elbo"] for r in rows))
