@@ -427,7 +427,7 @@ def bench_ode(
 def bench_tune(
     family: str = typer.Option("vae", help="The family searched (its packaged space)."),
     num_samples: int = typer.Option(8, help="Sampled configurations; the same ones for both searches."),
-    epochs: int = typer.Option(16, help="Epochs per trial (ASHA's max_t)."),
+    epochs: int = typer.Option(32, help="Epochs per trial (ASHA's max_t)."),
     max_concurrent: int = typer.Option(2, help="Trials at once, in both searches."),
     seed: int = typer.Option(0, help="Seed of the sampled configurations."),
     tolerance: float = typer.Option(0.02, help="Target: random search's best value within this fraction."),
@@ -437,7 +437,7 @@ def bench_tune(
     out: Path = typer.Option(Path("bench_results"), help="Folder for tune.json and tune.md."),
     readme: Optional[Path] = typer.Option(None, help="Also replace the table between <!-- bench:tune --> markers."),
 ) -> None:
-    """Trial-seconds ASHA needs to reach a target against random search with no early stopping."""
+    """Trial-seconds ASHA needs to return a config at a target against random search without early stopping."""
     from genray.bench.tune import markdown_table, run
 
     try:
