@@ -280,6 +280,7 @@ def _ddp_worker(rank: int, world: int, port: int, result_file: str) -> None:
                 results.append((case, name, overrides.get("loss") or overrides.get("prior", ""), key,
                                 (gathered[0] - gathered[1]).abs().max().item(),
                                 (vec - before[key]).abs().max().item()))
+        dist.barrier()  # no rank tears gloo down while the other is still in a collective (SIGABRT)
     finally:
         dist.destroy_process_group()
     if rank == 0:
