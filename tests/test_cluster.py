@@ -106,6 +106,8 @@ def test_rayservice_embeds_the_serve_configs():
 def test_serve_configs_declare_autoscaling_and_resources(path):
     config = yaml.safe_load((REPO / "serve" / path).read_text())
     ServeDeploySchema.model_validate(config)  # what `serve deploy` checks
+    assert config["applications"] and all(app["deployments"] for app in config["applications"]), \
+        "no deployment declared: the checks below would pass vacuously"
     for app in config["applications"]:
         for deployment in app["deployments"]:
             scaling = deployment["autoscaling_config"]
