@@ -1,0 +1,84 @@
+"""Deploy genray apps on the test session's Serve, all at once, for tests that query them over HTTP.
+
+Untrained weights (enough for the serving path), one replica each with num_cpus=0 so none
+waits for a core, started together so their start-ups overlap (serve._run is serve.run
+without the wait). A replica costs seconds of CPU to start (torch, FastAPI, the family), so
+the client and playground tests share one set, deployed by whichever runs first and deleted
+after the last test that needs it (`served`).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from genray import checkpoint
+from genray.config import build_config
+from genray.families import get_family
+
+
+def untrained_model(family: str, folder) -> str:
+    cfg = build_config(family)
+    path = folder / family
+    checkpoint.save(path, family=family, config=cfg.to_dict(), state=get_family(family)(cfg.model).state_dict(),
+                    epoch=0, metrics={})
+    return str(path)
+
+
+def deploy(families: list[str], folder, prefix: str) -> dict[str, str]:
+    """Deploy each family ("heat" needs no model) as app `<prefix>-<family>` at route
+    `/<prefix>-<family>`; wait until all run. Returns family -> app name."""
+    from ray import serve
+
+    from genray.deploy import build_app
+    from genray.deploy.heat import HeatDeployment
+
+    names = {family: f"{prefix}-{family}" for family in families}
+    for family, name in names.items():
+        if family == "heat":
+            app = HeatDeployment.options(ray_actor_options={"num_cpus": 0}).bind()
+        else:
+            bound = build_app({"model": untrained_model(family, folder)})._bound_deployment
+            app = bound.options(ray_actor_options={"num_cpus": 0}).bind(*bound.init_args)
+        serve._run(app, _blocking=False, name=name, route_prefix=f"/{name}")
+    deadline = time.monotonic() + 300
+    while True:
+        states = {n: s.status for n, s in serve.status().applications.items() if n in names.values()}
+        assert "DEPLOY_FAILED" not in states.values(), states
+        if len(states) == len(names) and all(s == "RUNNING" for s in states.values()):
+            return names
+        assert time.monotonic() < deadline, f"apps not running after 300 s: {states}"
+        time.sleep(0.25)
+
+
+def delete(names) -> None:
+    from ray import serve
+
+    for name in names:
+        serve.delete(name, _blocking=False)
+
+
+# One app per distinct set of endpoints: aae, gan and vaegan answer /sample, /encode and /decode
+# with the vae's code (genray.deploy.common), so they would add start-up time and no coverage.
+SERVED = ["vae", "ae", "cvae", "ode", "latent_ode", "heat", "gcn", "mpnn", "charlm", "unet"]
+_live: dict = {}  # "names": family -> app name, "folder": the models' folder, while deployed
+
+
+def served(request, tmp_path_factory) -> tuple[dict[str, str], Path]:
+    """For a module-scoped fixture named like the calling one: (family -> app name, the folder
+    of the served checkpoints). Deploys SERVED on first use; the module's teardown deletes them
+    unless a test of a later module still needs them."""
+    if not _live:
+        folder = tmp_path_factory.mktemp("served-models")
+        _live.update(names=deploy(SERVED, folder, "served"), folder=folder)
+    request.addfinalizer(lambda: _release(request))
+    return dict(_live["names"]), _live["folder"]
+
+
+def _release(request) -> None:
+    items = request.session.items
+    mine = [i for i, item in enumerate(items) if item.module is request.module]
+    later = items[max(mine) + 1:] if mine else []
+    if _live and not any(request.fixturename in item.fixturenames for item in later):
+        delete(_live.pop("names").values())
+        _live.clear()
