@@ -18,6 +18,11 @@ install: $(BIN)/python
 
 install-test: $(BIN)/python
 	$(BIN)/pip install --quiet -e '.[test]'
+	# The playground test drives Debian's chromium through Playwright, which never downloads a
+	# browser of its own here; installed when missing (needs root, as in CI).
+	command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } || \
+		echo "warning: no chromium; run 'apt-get install chromium' as root or tests/test_playground.py fails"
 
 demo: install
 	$(BIN)/genray demo

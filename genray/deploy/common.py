@@ -18,6 +18,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from genray.deploy.guard import Guard
+from genray.deploy.playground import add_playground
 from genray.images import from_png, grid, to_base64_png
 
 MAX_IMAGES = 256  # per request, for every image-taking or image-returning endpoint
@@ -124,6 +125,7 @@ def make_api(title: str) -> FastAPI:
     api.add_exception_handler(StarletteHTTPException, http_error)
     api.add_exception_handler(Exception, internal_error)
     api.add_middleware(Guard)
+    add_playground(api)  # GET /playground: the page that queries this API from a browser
     return api
 
 

@@ -2,7 +2,7 @@
 
 Both are checked before FastAPI parses anything, in a plain ASGI middleware:
 
-- API key: when the replica knows a key, every path but `/healthz` needs
+- API key: when the replica knows a key, every path but `/healthz` and `/playground` needs
   `Authorization: Bearer <key>` or `X-API-Key: <key>`; otherwise 401. The key comes from
   GENRAY_API_KEY_FILE, the path of a file holding it (serve YAML: the application's
   `runtime_env: {env_vars: {GENRAY_API_KEY_FILE: /path}}`; a mounted secret on Kubernetes), or
@@ -23,7 +23,9 @@ API_KEY_ENV = "GENRAY_API_KEY"
 API_KEY_FILE_ENV = "GENRAY_API_KEY_FILE"
 MAX_BODY_ENV = "GENRAY_MAX_BODY_BYTES"
 DEFAULT_MAX_BODY = 4 * 1024 * 1024
-OPEN_PATHS = ("/healthz",)  # load balancers and Serve health checks need no key
+# Load balancers and Serve health checks need no key; nor does the playground page, which a
+# browser opens without headers: it holds no data, and its API calls carry the key typed into it.
+OPEN_PATHS = ("/healthz", "/playground")
 
 
 def api_key() -> str | None:

@@ -1,0 +1,111 @@
+"""The playground page end to end in headless Chromium (Playwright driving Debian's chromium):
+it lists the deployments, builds each endpoint's form, shows a heat map, digits and text from
+the real apps, and shows the server's error message for a bad request. The page is open
+while the API behind it needs a key."""
+
+import io
+import shutil
+
+import numpy as np
+import pytest
+from deployed import served
+from PIL import Image
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or "/usr/bin/chromium"
+
+
+@pytest.fixture(scope="module")
+def apps(request, serve_url, tmp_path_factory):
+    names, _ = served(request, tmp_path_factory)
+    return names
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    if not shutil.which(CHROMIUM):
+        pytest.fail(f"no chromium at {CHROMIUM}: `apt-get install chromium` (make install-test does it)")
+    with sync_playwright() as p:
+        # Playwright's own browser download is never used: the system chromium, no sandbox as root.
+        b = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox"])
+        yield b
+        b.close()
+
+
+def run(page, expect: str) -> None:
+    page.click("#run")
+    page.wait_for_selector("body[data-result]", timeout=60_000)
+    assert page.get_attribute("body", "data-result") == expect, page.inner_text("#error")
+
+
+def choose(page, prefix: str, endpoint: str) -> None:
+    page.select_option("#app", prefix)
+    page.wait_for_selector(f"#endpoint option[value='{endpoint}']", state="attached")
+    page.select_option("#endpoint", endpoint)
+    page.wait_for_selector("#form input, #form textarea", state="attached")
+
+
+@pytest.mark.ray
+def test_playground_queries_the_deployments_and_shows_errors(apps, serve_url, browser, tmp_path):
+    page = browser.new_page(viewport={"width": 1100, "height": 700})
+    page.goto(f"{serve_url}/{apps['heat']}/playground")
+    page.wait_for_selector("#field-n")
+    listed = page.eval_on_selector_all("#app option", "options => options.map(o => o.value)")
+    assert {f"/{name}" for name in apps.values()} <= set(listed)
+    assert page.input_value("#endpoint") == "/solve" and page.input_value("#field-format") == "png"
+
+    # The heat map: a rendered picture, not an empty box.
+    for field, value in {"n": "24", "dt": "0.01", "t_end": "0.05"}.items():
+        page.fill(f"#field-{field}", value)
+    run(page, "ok")
+    img = page.locator("#images img")
+    assert img.count() == 1 and page.evaluate("document.querySelector('#images img').naturalWidth") >= 300
+    page.screenshot(path=str(tmp_path / "playground.png"))
+    shot = np.asarray(Image.open(io.BytesIO(img.screenshot())).convert("RGB"))
+    colours = len(np.unique(shot.reshape(-1, 3), axis=0))
+    assert shot.shape[0] >= 300 and colours > 50, f"{shot.shape}, {colours} colours: not a heat map"
+    assert (shot.mean(axis=2) < 60).mean() > 0.05  # inferno's dark end: the cold region is drawn
+
+    # A failing request shows the server's message on the page.
+    choose(page, f"/{apps['vae']}", "/sample")
+    page.fill("#field-n", "0")
+    run(page, "error")
+    message = page.inner_text("#error")
+    assert message.startswith("422: n:") and "greater than or equal to 1" in message
+    page.fill("#field-n", "4")
+    run(page, "ok")
+    assert page.locator("#images img").count() == 4
+    assert page.inner_text("#error") == ""
+
+    # Required fields start with examples: digits for style transfer, a prompt's text for charlm.
+    choose(page, f"/{apps['cvae']}", "/style_transfer")
+    run(page, "ok")
+    assert page.locator("#images img").count() == 1
+    choose(page, f"/{apps['charlm']}", "/generate")
+    page.fill("#field-n", "40")
+    page.fill("#field-seed", "1")
+    run(page, "ok")
+    assert len(page.inner_text("#text")) >= 40
+    page.close()
+
+
+def test_playground_page_is_open_while_the_api_needs_a_key(monkeypatch):
+    from fastapi.testclient import TestClient
+
+    from genray.deploy.common import make_api
+
+    monkeypatch.setenv("GENRAY_API_KEY", "s3cret")
+    api = make_api("keyed")
+
+    @api.post("/echo")
+    def echo() -> dict:
+        return {"ok": True}
+
+    client = TestClient(api)
+    page = client.get("/playground")
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    assert "/*EXAMPLES*/" not in page.text and '"labels": [3]' in page.text  # examples filled in
+    assert client.post("/echo").status_code == 401
+    assert client.post("/echo", headers={"X-API-Key": "s3cret"}).json() == {"ok": True}
+    assert "/playground" not in client.get("/openapi.json", headers={"X-API-Key": "s3cret"}).json()["paths"]
