@@ -291,6 +291,121 @@ def submit(
         raise typer.Exit(1)
 
 
+def parse_sets(items: List[str]) -> dict:
+    """--set key=value items -> a dict; values read as YAML (--set n=8, --set 'y0=[[2, 0]]',
+    --set 'prompt="def "'); a value @file reads the file: an image as a base64 PNG, .json as JSON."""
+    import json
+
+    from genray.config import apply_override, parse_override
+
+    body: dict = {}
+    for item in items:
+        path, value = parse_override(item)
+        if isinstance(value, str) and value.startswith("@"):
+            source = Path(value[1:])
+            if not source.is_file():
+                raise ConfigError(f"{'.'.join(path)}: no file {source}")
+            if source.suffix.lower() == ".json":
+                value = json.loads(source.read_text())
+            elif source.suffix.lower() in (".png", ".jpg", ".jpeg", ".bmp", ".gif"):
+                from genray.client import png_base64
+
+                value = png_base64(str(source))
+            else:
+                value = source.read_text()
+        apply_override(body, path, value)
+    return body
+
+
+@app.command()
+def query(
+    app_name: str = typer.Argument(..., metavar="APP", help="Application: its route prefix, e.g. vae."),
+    endpoint: str = typer.Argument(..., help="Endpoint, e.g. sample (POST), or info (GET /)."),
+    set_: List[str] = typer.Option([], "--set", "-s", help="Request field: --set n=8 (YAML; @digit.png reads an image)."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write the answer's images here: one PNG, or a grid of several."),
+    url: str = typer.Option("http://127.0.0.1:8000", envvar="GENRAY_URL", help="Serve's HTTP address."),
+    api_key: Optional[str] = typer.Option(None, envvar="GENRAY_API_KEY", help="The deployment's API key, if it has one."),
+    timeout: float = typer.Option(60.0, help="Seconds to wait for an answer."),
+) -> None:
+    """Query a deployed model: POST the --set fields as JSON to URL/APP/ENDPOINT; print the answer
+    (images abbreviated) and write its images with --out. Example: genray query vae sample --set n=16 --out s.png"""
+    import json
+
+    from genray.client import APIError, Client, decode_png, response_images
+
+    try:
+        body = parse_sets(set_)
+        client = Client(f"{url.rstrip('/')}/{app_name.strip('/')}", api_key=api_key, timeout=timeout)
+        answer = client.request("GET", "/") if endpoint in ("info", "/") and not body else client.post(endpoint, body)
+    except (ConfigError, ValueError) as err:
+        fail(str(err))
+    except APIError as err:
+        fail(f"{err.status or 'no answer'}: {err.message}" if err.status else str(err))
+    pngs = response_images(answer)
+    if out is not None:
+        if not pngs:
+            fail("the answer has no images to write (ask for format png or grid, e.g. --set format=png)")
+        write_images([decode_png(p) for p in pngs], out)
+    shown = json.dumps(answer, indent=1, default=str)
+    for png in pngs:
+        shown = shown.replace(png, f"<base64 PNG, {len(png) * 3 // 4} bytes>")
+    typer.echo(shown)
+    if out is not None:
+        typer.echo(f"wrote {out} ({len(pngs)} image{'s' * (len(pngs) != 1)})")
+
+
+def write_images(images: list, out: Path) -> None:
+    """One PIL image as it is; several as a grid (genray.images.grid) of their grey or RGB pixels."""
+    import numpy as np
+    import torch
+
+    from genray.images import grid, save_png
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if len(images) == 1:
+        images[0].save(out)
+        return
+    mode = "L" if all(img.mode in ("L", "P", "I") for img in images) else "RGB"
+    sizes = {img.size for img in images}
+    if len(sizes) > 1:
+        fail(f"the answer's images differ in size {sorted(sizes)}; write them one by one with the client")
+    arrays = [np.asarray(img.convert(mode), dtype=np.float32) / 255.0 for img in images]
+    batch = torch.from_numpy(np.stack(arrays))  # (B, H, W) or (B, H, W, 3)
+    batch = batch.unsqueeze(1) if mode == "L" else batch.permute(0, 3, 1, 2)
+    save_png(grid(batch), out)
+
+
+@app.command()
+def picture(
+    kind: str = typer.Argument(..., help="codes, manifold, interpolation, style, portrait or heat."),
+    model: Optional[str] = typer.Argument(None, help="Model store folder, checkpoint or s3:// URI (none for heat)."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="File: .png, .svg, .pdf; for heat also .gif (an animation)."),
+    logdir: Optional[str] = typer.Option(None, help="Also write the figure to TensorBoard under this folder."),
+    set_: List[str] = typer.Option([], "--set", "-s", help="Picture option, e.g. --set n=20 (an unknown one lists them)."),
+) -> None:
+    """Draw a model: 2-D latent codes coloured by digit, the decoded manifold, interpolation strips,
+    CVAE style-transfer sheets, ODE phase portraits, heat maps (and a GIF over time)."""
+    from genray import pictures
+
+    if out is None and logdir is None:
+        fail("say where the picture goes: --out FILE and/or --logdir DIR")
+    try:
+        options = parse_sets(set_)
+        if kind == "heat" and out is not None and out.suffix.lower() == ".gif":
+            out.parent.mkdir(parents=True, exist_ok=True)
+            pictures.heat_animation(out, **options)
+            typer.echo(f"wrote {out}")
+            return
+        figure = pictures.draw(kind, model, **options)
+        if out is not None:
+            out.parent.mkdir(parents=True, exist_ok=True)
+        pictures.save(figure, out, kind=kind, logdir=logdir)
+    except (ConfigError, ValueError, TypeError) as err:
+        fail(str(err))
+    for target in ([str(out)] if out else []) + ([f"TensorBoard {logdir} (pictures/{kind})"] if logdir else []):
+        typer.echo(f"wrote {target}")
+
+
 job_app = typer.Typer(help="Jobs on a Ray cluster: list, status, logs, stop (see genray submit).", no_args_is_help=True)
 app.add_typer(job_app, name="job")
 ADDRESS_HELP = "Dashboard URL (default: $RAY_API_SERVER_ADDRESS or http://127.0.0.1:8265)."
@@ -477,6 +592,40 @@ def bench_serve(
 
     result = run(total=requests_, concurrency=concurrency, warmup=warmup, gan_model=gan, port=port)
     finish_bench("serve", result, markdown_table(result), out, readme)
+
+
+@bench_app.command("perf")
+def bench_perf(
+    parts: str = typer.Option("training,inference,serving", help="Which parts to run (comma-separated)."),
+    family: str = typer.Option("vae", help="The family trained in the training part."),
+    epochs: int = typer.Option(8, help="Epochs per training run (the first is warm-up)."),
+    batch_size: int = typer.Option(64, help="Batch size per worker / process."),
+    train_rounds: int = typer.Option(2, help="Interleaved rounds of the four training runs."),
+    set_: List[str] = typer.Option(["train.quality_every=0"], "--set", "-s",
+                                   help="Config override for every training run, genray's and plain (repeatable)."),
+    concurrency: str = typer.Option("1,8,32", help="Client concurrencies for the serving part."),
+    requests_: int = typer.Option(1000, "--requests", help="Requests per serving measurement."),
+    serve_rounds: int = typer.Option(2, help="Interleaved rounds of each serving measurement."),
+    replicas: int = typer.Option(1, help="Serve replicas per app."),
+    storage: Path = typer.Option(Path("runs"), help="Where the bench's training runs go."),
+    out: Path = typer.Option(Path("bench_results"), help="Folder for perf.json and perf.md."),
+    readme: Optional[Path] = typer.Option(None, help="Also replace the table between <!-- bench:perf --> markers."),
+) -> None:
+    """Ray's overhead: Ray Train vs plain PyTorch and torchrun; Ray Serve vs plain FastAPI; math alone."""
+    from genray.bench.perf import markdown_table, run
+
+    chosen = [p.strip() for p in parts.split(",") if p.strip()]
+    unknown = set(chosen) - {"training", "inference", "serving"}
+    if unknown or not chosen:
+        fail(f"--parts takes training, inference and serving; got {parts!r}")
+    try:
+        levels = [int(c) for c in concurrency.split(",")]
+    except ValueError:
+        fail(f"--concurrency takes comma-separated integers, got {concurrency!r}")
+    result = run(family=family, epochs=epochs, batch_size=batch_size, train_rounds=train_rounds, overrides=list(set_),
+                 concurrencies=levels, requests=requests_, serve_rounds=serve_rounds, replicas=replicas, parts=chosen,
+                 storage=storage.resolve(), log=typer.echo)
+    finish_bench("perf", result, markdown_table(result), out, readme)
 
 
 def main() -> None:  # pragma: no cover - console entry point

@@ -1,0 +1,293 @@
+"""Pictures of trained models that people would rather look at than read.
+
+    codes          2-D latent (vae, aae, vaegan, ae with latent_dim=2): validation codes, coloured by digit
+    manifold       2-D latent: the decoder's images on a grid over the codes' range (the classic picture)
+    interpolation  strips decoded between the codes of two digits (vae, aae, vaegan, ae)
+    style          cvae style transfer: one row per input, one column per target digit
+    portrait       neural ODE: the learned field's streamlines, learned vs true trajectories
+    heat           the heat field at a few times, the k_in triangle outlined (a .gif: an animation)
+
+Each is a function of a loaded family (plain tensors in, a matplotlib Figure out), so a test or a
+notebook calls it directly; `draw(kind, model_path)` loads the model and its validation digits.
+`genray picture KIND MODEL --out file.png [--logdir DIR]` writes the file and/or a TensorBoard
+figure. Figures are drawn on matplotlib's Agg canvas (no pyplot state), like genray.heat.
+"""
+
+from __future__ import annotations
+
+import inspect
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import numpy as np
+import torch
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+DIGIT_COLOURS = "tab10"
+
+
+def _figure(width: float, height: float) -> Figure:
+    fig = Figure(figsize=(width, height), dpi=100, layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def codes_of(family, images: torch.Tensor) -> torch.Tensor:
+    """(B, 1, 28, 28) -> codes (B, latent): the posterior mean for a VAE-type encoder, z otherwise."""
+    out = family.encode(images)
+    return (out[0] if isinstance(out, tuple) else out).detach().cpu()
+
+
+def _two_d(family) -> None:
+    dim = family.cfg.latent_dim
+    if dim != 2:
+        raise ValueError(f"this picture needs a 2-D latent (train with --set model.latent_dim=2); this model's "
+                         f"latent_dim is {dim}. 'interpolation' works for any latent size")
+
+
+def codes(family, images: torch.Tensor, labels: torch.Tensor) -> Figure:
+    """Scatter of the codes of validation images (B, 1, 28, 28), coloured by their digits (B,)."""
+    _two_d(family)
+    z = codes_of(family, images).numpy()
+    fig = _figure(6.4, 5.4)
+    ax = fig.add_subplot()
+    points = ax.scatter(z[:, 0], z[:, 1], c=labels.numpy(), cmap=DIGIT_COLOURS, vmin=-0.5, vmax=9.5, s=9,
+                        alpha=0.8, linewidths=0)
+    fig.colorbar(points, ax=ax, ticks=range(10), label="digit")
+    ax.set_xlabel("$z_1$")
+    ax.set_ylabel("$z_2$")
+    ax.set_title(f"validation codes ({len(z)} digits)")
+    ax.set_aspect("equal", adjustable="datalim")
+    return fig
+
+
+def manifold(family, images: torch.Tensor, labels: Optional[torch.Tensor] = None, n: int = 15,
+             quantile: float = 0.02) -> Figure:
+    """The decoder's images for an n x n grid of codes spanning the validation codes (from the
+    `quantile` to the 1 - `quantile` quantile on each axis), z2 growing upwards."""
+    _two_d(family)
+    if not 2 <= n <= 40 or not 0.0 <= quantile < 0.5:
+        raise ValueError(f"need 2 <= n <= 40 and 0 <= quantile < 0.5, got n={n}, quantile={quantile}")
+    z = codes_of(family, images)
+    lo, hi = torch.quantile(z, quantile, dim=0), torch.quantile(z, 1 - quantile, dim=0)  # (2,) each
+    z1, z2 = (torch.linspace(float(lo[i]), float(hi[i]), n) for i in range(2))
+    grid_z = torch.stack(torch.meshgrid(z1, z2.flip(0), indexing="xy"), -1).reshape(-1, 2)  # row-major, top row first
+    tiles = family.decode(grid_z).detach().cpu()[:, 0].reshape(n, n, 28, 28)  # (row, col, H, W)
+    canvas = tiles.permute(0, 2, 1, 3).reshape(n * 28, n * 28).numpy()
+    fig = _figure(6.4, 6.4)
+    ax = fig.add_subplot()
+    ax.imshow(canvas, cmap="gray_r", extent=(float(lo[0]), float(hi[0]), float(lo[1]), float(hi[1])),
+              aspect="auto", interpolation="nearest")
+    ax.set_xlabel("$z_1$")
+    ax.set_ylabel("$z_2$")
+    ax.set_title(f"decoded manifold ({n} x {n} codes)")
+    return fig
+
+
+def _first_of_each(labels: torch.Tensor, digits) -> list[int]:
+    index = []
+    for d in digits:
+        found = (labels == d).nonzero()
+        if not len(found):
+            raise ValueError(f"no validation image of digit {d}; digits present: {sorted(set(labels.tolist()))}")
+        index.append(int(found[0]))
+    return index
+
+
+def interpolation(family, images: torch.Tensor, labels: torch.Tensor,
+                  pairs=((0, 6), (1, 7), (3, 8), (4, 9), (2, 5)), steps: int = 10) -> Figure:
+    """One strip per (a, b) digit pair: the decoder's images on the line between the codes of the
+    first validation image of a and of b, the two inputs at the ends."""
+    if not 2 <= steps <= 32 or not pairs:
+        raise ValueError(f"need 2 <= steps <= 32 and at least one pair, got steps={steps}, pairs={pairs}")
+    fig = _figure(1.0 * (steps + 2), 1.05 * len(pairs))
+    axes = fig.subplots(len(pairs), steps + 2, squeeze=False, gridspec_kw={"wspace": 0.02, "hspace": 0.05})
+    t = torch.linspace(0.0, 1.0, steps).unsqueeze(1)  # (steps, 1)
+    for row, (a, b) in zip(axes, pairs):
+        ia, ib = _first_of_each(labels, (a, b))
+        z = codes_of(family, images[[ia, ib]])
+        strip = family.decode((1 - t) * z[0] + t * z[1]).detach().cpu()[:, 0]  # (steps, 28, 28)
+        tiles = [images[ia, 0], *strip, images[ib, 0]]
+        for col, (ax, tile) in enumerate(zip(row, tiles)):
+            ax.imshow(tile.numpy(), cmap="gray_r", vmin=0, vmax=1)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            edge = "tab:blue" if col in (0, len(tiles) - 1) else "0.8"  # the real inputs stand out
+            for spine in ax.spines.values():
+                spine.set_edgecolor(edge)
+        row[0].set_ylabel(f"{a} to {b}", rotation=0, ha="right", va="center")
+    fig.suptitle("interpolation between the codes of two digits (inputs at the ends)")
+    return fig
+
+
+def style(family, images: torch.Tensor, labels: torch.Tensor, rows=(0, 2, 3, 5, 7, 9)) -> Figure:
+    """CVAE style transfer sheet: for the first validation image of each digit in `rows`, the
+    input, then its handwriting (posterior mean) decoded as every digit 0..9."""
+    index = _first_of_each(labels, rows)
+    x, y = images[index], labels[index]  # (R, 1, 28, 28), (R,)
+    fig = _figure(11 * 0.9, len(index) * 0.95 + 0.4)
+    axes = fig.subplots(len(index), 11, squeeze=False, gridspec_kw={"wspace": 0.02, "hspace": 0.05})
+    for r in range(len(index)):
+        sheet = family.style_transfer(x[r : r + 1].expand(10, -1, -1, -1), y[r].expand(10), torch.arange(10))
+        for c, tile in enumerate([x[r, 0], *sheet.detach().cpu()[:, 0]]):
+            ax = axes[r, c]
+            ax.imshow(tile.numpy(), cmap="gray_r", vmin=0, vmax=1)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if r == 0:
+                ax.set_title("input" if c == 0 else str(c - 1), fontsize=10)
+    fig.suptitle("style transfer: each input's handwriting drawn as every digit")
+    return fig
+
+
+def portrait(family, y0=((2.0, 0.0), (0.5, 0.0), (-1.5, 1.0)), t_end: float = 25.0, points: int = 400) -> Figure:
+    """Phase portrait of a neural ODE: streamlines of the learned field, and from each y0 the
+    learned (solid) and the true (dashed) trajectory over [0, t_end]."""
+    y0 = torch.as_tensor(y0, dtype=torch.float32).reshape(-1, 2)
+    t = torch.linspace(0.0, t_end, points)
+    learned = family.integrate(y0, t).detach().cpu().numpy()  # (T, B, 2)
+    true = family.true_trajectory(y0, t).detach().cpu().numpy()
+    both = np.concatenate([learned, true]).reshape(-1, 2)
+    lo, hi = both.min(0), both.max(0)
+    pad = 0.15 * np.maximum(hi - lo, 0.5)
+    lo, hi = lo - pad, hi + pad
+    g1, g2 = np.meshgrid(np.linspace(lo[0], hi[0], 40), np.linspace(lo[1], hi[1], 40))
+    states = torch.from_numpy(np.stack([g1, g2], -1).reshape(-1, 2).astype(np.float32))
+    with torch.no_grad():
+        arrows = family.field(states).detach().cpu().numpy().reshape(40, 40, 2)
+    speed = np.hypot(arrows[..., 0], arrows[..., 1])
+    fig = _figure(6.4, 5.6)
+    ax = fig.add_subplot()
+    stream = ax.streamplot(g1, g2, arrows[..., 0], arrows[..., 1], color=speed, cmap="Blues", density=1.2,
+                           linewidth=0.8, arrowsize=0.8)
+    fig.colorbar(stream.lines, ax=ax, label="|learned dy/dt|")
+    for b in range(y0.shape[0]):
+        colour = f"C{(b + 1) % 10}"
+        ax.plot(true[:, b, 0], true[:, b, 1], "--", color=colour, lw=1.3, label="true" if b == 0 else None)
+        ax.plot(learned[:, b, 0], learned[:, b, 1], "-", color=colour, lw=1.8, label="learned" if b == 0 else None)
+        ax.plot(*y0[b].numpy(), "o", color=colour, ms=5)
+    ax.set_xlim(lo[0], hi[0])
+    ax.set_ylim(lo[1], hi[1])
+    ax.set_xlabel("$y_1$")
+    ax.set_ylabel("$y_2$")
+    ax.set_title(f"phase portrait, t in [0, {t_end:g}]")
+    ax.legend(loc="upper right")
+    return fig
+
+
+def heat(times, fields, panels: int = 4) -> Figure:
+    """The heat field at `panels` times spread over the frames (F, n+1, n+1), one colour scale,
+    the k_in triangle outlined in each."""
+    from matplotlib.patches import Polygon
+
+    from genray.heat import TRIANGLE
+
+    stack = fields.detach().cpu().numpy() if isinstance(fields, torch.Tensor) else np.asarray(fields)
+    first = 1 if len(stack) > panels else 0  # u = 0 at t = 0: nothing to see
+    picks = np.unique(np.linspace(first, len(stack) - 1, min(panels, len(stack))).round().astype(int))
+    fig = _figure(2.7 * len(picks) + 1.0, 3.0)
+    axes = fig.subplots(1, len(picks), squeeze=False)[0]
+    vmax = float(stack.max()) or 1.0
+    for ax, i in zip(axes, picks):
+        image = ax.imshow(stack[i].T, origin="lower", extent=(0, 1, 0, 1), cmap="inferno", vmin=0.0, vmax=vmax)
+        ax.add_patch(Polygon(TRIANGLE, closed=True, fill=False, edgecolor="white", lw=1.0, ls="--"))
+        ax.set_title(f"t = {float(times[i]):.3g}")
+        ax.set_xlabel("$x_1$")
+    axes[0].set_ylabel("$x_2$")
+    fig.colorbar(image, ax=list(axes), label="u", shrink=0.9)
+    return fig
+
+
+# --- from a model path --------------------------------------------------------------------------
+
+# kind -> (the picture, the families it draws)
+PICTURES: dict[str, tuple[Callable[..., Figure], tuple[str, ...]]] = {
+    "codes": (codes, ("vae", "aae", "vaegan", "ae")),
+    "manifold": (manifold, ("vae", "aae", "vaegan", "ae")),
+    "interpolation": (interpolation, ("vae", "aae", "vaegan", "ae")),
+    "style": (style, ("cvae",)),
+    "portrait": (portrait, ("ode",)),
+    "heat": (heat, ()),
+}
+MAX_POINTS = 5000  # validation codes in a scatter
+
+
+def options_of(kind: str) -> list[str]:
+    """The keyword options a kind takes (what `genray picture --set` may set)."""
+    skip = {"family", "images", "labels", "times", "fields"}
+    return [p for p in inspect.signature(PICTURES[kind][0]).parameters if p not in skip]
+
+
+def _check_options(kind: str, options: dict[str, Any], extra: tuple[str, ...] = ()) -> None:
+    allowed = options_of(kind) + list(extra)
+    unknown = sorted(set(options) - set(allowed))
+    if unknown:
+        raise ValueError(f"picture {kind!r} has no option {', '.join(unknown)}; it takes {', '.join(allowed) or 'none'}")
+
+
+HEAT_DEFAULTS = {"n": 48, "dt": 2e-3, "t_end": 0.2, "omega": 20.0, "k_in": 50.0, "k_out": 1.0, "frames": 21}
+
+
+def heat_frames(options: dict[str, Any]):
+    """(times (F,), fields (F, n+1, n+1)) of the heat problem; the solver's settings are taken
+    (popped) from `options`, the rest are the picture's own."""
+    from genray.heat import solve_frames
+
+    a = {**HEAT_DEFAULTS, **{k: options.pop(k) for k in HEAT_DEFAULTS if k in options}}
+    return solve_frames(a["n"], a["dt"], a["t_end"], a["omega"], a["k_in"], a["k_out"], num_frames=a["frames"])
+
+
+def heat_animation(path: Path | str, **options) -> bytes:
+    """The heat field over time as an animated GIF (genray.heat.render_gif: one colour scale,
+    the triangle, the time in a corner); options: the solver's settings, fps, size."""
+    from genray.heat import render_gif
+
+    _check_options("heat", options, tuple(HEAT_DEFAULTS) + ("fps", "size"))
+    times, fields = heat_frames(options)
+    return render_gif(times, fields, path, **options)
+
+
+def draw(kind: str, model: Optional[str] = None, **options) -> Figure:
+    """The `kind` picture of the model at `model` (a checkpoint or model-store folder or s3:// URI);
+    image families get their validation digits (the split of the model's own data config)."""
+    if kind not in PICTURES:
+        raise ValueError(f"unknown picture {kind!r}; pictures: {', '.join(PICTURES)}")
+    function, families = PICTURES[kind]
+    if kind == "heat":
+        _check_options(kind, options, tuple(HEAT_DEFAULTS))
+        times, fields = heat_frames(options)
+        return function(times, fields, **options)
+    _check_options(kind, options)
+    if model is None:
+        raise ValueError(f"picture {kind!r} needs a model path (a {' / '.join(families)} checkpoint)")
+    from genray.checkpoint import load_family
+
+    family, ckpt = load_family(model)
+    if ckpt.family not in families:
+        raise ValueError(f"picture {kind!r} draws {' / '.join(families)} models; {model} is a {ckpt.family}")
+    if kind == "portrait":
+        return function(family, **options)
+    images, labels = validation_digits(ckpt.config)
+    return function(family, images, labels, **options)
+
+
+def validation_digits(config: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """The validation images (B, 1, 28, 28) and labels (B,) of a run config, at most MAX_POINTS."""
+    from genray.data.images import DataConfig, load_images
+
+    _, val = load_images(DataConfig.model_validate(config.get("data", {})))
+    images, labels = val.tensors
+    return images[:MAX_POINTS], labels[:MAX_POINTS]
+
+
+def save(fig: Figure, out: Path | str, kind: str = "", logdir: Optional[str] = None, step: int = 0) -> None:
+    """Write the figure to `out` (any format matplotlib knows by the suffix) and/or to TensorBoard
+    under `logdir` as the figure `pictures/<kind>`."""
+    if out is not None:
+        fig.savefig(out, dpi=100)
+    if logdir is not None:
+        from torch.utils.tensorboard import SummaryWriter
+
+        with SummaryWriter(logdir) as writer:
+            writer.add_figure(f"pictures/{kind or 'figure'}", fig, global_step=step, close=False)
