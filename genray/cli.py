@@ -293,34 +293,40 @@ def submit(
 
 def parse_sets(items: List[str]) -> dict:
     """--set key=value items -> a dict; values read as YAML (--set n=8, --set 'y0=[[2, 0]]',
-    --set 'prompt="def "'); a value @file reads the file: an image as a base64 PNG, .json as JSON."""
-    import json
-
+    --set 'prompt="def "'); a value @file, also inside a list (--set 'images=["@a.png", "@b.png"]'),
+    reads the file: an image as a base64 PNG, .json as JSON, anything else as text."""
     from genray.config import apply_override, parse_override
 
     body: dict = {}
     for item in items:
         path, value = parse_override(item)
-        if isinstance(value, str) and value.startswith("@"):
-            source = Path(value[1:])
-            if not source.is_file():
-                raise ConfigError(f"{'.'.join(path)}: no file {source}")
-            if source.suffix.lower() == ".json":
-                value = json.loads(source.read_text())
-            elif source.suffix.lower() in (".png", ".jpg", ".jpeg", ".bmp", ".gif"):
-                from genray.client import png_base64
-
-                value = png_base64(str(source))
-            else:
-                value = source.read_text()
-        apply_override(body, path, value)
+        apply_override(body, path, read_files(value, ".".join(path)))
     return body
+
+
+def read_files(value, field: str):
+    import json
+
+    if isinstance(value, list):
+        return [read_files(v, field) for v in value]
+    if not (isinstance(value, str) and value.startswith("@")):
+        return value
+    source = Path(value[1:])
+    if not source.is_file():
+        raise ConfigError(f"{field}: no file {source}")
+    if source.suffix.lower() == ".json":
+        return json.loads(source.read_text())
+    if source.suffix.lower() in (".png", ".jpg", ".jpeg", ".bmp", ".gif"):
+        from genray.client import png_base64
+
+        return png_base64(str(source))
+    return source.read_text()
 
 
 @app.command()
 def query(
     app_name: str = typer.Argument(..., metavar="APP", help="Application: its route prefix, e.g. vae."),
-    endpoint: str = typer.Argument(..., help="Endpoint, e.g. sample (POST), or info (GET /)."),
+    endpoint: str = typer.Argument(..., metavar="ENDPOINT", help="Endpoint, e.g. sample (POST), or info (GET /)."),
     set_: List[str] = typer.Option([], "--set", "-s", help="Request field: --set n=8 (YAML; @digit.png reads an image)."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write the answer's images here: one PNG, or a grid of several."),
     url: str = typer.Option("http://127.0.0.1:8000", envvar="GENRAY_URL", help="Serve's HTTP address."),

@@ -204,3 +204,37 @@ def test_retries_503_sends_the_key_and_times_out(flaky_app):
     assert busy.value.status == 503 and busy.value.message == "replica overloaded" and calls["n"] == 2
     with pytest.raises(RequestTimeout):
         Client(url, api_key="s3cret", timeout=0.2).request("GET", "/slow")
+
+
+@pytest.mark.ray
+def test_genray_query_prints_the_answer_and_writes_its_images(apps, serve_url, tmp_path):
+    from PIL import Image
+    from typer.testing import CliRunner
+
+    from genray.cli import app
+    from genray.images import save_png
+
+    vae, family = apps["vae"]
+    app_name = vae.url.rsplit("/", 1)[1]
+    runner = CliRunner()
+    result = runner.invoke(app, ["query", app_name, "sample", "--url", serve_url, "--set", "n=4", "--set", "seed=2",
+                                 "--out", str(tmp_path / "s.png")])
+    assert result.exit_code == 0, result.output
+    assert "<base64 PNG" in result.output and "wrote" in result.output
+    with Image.open(tmp_path / "s.png") as grid:
+        assert grid.size == (2 * 30 + 2, 2 * 30 + 2)  # 2 x 2 tiles of 28 px, 2 px apart
+        tile = np.asarray(grid.convert("L"), dtype=np.float32)[2:30, 2:30] / 255
+    np.testing.assert_allclose(tile, family.sample(4, seed=2)[0, 0].numpy(), atol=PNG_STEP)
+
+    digit = tmp_path / "digit.png"
+    save_png(digits_28x28()[0][0], digit)
+    result = runner.invoke(app, ["query", app_name, "encode", "--url", serve_url, "--set", f"images=[\"@{digit}\"]"])
+    assert result.exit_code == 0 and '"mu"' in result.output, result.output  # @file reads the image
+    result = runner.invoke(app, ["query", app_name, "interpolate", "--url", serve_url, "--set", f"a=@{digit}",
+                                 "--set", f"b=@{digit}", "--set", "steps=3", "-o", str(tmp_path / "i.png")])
+    assert result.exit_code == 0 and "3 images" in result.output, result.output
+    result = runner.invoke(app, ["query", app_name, "sample", "--url", serve_url, "--set", "n=0"])
+    assert result.exit_code == 2 and "422: n: Input should be greater than or equal to 1" in result.output
+    result = runner.invoke(app, ["query", apps["heat"][0].url.rsplit("/", 1)[1], "solve", "--url", serve_url,
+                                 "--set", "n=8", "--set", "t_end=0.01", "--set", "dt=0.01", "-o", str(tmp_path / "h.png")])
+    assert result.exit_code == 2 and "format png" in result.output  # a JSON field is not an image
