@@ -87,6 +87,19 @@ def test_playground_queries_the_deployments_and_shows_errors(apps, serve_url, br
     page.fill("#field-seed", "1")
     run(page, "ok")
     assert len(page.inner_text("#text")) >= 40
+
+    # Every other endpoint of every app answers its form as the page builds it (defaults, examples).
+    done = {(apps["heat"], "/solve"), (apps["vae"], "/sample"), (apps["cvae"], "/style_transfer"),
+            (apps["charlm"], "/generate")}
+    for name in apps.values():
+        page.select_option("#app", f"/{name}")
+        page.wait_for_selector("#endpoint option", state="attached")
+        for endpoint in page.eval_on_selector_all("#endpoint option", "options => options.map(o => o.value)"):
+            if (name, endpoint) in done:
+                continue
+            page.select_option("#endpoint", endpoint)
+            run(page, "ok")
+            assert page.locator("#images img").count() or page.text_content("#json"), (name, endpoint)
     page.close()
 
 
