@@ -337,7 +337,7 @@ def query(
     (images abbreviated) and write its images with --out. Example: genray query vae sample --set n=16 --out s.png"""
     import json
 
-    from genray.client import APIError, Client, decode_png, response_images
+    from genray.client import APIError, Client, response_images
 
     try:
         body = parse_sets(set_)
@@ -351,7 +351,7 @@ def query(
     if out is not None:
         if not pngs:
             fail("the answer has no images to write (ask for format png or grid, e.g. --set format=png)")
-        write_images([decode_png(p) for p in pngs], out)
+        write_images(pngs, out)
     shown = json.dumps(answer, indent=1, default=str)
     for png in pngs:
         shown = shown.replace(png, f"<base64 PNG, {len(png) * 3 // 4} bytes>")
@@ -360,24 +360,21 @@ def query(
         typer.echo(f"wrote {out} ({len(pngs)} image{'s' * (len(pngs) != 1)})")
 
 
-def write_images(images: list, out: Path) -> None:
-    """One PIL image as it is; several as a grid (genray.images.grid) of their grey or RGB pixels."""
-    import numpy as np
-    import torch
+def write_images(pngs: list[str], out: Path) -> None:
+    """One base64 PNG as it is; several as a grid (genray.images.grid)."""
+    import base64
 
+    from genray.client import as_output
     from genray.images import grid, save_png
 
     out.parent.mkdir(parents=True, exist_ok=True)
-    if len(images) == 1:
-        images[0].save(out)
+    if len(pngs) == 1:
+        out.write_bytes(base64.b64decode(pngs[0]))
         return
-    mode = "L" if all(img.mode in ("L", "P", "I") for img in images) else "RGB"
-    sizes = {img.size for img in images}
-    if len(sizes) > 1:
-        fail(f"the answer's images differ in size {sorted(sizes)}; write them one by one with the client")
-    arrays = [np.asarray(img.convert(mode), dtype=np.float32) / 255.0 for img in images]
-    batch = torch.from_numpy(np.stack(arrays))  # (B, H, W) or (B, H, W, 3)
-    batch = batch.unsqueeze(1) if mode == "L" else batch.permute(0, 3, 1, 2)
+    try:
+        batch = as_output(pngs, "torch")  # (B, C, H, W)
+    except ValueError:
+        fail("the answer's images differ in size; write them one by one with genray.client")
     save_png(grid(batch), out)
 
 

@@ -109,6 +109,8 @@ def decode_png(data: str) -> "Any":
 
 def as_output(pngs: Sequence[str], output: Output):
     """Base64 PNGs -> (B, H, W) float32 numpy in [0, 1], (B, C, H, W) torch, or PIL images."""
+    if output not in ("numpy", "torch", "pil"):
+        raise ValueError(f"output must be 'numpy', 'torch' or 'pil', got {output!r}")
     images = [decode_png(p) for p in pngs]
     if output == "pil":
         return images
@@ -117,12 +119,10 @@ def as_output(pngs: Sequence[str], output: Output):
     batch = np.stack(arrays)  # (B, H, W) grey or (B, H, W, 3) colour
     if output == "numpy":
         return batch
-    if output == "torch":
-        import torch
+    import torch
 
-        t = torch.from_numpy(batch)
-        return t.unsqueeze(1) if t.dim() == 3 else t.permute(0, 3, 1, 2)
-    raise ValueError(f"output must be 'numpy', 'torch' or 'pil', got {output!r}")
+    t = torch.from_numpy(batch)
+    return t.unsqueeze(1) if t.dim() == 3 else t.permute(0, 3, 1, 2)
 
 
 def response_images(answer: dict) -> list[str]:
