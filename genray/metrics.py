@@ -141,3 +141,17 @@ def real_ceiling() -> dict[str, float]:
     _, val = load_images(DataConfig())
     x, y = val.tensors
     return sample_quality(x, y)
+
+
+def global_throughput(samples: int, seconds: float) -> tuple[int, float]:
+    """(samples trained by all ranks, the slowest rank's seconds): training throughput with data
+    loading included, as the bench's plain PyTorch and torchrun loops measure it too."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return samples, seconds
+    total = torch.tensor([float(samples)], dtype=torch.float64)
+    slowest = torch.tensor([seconds], dtype=torch.float64)
+    dist.all_reduce(total)
+    dist.all_reduce(slowest, op=dist.ReduceOp.MAX)
+    return int(total.item()), float(slowest.item())

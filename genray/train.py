@@ -38,7 +38,7 @@ from genray import checkpoint
 from genray.config import ConfigError, RunConfig, build_config
 from genray.data import augment, uri
 from genray.families import get_family
-from genray.metrics import store_root
+from genray.metrics import global_throughput, store_root
 
 RUN_CONFIG_FILE = "genray.yaml"
 HISTORY_FILE = "history.jsonl"
@@ -98,8 +98,9 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
 
     augmenting = getattr(cfg.data, "augment", None) is not None and cfg.data.augment.enabled
     steps_per_epoch = len(loader)
+    first_step_at = None
     for epoch in range(start_epoch, cfg.train.epochs):
-        t0 = time.perf_counter()
+        t0, started_at = time.perf_counter(), time.time()
         if family.apply_finetune(finetune, epoch) and world > 1:
             family.wrap(ddp)  # blocks were unfrozen: a new DDP wrapper that syncs their gradients
         sampler.set_epoch(epoch)
@@ -107,6 +108,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         # Training inputs only, transformed on their device; the draws depend on (seed, rank, epoch).
         augment_gen = augment.generator(cfg.train.seed, rank, epoch) if augmenting else None
         sums: dict[str, float] = {}
+        samples, t_steps = 0, time.perf_counter()
         for i, batch in enumerate(loader):
             batch = family.to_device(batch)
             if augment_gen is not None:
@@ -118,8 +120,16 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             step = family.train_step(batch, epoch + i / steps_per_epoch)
             for k, v in step.items():
                 sums[k] = sums.get(k, 0.0) + v
+            samples += family.batch_size(batch)
+            if first_step_at is None:
+                first_step_at = time.time()
+        samples, seconds = global_throughput(samples, time.perf_counter() - t_steps)
         sums = all_reduce_sums(sums)
         metrics = {f"train_{k}": v / max(1, steps_per_epoch * world) for k, v in sums.items()}
+        metrics["train_samples_per_s"] = samples / max(seconds, 1e-9)
+        metrics["epoch_started_at"] = started_at  # unix time; consecutive ones give the full epoch wall
+        if epoch == start_epoch and first_step_at is not None:
+            metrics["first_step_at"] = first_step_at  # unix time this worker finished its first step
         metrics.update(evaluate(family, val_loader, len(val_set), device))
         if world > 1 and (finetune.freeze != "none" or finetune.init_from):
             metrics["param_rank_spread"] = rank_spread(family)  # 0 when DDP kept the ranks in step
@@ -133,7 +143,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
 
         if writer is not None:
             for k, v in metrics.items():
-                writer.add_scalar(k, v, epoch)
+                if not k.endswith("_at"):  # timestamps are for the history, not for plots
+                    writer.add_scalar(k, v, epoch)
             if cfg.train.preview_every and epoch % cfg.train.preview_every == 0:
                 from genray.images import grid
 

@@ -2,9 +2,11 @@
 local Ray: 2 Ray Train workers -> checkpoint -> export -> Serve -> HTTP -> resume."""
 
 import base64
+import concurrent.futures
 import io
 from pathlib import Path
 
+import numpy as np
 import pytest
 import requests
 import torch
@@ -86,6 +88,9 @@ def test_train_export_serve_query_resume(ray_session, serve_url, tmp_path):
     first = fit(cfg)
     assert [h["epoch"] for h in first.history] == [0, 1]
     assert first.history[0]["workers"] == 2
+    # Throughput and timing for `genray bench perf`: both ranks' samples, over the slowest rank.
+    assert all(h["train_samples_per_s"] > 0 for h in first.history)
+    assert first.history[0]["epoch_started_at"] < first.history[0]["first_step_at"] < first.history[1]["epoch_started_at"]
     assert first.best_checkpoint is not None and (first.best_checkpoint / "manifest.json").is_file()
     assert list((first.run_dir / "tensorboard").glob("events.out.tfevents.*"))
     for key in ("val_neg_elbo", "val_recon", "val_kl", "val_mse"):
@@ -123,6 +128,19 @@ def test_train_export_serve_query_resume(ray_session, serve_url, tmp_path):
         assert len(codes["mu"]) == 2 and len(codes["mu"][0]) == 4
         decoded = requests.post(url + "/decode", json={"z": codes["mu"], "format": "list"}, timeout=30).json()
         assert decoded["shape"] == [2, 1, 28, 28]
+        # The binary answer (off JSON) holds the same array; concurrent decodes are batched
+        # together and each still gets exactly its own images.
+        raw = requests.post(url + "/decode", json={"z": codes["mu"], "format": "npy"}, timeout=30)
+        assert raw.headers["content-type"] == "application/x-npy"
+        array = np.load(io.BytesIO(raw.content))
+        assert array.dtype == np.float32 and np.allclose(array[:, 0], decoded["images"], atol=1e-6)
+        with concurrent.futures.ThreadPoolExecutor(8) as pool:
+            zs = [[[0.3 * i] * 4] for i in range(8)]
+            answers = list(pool.map(lambda z: requests.post(url + "/decode", json={"z": z, "format": "npy"},
+                                                            timeout=30).content, zs))
+        for z, answer in zip(zs, answers):
+            alone = requests.post(url + "/decode", json={"z": z, "format": "npy"}, timeout=30).content
+            assert np.allclose(np.load(io.BytesIO(answer)), np.load(io.BytesIO(alone)), atol=1e-6)
         strip = requests.post(url + "/interpolate", json={"a": digit, "b": digit, "steps": 5}, timeout=30)
         assert len(strip.json()["images"]) == 5
 

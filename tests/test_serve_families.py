@@ -10,47 +10,30 @@ from fuzz import fuzz_deployment
 from genray import checkpoint
 from genray.config import build_config
 from genray.deploy import DEPLOYMENTS, build_app
-from genray.families import get_family
 
-IMAGE = [[0.0] * 28 for _ in range(28)]
-GCN_X = [[0.1 * i for i in range(16)], [0.2] * 16]
+from genray.deploy.examples import EXAMPLES, GCN_X, IMAGE, untrained_model
 
-# family -> (path, good body, bad body, field the error must name)
-REQUESTS = {
-    "vae": ("/sample", {"n": 2, "seed": 1}, {"n": 0}, "n"),
-    "ae": ("/encode", {"images": [IMAGE]}, {"images": []}, "images"),
-    "cvae": ("/sample", {"digit": 3, "n": 2}, {"digit": 11, "n": 2}, "digit"),
-    "gan": ("/sample", {"n": 2, "seed": 3}, {"n": 100000}, "n"),
-    "vaegan": ("/sample", {"n": 2}, {"n": -1}, "n"),
-    "aae": ("/sample", {"n": 2}, {"n": "many"}, "n"),
-    "gcn": ("/predict", {"x": GCN_X, "edge_index": [[0], [1]], "undirected": True},
-            {"x": GCN_X, "edge_index": [[0], [5]]}, "edge_index"),
-    "mpnn": ("/predict", {"x": [[1, 2], [1, 2], [1, 2]], "edge_index": [[0, 1, 2], [1, 2, 0]],
-                          "edge_attr": [[0.3], [0.25], [0.35]]},
-             {"x": [], "edge_index": [[], []]}, "x"),
-    "ode": ("/integrate", {"y0": [[2.0, 0.0]], "t": [0.0, 0.5, 1.0]},
-            {"y0": [[2.0, 0.0]], "t": [0.0, 1.0, 0.5]}, "t"),
-    "latent_ode": ("/extrapolate", {"times": [0, 0.3, 0.45, 1.2], "values": [[5.1, 0.2], [4.9, 0.9], [4.7, 1.1],
-                                    [3.6, 2.4]], "query_times": [0, 0.6, 1.5]},
-                   {"times": [0, 0.3], "values": [[5.1, 0.2]], "query_times": [1.0]}, ""),
-    "charlm": ("/generate", {"prompt": "def ", "n": 20, "temperature": 0.8, "top_k": 5, "seed": 1},
-               {"prompt": "\u0436\u00a7", "n": 20}, "prompt"),
-    "unet": ("/inpaint", {"image": IMAGE, "mask": [[1.0] * 8 + [0.0] * 20] * 28, "format": "list"},
-             {"image": IMAGE, "mask": [[1.0] * 20] * 20}, "mask"),
+# family -> (path, good body, bad body, field the error must name); the good bodies are the
+# deployments' shared examples.
+BAD = {
+    "vae": ({"n": 0}, "n"),
+    "ae": ({"images": []}, "images"),
+    "cvae": ({"digit": 11, "n": 2}, "digit"),
+    "gan": ({"n": 100000}, "n"),
+    "vaegan": ({"n": -1}, "n"),
+    "aae": ({"n": "many"}, "n"),
+    "gcn": ({"x": GCN_X, "edge_index": [[0], [5]]}, "edge_index"),
+    "mpnn": ({"x": [], "edge_index": [[], []]}, "x"),
+    "ode": ({"y0": [[2.0, 0.0]], "t": [0.0, 1.0, 0.5]}, "t"),
+    "latent_ode": ({"times": [0, 0.3], "values": [[5.1, 0.2]], "query_times": [1.0]}, ""),
+    "charlm": ({"prompt": "\u0436\u00a7", "n": 20}, "prompt"),
+    "unet": ({"image": IMAGE, "mask": [[1.0] * 20] * 20}, "mask"),
 }
+REQUESTS = {name: (path, good, *BAD[name]) for name, (path, good) in EXAMPLES.items()}
 
 
 def test_every_deployment_has_a_request_table():
     assert set(REQUESTS) == set(DEPLOYMENTS)
-
-
-def untrained_model(name: str, folder) -> str:
-    """A checkpoint of freshly built weights: enough to exercise the serving path."""
-    cfg = build_config(name)
-    family = get_family(name)(cfg.model)
-    path = folder / name
-    checkpoint.save(path, family=name, config=cfg.to_dict(), state=family.state_dict(), epoch=0, metrics={})
-    return str(path)
 
 
 def check(url: str, path: str, good: dict, bad: dict, field: str) -> None:

@@ -14,7 +14,6 @@ from the replicas, so the figures are a floor, not the capacity of a real node.
 
 from __future__ import annotations
 
-import statistics
 import tempfile
 import threading
 import time
@@ -24,13 +23,10 @@ from typing import Any, Callable
 import requests
 
 from genray.bench import machine, machine_line
+from genray.bench.loadgen import summarise
+from genray.deploy.examples import untrained_model
 
 HEAT_BODY = {"n": 32, "dt": 0.01, "t_end": 0.05, "format": "probe", "points": [[0.5, 0.5]]}
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(q / 100 * (len(ordered) - 1))))]
 
 
 def load(url: str, body: Callable[[int], dict], total: int, concurrency: int) -> dict[str, Any]:
@@ -64,29 +60,7 @@ def load(url: str, body: Callable[[int], dict], total: int, concurrency: int) ->
     for t in threads:
         t.join()
     wall = time.perf_counter() - started
-    return {
-        "requests": total,
-        "concurrency": concurrency,
-        "errors": len(errors),
-        "error_kinds": sorted(set(errors)),
-        "wall_s": round(wall, 2),
-        "throughput_rps": round(len(latencies) / wall, 1),
-        "p50_ms": round(1000 * percentile(latencies, 50), 1) if latencies else None,
-        "p99_ms": round(1000 * percentile(latencies, 99), 1) if latencies else None,
-        "mean_ms": round(1000 * statistics.fmean(latencies), 1) if latencies else None,
-    }
-
-
-def untrained_gan(folder: Path) -> str:
-    from genray import checkpoint
-    from genray.config import build_config
-    from genray.families import get_family
-
-    cfg = build_config("gan")
-    family = get_family("gan")(cfg.model)
-    checkpoint.save(folder / "gan", family="gan", config=cfg.to_dict(), state=family.state_dict(), epoch=0,
-                    metrics={})
-    return str(folder / "gan")
+    return summarise(latencies, errors, total, concurrency, wall)
 
 
 def run(*, total: int, concurrency: int, warmup: int, gan_model: str | None, port: int) -> dict[str, Any]:
@@ -102,7 +76,7 @@ def run(*, total: int, concurrency: int, warmup: int, gan_model: str | None, por
     base = f"http://127.0.0.1:{port}"
     results = {}
     with tempfile.TemporaryDirectory(prefix="genray-bench-serve-") as tmp:
-        gan_path = gan_model or untrained_gan(Path(tmp))
+        gan_path = gan_model or untrained_model("gan", Path(tmp))
         apps = {
             "gan/sample": (build_app({"model": gan_path}), "gan", lambda i: {"n": 1, "seed": i}),
             "heat/solve": (HeatDeployment.bind(), "heat", lambda i: HEAT_BODY),

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import base64
 import binascii
+import io
 from typing import Annotated, Any, Literal, Optional, Union
 
+import numpy as np
 import torch
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -27,6 +29,10 @@ IMAGE_HW = (28, 28)
 Finite = Annotated[float, Field(allow_inf_nan=False)]
 Pixel = Annotated[float, Field(ge=0.0, le=1.0, allow_inf_nan=False)]
 ImageFormat = Literal["png", "list", "grid"]
+# The hot paths (sample, decode) also answer in binary, off JSON: "npy" is the float32 array
+# (B, 1, 28, 28) as a .npy file (numpy.load reads it), media type application/x-npy.
+FastImageFormat = Literal["png", "list", "grid", "npy"]
+NPY_MEDIA_TYPE = "application/x-npy"
 
 
 def _check_image(value: Union[str, list]) -> Union[str, list]:
@@ -69,9 +75,14 @@ def images_to_tensor(images: list) -> torch.Tensor:
     return torch.stack(out)
 
 
-def encode_images(images: torch.Tensor, fmt: str) -> dict[str, Any]:
-    """(B, C, H, W) in [0, 1] -> JSON: base64 PNGs, nested lists, or one grid PNG."""
+def encode_images(images: torch.Tensor, fmt: str) -> Union[dict[str, Any], Response]:
+    """(B, C, H, W) in [0, 1] -> JSON (base64 PNGs, nested lists, or one grid PNG), or for
+    "npy" a binary response that skips JSON altogether."""
     images = images.detach().cpu().clamp(0, 1)
+    if fmt == "npy":
+        buffer = io.BytesIO()
+        np.save(buffer, images.numpy().astype(np.float32, copy=False), allow_pickle=False)
+        return Response(content=buffer.getvalue(), media_type=NPY_MEDIA_TYPE)
     if fmt == "png":
         return {"format": "png", "images": [to_base64_png(img) for img in images]}
     if fmt == "grid":
@@ -136,7 +147,7 @@ MAX_CODE = 1e3  # |z| beyond this is no code a decoder has seen; refuse rather t
 class SampleRequest(StrictModel):
     n: int = Field(16, ge=1, le=MAX_IMAGES)
     seed: Optional[int] = Field(None, ge=0, le=2**63 - 1)
-    format: ImageFormat = "png"
+    format: FastImageFormat = "png"
 
 
 class EncodeRequest(StrictModel):
@@ -145,7 +156,7 @@ class EncodeRequest(StrictModel):
 
 class DecodeRequest(StrictModel):
     z: list[list[Annotated[Finite, Field(ge=-MAX_CODE, le=MAX_CODE)]]] = Field(min_length=1, max_length=MAX_IMAGES)
-    format: ImageFormat = "png"
+    format: FastImageFormat = "png"
 
 
 def codes_to_tensor(z: list[list[float]], latent_dim: int) -> torch.Tensor:
@@ -161,5 +172,6 @@ def sample_many(family, requests: list[tuple[int, Optional[int]]]) -> list[torch
     from its own seed and the networks run in eval mode, so a seeded request gets the same images
     however it was batched."""
     codes = [family.prior_codes(n, seed) for n, seed in requests]
-    images = family.decode(torch.cat(codes))  # (sum n, 1, 28, 28)
+    with torch.inference_mode():
+        images = family.decode(torch.cat(codes))  # (sum n, 1, 28, 28)
     return list(images.split([n for n, _ in requests]))

