@@ -9,6 +9,8 @@ after the last test that needs it (`served`).
 
 from __future__ import annotations
 
+import contextlib
+import threading
 import time
 from pathlib import Path
 
@@ -82,3 +84,23 @@ def _release(request) -> None:
     if _live and not any(request.fixturename in item.fixturenames for item in later):
         delete(_live.pop("names").values())
         _live.clear()
+
+
+@contextlib.contextmanager
+def local_server(api):
+    """An ASGI app (e.g. genray's make_api with its Guard) behind uvicorn on a free loopback
+    port, in a thread, for the duration of the block; yields its URL."""
+    import uvicorn
+    from conftest import free_port
+
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(api, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    while not server.started:
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(5)

@@ -2,13 +2,12 @@
 typed method checked against the same model run in-process; errors carry the server's message;
 503s are retried, the API key reaches genray's Guard, and a slow answer times out."""
 
-import threading
 import time
 
 import numpy as np
 import pytest
 import torch
-from deployed import served
+from deployed import local_server, served
 
 from genray.checkpoint import load_family
 from genray.client import APIError, Client, RequestTimeout
@@ -159,11 +158,9 @@ def test_errors_carry_the_servers_message(apps, serve_url):
 def flaky_app(monkeypatch):
     """genray's own FastAPI app (make_api: Guard and JSON errors) behind uvicorn, keyed, with an
     endpoint that answers 503 twice before it answers, and one that is slow."""
-    import uvicorn
     from fastapi import HTTPException
 
     from genray.deploy.common import make_api
-    from conftest import free_port
 
     monkeypatch.setenv("GENRAY_API_KEY", "s3cret")
     api = make_api("flaky")
@@ -181,15 +178,8 @@ def flaky_app(monkeypatch):
         time.sleep(1.0)
         return {"ok": True}
 
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(api, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    while not server.started:
-        time.sleep(0.02)
-    yield f"http://127.0.0.1:{port}", calls
-    server.should_exit = True
-    thread.join(5)
+    with local_server(api) as url:
+        yield url, calls
 
 
 def test_retries_503_sends_the_key_and_times_out(flaky_app):

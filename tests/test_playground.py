@@ -8,7 +8,7 @@ import shutil
 
 import numpy as np
 import pytest
-from deployed import served
+from deployed import local_server, served
 from PIL import Image
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or "/usr/bin/chromium"
@@ -35,7 +35,7 @@ def browser():
 
 def run(page, expect: str) -> None:
     page.click("#run")
-    page.wait_for_selector("body[data-result]", timeout=60_000)
+    page.wait_for_selector("body[data-result]", state="attached", timeout=60_000)
     assert page.get_attribute("body", "data-result") == expect, page.inner_text("#error")
 
 
@@ -103,22 +103,44 @@ def test_playground_queries_the_deployments_and_shows_errors(apps, serve_url, br
     page.close()
 
 
-def test_playground_page_is_open_while_the_api_needs_a_key(monkeypatch):
-    from fastapi.testclient import TestClient
+def test_playground_page_is_open_while_the_api_needs_a_key(monkeypatch, browser):
+    """genray's own app (make_api: Guard, JSON errors, the playground) behind uvicorn, keyed."""
+    import requests
+    from pydantic import Field
 
-    from genray.deploy.common import make_api
+    from genray.deploy.common import StrictModel, make_api
 
     monkeypatch.setenv("GENRAY_API_KEY", "s3cret")
     api = make_api("keyed")
 
-    @api.post("/echo")
-    def echo() -> dict:
-        return {"ok": True}
+    class EchoRequest(StrictModel):
+        word: str = "hello"
+        times: int = Field(2, ge=1, le=10)
 
-    client = TestClient(api)
-    page = client.get("/playground")
-    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
-    assert "/*EXAMPLES*/" not in page.text and '"labels": [3]' in page.text  # examples filled in
-    assert client.post("/echo").status_code == 401
-    assert client.post("/echo", headers={"X-API-Key": "s3cret"}).json() == {"ok": True}
-    assert "/playground" not in client.get("/openapi.json", headers={"X-API-Key": "s3cret"}).json()["paths"]
+    @api.get("/")
+    def info() -> dict:
+        return {"endpoints": ["/echo"]}
+
+    @api.post("/echo")
+    def echo(req: EchoRequest) -> dict:
+        return {"text": " ".join([req.word] * req.times)}
+
+    with local_server(api) as url:
+        raw = requests.get(url + "/playground", timeout=10)
+        assert raw.status_code == 200 and raw.headers["content-type"].startswith("text/html")
+        assert "/*EXAMPLES*/" not in raw.text and '"labels": [3]' in raw.text  # examples filled in
+        assert requests.post(url + "/echo", json={}, timeout=10).status_code == 401
+        openapi = requests.get(url + "/openapi.json", headers={"X-API-Key": "s3cret"}, timeout=10).json()
+        assert "/playground" not in openapi["paths"]  # the fuzzer and the page see the API only
+
+        page = browser.new_page()
+        page.goto(url + "/playground")  # no /-/routes here (not Serve): the page offers its own app
+        page.wait_for_selector("#error:has-text('API key')")
+        assert "401" in page.inner_text("#error")  # the API refuses the page until it has the key
+        page.fill("#key", "s3cret")
+        page.dispatch_event("#key", "change")
+        page.wait_for_selector("#field-word")
+        page.fill("#field-times", "3")
+        run(page, "ok")
+        assert page.inner_text("#text") == "hello hello hello"
+        page.close()
