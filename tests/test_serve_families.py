@@ -125,7 +125,9 @@ def test_heat_deployment_batches_and_limits(serve_url):
 
 
 @pytest.mark.ray
-@pytest.mark.parametrize("name, extra", [("gan", ["model.loss=wgan-gp"]), ("vaegan", []), ("aae", [])])
+# One two-player family end to end on Ray (2 workers, the critic's extra steps); that DDP keeps
+# every two-player family's ranks identical is tested without Ray in test_adversarial (gloo).
+@pytest.mark.parametrize("name, extra", [("gan", ["model.loss=wgan-gp"])])
 def test_two_player_families_train_under_ddp(ray_session, tmp_path, name, extra):
     from genray.train import fit
 

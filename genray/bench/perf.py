@@ -182,8 +182,10 @@ def serving(concurrencies: list[int], total: int, rounds: int, warmup: int, repl
     latent = read_manifest(models["vae"])["config"]["model"]["latent_dim"]
     mode = serve_mode()
     if mode == "haproxy":  # read by Serve at import: set before ray.serve is first imported
-        os.environ.setdefault("RAY_SERVE_THROUGHPUT_OPTIMIZED", "1")
-        os.environ.setdefault("RAY_SERVE_ENABLE_HA_PROXY", "1")
+        from genray.cli import THROUGHPUT_ENV
+
+        for key, value in THROUGHPUT_ENV.items():
+            os.environ.setdefault(key, value)
 
     plain_port = free_port()
     plain = subprocess.Popen([sys.executable, "-m", "genray.bench.plain_server", "--gan", models["gan"], "--vae",
