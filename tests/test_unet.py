@@ -1,6 +1,7 @@
-"""The inpainting UNet: masks, the digits and photo-patch data, the two baselines on cases with
-exact answers, the skip connections, beating both baselines after a little training, and the
-Ray Train -> export -> Serve path with its request checks."""
+"""The UNet: masks, the digits and photo data, the generated shapes, the baselines (mean and
+blur fill, Otsu) on cases with exact answers, the skip connections, beating the baselines after a
+little training (inpainting; segmentation), task and data mismatches, and the Ray Train -> export
+-> Serve path with its request checks."""
 
 import base64
 import io
@@ -13,11 +14,13 @@ from PIL import Image
 from pydantic import ValidationError
 
 from genray.config import ConfigError, build_config
-from genray.data.inpaint import InpaintDataConfig, load_inpaint, photo_patches, random_mask
+from genray.data.inpaint import InpaintDataConfig, load_inpaint, photo_parts, random_mask
+from genray.data.shapes import ShapesConfig, draw_shapes, load_shapes
 from genray.deploy.common import BadRequest
-from genray.deploy.unet import InpaintRequest, inpaint_image
+from genray.deploy.unet import InpaintRequest, SegmentRequest, inpaint_image, segment_image
 from genray.families import get_family
-from genray.families.unet import UNet, UNetConfig, blur_fill, masked_mse, mean_fill
+from genray.families.unet import (UNet, UNetConfig, blur_fill, iou, masked_mse, mean_fill, otsu_segment,
+                                  otsu_threshold, segment_loss)
 
 
 def png(array) -> str:
@@ -54,11 +57,17 @@ def test_digits_and_photo_patches_load_with_fresh_train_and_fixed_val_masks():
     _, again = load_inpaint(InpaintDataConfig(limit=40, val_limit=20))
     assert torch.equal(val.masks, again.masks)  # the same holes every epoch and every run
 
-    ptrain, pval = photo_patches()
-    assert ptrain.shape[1:] == pval.shape[1:] == (1, 28, 28)
-    assert len(ptrain) > 1500 and len(pval) > 100 and 0.0 <= ptrain.min() and ptrain.max() <= 1.0
-    both, _ = load_inpaint(InpaintDataConfig(source="both"))
-    assert len(both) == len(ptrain) + 1438
+    parts, pval = photo_parts()
+    assert [p.shape for p in parts] == [(427, 512), (427, 512)]  # the left 80% of each photo
+    assert pval.shape == (464, 1, 28, 28) and 0.0 <= pval.min() and pval.max() <= 1.0
+    photos, _ = load_inpaint(InpaintDataConfig(source="photos", photo_crops=64))
+    crops = torch.stack([photos[i][0] for i in range(64)])
+    assert len(photos) == 64 and crops.shape == (64, 1, 28, 28)
+    assert len({round(c.sum().item(), 3) for c in crops}) > 60  # a fresh random crop every read
+    both, _ = load_inpaint(InpaintDataConfig(source="both", photo_crops=500))
+    assert len(both) == 500 + 1438
+    limited, _ = load_inpaint(InpaintDataConfig(source="both", photo_crops=500, limit=100))
+    assert len(limited) == 100
     with pytest.raises(ConfigError, match="min_size must be <= max_size"):
         build_config("unet", overrides=["data.min_size=0.6", "data.max_size=0.5"])
 
@@ -85,8 +94,49 @@ def test_baselines_are_exact_where_the_answer_is_known():
     assert masked_mse(torch.zeros(1, 1, 2, 2), torch.ones(1, 1, 2, 2), torch.zeros(1, 1, 2, 2)).item() == 0.0
 
 
+def test_shapes_are_seeded_binary_and_held_out():
+    cfg = ShapesConfig(size=24, max_shapes=2)
+    images, masks, counts = draw_shapes(20, cfg, seed=5)
+    again, masks_again, _ = draw_shapes(20, cfg, seed=5)
+    assert torch.equal(images, again) and torch.equal(masks, masks_again)
+    assert images.shape == masks.shape == (20, 1, 24, 24) and 0.0 <= images.min() and images.max() <= 1.0
+    assert set(masks.unique().tolist()) == {0.0, 1.0} and set(counts.tolist()) <= {1, 2}
+    assert (masks.flatten(1).sum(1) >= 4).all()  # every image shows at least one real shape
+    # Noise-free, the shapes sit `contrast` above (or below) the background's mean level.
+    clean, clean_masks, _ = draw_shapes(8, cfg.model_copy(update={"noise": 0.0, "gradient": 0.0}), seed=1)
+    for x, m in zip(clean[:, 0], clean_masks[:, 0]):
+        assert abs(x[m > 0].mean() - x[m == 0].mean()).item() == pytest.approx(0.3, abs=1e-5)
+    train, val = load_shapes(ShapesConfig(train_images=16, val_images=8))
+    assert len(train) == 16 and len(val) == 8 and len(train[0]) == 3
+    assert not any(torch.equal(train.images[i], val.images[j]) for i in range(16) for j in range(8))
+    with pytest.raises(ConfigError, match="min_radius must be <= max_radius"):
+        build_config("unet", overrides=["data.shapes.min_radius=0.3", "data.shapes.max_radius=0.2"])
+
+
+def test_otsu_iou_and_segment_loss_are_exact_where_the_answer_is_known():
+    # Two grey levels: Otsu's threshold splits them, and the smaller class is taken as the shapes,
+    # whichever side it lies on.
+    image = torch.full((2, 1, 16, 16), 0.6)
+    image[:, :, 4:8, 4:10] = 0.9
+    image[1] = 1.0 - image[1]  # the same square, darker than the background
+    truth = torch.zeros(2, 1, 16, 16)
+    truth[:, :, 4:8, 4:10] = 1.0
+    t = otsu_threshold(image)
+    assert 0.6 <= t[0] < 0.9 and 0.1 <= t[1] < 0.4
+    assert torch.equal(otsu_segment(image, sigma=0.0), truth)
+    assert iou(truth, truth).tolist() == [1.0, 1.0]
+    half = truth.clone()
+    half[:, :, 4:8, 7:10] = 0.0  # half of the square
+    assert iou(half, truth).tolist() == [0.5, 0.5]
+    assert iou(torch.zeros(1, 1, 4, 4), torch.zeros(1, 1, 4, 4)).item() == 1.0  # nothing to find, nothing found
+    # Confident, right logits: BCE ~ 0 and Dice ~ 1, so the loss ~ 0; wrong ones cost more.
+    logits = (truth * 2 - 1) * 30.0
+    assert segment_loss(logits, truth).max() < 1e-6
+    assert (segment_loss(-logits, truth) > 1.0).all()
+
+
 def test_unet_takes_any_size_and_uses_its_skip_connections():
-    net = UNet(UNetConfig(channels=4, depth=2))
+    net = UNet(UNetConfig(channels=4, depth=2, norm="none"))
     for h, w in [(28, 28), (13, 31), (4, 4)]:
         assert net(torch.rand(1, 2, h, w)).shape == (1, 1, h, w)
     # The decoder's first level sees the encoder's first-level features directly: changing one
@@ -119,6 +169,44 @@ def test_inpaint_keeps_known_pixels_and_beats_both_baselines_after_training():
         assert torch.equal(family.inpaint(image, mask, method), {"mean": mean_fill, "blur": blur_fill}[method](image, mask))
 
 
+def test_untrained_blur_prefilled_unet_is_exactly_the_blur_baseline():
+    """With prefill blur the network adds a residual to the blur fill and starts at zero, so
+    training starts from the baseline; prefill zero is the plain formulation."""
+    image, mask = torch.rand(4, 1, 28, 28), torch.stack([random_mask(28, 28, "rect", 0.25, 0.5) for _ in range(4)])
+    family = get_family("unet")(UNetConfig(channels=4))
+    assert torch.equal(family.inpaint(image, mask), blur_fill(image, mask).clamp(0, 1))
+    plain = get_family("unet")(UNetConfig(channels=4, prefill="zero"))
+    assert not torch.allclose(plain.inpaint(image, mask), blur_fill(image, mask))
+
+
+def test_segmentation_beats_otsu_after_a_little_training_and_tasks_match_their_data():
+    torch.manual_seed(0)
+    # Small images (16 x 16) keep this to seconds.
+    cfg = build_config("unet", overrides=["model.task=segment", "data.source=shapes", "model.channels=8",
+                                          "model.lr=0.005", "data.limit=384", "data.val_limit=128",
+                                          "data.shapes.size=16", "data.shapes.max_shapes=2"])
+    family = get_family("unet")(cfg.model)
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in family.nets["unet"].modules())
+    train, val = family.load_data(cfg.data)
+    for _ in range(8):
+        for batch in torch.utils.data.DataLoader(train, batch_size=32, shuffle=True):
+            family.train_step(batch, 0.0)
+    family.eval()
+    metrics = {k: v / len(val) for k, v in family.eval_batch(next(iter(torch.utils.data.DataLoader(val, batch_size=128)))).items()}
+    assert metrics["val_iou"] > metrics["val_otsu_iou"] > 0.3, metrics
+    image = val.images[:4]
+    assert set(family.segment(image).unique().tolist()) <= {0.0, 1.0}
+    assert torch.equal(family.segment(image, "otsu"), otsu_segment(image))
+    with pytest.raises(ValueError, match="trained for task 'segment', not inpaint"):
+        family.inpaint(image, torch.ones_like(image))
+    # A task fed the other task's data says what to set.
+    with pytest.raises(ValueError, match="needs images with their shapes' masks .* set data.source=shapes"):
+        family.train_step(next(iter(torch.utils.data.DataLoader(load_inpaint(InpaintDataConfig(limit=8))[0], batch_size=8))), 0.0)
+    inpainter = get_family("unet")(UNetConfig(channels=4))
+    with pytest.raises(ValueError, match="got generated shapes .* set model.task=segment"):
+        inpainter.eval_batch(next(iter(torch.utils.data.DataLoader(val, batch_size=8))))
+
+
 # --- the deployment's math, and the whole path on Ray ------------------------------------------
 
 def test_inpaint_request_checks_without_http():
@@ -141,6 +229,29 @@ def test_inpaint_request_checks_without_http():
                        ({"image": png(np.zeros((300, 8)))}, "between 4 and 256"), ({"method": "magic"}, "method")]:
         with pytest.raises(ValidationError, match=field):
             InpaintRequest(**{"image": image.tolist(), "mask": mask.tolist(), **bad})
+
+
+def test_segment_request_checks_without_http():
+    family = get_family("unet")(UNetConfig(task="segment", channels=4))
+    family.eval()
+    image = np.full((20, 24), 0.2)
+    image[5:10, 6:12] = 0.8
+    out = segment_image(family, SegmentRequest(image=image.tolist(), format="list", method="otsu"))
+    assert out["shape"] == [20, 24] and out["foreground_pixels"] == 30
+    assert np.array_equal(np.array(out["mask"]), (image > 0.5).astype(float))
+    as_png = segment_image(family, SegmentRequest(image=png(image)))
+    with Image.open(io.BytesIO(base64.b64decode(as_png["mask"]))) as img:
+        assert img.size == (24, 20) and as_png["method"] == "unet"
+    # Each model answers only the task it was trained for.
+    with pytest.raises(BadRequest, match="trained for task 'segment', not 'inpaint': POST /segment") as err:
+        inpaint_image(family, InpaintRequest(image=image.tolist(), mask=image.tolist()))
+    assert err.value.status_code == 404
+    with pytest.raises(BadRequest, match="trained for task 'inpaint', not 'segment': POST /inpaint"):
+        segment_image(get_family("unet")(UNetConfig(channels=4)), SegmentRequest(image=image.tolist()))
+    for bad, field in [({"image": [[0.5] * 3] * 3}, "between 4 and 256"), ({"method": "blur"}, "method"),
+                       ({"mask": image.tolist()}, "mask")]:
+        with pytest.raises(ValidationError, match=field):
+            SegmentRequest(**{"image": image.tolist(), **bad})
 
 
 @pytest.mark.ray

@@ -1,16 +1,19 @@
-"""Images with holes for the inpainting UNet: digits and patches of scikit-learn's sample photos.
+"""Images with holes for the inpainting UNet: digits and patches of scikit-learn's sample photos;
+and, for its segmentation task, generated shapes with their masks (genray.data.shapes).
 
-Both sources ship in packages (no download) and come out the same way: grey images
-(N, 1, 28, 28) in [0, 1]. "photos" cuts 28x28 patches from the two sample photos
-(`sklearn.datasets.load_sample_images`, china and flower, 427x640): the left 80% of each photo
-trains (patches every 14 pixels), the right 20% validates (every 28), so no validation pixel is
-in a training patch.
+The inpainting sources ship in packages (no download) and come out the same way: grey images
+(1, 28, 28) in [0, 1]. "photos" uses the two sample photos (`sklearn.datasets.load_sample_images`,
+china and flower, 427x640): the left 80% of each photo trains, the right 20% validates, so no
+validation pixel is ever in a training image. Training reads random 28x28 crops of the left
+parts (`photo_crops` a epoch, each turned by a random multiple of 90 degrees and mirrored at
+random: a photo has no preferred orientation at this scale); validation is the fixed grid of
+patches every 14 pixels over the right parts (464 patches).
 
 Masks are (1, H, W) with 1 where the image is missing (what the model must fill, and what the
 loss and the metric count) and 0 where it is known. Training masks are drawn afresh each time an
 image is read (from torch's global generator, which the training loop seeds per rank);
 validation masks are drawn once from `mask_seed`, so every epoch and every baseline is scored on
-the same holes.
+the same holes, with the same mask sizes as training.
 """
 
 from __future__ import annotations
@@ -22,19 +25,24 @@ from typing import Literal
 import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
-from torch.utils.data import Dataset
+from torch.utils.data import ConcatDataset, Dataset
 
 from genray.data.images import digits_28x28, split
+from genray.data.shapes import ShapesConfig, load_shapes
 
 PATCH = 28
 
 
 class InpaintDataConfig(BaseModel):
+    """The unet family's `data`: images with holes (digits, photos, both), or generated shapes
+    with their masks (source shapes, for model.task = segment; set by `shapes`)."""
+
     model_config = ConfigDict(extra="forbid")
 
-    source: Literal["digits", "photos", "both"] = "digits"
+    source: Literal["digits", "photos", "both", "shapes"] = "digits"
     val_fraction: float = Field(0.2, gt=0.0, lt=1.0)  # of the digits (photos split by columns)
     split_seed: int = Field(0, ge=0)
+    photo_crops: int = Field(4096, ge=1, le=1_000_000)  # random training crops of the photos a epoch
     # rect: one axis-aligned rectangle; stroke: a thick random polyline (a scribble); mixed: either.
     masks: Literal["rect", "stroke", "mixed"] = "rect"
     min_size: float = Field(0.25, gt=0.0, le=1.0)  # rectangle side, as a fraction of the image side
@@ -42,6 +50,7 @@ class InpaintDataConfig(BaseModel):
     mask_seed: int = Field(0, ge=0)  # the validation masks
     limit: int | None = Field(None, ge=1)  # at most this many training images: smoke tests
     val_limit: int | None = Field(None, ge=1)
+    shapes: ShapesConfig = Field(default_factory=ShapesConfig)
 
     @model_validator(mode="after")
     def _sizes(self) -> "InpaintDataConfig":
@@ -107,9 +116,31 @@ def fixed_masks(n: int, h: int, w: int, cfg: InpaintDataConfig) -> torch.Tensor:
     return torch.stack([random_mask(h, w, cfg.masks, cfg.min_size, cfg.max_size, gen) for _ in range(n)])
 
 
-@lru_cache(maxsize=1)  # decoding the two JPEGs takes seconds; the patches are never modified
-def photo_patches(stride_train: int = 14, stride_val: int = 28) -> tuple[torch.Tensor, torch.Tensor]:
-    """Grey 28x28 patches of scikit-learn's two sample photos: (train, val), each (N, 1, 28, 28)."""
+class PhotoCrops(Dataset):
+    """`n` random (crop (1, 28, 28), mask) pairs of the photos' training parts, drawn afresh on
+    every read: a random part (by area), place, quarter turn and mirror image, and a fresh mask."""
+
+    def __init__(self, parts: list[torch.Tensor], n: int, cfg: InpaintDataConfig):
+        self.parts, self.n, self.cfg = parts, n, cfg
+        self.weights = torch.tensor([float(p.numel()) for p in parts])
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        part = self.parts[int(torch.multinomial(self.weights, 1))]
+        top = int(torch.randint(0, part.shape[0] - PATCH + 1, ()))
+        left = int(torch.randint(0, part.shape[1] - PATCH + 1, ()))
+        crop = torch.rot90(part[top : top + PATCH, left : left + PATCH], int(torch.randint(0, 4, ())))
+        if float(torch.rand(())) < 0.5:
+            crop = crop.flip(1)
+        return crop[None].contiguous(), random_mask(PATCH, PATCH, self.cfg.masks, self.cfg.min_size, self.cfg.max_size)
+
+
+@lru_cache(maxsize=1)  # decoding the two JPEGs takes seconds; nothing here is ever modified
+def photo_parts(val_stride: int = 14) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """The grey sample photos split by columns: (the left 80% of each, (H, W) in [0, 1]; the
+    val patches (N, 1, 28, 28) every `val_stride` pixels over the right 20% of each)."""
     from sklearn.datasets import load_sample_images
 
     train, val = [], []
@@ -117,30 +148,45 @@ def photo_patches(stride_train: int = 14, stride_val: int = 28) -> tuple[torch.T
         grey = torch.from_numpy(np.asarray(photo, dtype=np.float32) @ np.array([0.299, 0.587, 0.114],
                                                                                  dtype=np.float32)) / 255.0
         cut = int(grey.shape[1] * 0.8)
-        for part, stride, out in ((grey[:, :cut], stride_train, train), (grey[:, cut:], stride_val, val)):
-            tiles = part.unfold(0, PATCH, stride).unfold(1, PATCH, stride)  # (rows, cols, 28, 28)
-            out.append(tiles.reshape(-1, 1, PATCH, PATCH))
-    return torch.cat(train).contiguous(), torch.cat(val).contiguous()
+        train.append(grey[:, :cut].contiguous())
+        tiles = grey[:, cut:].unfold(0, PATCH, val_stride).unfold(1, PATCH, val_stride)  # (rows, cols, 28, 28)
+        val.append(tiles.reshape(-1, 1, PATCH, PATCH))
+    return train, torch.cat(val).contiguous()
 
 
-def load_inpaint(cfg: InpaintDataConfig) -> tuple[MaskedImages, MaskedImages]:
-    """(train, val) images with masks: fresh masks for training, fixed ones for validation."""
-    train_parts, val_parts = [], []
+def spread(images: torch.Tensor, limit: int | None) -> torch.Tensor:
+    """At most `limit` images, evenly spread over the set (so a cut keeps its variety)."""
+    if limit is None or limit >= len(images):
+        return images
+    return images[torch.linspace(0, len(images) - 1, limit).long()]
+
+
+def load_inpaint(cfg: InpaintDataConfig) -> tuple[Dataset, Dataset]:
+    """(train, val): images with fresh masks for training and fixed ones for validation; or, for
+    source shapes, the generated shape images with their masks (genray.data.shapes)."""
+    if cfg.source == "shapes":
+        return load_shapes(cfg.shapes, cfg.limit, cfg.val_limit)
+    train_parts: list[Dataset] = []
+    val_images = []
+    digits = photos = None
     if cfg.source in ("digits", "both"):
         images, labels = digits_28x28()
         train, val = split(images, labels, cfg.val_fraction, cfg.split_seed)
-        train_parts.append(train.tensors[0])
-        val_parts.append(val.tensors[0])
+        digits = train.tensors[0]
+        val_images.append(val.tensors[0])
     if cfg.source in ("photos", "both"):
-        train, val = photo_patches()
-        train_parts.append(train)
-        val_parts.append(val)
-    train_images, val_images = torch.cat(train_parts), torch.cat(val_parts)
-    if cfg.limit is not None:
-        # Evenly spread, so a limited "both" still has digits and photos.
-        train_images = train_images[torch.linspace(0, len(train_images) - 1, min(cfg.limit, len(train_images))).long()]
-    if cfg.val_limit is not None:
-        val_images = val_images[torch.linspace(0, len(val_images) - 1, min(cfg.val_limit, len(val_images))).long()]
+        photos, val = photo_parts()
+        val_images.append(val)
+    crops = cfg.photo_crops if photos is not None else 0
+    if cfg.limit is not None:  # a smoke test: the digits and the crops cut in proportion
+        n_digits = 0 if digits is None else len(digits)
+        crops = min(crops, max(1, round(cfg.limit * crops / (crops + n_digits)))) if crops else 0
+        digits = spread(digits, cfg.limit - crops) if digits is not None else None
+    if digits is not None and len(digits):
+        train_parts.append(MaskedImages(digits, cfg))
+    if crops:
+        train_parts.append(PhotoCrops(photos, crops, cfg))
+    val_images = spread(torch.cat(val_images), cfg.val_limit)
     _, h, w = val_images.shape[1:]
-    return (MaskedImages(train_images, cfg),
-            MaskedImages(val_images, cfg, fixed_masks(len(val_images), h, w, cfg)))
+    train_set = train_parts[0] if len(train_parts) == 1 else ConcatDataset(train_parts)
+    return train_set, MaskedImages(val_images, cfg, fixed_masks(len(val_images), h, w, cfg))

@@ -1,15 +1,23 @@
-"""Serve deployment of a trained inpainting UNet: post an image and a mask, get the image filled.
+"""Serve deployment of a trained UNet; it serves the task the model was trained for.
 
+inpaint model:
 POST /inpaint  {"image": ..., "mask": ..., "format": "png" | "list", "method": "unet" | "mean" | "blur"}
                image: a base64 PNG (any mode; read as grey) or H x W nested lists in [0, 1];
                mask: the same size, 1 (white) where the image is missing; values >= 0.5 count
                as missing. H and W between 4 and 256 (the model was trained on 28 x 28).
                -> {"format": "png", "image": base64 PNG} or {"format": "list", "shape", "image"},
                   plus "masked_pixels". "mean" and "blur" are the baselines genray bench reports.
-GET  /         the model's family, epoch, metrics and request limits
+segment model:
+POST /segment  {"image": ..., "format": "png" | "list", "method": "unet" | "otsu"}
+               image as above (the model was trained on 32 x 32 generated shapes)
+               -> the 0/1 mask of the shapes, 1 (white) inside one: {"format": "png", "mask":
+                  base64 PNG} or {"format": "list", "shape", "mask"}, plus "foreground_pixels".
+                  "otsu" is the baseline genray bench reports.
+GET  /         the model's family, task, epoch, metrics, request limits and endpoints
 
 Errors are JSON {"error": "...", "errors": [...]}: 422 for a bad PNG, values outside [0, 1],
-ragged rows, a size outside the limits, or a mask whose size differs from the image's.
+ragged rows, a size outside the limits, or a mask whose size differs from the image's; 404 for
+the endpoint of the task the model was not trained for.
 """
 
 import base64
@@ -72,6 +80,7 @@ class InpaintRequest(StrictModel):
 
 def inpaint_image(family, req: InpaintRequest) -> dict:
     """The /inpaint math, without HTTP."""
+    check_task(family, "inpaint")
     image, mask = read_plane(req.image), read_plane(req.mask)
     if mask.shape != image.shape:
         raise BadRequest(f"mask: must be the image's size {image.shape[1]}x{image.shape[0]}, "
@@ -82,6 +91,29 @@ def inpaint_image(family, req: InpaintRequest) -> dict:
     if req.format == "png":
         return {**out, "image": to_base64_png(filled)}
     return {**out, "shape": list(filled.shape[1:]), "image": filled[0].tolist()}
+
+
+class SegmentRequest(StrictModel):
+    image: Plane
+    format: Literal["png", "list"] = "png"
+    method: Literal["unet", "otsu"] = "unet"
+
+
+def check_task(family, task: str) -> None:
+    trained = family.cfg.task
+    if trained != task:
+        raise BadRequest(f"this model was trained for task {trained!r}, not {task!r}: POST /{trained}", 404)
+
+
+def segment_image(family, req: SegmentRequest) -> dict:
+    """The /segment math, without HTTP."""
+    check_task(family, "segment")
+    image = read_plane(req.image)
+    mask = family.segment(image[None, None], method=req.method)[0].cpu()
+    out = {"format": req.format, "method": req.method, "foreground_pixels": int(mask.sum())}
+    if req.format == "png":
+        return {**out, "mask": to_base64_png(mask)}
+    return {**out, "shape": list(mask.shape[1:]), "mask": mask[0].tolist()}
 
 
 api = make_api("genray unet")
@@ -97,10 +129,11 @@ class UNetDeployment:
     def info(self) -> dict:
         return {
             "family": self.ckpt.family,
+            "task": self.family.cfg.task,
             "epoch": self.ckpt.epoch,
             "metrics": self.ckpt.metrics,
             "limits": {"side": [MIN_SIDE, MAX_SIDE]},
-            "endpoints": ["/inpaint"],
+            "endpoints": [f"/{self.family.cfg.task}"],
         }
 
     @api.get("/healthz")
@@ -110,3 +143,7 @@ class UNetDeployment:
     @api.post("/inpaint")
     def inpaint(self, req: InpaintRequest) -> dict:
         return inpaint_image(self.family, req)
+
+    @api.post("/segment")
+    def segment(self, req: SegmentRequest) -> dict:
+        return segment_image(self.family, req)
