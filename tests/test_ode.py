@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 from pydantic import ValidationError
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, DistributedSampler, Subset, TensorDataset
 
 from genray.data.spirals import SPIRAL_Y0, SpiralField, spiral_series, spiral_trajectory, trajectory_windows
 from genray.deploy.common import BadRequest
@@ -98,6 +98,18 @@ def test_trajectory_windows_cut_the_trajectory():
         trajectory_windows(t, y, 1)
 
 
+def test_window_batches_are_gathered_whole_and_match_item_by_item_collation():
+    windows = trajectory_windows(*spiral_trajectory(200, 5.0), 10)
+    sampler = DistributedSampler(windows, num_replicas=1, rank=0, shuffle=True, seed=3)
+    fast = list(DataLoader(windows, batch_size=32, sampler=sampler, collate_fn=ODEFamily.collate_fn))
+    slow = list(DataLoader(TensorDataset(*windows.tensors), batch_size=32, sampler=sampler))
+    assert len(fast) == len(slow) == 6 and all(isinstance(b, list) and len(b) == 2 for b in fast)
+    assert all(torch.equal(a, b) for fb, sb in zip(fast, slow) for a, b in zip(fb, sb))
+    # The collate still takes item lists (validation: a Subset of a plain TensorDataset).
+    val = DataLoader(Subset(TensorDataset(*windows.tensors), range(5)), batch_size=4, collate_fn=ODEFamily.collate_fn)
+    assert [b[1].shape for b in val] == [(4, 10, 2), (1, 10, 2)]
+
+
 def test_spiral_series_shapes_determinism_and_irregular_times():
     data = spiral_series(64, n_obs=20, n_extrap=15, obs_span=3.0, extrap_span=2.0, noise_std=0.3, seed=5)
     t_obs, x_obs, x_clean, t_ext, x_ext, cw = data.tensors
@@ -127,11 +139,24 @@ def test_series_train_and_val_are_different_series():
         SeriesDataConfig(n_obs=500, obs_grid=100)
 
 
+def test_series_defaults_follow_the_paper_extrapolating_at_every_later_grid_time():
+    cfg = SeriesDataConfig(n_obs=100, n_train=50, n_val=8)
+    assert cfg.obs_span == cfg.extrap_span == pytest.approx(6 * math.pi / 10)  # 100 of 1000 points on [0, 6 pi]
+    t_obs, _, _, t_ext, _, _ = LatentODEFamily.load_data(cfg)[0].tensors
+    assert t_ext.shape == (50, 100) and torch.equal(t_ext[0], t_ext[1])  # all 100 later grid times
+    step = cfg.obs_span / cfg.obs_grid
+    assert torch.allclose(t_ext.diff(dim=1), torch.full((50, 99), step), atol=1e-5)
+    assert (t_obs.diff(dim=1) >= step - 1e-5).all() and (t_obs.diff(dim=1) < 2 * step).float().mean() > 0.95
+    with pytest.raises(ValidationError, match="n_extrap"):
+        SeriesDataConfig(n_extrap=101)
+
+
 # --- training ---------------------------------------------------------------------------------
 
 def fixed_batch(family_cls, data_cfg, n=32):
     train, _ = family_cls.load_data(data_cfg)
-    return next(iter(DataLoader(train, batch_size=n, shuffle=True, generator=torch.Generator().manual_seed(0))))
+    return next(iter(DataLoader(train, batch_size=n, shuffle=True, generator=torch.Generator().manual_seed(0),
+                                collate_fn=family_cls.collate_fn)))
 
 
 @pytest.mark.parametrize("solver", [{"adjoint": True}, {"method": "rk4"}])
@@ -239,6 +264,21 @@ def test_rnn_baseline_metrics_on_the_same_points():
     assert set(metrics) == {"val_mse", "val_extrap_mse"} and all(math.isfinite(v) for v in metrics.values())
     rollout = family.forecast(batch[0], batch[1], batch[3])
     assert rollout.shape == batch[4].shape
+
+
+def test_rnn_reads_a_prefix_then_rolls_out_on_its_own_predictions():
+    torch.manual_seed(0)
+    family = RNNFamily({"min_read_fraction": 0.5})
+    t_obs, x_obs = fixed_batch(RNNFamily, SeriesDataConfig(n_train=64, n_val=8), n=8)[:2]
+    rnn = family.nets["rnn"]
+    forced, mixed = rnn(t_obs, x_obs), rnn(t_obs, x_obs, read=10)
+    assert forced.shape == mixed.shape == (8, 29, 2)
+    assert torch.allclose(forced[:, :9], mixed[:, :9], atol=1e-6)  # read: one step ahead of each observation
+    assert not torch.allclose(forced[:, 10:], mixed[:, 10:])  # then: its own predictions fed back
+    noisy = x_obs.clone()
+    noisy[:, 10:] += 100.0  # the rolled-out part never looks at observations after the 10th
+    assert torch.equal(rnn(t_obs, noisy, read=10), mixed)
+    assert math.isfinite(family.train_step((t_obs, x_obs), epoch=0.0)["loss"])
 
 
 # --- solver limits ----------------------------------------------------------------------------

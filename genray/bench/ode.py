@@ -23,11 +23,15 @@ it counts what torch allocates, which tracemalloc would not see), and the final 
 `val_mse`). Measurements are interleaved: every round runs both implementations for every adjoint
 setting, alternating which goes first, so machine load falls on both alike.
 
-Part 2, `latent_ode` against the `rnn` baseline (Chen et al. 2018, table 2): both families trained
-on the same generated series with the same budget (epochs, batch size, seed, one thread, the worker
-loop's sampler and step), then scored on the same held-out series: extrapolation RMSE (posterior
-mean / autoregressive rollout against the noise-free curve over the 3 time units after the
-observed window), at 30, 50 and 100 observed points of the 100-point observation grid.
+Part 2, `latent_ode` against the `rnn` baseline (Chen et al. 2018, 5.1 and table 2): both families
+trained on the same generated series with the same budget (epochs, batch size, so the same
+optimizer steps on the same batches; seed, one thread, the worker loop's sampler and step), then
+scored on the same held-out series: extrapolation RMSE against the noise-free curve at the 100
+grid times after the observed window (the latent ODE: its posterior-mean trajectory; the RNN,
+which gets the time gaps as input: its autoregressive rollout), at 30, 50 and 100 observed points
+(t = 0 and n - 1 of the observed window's 100 grid times).
+On the ray-train path the ode comparison also runs genray's step without Ray (see above), which
+splits genray's overhead into its own code and the Ray Train worker.
 """
 
 from __future__ import annotations
@@ -278,7 +282,7 @@ def genray_in_process_training(s: dict) -> dict:
     family = ODEFamily(cfg.model)
     train_set, val_set = ODEFamily.load_data(cfg.data)
     sampler = DistributedSampler(train_set, num_replicas=1, rank=0, shuffle=True, seed=cfg.train.seed)
-    loader = DataLoader(train_set, batch_size=cfg.train.batch_size, sampler=sampler)
+    loader = DataLoader(train_set, batch_size=cfg.train.batch_size, sampler=sampler, collate_fn=ODEFamily.collate_fn)
     clock = StepClock()
     clock.install()
     for epoch in range(cfg.train.epochs):
@@ -292,10 +296,10 @@ def genray_in_process_training(s: dict) -> dict:
     return result
 
 
-def run_genray_in_process(settings: dict) -> dict:
+def run_genray_in_process(settings: dict, niceness: int = 0) -> dict:
     code = ("import json, sys; from genray.bench.ode import genray_in_process_training; "
             "print(json.dumps(genray_in_process_training(json.load(sys.stdin))))")
-    return _run_python(["-c", code], settings)
+    return _run_python(["-c", code], settings, niceness)
 
 
 # --- part 1: ode against plain torchdiffeq --------------------------------------------------
@@ -310,7 +314,9 @@ def ode_settings(quick: bool) -> dict:
         "atol": model.solver.atol, "lr": model.lr, "lr_decay": model.lr_decay,
         "window": data.window, "n_points": data.n_points if not quick else 100,
         "t_end": data.t_end if not quick else 2.5, "y0": list(data.y0),
-        "batch_size": 32, "epochs": 1 if quick else 4, "seed": 0, "threads": 1,
+        # 6 epochs: each run's timed stretch (~1.3 s backprop, ~10 s adjoint) spans more of the
+        # machine's changing load than 4 did
+        "batch_size": 32, "epochs": 1 if quick else 6, "seed": 0, "threads": 1,
     }
 
 
@@ -335,62 +341,81 @@ def summarise(runs: list[dict]) -> dict:
     }
 
 
+IMPLEMENTATIONS = {"ray-train": ("genray", "genray-in-process", "plain"), "in-process": ("genray", "plain")}
+
+
+def run_impl(impl: str, path: str, s: dict, storage: Path) -> dict:
+    """One training run of `impl`; every subprocess at the Ray workers' niceness on the ray-train path."""
+    niceness = RAY_WORKER_NICENESS if path == "ray-train" else 0
+    if impl == "plain":
+        return run_plain(s, niceness)
+    if impl == "genray" and path == "ray-train":
+        return run_genray_ray_train(s, storage)
+    return run_genray_in_process(s, niceness)
+
+
 def bench_ode(quick: bool, path: str, storage: Path, rounds: int, log=print) -> dict:
+    """Interleaved rounds; each runs every implementation for both adjoint settings, rotating the
+    order. On the ray-train path the worker loop's training part also runs without Ray
+    ("genray-in-process"), which splits genray's overhead into its own code and the Ray Train worker."""
     settings = ode_settings(quick)
+    impls = IMPLEMENTATIONS[path]
     runs: dict[tuple[bool, str], list[dict]] = {}
     per_round: dict[bool, list[float]] = {False: [], True: []}
     for r in range(rounds):
         for k, adjoint in enumerate((False, True) if r % 2 == 0 else (True, False)):
             s = {**settings, "adjoint": adjoint}
-            order = ("plain", "genray") if (r + k) % 2 == 0 else ("genray", "plain")
-            got = {}
-            for impl in order:
-                if impl == "plain":
-                    got[impl] = run_plain(s, RAY_WORKER_NICENESS if path == "ray-train" else 0)
-                elif path == "ray-train":
-                    got[impl] = run_genray_ray_train(s, storage)
-                else:
-                    got[impl] = run_genray_in_process(s)
+            shift = (r + k) % len(impls)
+            got = {impl: run_impl(impl, path, s, storage) for impl in impls[shift:] + impls[:shift]}
+            for impl in impls:
                 runs.setdefault((adjoint, impl), []).append(got[impl])
-            g, p = (statistics.median(got[i]["iter_s"][WARMUP:] or got[i]["iter_s"]) for i in ("genray", "plain"))
-            gc, pc = (statistics.median(got[i]["iter_cpu_s"][WARMUP:] or got[i]["iter_cpu_s"]) for i in ("genray", "plain"))
-            per_round[adjoint].append(g / p)
-            log(f"ode round {r + 1}/{rounds} adjoint={adjoint}: genray {1e3 * g:.2f} ms/iter ({1e3 * gc:.2f} CPU), "
-                f"plain {1e3 * p:.2f} ({1e3 * pc:.2f} CPU): x{g / p:.3f} (CPU x{gc / pc:.3f}); "
-                f"final mse {got['genray']['final_mse']:.4g} vs {got['plain']['final_mse']:.4g}")
+            med = {i: statistics.median(got[i]["iter_s"][WARMUP:] or got[i]["iter_s"]) for i in impls}
+            cpu = {i: statistics.median(got[i]["iter_cpu_s"][WARMUP:] or got[i]["iter_cpu_s"]) for i in impls}
+            per_round[adjoint].append(med["genray"] / med["plain"])
+            log(f"ode round {r + 1}/{rounds} adjoint={adjoint}: " + ", ".join(
+                f"{i} {1e3 * med[i]:.2f} ms/iter ({1e3 * cpu[i]:.2f} CPU)" for i in impls)
+                + f": x{med['genray'] / med['plain']:.3f} (CPU x{cpu['genray'] / cpu['plain']:.3f}); final mse "
+                + " vs ".join(f"{got[i]['final_mse']:.4g}" for i in impls) + f"; load {os.getloadavg()[0]:.1f}")
     configs = []
     for adjoint in (False, True):
-        genray, plain = summarise(runs[(adjoint, "genray")]), summarise(runs[(adjoint, "plain")])
-        configs.append({
-            "adjoint": adjoint, "genray": genray, "plain": plain,
+        figures = {impl: summarise(runs[(adjoint, impl)]) for impl in impls}
+        genray, plain = figures["genray"], figures["plain"]
+        config = {
+            "adjoint": adjoint, **figures,
             # median over all timed iterations of genray / of plain
             "time_ratio": genray["ms_per_iter_median"] / plain["ms_per_iter_median"],
             "cpu_time_ratio": genray["cpu_ms_per_iter_median"] / plain["cpu_ms_per_iter_median"],
             "time_ratio_per_round": per_round[adjoint],
-            "niceness": {impl: sorted({r.get("niceness") for r in runs[(adjoint, impl)]}) for impl in ("genray", "plain")},
+            "niceness": {impl: sorted({r.get("niceness") for r in runs[(adjoint, impl)]}) for impl in impls},
             "plain_loaded_genray": sorted({m for r in runs[(adjoint, "plain")] for m in r.get("genray_loaded", [])}),
-        })
+        }
+        if "genray-in-process" in figures:
+            inproc = figures["genray-in-process"]
+            config["in_process_time_ratio"] = inproc["ms_per_iter_median"] / plain["ms_per_iter_median"]
+            config["in_process_cpu_time_ratio"] = inproc["cpu_ms_per_iter_median"] / plain["cpu_ms_per_iter_median"]
+        configs.append(config)
     return {"settings": settings, "rounds": rounds, "warmup_iterations_dropped": WARMUP,
             "genray_path": ("genray.train.fit: 1 Ray Train worker running genray.train.train_loop_per_worker"
                             if path == "ray-train" else "in-process: the worker loop's sampler, loader and "
                             "ODEFamily.train_step in a subprocess, no Ray"),
-            "configs": configs}
+            "implementations": list(impls), "configs": configs}
 
 
 # --- part 2: latent_ode against rnn ---------------------------------------------------------
 
 def series_budget(quick: bool) -> dict:
-    """The same series and the same number of passes over them for both families. Batch sizes are
-    each family's own: the latent ODE solves a batch in one go over the union of its (shared-grid)
-    times, so a large batch costs about what a small one does; the RNN does best with small
-    batches (measured at 30 points: extrapolation RMSE 0.58 with 32 vs 0.70 with 256)."""
+    """One budget for both families: the same training series, epochs, batch size (so the same
+    number of optimizer steps on the same batches), seed and thread; each family's own lr schedule
+    (both: Adam, lr 1e-2 decayed per epoch). Train seconds are reported alongside."""
     if quick:
-        return {"epochs": 1, "batch_size": {"latent_ode": 16, "rnn": 16}, "seed": 0, "threads": 1,
+        return {"epochs": 1, "batch_size": 16, "seed": 0, "threads": 1,
                 "n_train": 32, "n_val": 16, "also_scored_after": 1}
-    # also_scored_after: the held-out RMSE is also taken after that many epochs (same run), because
-    # the ranking depends on the budget: the RNN's rollout gets worse with longer training.
-    return {"epochs": 150, "batch_size": {"latent_ode": 256, "rnn": 32}, "seed": 0, "threads": 1,
-            "n_train": 1000, "n_val": 200, "also_scored_after": 40}
+    # also_scored_after: the held-out RMSE is also taken after that many epochs (same run): the
+    # ranking could depend on the budget.
+    # Batches of 250: per series a step costs ~8x less than at 32 for both families (one
+    # vectorised solve / GRU pass), so 300 epochs (1200 steps) fit the bench's time.
+    return {"epochs": 300, "batch_size": 250, "seed": 0, "threads": 1,
+            "n_train": 1000, "n_val": 200, "also_scored_after": 100}
 
 
 def train_series_model(family_name: str, n_obs: int, budget: dict, model: dict | None = None) -> dict:
@@ -416,7 +441,7 @@ def train_series_model(family_name: str, n_obs: int, budget: dict, model: dict |
         train_set, val_set = family_cls.load_data(cfg.data)
         torch.manual_seed(budget["seed"] * 1000)
         sampler = DistributedSampler(train_set, num_replicas=1, rank=0, shuffle=True, seed=budget["seed"])
-        loader = DataLoader(train_set, batch_size=budget["batch_size"][family_name], sampler=sampler)
+        loader = DataLoader(train_set, batch_size=budget["batch_size"], sampler=sampler)
         def score() -> dict:
             family.eval()
             sums: dict[str, float] = {}
@@ -505,6 +530,9 @@ def run(*, quick: bool = False, path: str | None = None, rounds: int | None = No
     return result
 
 
+LABELS = {"genray": "genray", "genray-in-process": "genray, no Ray", "plain": "plain torchdiffeq"}
+
+
 def _one(values: list) -> str:
     return "/".join(str(v) for v in values)
 
@@ -517,15 +545,19 @@ def markdown_table(result: dict) -> str:
     if "ode" in result:
         ode = result["ode"]
         s = ode["settings"]
+        impls = ode.get("implementations", ["genray", "plain"])
         lines += [
             "",
             f"`ode` vs the same loop written directly against torchdiffeq: {s['method']} rtol {s['rtol']:g} atol "
             f"{s['atol']:g}, MLP width {s['hidden']}, windows of {s['window']} of {s['n_points']} points on "
             f"[0, {s['t_end']:g}], batch {s['batch_size']}, {s['epochs']} epochs, {s['threads']} torch thread; "
-            f"{ode['rounds']} interleaved rounds. genray = {ode['genray_path']}; process niceness genray "
-            f"{_one(ode['configs'][0]['niceness']['genray'])}, plain {_one(ode['configs'][0]['niceness']['plain'])} "
-            "(Ray runs its workers at 15; the plain loop is given the same). ms/iter: median over the rounds' "
-            "iterations (wall; CPU: the training thread's CPU time, which a busy machine disturbs less); "
+            f"{ode['rounds']} interleaved rounds. genray = {ode['genray_path']}"
+            + ("; genray, no Ray = the same worker loop's DataLoader + DistributedSampler + ODEFamily.train_step "
+               "in a plain subprocess, which separates genray's own code from the Ray Train worker"
+               if "genray-in-process" in impls else "")
+            + "; process niceness " + ", ".join(f"{LABELS[i]} {_one(ode['configs'][0]['niceness'][i])}" for i in impls)
+            + " (Ray runs its workers at 15; the other processes are given the same). ms/iter: median over the "
+            "rounds' iterations (wall; CPU: the training thread's CPU time, which a busy machine disturbs less); "
             "iter/s from the mean; final error: MSE of the rollout over the whole span; peak memory: growth of "
             "the process's peak resident size during training.",
             "",
@@ -533,11 +565,13 @@ def markdown_table(result: dict) -> str:
             "|---|---|---:|---:|---:|---:|---:|---:|---:|",
         ]
         for c in ode["configs"]:
-            for impl in ("genray", "plain"):
+            for impl in impls:
                 m = c[impl]
                 peak = "—" if m["peak_rss_growth_mib"] is None else f"{m['peak_rss_growth_mib']:.1f}"
-                ratio = f"x{c['time_ratio']:.3f} / x{c['cpu_time_ratio']:.3f}" if impl == "genray" else "1"
-                lines.append(f"| {'yes' if c['adjoint'] else 'no'} | {impl if impl == 'genray' else 'plain torchdiffeq'} "
+                ratio = {"genray": f"x{c['time_ratio']:.3f} / x{c['cpu_time_ratio']:.3f}",
+                         "genray-in-process": f"x{c.get('in_process_time_ratio', 0):.3f} / x{c.get('in_process_cpu_time_ratio', 0):.3f}",
+                         "plain": "1"}[impl]
+                lines.append(f"| {'yes' if c['adjoint'] else 'no'} | {LABELS[impl]} "
                              f"| {m['ms_per_iter_median']:.2f} | {m['cpu_ms_per_iter_median']:.2f} | {m['iters_per_s']:.1f} | {m['nfe_per_iter']:.1f} "
                              f"({m['nfe_forward_per_iter']:.1f} + {m['nfe_backward_per_iter']:.1f}) | {peak} "
                              f"| {m['final_mse']:.4g} | {ratio} |")
@@ -547,10 +581,13 @@ def markdown_table(result: dict) -> str:
         lines += [
             "",
             f"`latent_ode` vs the `rnn` baseline, each with its default config: {b['n_train']} training / "
-            f"{b['n_val']} held-out noisy spirals, {b['epochs']} epochs each (batch {b['batch_size']['latent_ode']} "
-            f"for the latent ODE, {b['batch_size']['rnn']} for the RNN), seed {b['seed']}, trained in-process by the "
-            "worker loop's sampler and train_step; RMSE against the noise-free curve (extrapolation: the 3 time "
-            "units after the observed window; interpolation: observed times 2..n).",
+            f"{b['n_val']} held-out noisy spirals, the same budget for both: {b['epochs']} epochs of batch "
+            f"{b['batch_size']} (the same optimizer steps on the same batches), seed {b['seed']}, 1 thread, trained "
+            "in-process by the worker loop's sampler and train_step. Both see the same irregular noisy "
+            "observations (t = 0 plus n - 1 of 100 grid times on (0, 3]); the RNN gets the time gaps as input. "
+            "RMSE against the noise-free curve; extrapolation: n - 1 targets drawn the same way from 100 grid "
+            "times on (3, 6] (the latent ODE: the posterior-mean trajectory; the RNN: its autoregressive "
+            "rollout); interpolation: observed times 2..n.",
             "",
             f"| observed points | latent ODE extrap. RMSE | RNN extrap. RMSE | latent ODE interp. RMSE | RNN interp. RMSE "
             f"| extrap. RMSE after {b['also_scored_after']} epochs (latent ODE / RNN) | parameters (latent ODE / RNN) "

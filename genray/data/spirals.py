@@ -20,7 +20,7 @@ import math
 
 import torch
 from torch import nn
-from torch.utils.data import TensorDataset
+from torch.utils.data import TensorDataset, default_collate
 
 # --- the spiral system (ode_demo.py) --------------------------------------------------------
 
@@ -62,8 +62,32 @@ def spiral_trajectory(n_points: int = 1000, t_end: float = 25.0,
     return t.clone(), y.clone()
 
 
+class GatheredBatch(tuple):
+    """A batch that `WindowDataset.__getitems__` gathered already: its tensors, each (B, ...)."""
+
+
+class WindowDataset(TensorDataset):
+    """A TensorDataset that hands a DataLoader whole batches. The DataLoader calls `__getitems__`
+    with a batch's indices (from its sampler, DistributedSampler included); one index op per tensor
+    replaces B item lookups and default_collate's stack: 0.12-0.14 -> 0.03-0.04 CPU ms for a batch
+    of 32 windows, about 1% of an `ode` train step. Load it with `collate_fn=collate_gathered`
+    (ODEFamily.collate_fn): torch's default collate would try to stack the gathered tensors."""
+
+    def __getitems__(self, indices: list[int]) -> GatheredBatch:
+        idx = torch.as_tensor(indices)
+        return GatheredBatch(t[idx] for t in self.tensors)
+
+
+def collate_gathered(data):
+    """DataLoader collate_fn: a GatheredBatch as it is (a list of tensors, as default_collate
+    makes of tuples), any other list of items through default_collate."""
+    if isinstance(data, GatheredBatch):
+        return list(data)
+    return default_collate(data)
+
+
 def trajectory_windows(t: torch.Tensor, y: torch.Tensor, window: int, *, noise_std: float = 0.0,
-                       seed: int = 0, limit: int | None = None) -> TensorDataset:
+                       seed: int = 0, limit: int | None = None) -> WindowDataset:
     """Every window of `window` consecutive points of a trajectory, as (t_window, y_window) items.
 
     t_window is t[:window] for every item: the system is autonomous, so a window's clock can
@@ -83,7 +107,7 @@ def trajectory_windows(t: torch.Tensor, y: torch.Tensor, window: int, *, noise_s
         gen = torch.Generator().manual_seed(seed)
         y_windows = y_windows + noise_std * torch.randn(y_windows.shape, generator=gen)
     t_windows = (t[:window] - t[0]).expand(len(starts), window).contiguous()  # (N, window)
-    return TensorDataset(t_windows, y_windows)
+    return WindowDataset(t_windows, y_windows)
 
 
 # --- noisy irregular series on two spirals (latent_ode.py) -----------------------------------
@@ -91,6 +115,9 @@ def trajectory_windows(t: torch.Tensor, y: torch.Tensor, window: int, *, noise_s
 SPIRAL_STOP = 6 * math.pi  # the curves are defined for curve times in [0, 6 pi]
 SPIRAL_B = 0.3  # radius growth, as in the example (a = 0, b = 0.3)
 SPIRAL_OFFSET = 5.0  # the two spirals' centres are (-5, 0) (clockwise) and (5, 0)
+# A series' observed window, and by default its extrapolation window: 100 of the example's 1000
+# points on [0, 6 pi], 6 pi / 10 = 1.885 time units (Chen et al. 2018, 5.1).
+SERIES_SPAN = 6 * math.pi / 10
 
 
 def spiral_curve(s: torch.Tensor, clockwise: torch.Tensor) -> torch.Tensor:
@@ -112,8 +139,8 @@ def spiral_curve(s: torch.Tensor, clockwise: torch.Tensor) -> torch.Tensor:
 SERIES_FIELDS = ("t_obs", "x_obs", "x_obs_clean", "t_ext", "x_ext_clean", "clockwise")
 
 
-def spiral_series(n_series: int, *, n_obs: int = 30, obs_grid: int = 100, obs_span: float = 3.0,
-                  n_extrap: int = 30, extrap_grid: int = 100, extrap_span: float = 3.0,
+def spiral_series(n_series: int, *, n_obs: int = 30, obs_grid: int = 100, obs_span: float = SERIES_SPAN,
+                  n_extrap: int = 100, extrap_grid: int = 100, extrap_span: float = SERIES_SPAN,
                   noise_std: float = 0.3, seed: int = 0) -> TensorDataset:
     """`n_series` noisy, irregularly sampled series on the two spirals.
 

@@ -8,8 +8,8 @@ GET  /            the model's family, epoch, metrics, sizes and request limits
 `mean` is the posterior-mean trajectory decode(z(t; mu)), where mu is the mean of q(z0) given
 the series. The model's clock starts at the first observed time, as in training: query times
 before it extrapolate backwards, between observations interpolate, after the last extrapolate.
-The model was trained on series spanning `obs_span` (3 by default) and scored up to
-`obs_span + extrap_span` (6); much further out it is on its own.
+The model was trained on series spanning `obs_span` (6 pi / 10 = 1.885 by default) and scored up
+to `obs_span + extrap_span` (3.77); much further out it is on its own.
 
 Errors are JSON {"error": "...", "errors": [...]}: 400 for bad JSON; 422 naming the field for
 non-increasing or non-finite times, NaN values, values whose size is not the model's
@@ -30,7 +30,7 @@ from genray.families.ode import SolverError
 
 MAX_OBSERVATIONS = 1000
 MAX_QUERIES = 2000
-MAX_SPAN = 100.0  # |query time - first observed time|; the model was trained on spans of 3 to 6
+MAX_SPAN = 100.0  # |query time - first observed time|; the model was trained on spans of 1.9 and scored to 3.8
 MAX_VALUE = 1e4
 MAX_OBS_DIM = 1024  # values per observation (the model's own size is checked with the model)
 

@@ -29,7 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from genray.data.spirals import SPIRAL_Y0, SpiralField, spiral_trajectory, trajectory_windows
+from genray.data.spirals import SPIRAL_Y0, SpiralField, collate_gathered, spiral_trajectory, trajectory_windows
 from genray.families.base import Family
 
 ADAPTIVE_METHODS = ("dopri5", "dopri8", "bosh3", "fehlberg2", "adaptive_heun")
@@ -231,6 +231,8 @@ class ODEFamily(Family):
     DataConfig = ODEDataConfig
     metric = "val_mse"
     mode = "min"
+    # The training windows come a batch at a time (WindowDataset.__getitems__), not item by item.
+    collate_fn = staticmethod(collate_gathered)
 
     @classmethod
     def load_data(cls, data_cfg: ODEDataConfig) -> tuple[TensorDataset, TensorDataset]:
