@@ -114,7 +114,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         # Training inputs only, transformed on their device; the draws depend on (seed, rank, epoch).
         augment_gen = augment.generator(cfg.train.seed, rank, epoch) if augmenting else None
         sums: dict[str, float] = {}
-        samples, t_steps = 0, time.perf_counter()
+        samples, t_steps, cpu_steps = 0, time.perf_counter(), time.thread_time()
         for i, batch in enumerate(loader):
             batch = family.to_device(batch)
             if augment_gen is not None:
@@ -129,10 +129,13 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             samples += family.batch_size(batch)
             if first_step_at is None:
                 first_step_at = time.time()
+        _, cpu_seconds = global_throughput(samples, time.thread_time() - cpu_steps)
         samples, seconds = global_throughput(samples, time.perf_counter() - t_steps)
         sums = all_reduce_sums(sums)
         metrics = {f"train_{k}": v / max(1, steps_per_epoch * world) for k, v in sums.items()}
         metrics["train_samples_per_s"] = samples / max(seconds, 1e-9)
+        # Per CPU-second of the training thread: what a busy machine disturbs least.
+        metrics["train_samples_per_cpu_s"] = samples / max(cpu_seconds, 1e-9)
         metrics["epoch_started_at"] = started_at  # unix time; consecutive ones give the full epoch wall
         if epoch == start_epoch and first_step_at is not None:
             metrics["first_step_at"] = first_step_at  # unix time this worker finished its first step

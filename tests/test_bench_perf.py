@@ -18,7 +18,7 @@ def test_plain_training_loop_reports_throughput_per_epoch():
                           "--set", "data.limit=96"], capture_output=True, text=True, timeout=120, check=True)
     report = json.loads(out.stdout.strip().splitlines()[-1])
     assert report["world"] == 1 and len(report["epochs"]) == 2
-    assert all(e["samples"] > 0 and e["seconds"] > 0 for e in report["epochs"])
+    assert all(e["samples"] > 0 and e["seconds"] > 0 and e["cpu_seconds"] > 0 for e in report["epochs"])
     assert report["first_step_at"] > 0
 
 

@@ -89,7 +89,7 @@ def test_train_export_serve_query_resume(ray_session, serve_url, tmp_path):
     assert [h["epoch"] for h in first.history] == [0, 1]
     assert first.history[0]["workers"] == 2
     # Throughput and timing for `genray bench perf`: both ranks' samples, over the slowest rank.
-    assert all(h["train_samples_per_s"] > 0 for h in first.history)
+    assert all(h["train_samples_per_s"] > 0 and h["train_samples_per_cpu_s"] > 0 for h in first.history)
     assert first.history[0]["epoch_started_at"] < first.history[0]["first_step_at"] < first.history[1]["epoch_started_at"]
     assert first.best_checkpoint is not None and (first.best_checkpoint / "manifest.json").is_file()
     assert list((first.run_dir / "tensorboard").glob("events.out.tfevents.*"))

@@ -6,7 +6,8 @@ plain DDP over gloo with a DistributedSampler (the standard PyTorch recipe):
     torchrun --nproc_per_node 2 -m genray.bench.plain_train vae --epochs 6 --batch-size 64
 
 Rank 0 prints one JSON line: per epoch the samples trained (all ranks) and the training seconds
-(the slowest rank's; data loading included), and the unix time the first step finished.
+(the slowest rank's; data loading included) and the
+training thread's CPU seconds (the slowest rank's), and the unix time the first step finished.
 """
 
 from __future__ import annotations
@@ -56,14 +57,15 @@ def main() -> None:
     for epoch in range(args.epochs):
         sampler.set_epoch(epoch)
         family.train()
-        samples, started = 0, time.perf_counter()
+        samples, started, cpu_started = 0, time.perf_counter(), time.thread_time()
         for i, batch in enumerate(loader):
             family.train_step(family.to_device(batch), epoch + i / len(loader))
             samples += family.batch_size(batch)
             if first_step_at is None:
                 first_step_at = time.time()
+        _, cpu_seconds = global_throughput(samples, time.thread_time() - cpu_started)
         samples, seconds = global_throughput(samples, time.perf_counter() - started)
-        epochs.append({"samples": samples, "seconds": seconds})
+        epochs.append({"samples": samples, "seconds": seconds, "cpu_seconds": cpu_seconds})
     if rank == 0:
         print(json.dumps({"world": world, "threads": args.threads, "epochs": epochs, "first_step_at": first_step_at}))
     if world > 1:
