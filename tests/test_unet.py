@@ -264,12 +264,13 @@ def test_trains_on_ray_exports_and_serves(ray_session, serve_url, tmp_path):
 
     cfg = build_config("unet", overrides=[
         f"storage={tmp_path / 'runs'}", "name=inpaint", "train.workers=1", "train.epochs=2",
-        "data.limit=256", "data.val_limit=64", "model.channels=8", "train.quality_every=0",
+        "data.limit=512", "data.val_limit=64", "model.channels=8", "train.quality_every=0",
     ])
     summary = fit(cfg, verbose=False)
     history = summary.history
     assert [h["epoch"] for h in history] == [0, 1]
-    assert history[1]["val_masked_mse"] < history[0]["val_masked_mse"] < history[0]["val_mean_fill_mse"]
+    # The UNet starts at the blur baseline (a zero residual) and must have moved below it.
+    assert min(h["val_masked_mse"] for h in history) < history[0]["val_blur_fill_mse"] < history[0]["val_mean_fill_mse"]
     model = export(summary.run_dir, tmp_path / "models" / "unet")
 
     app = build_app({"model": str(model)})
