@@ -14,17 +14,7 @@ import threading
 import time
 from pathlib import Path
 
-from genray import checkpoint
-from genray.config import build_config
-from genray.families import get_family
-
-
-def untrained_model(family: str, folder) -> str:
-    cfg = build_config(family)
-    path = folder / family
-    checkpoint.save(path, family=family, config=cfg.to_dict(), state=get_family(family)(cfg.model).state_dict(),
-                    epoch=0, metrics={})
-    return str(path)
+from genray.deploy.examples import untrained_model
 
 
 def deploy(families: list[str], folder, prefix: str) -> dict[str, str]:
@@ -60,9 +50,8 @@ def delete(names) -> None:
         serve.delete(name, _blocking=False)
 
 
-# One app per distinct set of endpoints: aae, gan and vaegan answer /sample, /encode and /decode
-# with the vae's code (genray.deploy.common), so they would add start-up time and no coverage.
-SERVED = ["vae", "ae", "cvae", "ode", "latent_ode", "heat", "gcn", "mpnn", "charlm", "unet"]
+# Every deployment (test_serve_families checks and fuzzes each one) and the heat app.
+SERVED = ["vae", "ae", "cvae", "gan", "vaegan", "aae", "ode", "latent_ode", "heat", "gcn", "mpnn", "charlm", "unet"]
 _live: dict = {}  # "names": family -> app name, "folder": the models' folder, while deployed
 
 

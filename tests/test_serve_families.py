@@ -1,17 +1,18 @@
 """Every deployment on a real local Serve: a good request answers 200, a bad one a 4xx JSON
 error naming the problem, a property-based fuzz of every POST endpoint (tests/fuzz.py) gets no
-5xx and restarts no replica. Also: each two-player family trains
-under DDP with 2 Ray Train workers."""
+5xx and restarts no replica (the apps are shared with the client and playground tests:
+tests/deployed.py). Also: a two-player family trains under DDP with 2 Ray Train workers."""
 
 import pytest
 import requests
+from deployed import served
 from fuzz import fuzz_deployment
 
 from genray import checkpoint
 from genray.config import build_config
-from genray.deploy import DEPLOYMENTS, build_app
+from genray.deploy import DEPLOYMENTS
 
-from genray.deploy.examples import EXAMPLES, GCN_X, IMAGE, untrained_model
+from genray.deploy.examples import EXAMPLES, GCN_X, IMAGE
 
 # family -> (path, good body, bad body, field the error must name); the good bodies are the
 # deployments' shared examples.
@@ -46,41 +47,25 @@ def check(url: str, path: str, good: dict, bad: dict, field: str) -> None:
     assert requests.post(url + path, json=good, timeout=60).status_code == 200  # still alive
 
 
+@pytest.fixture(scope="module")
+def apps(request, serve_url, tmp_path_factory):
+    """Every deployment on untrained weights, shared with the client and playground tests."""
+    names, _ = served(request, tmp_path_factory)
+    return names
+
+
 @pytest.mark.ray
-def test_every_deployment_answers_and_rejects(serve_url, tmp_path):
-    import time
-
-    from ray import serve
-
-    # Every app is deployed at once (one replica each, num_cpus=0 so none waits for a core):
-    # their start-ups overlap instead of adding up. serve._run is serve.run without the wait.
-    for name in REQUESTS:
-        app = build_app({"model": untrained_model(name, tmp_path)})
-        app = app._bound_deployment.options(ray_actor_options={"num_cpus": 0}).bind(*app._bound_deployment.init_args)
-        serve._run(app, _blocking=False, name=name, route_prefix=f"/{name}")
-    try:
-        deadline = time.monotonic() + 300
-        while True:
-            states = {name: status.status for name, status in serve.status().applications.items() if name in REQUESTS}
-            assert not [n for n, st in states.items() if st == "DEPLOY_FAILED"], states
-            if len(states) == len(REQUESTS) and all(st == "RUNNING" for st in states.values()):
-                break
-            assert time.monotonic() < deadline, f"apps not running after 300 s: {states}"
-            time.sleep(0.5)
-        for name, (path, good, bad, field) in REQUESTS.items():
-            check(f"{serve_url}/{name}", path, good, bad, field)
-            before = replicas(name)  # may list DEAD replicas of an earlier app with this name
-            sent = fuzz_deployment(f"{serve_url}/{name}", path, good)
-            assert sent >= 15
-            alive = {actor for actor, state in before.items() if state == "ALIVE"}
-            assert alive and replicas(name) == before, f"{name}: a replica died or restarted under fuzzing"
-            assert requests.post(f"{serve_url}/{name}{path}", json=good, timeout=60).status_code == 200
-    finally:
-        for name in REQUESTS:
-            serve.delete(name, _blocking=False)
-        deadline = time.monotonic() + 120
-        while set(serve.status().applications) & set(REQUESTS) and time.monotonic() < deadline:
-            time.sleep(0.5)
+def test_every_deployment_answers_and_rejects(serve_url, apps):
+    assert set(REQUESTS) <= set(apps)
+    for family, (path, good, bad, field) in REQUESTS.items():
+        name = apps[family]
+        check(f"{serve_url}/{name}", path, good, bad, field)
+        before = replicas(name)  # may list DEAD replicas of an earlier app with this name
+        sent = fuzz_deployment(f"{serve_url}/{name}", path, good)
+        assert sent >= 15
+        alive = {actor for actor, state in before.items() if state == "ALIVE"}
+        assert alive and replicas(name) == before, f"{family}: a replica died or restarted under fuzzing"
+        assert requests.post(f"{serve_url}/{name}{path}", json=good, timeout=60).status_code == 200
 
 
 def replicas(app: str) -> dict[str, str]:

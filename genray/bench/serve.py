@@ -1,7 +1,7 @@
 """`genray bench serve`: a bounded load test of real Serve deployments on loopback.
 
-For each endpoint, after a warm-up: `requests` requests from `concurrency` client threads (one
-keep-alive session each), as fast as answers come back. Reported: errors (any non-200 or
+For each endpoint, after a warm-up: `requests` requests from `concurrency` asyncio clients
+(genray.bench.loadgen: one keep-alive connection each), as fast as answers come back. Reported: errors (any non-200 or
 exception), throughput, and p50/p99 latency. Endpoints:
 
     gan/sample   one seeded 28x28 sample per request (a GAN checkpoint: --gan, or freshly
@@ -15,52 +15,14 @@ from the replicas, so the figures are a floor, not the capacity of a real node.
 from __future__ import annotations
 
 import tempfile
-import threading
-import time
 from pathlib import Path
-from typing import Any, Callable
-
-import requests
+from typing import Any
 
 from genray.bench import machine, machine_line
-from genray.bench.loadgen import summarise
+from genray.bench.loadgen import load
 from genray.deploy.examples import untrained_model
 
 HEAT_BODY = {"n": 32, "dt": 0.01, "t_end": 0.05, "format": "probe", "points": [[0.5, 0.5]]}
-
-
-def load(url: str, body: Callable[[int], dict], total: int, concurrency: int) -> dict[str, Any]:
-    """`total` POSTs to `url` from `concurrency` threads; latency of each, errors counted."""
-    latencies: list[float] = []
-    errors: list[str] = []
-    counter = iter(range(total))
-    lock = threading.Lock()
-
-    def client() -> None:
-        with requests.Session() as session:
-            while True:
-                with lock:
-                    i = next(counter, None)
-                if i is None:
-                    return
-                started = time.perf_counter()
-                try:
-                    response = session.post(url, json=body(i), timeout=120)
-                    ok, what = response.status_code == 200, str(response.status_code)
-                except requests.RequestException as err:
-                    ok, what = False, type(err).__name__
-                elapsed = time.perf_counter() - started
-                with lock:
-                    (latencies if ok else errors).append(elapsed if ok else what)
-
-    threads = [threading.Thread(target=client) for _ in range(concurrency)]
-    started = time.perf_counter()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    wall = time.perf_counter() - started
-    return summarise(latencies, errors, total, concurrency, wall)
 
 
 def run(*, total: int, concurrency: int, warmup: int, gan_model: str | None, port: int) -> dict[str, Any]:
@@ -78,15 +40,14 @@ def run(*, total: int, concurrency: int, warmup: int, gan_model: str | None, por
     with tempfile.TemporaryDirectory(prefix="genray-bench-serve-") as tmp:
         gan_path = gan_model or untrained_model("gan", Path(tmp))
         apps = {
-            "gan/sample": (build_app({"model": gan_path}), "gan", lambda i: {"n": 1, "seed": i}),
-            "heat/solve": (HeatDeployment.bind(), "heat", lambda i: HEAT_BODY),
+            "gan/sample": (build_app({"model": gan_path}), "gan", {"n": 1, "seed": 0}),  # seed: the request's index
+            "heat/solve": (HeatDeployment.bind(), "heat", HEAT_BODY),
         }
         for endpoint, (app, name, body) in apps.items():
             serve.run(app, name=name, route_prefix=f"/{name}")
             try:
                 url = f"{base}/{endpoint}"
-                load(url, body, warmup, concurrency)
-                results[endpoint] = load(url, body, total, concurrency)
+                results[endpoint] = load(url, body, total=total, concurrency=concurrency, warmup=warmup)
             finally:
                 serve.delete(name)
     return {"machine": machine(), "gan_model": gan_model or "untrained weights", "warmup": warmup,
