@@ -14,6 +14,7 @@ one README table hold both.
 from __future__ import annotations
 
 import json
+import os
 import statistics
 import time
 from pathlib import Path
@@ -25,11 +26,20 @@ GENERATIVE = ["vae", "ae", "cvae", "gan", "vaegan", "aae"]
 SAMPLES = 1000
 GENERATIVE_KEYS = ("machine", "budget", "rows", "ceiling", "claims")
 # Families scored against baselines rather than by samples: their own budgets (Ray Train, 1
-# worker, default model), and one row each in the "scientific" section, kept across runs.
+# worker, default model), rows in the "scientific" section, kept across runs. A family may have
+# several rows (unet: digits, photos, segmentation), each named by its key; all run together.
 SCIENTIFIC_BUDGET = {
     "charlm": ["train.epochs=5", "train.batch_size=64", "data.stride=64"],  # each epoch reads the text once
     "unet": ["train.epochs=15", "train.batch_size=32"],
+    # 4096 random crops of the photos' left 80% a epoch; scored on the held-out right 20%.
+    "unet-photos": ["data.source=photos", "train.epochs=10", "train.batch_size=32"],
+    "unet-segment": ["model.task=segment", "data.source=shapes", "train.epochs=10", "train.batch_size=32"],
 }
+
+
+def family_of(row: str) -> str:
+    """The family a scientific row trains: "unet-photos" -> "unet"."""
+    return row.partition("-")[0]
 
 # The classifier rows: every arm trains through Ray Train (1 worker) and is scored by its val
 # accuracy at the last epoch (no checkpoint picked on val), mean over `seeds` train.seed values.
@@ -90,7 +100,7 @@ def run(families: list[str], epochs: int, out_dir: Path, storage: Path) -> dict[
     previous_file = out_dir / "quality.json"
     previous = json.loads(previous_file.read_text()) if previous_file.is_file() else {}
     generative = [f for f in families if f != "classifier" and f not in SCIENTIFIC_BUDGET]
-    scientific = [f for f in families if f in SCIENTIFIC_BUDGET]
+    scientific = [r for r in SCIENTIFIC_BUDGET if family_of(r) in families]
     result: dict[str, Any] = {}
     if scientific or "scientific" in previous:  # rows of the families not run now are kept
         result["scientific"] = scientific_rows(scientific, out_dir, storage, stamp, previous.get("scientific"))
@@ -199,27 +209,30 @@ def classifier_claims(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     ]
 
 
-def scientific_rows(families: list[str], out_dir: Path, storage: Path, stamp: str,
+def scientific_rows(rows_to_run: list[str], out_dir: Path, storage: Path, stamp: str,
                     previous: dict[str, Any] | None) -> dict[str, Any]:
     """charlm and unet through Ray Train with their own budgets, each against its baselines;
-    the rows of the families not run now come from the previous quality.json."""
+    the rows not run now come from the previous quality.json."""
     from genray.bench import machine
     from genray.config import build_config
     from genray.store import export
     from genray.train import fit
 
-    rows = {r["family"]: r for r in (previous or {}).get("rows", [])}
-    for name in families:
+    rows = {r.get("row", r["family"]): r for r in (previous or {}).get("rows", [])}
+    for key in rows_to_run:
+        name = family_of(key)
         cfg = build_config(name, overrides=[
-            f"name=bench-{name}-{stamp}", f"storage={storage}", "train.workers=1", "train.quality_every=0",
-            *SCIENTIFIC_BUDGET[name]])
+            f"name=bench-{key}-{stamp}", f"storage={storage}", "train.workers=1", "train.quality_every=0",
+            *SCIENTIFIC_BUDGET[key]])
+        load_before = os.getloadavg()[0]  # the machine is shared: train_s depends on it
         summary = fit(cfg, verbose=False)
-        model = export(summary.run_dir, out_dir / "models" / name, replace=True)
+        load = [load_before, os.getloadavg()[0]]
+        model = export(summary.run_dir, out_dir / "models" / key, replace=True)
         row = {"charlm": measure_charlm, "unet": measure_unet}[name](model, summary.history)
-        row.update(train_s=summary.wall_s, budget=SCIENTIFIC_BUDGET[name], machine=machine())
-        rows[name] = row
-        print(f"{name}: " + ", ".join(f"{k} {v:.4g}" for k, v in row.items() if isinstance(v, float)), flush=True)
-    ordered = [rows[f] for f in SCIENTIFIC_BUDGET if f in rows]
+        row.update(row=key, train_s=summary.wall_s, load_1min=load, budget=SCIENTIFIC_BUDGET[key], machine=machine())
+        rows[key] = row
+        print(f"{key}: " + ", ".join(f"{k} {v:.4g}" for k, v in row.items() if isinstance(v, float)), flush=True)
+    ordered = [rows[k] for k in SCIENTIFIC_BUDGET if k in rows]
     return {"rows": ordered, "claims": scientific_claims(ordered)}
 
 
@@ -243,46 +256,68 @@ def measure_charlm(model_path: Path, history: list[dict[str, Any]]) -> dict[str,
     }
 
 
-def measure_unet(model_path: Path, history: list[dict[str, Any]]) -> dict[str, Any]:
-    """Masked-region MSE on the val holes against mean fill and normalized-convolution blur;
-    also the digits-trained model on photo patches it never saw."""
+def unet_scores(family, dataset) -> dict[str, float]:
+    """The family's val metrics (means) over a whole dataset."""
     from torch.utils.data import DataLoader
 
+    sums: dict[str, float] = {}
+    for batch in DataLoader(dataset, batch_size=256):
+        for k, v in family.eval_batch(batch).items():
+            sums[k] = sums.get(k, 0.0) + v
+    return {k: v / len(dataset) for k, v in sums.items()}
+
+
+def measure_unet(model_path: Path, history: list[dict[str, Any]]) -> dict[str, Any]:
+    """inpaint: masked-region MSE on the val holes against mean fill and normalized-convolution
+    blur (and, for the digits model, on the held-out photo patches it never saw); segment: val
+    IoU against Otsu's threshold. Always on the same val images (and holes) for every method."""
     from genray.checkpoint import load_family
-    from genray.data.inpaint import InpaintDataConfig, load_inpaint
+    from genray.data.inpaint import InpaintDataConfig, load_inpaint, photo_parts
 
     family, ckpt = load_family(model_path)
     data = InpaintDataConfig.model_validate(ckpt.config["data"])
-    row = {"family": "unet", "epoch": ckpt.epoch, "data": f"{data.source}, {data.masks} masks",
-           "by_epoch": [h["val_masked_mse"] for h in history]}
-    row.update({k: ckpt.metrics[k] for k in ("val_masked_mse", "val_mean_fill_mse", "val_blur_fill_mse")})
-    if data.source == "digits":
+    task = family.cfg.task
+    if task == "segment":
+        s = data.shapes
+        described = (f"generated shapes ({s.size}x{s.size}, 1-{s.max_shapes} an image, noise {s.noise:g}; "
+                     f"{s.train_images} train / {s.val_images} val)")
+        keys = ("val_iou", "val_otsu_iou")
+    else:
+        photos = (f"photos: {data.photo_crops} random crops of the left 80% a epoch; "
+                  f"{len(photo_parts()[1])} patches of the right 20% val")
+        described = {"digits": "digits", "photos": photos, "both": f"digits + {photos}"}[data.source] \
+            + f", {data.masks} masks"
+        keys = ("val_masked_mse", "val_mean_fill_mse", "val_blur_fill_mse")
+    row = {"family": "unet", "task": task, "source": data.source, "epoch": ckpt.epoch, "data": described,
+           "by_epoch": [h[keys[0]] for h in history], "model": family.cfg.model_dump()}
+    row.update({k: ckpt.metrics[k] for k in keys})
+    if task == "inpaint" and data.source == "digits":
         _, photos = load_inpaint(data.model_copy(update={"source": "photos", "limit": None, "val_limit": None}))
-        sums: dict[str, float] = {}
-        for batch in DataLoader(photos, batch_size=256):
-            for k, v in family.eval_batch(batch).items():
-                sums[k] = sums.get(k, 0.0) + v
-        row["photos"] = {k: v / len(photos) for k, v in sums.items()}
+        row["photos"] = unet_scores(family, photos)
     return row
 
 
 def scientific_claims(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    by = {r["family"]: r for r in rows}
     claims = []
-    if "charlm" in by:
-        r = by["charlm"]
-        claims.append({"claim": "the char-LSTM needs under 60% of the bits per character of the text's unigram entropy",
-                       "holds": r["val_bits_per_char"] < 0.6 * r["unigram_entropy"],
-                       "figures": f"{r['val_bits_per_char']:.3f} vs {r['unigram_entropy']:.3f} bits/char"})
-        claims.append({"claim": "the char-LSTM's val bits per character fall with training",
-                       "holds": r["val_bits_per_char"] < r["by_epoch"][0],
-                       "figures": " → ".join(f"{v:.3f}" for v in r["by_epoch"])})
-    if "unet" in by:
-        r = by["unet"]
-        claims.append({"claim": "the UNet fills holes in val digits better than mean fill and blur (masked MSE)",
-                       "holds": r["val_masked_mse"] < min(r["val_mean_fill_mse"], r["val_blur_fill_mse"]),
-                       "figures": f"{r['val_masked_mse']:.4f} vs {r['val_mean_fill_mse']:.4f} mean, "
-                                  f"{r['val_blur_fill_mse']:.4f} blur"})
+    for r in rows:
+        if r["family"] == "charlm":
+            claims.append({"claim": "the char-LSTM needs under 60% of the bits per character of the text's unigram entropy",
+                           "holds": r["val_bits_per_char"] < 0.6 * r["unigram_entropy"],
+                           "figures": f"{r['val_bits_per_char']:.3f} vs {r['unigram_entropy']:.3f} bits/char"})
+            claims.append({"claim": "the char-LSTM's val bits per character fall with training",
+                           "holds": r["val_bits_per_char"] < r["by_epoch"][0],
+                           "figures": " → ".join(f"{v:.3f}" for v in r["by_epoch"])})
+        elif r.get("task") == "segment":
+            claims.append({"claim": "the UNet segments generated shapes better than Otsu's threshold (val IoU)",
+                           "holds": r["val_iou"] > r["val_otsu_iou"],
+                           "figures": f"{r['val_iou']:.3f} vs {r['val_otsu_iou']:.3f}"})
+        elif r["family"] == "unet":
+            what = {"digits": "val digits", "photos": "held-out photo patches"}.get(r.get("source", "digits"),
+                                                                                     "val images")
+            claims.append({"claim": f"the UNet fills holes in {what} better than mean fill and blur (masked MSE)",
+                           "holds": r["val_masked_mse"] < min(r["val_mean_fill_mse"], r["val_blur_fill_mse"]),
+                           "figures": f"{r['val_masked_mse']:.5f} vs {r['val_mean_fill_mse']:.5f} mean, "
+                                      f"{r['val_blur_fill_mse']:.5f} blur"})
     return claims
 
 
@@ -291,30 +326,44 @@ def scientific_table(section: dict[str, Any]) -> str:
 
     lines = [
         "Scored against baselines (`genray bench quality --families charlm,unet`): Ray Train, 1 worker, default "
-        "model, the budget in each row; the value of the best checkpoint.",
+        "model, the budget in each row; the value of the best checkpoint (ranked by the val loss on the same val "
+        "set; \"by epoch\" ends at the last epoch's value). Every method is scored on the same val images and holes.",
         "",
         "| family | data | metric | model | by epoch | baselines | train s |",
         "|---|---|---|---|---|---|---|",
     ]
     for r in section["rows"]:
         steps = r["by_epoch"]
-        trend = f"{steps[0]:.4g} → {steps[-1]:.4g} ({len(steps)} epochs)"
+        trend = f"{steps[0]:.4g} → {steps[-1]:.4g} ({len(steps)} epochs)"  # first and last epoch
         if r["family"] == "charlm":
             lines.append(f"| charlm | {r['data']} | val bits/char ↓ | {r['val_bits_per_char']:.3f} | {trend} | "
                          f"unigram entropy {r['unigram_entropy']:.3f}; held-out unigram {r['unigram_heldout']:.3f} | "
                          f"{r['train_s']:.0f} |")
+        elif r.get("task") == "segment":
+            lines.append(f"| unet, segment | {r['data']} | val IoU ↑ | {r['val_iou']:.3f} | "
+                         f"{steps[0]:.3f} → {steps[-1]:.3f} ({len(steps)} epochs) | "
+                         f"Otsu threshold (σ = 1 smoothing) {r['val_otsu_iou']:.3f} | {r['train_s']:.0f} |")
         elif r["family"] == "unet":
-            lines.append(f"| unet | {r['data']} | val masked MSE ↓ | {r['val_masked_mse']:.4f} | {trend} | "
-                         f"mean fill {r['val_mean_fill_mse']:.4f}; blur fill {r['val_blur_fill_mse']:.4f} | "
+            lines.append(f"| unet, inpaint | {r['data']} | val masked MSE ↓ | {r['val_masked_mse']:.5f} | {trend} | "
+                         f"mean fill {r['val_mean_fill_mse']:.5f}; blur fill {r['val_blur_fill_mse']:.5f} | "
                          f"{r['train_s']:.0f} |")
             if "photos" in r:
                 p = r["photos"]
-                lines.append(f"| unet, trained on digits | photo patches (never seen) | val masked MSE ↓ | "
-                             f"{p['val_masked_mse']:.4f} | — | mean fill {p['val_mean_fill_mse']:.4f}; "
-                             f"blur fill {p['val_blur_fill_mse']:.4f} | — |")
+                lines.append(f"| unet, inpaint, trained on digits | photo patches (never seen) | val masked MSE ↓ | "
+                             f"{p['val_masked_mse']:.5f} | — | mean fill {p['val_mean_fill_mse']:.5f}; "
+                             f"blur fill {p['val_blur_fill_mse']:.5f} | — |")
     lines.append("")
     for r in section["rows"]:
-        lines.append(f"- {r['family']}: budget `{' '.join(r['budget'])}`. {machine_line(r['machine'])}")
+        load = f" Load average (1 min) {r['load_1min'][0]:.1f} before, {r['load_1min'][1]:.1f} after training." \
+            if "load_1min" in r else ""
+        lines.append(f"- {r.get('row', r['family'])}: budget `{' '.join(r['budget'])}`. {machine_line(r['machine'])}{load}")
+        if r["family"] == "unet" and "model" in r:
+            m = r["model"]
+            how = (f"the hole enters pre-filled by {m['prefill']} fill" + (
+                   ", and the UNet adds a residual to the blur inside it (its last layer starts at zero)"
+                   if m["prefill"] == "blur" else "") if m["task"] == "inpaint"
+                   else "loss BCE + soft Dice, threshold 0.5")
+            lines.append(f"- {r['row']}: {m['channels']} channels, depth {m['depth']}, norm {m['norm']}; {how}.")
         if "sample" in r:
             lines.append(f"- charlm sample (prompt \"The \", T = 0.8, seed 0): `{r['sample'][:160]!r}`")
     if section["claims"]:
