@@ -480,7 +480,10 @@ def bench_series(quick: bool, log=print) -> dict:
         rows.append(row)
         log(f"series n_obs={n_obs}: extrapolation RMSE latent_ode {row['latent_ode_extrap_rmse']:.4f}, "
             f"rnn {row['rnn_extrap_rmse']:.4f}")
-    return {"budget": budget, "rows": rows}
+    from genray.families.latent_ode import SeriesDataConfig
+
+    data = SeriesDataConfig().model_dump(include={"obs_grid", "obs_span", "n_extrap", "extrap_grid", "extrap_span"})
+    return {"budget": budget, "data": data, "rows": rows}
 
 
 # --- the whole bench ------------------------------------------------------------------------
@@ -578,16 +581,18 @@ def markdown_table(result: dict) -> str:
     if "latent_ode" in result:
         lat = result["latent_ode"]
         b = lat["budget"]
+        d = lat["data"]
         lines += [
             "",
             f"`latent_ode` vs the `rnn` baseline, each with its default config: {b['n_train']} training / "
             f"{b['n_val']} held-out noisy spirals, the same budget for both: {b['epochs']} epochs of batch "
             f"{b['batch_size']} (the same optimizer steps on the same batches), seed {b['seed']}, 1 thread, trained "
             "in-process by the worker loop's sampler and train_step. Both see the same irregular noisy "
-            "observations (t = 0 plus n - 1 of 100 grid times on (0, 3]); the RNN gets the time gaps as input. "
-            "RMSE against the noise-free curve; extrapolation: n - 1 targets drawn the same way from 100 grid "
-            "times on (3, 6] (the latent ODE: the posterior-mean trajectory; the RNN: its autoregressive "
-            "rollout); interpolation: observed times 2..n.",
+            f"observations (t = 0 plus n - 1 of the {d['obs_grid']} grid times on (0, {d['obs_span']:.3f}]); the RNN "
+            "gets the time gaps as input. RMSE against the noise-free curve; extrapolation: at "
+            f"{d['n_extrap']} of the {d['extrap_grid']} grid times on ({d['obs_span']:.3f}, "
+            f"{d['obs_span'] + d['extrap_span']:.3f}] (the latent ODE: its posterior-mean trajectory; the RNN: its "
+            "autoregressive rollout); interpolation: observed times 2..n.",
             "",
             f"| observed points | latent ODE extrap. RMSE | RNN extrap. RMSE | latent ODE interp. RMSE | RNN interp. RMSE "
             f"| extrap. RMSE after {b['also_scored_after']} epochs (latent ODE / RNN) | parameters (latent ODE / RNN) "
