@@ -177,6 +177,9 @@ def test_untrained_blur_prefilled_unet_is_exactly_the_blur_baseline():
     assert torch.equal(family.inpaint(image, mask), blur_fill(image, mask).clamp(0, 1))
     plain = get_family("unet")(UNetConfig(channels=4, prefill="zero"))
     assert not torch.allclose(plain.inpaint(image, mask), blur_fill(image, mask))
+    decaying = get_family("unet")(UNetConfig(channels=4, lr=0.004, lr_halflife=1.0))
+    decaying.train_step((image, mask), epoch=2.0)
+    assert decaying.optimizers["unet"].param_groups[0]["lr"] == pytest.approx(0.001)  # halved twice
 
 
 def test_segmentation_beats_otsu_after_a_little_training_and_tasks_match_their_data():
