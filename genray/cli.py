@@ -538,16 +538,26 @@ def bench_ode(
     path: Optional[str] = typer.Option(None, help="How genray's ode side runs: ray-train (default) or in-process "
                                                   "(the default with --quick)."),
     rounds: Optional[int] = typer.Option(None, help="Interleaved rounds of the ode comparison (3; 1 with --quick)."),
+    parts: str = typer.Option("ode,latent_ode", help="Parts to run (comma-separated); a part not run is kept "
+                                                     "from the previous ode.json in --out."),
     out: Path = typer.Option(Path("bench_results"), help="Folder for ode.json and ode.md."),
     storage: Path = typer.Option(Path("runs"), help="Where the bench's Ray Train runs go."),
     readme: Optional[Path] = typer.Option(None, help="Also replace the table between <!-- bench:ode --> markers."),
 ) -> None:
     """ode vs the same loop in plain torchdiffeq (time, NFE, memory, error; adjoint on and off); latent_ode vs rnn."""
-    from genray.bench.ode import markdown_table, run
+    import json
+
+    from genray.bench.ode import PARTS, markdown_table, run
 
     if path not in (None, "ray-train", "in-process"):
         fail(f"--path must be ray-train or in-process, got {path!r}")
-    result = run(quick=quick, path=path, rounds=rounds, storage=storage, log=typer.echo)
+    chosen = tuple(p.strip() for p in parts.split(",") if p.strip())
+    if not chosen or set(chosen) - set(PARTS):
+        fail(f"--parts takes {' and '.join(PARTS)} (comma-separated), got {parts!r}")
+    previous_file = out / "ode.json"
+    previous = json.loads(previous_file.read_text()) if previous_file.is_file() else None
+    result = run(quick=quick, path=path, rounds=rounds, storage=storage, parts=chosen, previous=previous,
+                 log=typer.echo)
     finish_bench("ode", result, markdown_table(result), out, readme)
 
 
@@ -619,7 +629,7 @@ def bench_perf(
     concurrency: str = typer.Option("1,8,32", help="Client concurrencies for the serving part."),
     requests_: int = typer.Option(1000, "--requests", help="Requests per serving measurement."),
     serve_rounds: int = typer.Option(2, help="Interleaved rounds of each serving measurement."),
-    replicas: int = typer.Option(1, help="Serve replicas per app."),
+    replicas: str = typer.Option("1,2", help="Serve replicas per app, each setting measured in turn (comma-separated)."),
     storage: Path = typer.Option(Path("runs"), help="Where the bench's training runs go."),
     out: Path = typer.Option(Path("bench_results"), help="Folder for perf.json and perf.md."),
     readme: Optional[Path] = typer.Option(None, help="Also replace the table between <!-- bench:perf --> markers."),
@@ -633,10 +643,11 @@ def bench_perf(
         fail(f"--parts takes training, inference and serving; got {parts!r}")
     try:
         levels = [int(c) for c in concurrency.split(",")]
+        replica_counts = [int(n) for n in replicas.split(",")]
     except ValueError:
-        fail(f"--concurrency takes comma-separated integers, got {concurrency!r}")
+        fail(f"--concurrency and --replicas take comma-separated integers, got {concurrency!r}, {replicas!r}")
     result = run(family=family, epochs=epochs, batch_size=batch_size, train_rounds=train_rounds, overrides=list(set_),
-                 concurrencies=levels, requests=requests_, serve_rounds=serve_rounds, replicas=replicas, parts=chosen,
+                 concurrencies=levels, requests=requests_, serve_rounds=serve_rounds, replicas=replica_counts, parts=chosen,
                  storage=storage.resolve(), log=typer.echo)
     finish_bench("perf", result, markdown_table(result), out, readme)
 

@@ -49,3 +49,18 @@ def test_bench_ode_quick_writes_json_markdown_and_readme(tmp_path):
     assert "plain torchdiffeq" in markdown and "| 100 |" in markdown
     text = readme.read_text()
     assert "old table" not in text and "plain torchdiffeq" in text and text.endswith("<!-- /bench:ode -->\nafter\n")
+
+
+def test_a_part_run_alone_keeps_the_other_from_the_previous_file(tmp_path):
+    runner = CliRunner()
+    assert runner.invoke(app, ["bench", "ode", "--quick", "--out", str(tmp_path)]).exit_code == 0
+    before = json.loads((tmp_path / "ode.json").read_text())
+    result = runner.invoke(app, ["bench", "ode", "--quick", "--parts", "ode", "--out", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    after = json.loads((tmp_path / "ode.json").read_text())
+    assert after["latent_ode"] == before["latent_ode"]  # kept, with when it was measured
+    assert after["latent_ode"]["measured"]["machine"] == before["machine"]
+    assert len(after["targets"]) == 5
+
+    bad = runner.invoke(app, ["bench", "ode", "--quick", "--parts", "ode,spirals", "--out", str(tmp_path)])
+    assert bad.exit_code == 2 and "--parts takes ode and latent_ode" in bad.output

@@ -59,3 +59,21 @@ def test_plain_server_and_load_generator(tmp_path):
 ])
 def test_targets_are_judged_from_the_ratios(result, holds):
     assert [t["holds"] for t in perf.targets(result)] == holds
+
+
+def test_serving_targets_are_judged_for_every_replica_setting_against_the_plain_server():
+    def cell(rps, p50):
+        return {"throughput_rps": rps, "p50_ms": p50}
+
+    one, two = f"{perf.GENRAY}, 1 replica)", f"{perf.GENRAY}, 2 replicas)"
+    result = {"serving": {"endpoints": {"gan/sample": {
+        "1": {one: cell(300, 2.9), perf.PLAIN: cell(500, 2.0), two: cell(250, 3.1)},
+        "32": {one: cell(1100, 27), perf.PLAIN: cell(500, 60), two: cell(900, 30)},
+    }}}}
+    judged = {t["target"]: t["holds"] for t in perf.targets(result)}
+    assert judged == {
+        f"gan/sample, {one}: throughput at concurrency 32 >= 2 x plain": True,
+        f"gan/sample, {one}: p50 at concurrency 1 <= 1.5 x plain": True,
+        f"gan/sample, {two}: throughput at concurrency 32 >= 2 x plain": False,
+        f"gan/sample, {two}: p50 at concurrency 1 <= 1.5 x plain": False,
+    }

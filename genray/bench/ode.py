@@ -504,15 +504,22 @@ def check_targets(result: dict) -> list[dict]:
     return targets
 
 
+PARTS = ("ode", "latent_ode")
+
+
 def run(*, quick: bool = False, path: str | None = None, rounds: int | None = None,
-        storage: Path = Path("runs"), parts: tuple[str, ...] = ("ode", "latent_ode"), log=print) -> dict:
+        storage: Path = Path("runs"), parts: tuple[str, ...] = PARTS, previous: dict | None = None,
+        log=print) -> dict:
     """The whole bench: a dict for bench_results/ode.json. `path`: "ray-train" (default) or "in-process"
-    (the default with quick, so that a smoke test needs no Ray run)."""
+    (the default with quick, so that a smoke test needs no Ray run). A part not run now is kept
+    from `previous` (the last ode.json), each part with the machine and load it was measured under."""
     from genray.bench import machine
 
     path = path or ("in-process" if quick else "ray-train")
     if path not in ("ray-train", "in-process"):
         raise ValueError(f"path must be 'ray-train' or 'in-process', got {path!r}")
+    if not parts or set(parts) - set(PARTS):
+        raise ValueError(f"parts must be among {', '.join(PARTS)}, got {', '.join(parts) or 'none'}")
     rounds = rounds or (1 if quick else 3)
     if path == "ray-train" and "ode" in parts:
         import ray
@@ -522,13 +529,19 @@ def run(*, quick: bool = False, path: str | None = None, rounds: int | None = No
     t0 = time.time()
     result: dict[str, Any] = {"machine": machine(), "quick": quick,
                               "load_average_start": list(os.getloadavg())}
-    if "ode" in parts:
-        result["ode"] = bench_ode(quick, path, Path(storage).resolve(), rounds, log)
-    if "latent_ode" in parts:
-        result["latent_ode"] = bench_series(quick, log)
+    for part in parts:
+        started = list(os.getloadavg())
+        result[part] = (bench_ode(quick, path, Path(storage).resolve(), rounds, log) if part == "ode"
+                        else bench_series(quick, log))
+        result[part]["measured"] = {"machine": result["machine"], "load_average_start": started,
+                                    "load_average_end": list(os.getloadavg())}
+    for part in set(PARTS) - set(parts):
+        if previous and part in previous and previous.get("quick") == quick:  # never mix smoke and real figures
+            kept = result[part] = previous[part]
+            kept.setdefault("measured", {k: previous[k] for k in ("machine", "load_average_start", "load_average_end")})
     result["load_average_end"] = list(os.getloadavg())
     result["wall_s"] = time.time() - t0
-    if "ode" in parts and "latent_ode" in parts:
+    if all(part in result for part in PARTS):
         result["targets"] = check_targets(result)
     return result
 
@@ -543,11 +556,20 @@ def _one(values: list) -> str:
 def markdown_table(result: dict) -> str:
     from genray.bench import machine_line
 
-    lines = [machine_line(result["machine"]) + f" Load average {result['load_average_start'][0]:.1f} at the start, "
-             f"{result['load_average_end'][0]:.1f} at the end" + (" (--quick: smoke-test sizes)." if result["quick"] else ".")]
+    # Each part says when and under what load it was measured (a part may be kept from an earlier run).
+    lines = ["Smoke-test sizes (--quick): the figures mean little."] if result["quick"] else []
+    def measured(part: dict) -> list[str]:
+        m = part.get("measured")
+        if m is None:
+            return []
+        line = (machine_line(m["machine"]) + f" Load average {m['load_average_start'][0]:.1f} at the start, "
+                f"{m['load_average_end'][0]:.1f} at the end.")
+        return ["", line] if lines else [line]
+
     if "ode" in result:
         ode = result["ode"]
         s = ode["settings"]
+        lines += measured(ode)
         impls = ode.get("implementations", ["genray", "plain"])
         lines += [
             "",
@@ -582,6 +604,7 @@ def markdown_table(result: dict) -> str:
         lat = result["latent_ode"]
         b = lat["budget"]
         d = lat["data"]
+        lines += measured(lat)
         lines += [
             "",
             f"`latent_ode` vs the `rnn` baseline, each with its default config: {b['n_train']} training / "
