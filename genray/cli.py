@@ -132,6 +132,8 @@ def serve(
     config: Path = typer.Argument(..., help="Serve config YAML, e.g. serve/vae.yaml."),
     throughput: bool = typer.Option(False, "--throughput", help="Ray Serve's throughput mode on the local Ray this "
                                     "starts: HAProxy in front, replicas answering HTTP directly (see README)."),
+    access_log: bool = typer.Option(True, "--access-log/--no-access-log", help="Log every request in the replicas' "
+                                    "logs (Serve's default); off is what `genray bench perf` measures."),
 ) -> None:
     """Start the applications of a Serve config (the same file `serve run` takes); Ctrl-C stops."""
     import yaml
@@ -153,7 +155,21 @@ def serve(
         os.environ.update(THROUGHPUT_ENV)
     from ray.serve.scripts import cli as serve_cli
 
+    if not access_log:
+        import tempfile
+
+        quiet = Path(tempfile.mkdtemp(prefix="genray-serve-")) / config.name
+        quiet.write_text(yaml.safe_dump(without_access_log(spec), sort_keys=False))
+        config = quiet
     serve_cli.main(["run", str(config)], prog_name="genray serve")
+
+
+def without_access_log(spec: dict) -> dict:
+    """A Serve config whose applications log no line per request (Serve's application-level
+    logging_config; a deployment's own logging_config still wins)."""
+    apps = [{**a, "logging_config": {**(a.get("logging_config") or {}), "enable_access_log": False}}
+            for a in spec.get("applications", [])]
+    return {**spec, "applications": apps}
 
 
 @app.command()

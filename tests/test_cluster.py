@@ -123,3 +123,14 @@ def test_job_specs_validate(path):
     assert (REPO / "jobs" / spec.entrypoint).is_file()
     cfg = spec.run_config()
     assert cfg.train.workers == spec.workers and cfg.train.use_gpu == (spec.gpus_per_worker > 0)
+
+
+@pytest.mark.parametrize("path", sorted(p.name for p in (REPO / "serve").glob("*.yaml")))
+def test_no_access_log_config_is_still_a_valid_serve_config(path):
+    from genray.cli import without_access_log
+
+    config = yaml.safe_load((REPO / "serve" / path).read_text())
+    quiet = without_access_log(config)
+    parsed = ServeDeploySchema.model_validate(quiet)
+    assert all(app.logging_config.enable_access_log is False for app in parsed.applications)
+    assert [a["deployments"] for a in quiet["applications"]] == [a["deployments"] for a in config["applications"]]
