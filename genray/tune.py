@@ -44,7 +44,7 @@ from genray.config import ConfigError, RunConfig, apply_override
 from genray.data import uri
 from genray.families import get_family
 from genray.metrics import store_root
-from genray.train import run_dir_of, train_loop_per_worker
+from genray.train import collect_reports_promptly, run_dir_of, train_loop_per_worker
 
 DOMAINS = {
     "loguniform": lambda a: tune.loguniform(*a),
@@ -158,6 +158,7 @@ def run_trial(config: dict[str, Any], base: dict[str, Any], train_storage: str, 
     remote = uri.is_s3(train_storage)
     storage_path, fs = ray_storage(train_storage, fs)
     channel = Queue(maxsize=4, actor_options={"num_cpus": 0})
+    collect_reports_promptly()
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"run": cfg.to_dict(), "run_dir": str(run_dir_of(train_storage, run_name)),

@@ -165,3 +165,20 @@ def test_train_export_serve_query_resume(ray_session, serve_url, tmp_path):
         assert requests.post(url + "/sample", json={"n": 1}, timeout=30).status_code == 200
     finally:
         serve.delete(spec["name"])
+
+
+def test_the_train_controller_is_told_to_collect_reports_promptly(monkeypatch):
+    """Ray Train's controller takes a worker's report only when it polls (2 s by default) and the
+    worker's next report waits for that: genray's drivers ask for a short interval, and a user's
+    own setting wins."""
+    from ray.train.v2._internal.constants import get_env_vars_to_propagate
+
+    from genray.train import REPORT_POLL_ENV, collect_reports_promptly
+
+    (key, value), = REPORT_POLL_ENV.items()
+    monkeypatch.delenv(key, raising=False)
+    collect_reports_promptly()
+    assert get_env_vars_to_propagate()[key] == value and float(value) <= 0.25
+    monkeypatch.setenv(key, "1.5")
+    collect_reports_promptly()
+    assert get_env_vars_to_propagate()[key] == "1.5"
