@@ -53,7 +53,7 @@ class Budget:
 
 FULL = Budget(gcn_epochs=200, mpnn_epochs=100, throughput_epochs=12, warmup_epochs=2, num_graphs=600,
               batch_size=32, cpus_per_worker=1.0, concurrent=False)
-QUICK = Budget(gcn_epochs=4, mpnn_epochs=3, throughput_epochs=3, warmup_epochs=1, num_graphs=60,
+QUICK = Budget(gcn_epochs=2, mpnn_epochs=2, throughput_epochs=2, warmup_epochs=1, num_graphs=60,
                batch_size=16, cpus_per_worker=0.25, concurrent=True)
 
 
