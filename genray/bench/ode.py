@@ -558,13 +558,13 @@ def markdown_table(result: dict) -> str:
 
     # Each part says when and under what load it was measured (a part may be kept from an earlier run).
     lines = ["Smoke-test sizes (--quick): the figures mean little."] if result["quick"] else []
+
     def measured(part: dict) -> list[str]:
         m = part.get("measured")
         if m is None:
             return []
-        line = (machine_line(m["machine"]) + f" Load average {m['load_average_start'][0]:.1f} at the start, "
-                f"{m['load_average_end'][0]:.1f} at the end.")
-        return ["", line] if lines else [line]
+        return ["", machine_line(m["machine"]) + f" Load average {m['load_average_start'][0]:.1f} at the start, "
+                f"{m['load_average_end'][0]:.1f} at the end."]
 
     if "ode" in result:
         ode = result["ode"]
@@ -631,4 +631,4 @@ def markdown_table(result: dict) -> str:
     if result.get("targets"):
         lines += ["", "| target | holds | figures |", "|---|---|---|"]
         lines += [f"| {t['target']} | {'yes' if t['holds'] else 'no'} | {t['figures']} |" for t in result["targets"]]
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines).lstrip("\n") + "\n"  # a part's blank separator may lead
