@@ -38,7 +38,12 @@ def connect(address: Optional[str]) -> None:
     if ray.is_initialized():
         return
     address = address or os.environ.get("RAY_ADDRESS")
-    ray.init(address=address or "local", log_to_driver=True)
+    if address:
+        ray.init(address=address, log_to_driver=True)
+    else:
+        from genray.train import start_local_ray
+
+        start_local_ray(log_to_driver=True)
 
 
 @app.command()

@@ -17,7 +17,7 @@ def run_demo(*, workers: int, epochs: int, out: Path, storage: str, store: Path,
     from genray.config import build_config
     from genray.deploy import build_app
     from genray.store import export
-    from genray.train import fit
+    from genray.train import fit, start_local_ray
 
     t0 = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
@@ -26,7 +26,7 @@ def run_demo(*, workers: int, epochs: int, out: Path, storage: str, store: Path,
                                          f"name={name}", f"storage={storage}"])
     started_ray = not ray.is_initialized()
     if started_ray:
-        ray.init(address="local")
+        start_local_ray()
     try:
         print(f"== 1/4 training {cfg.family} with {workers} Ray Train workers for {epochs} epochs")
         summary = fit(cfg)

@@ -29,9 +29,11 @@ def free_port() -> int:
 def ray_session():
     import ray
 
+    from genray.train import start_local_ray
+
     # The dashboard serves Ray's state API, which Ray Train's PlacementGroupCleaner needs to see
     # that a stopped Tune trial's controller is dead and free its workers' placement group.
-    ray.init(address="local", num_cpus=2, include_dashboard=True, dashboard_port=free_port(),
+    start_local_ray(num_cpus=2, include_dashboard=True, dashboard_port=free_port(),
              log_to_driver=False)
     try:
         yield ray

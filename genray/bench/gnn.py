@@ -189,7 +189,9 @@ def run(storage: Path, quick: bool = False) -> dict[str, Any]:
     from genray.data.graphs import split_graph_data
 
     if not ray.is_initialized():
-        ray.init(address="local")
+        from genray.train import start_local_ray
+
+        start_local_ray()
     budget = QUICK if quick else FULL
     stamp = time.strftime("%Y%m%d-%H%M%S")
     gcn_common = [f"train.epochs={budget.gcn_epochs}", f"train.checkpoint_every={max(1, budget.gcn_epochs // 10)}"]

@@ -525,7 +525,9 @@ def run(*, quick: bool = False, path: str | None = None, rounds: int | None = No
         import ray
 
         if not ray.is_initialized():
-            ray.init(address="local")
+            from genray.train import start_local_ray
+
+            start_local_ray()
     t0 = time.time()
     result: dict[str, Any] = {"machine": machine(), "quick": quick,
                               "load_average_start": list(os.getloadavg())}

@@ -93,10 +93,10 @@ def run(families: list[str], epochs: int, out_dir: Path, storage: Path) -> dict[
     from genray.config import build_config
     from genray.metrics import real_ceiling
     from genray.store import export
-    from genray.train import fit
+    from genray.train import fit, start_local_ray
 
     if not ray.is_initialized():
-        ray.init(address="local")
+        start_local_ray()
     stamp = time.strftime("%Y%m%d-%H%M%S")
     previous_file = out_dir / "quality.json"
     previous = json.loads(previous_file.read_text()) if previous_file.is_file() else {}

@@ -85,7 +85,9 @@ def run(family: str, *, num_samples: int, epochs: int, max_concurrent: int, seed
     from genray.tune import build_tuner, load_space
 
     if not ray.is_initialized():
-        ray.init(address="local", log_to_driver=False)
+        from genray.train import start_local_ray
+
+        start_local_ray(log_to_driver=False)
     spec = load_space(family, None)
     base = build_config(family, None, ["train.workers=1", f"train.epochs={epochs}", *overrides])
     stamp = time.strftime("%Y%m%d-%H%M%S")
