@@ -119,13 +119,15 @@ def sample_quality(images: torch.Tensor, wanted: torch.Tensor | None = None) -> 
         raise ValueError(f"need at least 20 images for stable statistics, got {len(images)}")
     classifier = get_classifier()
     images = images.float().clamp(0, 1)
-    probs = classifier.predict_proba(images).double().cpu()  # (N, 10)
+    # One pass of the classifier for both (two took 0.49 s of a 0.50 s call for 500 images, 1 thread).
+    features, probs = classifier.features_and_proba(images)
+    probs = probs.double().cpu()  # (N, 10)
     marginal = probs.mean(0)
     kl = (probs * (probs.clamp_min(1e-12).log() - marginal.clamp_min(1e-12).log())).sum(1)
     share = torch.bincount(probs.argmax(1), minlength=10).double() / len(images)
     out = {
         "is": math.exp(kl.mean().item()),
-        "fid": frechet_distance(*gaussian(classifier.features(images)), *reference_stats()),
+        "fid": frechet_distance(*gaussian(features), *reference_stats()),
         "classes_covered": float((share >= COVERED_SHARE / 10).sum().item()),
         "max_class_share": share.max().item(),
     }

@@ -47,3 +47,11 @@ def test_bad_input():
         metrics.sample_quality(torch.rand(30, 28, 28))
     with pytest.raises(ValueError, match="at least 20"):
         metrics.sample_quality(torch.rand(5, 1, 28, 28))
+
+
+def test_one_classifier_pass_gives_both_features_and_probabilities(val):
+    x, _ = val
+    classifier = metrics.get_classifier()
+    features, probs = classifier.features_and_proba(x[:64])
+    assert torch.equal(features, classifier.features(x[:64]))
+    assert torch.equal(probs, classifier.predict_proba(x[:64]))

@@ -93,3 +93,10 @@ class ClassifierFamily(Family):
     @torch.no_grad()
     def features(self, x: torch.Tensor) -> torch.Tensor:
         return self.nets["classifier"].features(x.to(self.device))
+
+    @torch.no_grad()
+    def features_and_proba(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """features(x) and predict_proba(x) from one pass of the body: (B, features), (B, 10)."""
+        net = self.nets["classifier"]
+        features = net.features(x.to(self.device))
+        return features, F.softmax(net.head(features), dim=1)
