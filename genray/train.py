@@ -433,6 +433,16 @@ def read_history(run: str | Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in text.splitlines() if line.strip()]
 
 
+def scaling_for(cfg: RunConfig, min_workers: int = 0) -> ScalingConfig:
+    """The run's workers, each with its CPUs and, when the run asks for GPUs (or leaves
+    train.use_gpu unset on a cluster that has them), one GPU. genray train and Tune trials alike."""
+    use_gpu = cfg.train.use_gpu
+    if use_gpu is None:
+        use_gpu = ray.cluster_resources().get("GPU", 0) > 0
+    return ScalingConfig(num_workers=max(min_workers, cfg.train.workers), use_gpu=use_gpu,
+                         resources_per_worker={"CPU": cfg.train.cpus_per_worker, **({"GPU": 1} if use_gpu else {})})
+
+
 def fit(cfg: RunConfig, *, resume: bool = False, verbose: bool = True) -> TrainSummary:
     """Train `cfg` on the connected Ray cluster (one is started locally if none is)."""
     if not ray.is_initialized():
@@ -445,19 +455,12 @@ def fit(cfg: RunConfig, *, resume: bool = False, verbose: bool = True) -> TrainS
     fs = uri.s3_filesystem() if remote else None
     storage_path = cfg.storage[len("s3://"):].rstrip("/") if remote else str(run_dir.parent)
     family = get_family(cfg.family)
-    use_gpu = cfg.train.use_gpu
-    if use_gpu is None:
-        use_gpu = ray.cluster_resources().get("GPU", 0) > 0
     collect_reports_promptly()
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"run": cfg.to_dict(), "run_dir": str(run_dir), "store": str(store_root()),
                            "run_uri": run_uri, "run_fs": fs},
-        scaling_config=ScalingConfig(
-            num_workers=cfg.train.workers,
-            use_gpu=use_gpu,
-            resources_per_worker={"CPU": cfg.train.cpus_per_worker, **({"GPU": 1} if use_gpu else {})},
-        ),
+        scaling_config=scaling_for(cfg),
         run_config=ray.train.RunConfig(
             name=cfg.name,
             storage_path=storage_path,

@@ -35,7 +35,7 @@ import ray.train
 import ray.tune
 import yaml
 from ray import tune
-from ray.train import CheckpointConfig, FailureConfig, ScalingConfig, UserCallback
+from ray.train import CheckpointConfig, FailureConfig, UserCallback
 from ray.train.torch import TorchTrainer
 from ray.util.queue import Queue
 
@@ -44,7 +44,7 @@ from genray.config import ConfigError, RunConfig, apply_override
 from genray.data import uri
 from genray.families import get_family
 from genray.metrics import store_root
-from genray.train import collect_reports_promptly, run_dir_of, train_loop_per_worker
+from genray.train import collect_reports_promptly, run_dir_of, scaling_for, train_loop_per_worker
 
 DOMAINS = {
     "loguniform": lambda a: tune.loguniform(*a),
@@ -164,9 +164,7 @@ def run_trial(config: dict[str, Any], base: dict[str, Any], train_storage: str, 
         train_loop_config={"run": cfg.to_dict(), "run_dir": str(run_dir_of(train_storage, run_name)),
                            "store": store, "init_from": init_from,
                            "run_uri": uri.join(train_storage, run_name), "run_fs": fs},
-        scaling_config=ScalingConfig(num_workers=max(1, cfg.train.workers),
-                                     use_gpu=bool(cfg.train.use_gpu),
-                                     resources_per_worker={"CPU": cfg.train.cpus_per_worker}),
+        scaling_config=scaling_for(cfg, min_workers=1),
         run_config=ray.train.RunConfig(
             name=run_name, storage_path=storage_path, storage_filesystem=fs,
             checkpoint_config=CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints),

@@ -51,3 +51,22 @@ def test_file_errors(tmp_path):
     other.write_text("family: gan\n")
     with pytest.raises(ConfigError, match="the command says 'vae'"):
         build_config("vae", other)
+
+
+def test_workers_get_a_gpu_each_when_asked_or_when_the_cluster_has_them(monkeypatch):
+    """genray train and Tune trials size their workers with one function (a trial had taken an
+    unset train.use_gpu as no GPU, even on a GPU cluster)."""
+    import ray
+
+    from genray.train import scaling_for
+
+    cfg = build_config("vae", overrides=["train.workers=2", "train.cpus_per_worker=3"])
+    assert cfg.train.use_gpu is None
+    monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 16.0, "GPU": 2.0})
+    gpus = scaling_for(cfg)
+    assert gpus.num_workers == 2 and gpus.use_gpu and gpus.resources_per_worker == {"CPU": 3, "GPU": 1}
+    monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 2.0})
+    cpus = scaling_for(cfg)
+    assert not cpus.use_gpu and cpus.resources_per_worker == {"CPU": 3}
+    off = scaling_for(build_config("vae", overrides=["train.workers=0", "train.use_gpu=false"]), min_workers=1)
+    assert off.num_workers == 1 and not off.use_gpu
