@@ -44,12 +44,14 @@ class RequestTimeout(APIError, TimeoutError):
 
 @dataclass
 class Extrapolation:
-    """A latent ODE's answer: the posterior-mean trajectory at the query times and q(z0)."""
+    """A latent ODE's answer: the trajectory at the query times, q(z0), and the z0 it started from
+    (z0_mean, or the refined code when refine_steps was asked)."""
 
     query_times: np.ndarray  # (m,)
     mean: np.ndarray  # (m, obs_dim)
     z0_mean: np.ndarray  # (latent,)
     z0_std: np.ndarray  # (latent,)
+    z0: np.ndarray  # (latent,)
 
 
 @dataclass
@@ -287,13 +289,17 @@ class Client:
         body = {"y0": [[2.0, 0.0]] if y0 is None else _plain(y0), "t_end": t_end, "points": points}
         return decode_png(self.post("/portrait", body)["image"])
 
-    def extrapolate(self, times: Sequence[float], values, query_times: Sequence[float]) -> Extrapolation:
+    def extrapolate(self, times: Sequence[float], values, query_times: Sequence[float],
+                    refine_steps: int = 0) -> Extrapolation:
         """Encode an irregular series (times (n,), values (n, obs_dim)) and read the posterior-mean
-        trajectory at query_times (latent_ode)."""
-        answer = self.post("/extrapolate", {"times": _plain(times), "values": _plain(values),
-                                            "query_times": _plain(query_times)})
+        trajectory at query_times (latent_ode); refine_steps > 0 first fits z0 to the observations."""
+        body = {"times": _plain(times), "values": _plain(values), "query_times": _plain(query_times)}
+        if refine_steps:
+            body["refine_steps"] = int(refine_steps)
+        answer = self.post("/extrapolate", body)
+        answer.setdefault("z0", answer["z0_mean"])  # a server from before refine_steps
         return Extrapolation(*(np.asarray(answer[k], dtype=np.float32)
-                               for k in ("query_times", "mean", "z0_mean", "z0_std")))
+                               for k in ("query_times", "mean", "z0_mean", "z0_std", "z0")))
 
     # --- heat -------------------------------------------------------------------------------
     def solve_heat(self, n: int = 64, dt: float = 1e-3, t_end: float = 0.1, omega: float = 20.0, k_in: float = 50.0,

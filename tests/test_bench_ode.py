@@ -41,12 +41,13 @@ def test_bench_ode_quick_writes_json_markdown_and_readme(tmp_path):
     rows = data["latent_ode"]["rows"]
     assert [r["n_obs"] for r in rows] == [30, 50, 100]
     for r in rows:
-        for key in ("latent_ode_extrap_rmse", "rnn_extrap_rmse", "latent_ode_interp_rmse", "rnn_interp_rmse"):
+        for key in ("latent_ode_extrap_rmse", "rnn_extrap_rmse", "latent_ode_interp_rmse", "rnn_interp_rmse",
+                    "latent_ode_extrap_rmse_refined", "latent_ode_interp_rmse_refined"):
             assert finite(r[key]) and r[key] > 0, (key, r[key])
     assert len(data["targets"]) == 5 and all(isinstance(t["holds"], bool) for t in data["targets"])
 
     markdown = (tmp_path / "ode.md").read_text()
-    assert "plain torchdiffeq" in markdown and "| 100 |" in markdown
+    assert "plain torchdiffeq" in markdown and "| 100 |" in markdown and "z0 refined" in markdown
     text = readme.read_text()
     assert "old table" not in text and "plain torchdiffeq" in text and text.endswith("<!-- /bench:ode -->\nafter\n")
 

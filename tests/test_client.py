@@ -96,6 +96,11 @@ def test_odes(apps):
                                 [0.0, 0.6, 1.5, 3.0])
     assert answer.mean.shape == (4, family.cfg.obs_dim) and answer.z0_std.shape == (family.cfg.latent_dim,)
     assert np.isfinite(answer.mean).all() and (answer.z0_std > 0).all()
+    np.testing.assert_array_equal(answer.z0, answer.z0_mean)
+    refined = latent.extrapolate([0.0, 0.3, 0.45, 1.2], [[5.1, 0.2], [4.9, 0.9], [4.7, 1.1], [3.6, 2.4]],
+                                 [0.0, 0.6, 1.5, 3.0], refine_steps=5)
+    np.testing.assert_array_equal(refined.z0_mean, answer.z0_mean)
+    assert np.isfinite(refined.mean).all() and not np.array_equal(refined.z0, refined.z0_mean)
 
 
 @pytest.mark.ray

@@ -378,7 +378,7 @@ def test_integrate_request_validation():
 
 
 def test_extrapolate_request_validation():
-    from genray.deploy.latent_ode import ExtrapolateRequest, MAX_OBSERVATIONS, check_sizes
+    from genray.deploy.latent_ode import ExtrapolateRequest, MAX_OBSERVATIONS, MAX_REFINE_STEPS, check_sizes
 
     ok = ExtrapolateRequest(times=[0.0, 0.5], values=[[1.0, 2.0], [1.5, 2.5]], query_times=[-1.0, 3.0])
     check_sizes(ok, 2)
@@ -392,6 +392,8 @@ def test_extrapolate_request_validation():
         ({"values": [[1.0, 2.0], [1.0]]}, "values", "same non-zero size"),
         ({"query_times": [1.0, 500.0]}, "query_times", "further than"),
         ({"times": [float(i) for i in range(MAX_OBSERVATIONS + 1)]}, "times", "at most"),
+        ({"refine_steps": -1}, "refine_steps", "greater than or equal to 0"),
+        ({"refine_steps": MAX_REFINE_STEPS + 1}, "refine_steps", "less than or equal"),
     ]
     for change, field, message in bad:
         with pytest.raises(ValidationError, match=message) as err:
@@ -431,6 +433,32 @@ def test_extrapolate_math_shifts_the_clock_to_the_first_observation():
     shifted = {k: [q + 10.0 for q in v] if k != "values" else v for k, v in body.items()}
     again = extrapolate_series(family, ExtrapolateRequest(**shifted))
     assert torch.allclose(torch.tensor(again["mean"]), expected, atol=1e-4)
+    assert out["z0"] == out["z0_mean"]  # no refinement asked
+
+
+def test_refining_z0_fits_the_observations_better_and_leaves_the_networks_alone():
+    from genray.deploy.latent_ode import ExtrapolateRequest, extrapolate_series
+
+    torch.manual_seed(0)
+    family = LatentODEFamily({})
+    family.eval()
+    t_obs, x_obs, _, t_ext, _, _ = spiral_series(3, n_obs=12, n_extrap=5, seed=1).tensors
+    mu, _ = family.encode(t_obs, x_obs)
+
+    def objective(z):  # what refine minimises: -log p(x | z0) - log p(z0), up to constants
+        x_hat = family.trajectory(z, t_obs)
+        return (0.5 * ((x_obs - x_hat) / family.cfg.obs_std).pow(2).flatten(1).sum(1) + 0.5 * z.pow(2).sum(1))
+
+    z = family.refine(t_obs, x_obs, mu, steps=30)
+    assert z.shape == mu.shape and (objective(z) < objective(mu)).all()
+    assert all(p.grad is None for p in family.nets["latent_ode"].parameters())
+    assert torch.equal(family.refine(t_obs, x_obs, mu, steps=0), mu)
+
+    body = {"times": t_obs[0].tolist(), "values": x_obs[0].tolist(), "query_times": t_ext[0].tolist(),
+            "refine_steps": 30}
+    out = extrapolate_series(family, ExtrapolateRequest(**body))
+    assert torch.allclose(torch.tensor(out["z0"]), z[0], atol=1e-5) and out["z0"] != out["z0_mean"]
+    assert torch.allclose(torch.tensor(out["mean"]), family.trajectory(z[:1], t_ext[:1])[0], atol=1e-4)
 
 
 # --- the ode app over HTTP on the shared Ray session -----------------------------------------
