@@ -3,7 +3,7 @@
 The loop is family-agnostic: it builds the family, restores the latest checkpoint if the run
 has one, wraps each network for DDP, shards the training set with a DistributedSampler,
 and after every epoch reports metrics (all workers: `ray.train.report` is a barrier) and a
-checkpoint (rank 0 only). A run is the folder <storage>/<name>; starting a run again with the
+checkpoint (rank 0 only, see report_with_checkpoint). A run is the folder <storage>/<name>; starting a run again with the
 same storage and name makes Ray Train hand the loop its latest checkpoint (Train V2).
 
 Storage is a folder or an s3:// prefix on any S3-compatible store. On S3, Ray Train writes the
@@ -23,7 +23,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import ray
 import ray.train
@@ -31,7 +31,7 @@ import ray.train.torch
 import torch
 import torch.distributed as dist
 import yaml
-from ray.train import CheckpointConfig, FailureConfig, ScalingConfig, UserCallback
+from ray.train import CheckpointConfig, CheckpointUploadMode, FailureConfig, ScalingConfig, UserCallback
 from ray.train.torch import TorchTrainer
 from torch.utils.data import DataLoader, DistributedSampler, Subset
 
@@ -190,26 +190,43 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         checkpoint_name = None
         if rank == 0 and (last or (epoch + 1) % cfg.train.checkpoint_every == 0):
             checkpoint_name = f"checkpoint_epoch{epoch:05d}"
-            with tempfile.TemporaryDirectory() as tmp:
-                checkpoint.save(
-                    Path(tmp) / "ckpt",
-                    family=cfg.family,
-                    config=cfg.to_dict(),
-                    state=family.state_dict(),
-                    epoch=epoch,
-                    metrics=metrics,
-                )
-                ray.train.report(
-                    metrics,
-                    checkpoint=ray.train.Checkpoint.from_directory(Path(tmp) / "ckpt"),
-                    checkpoint_dir_name=checkpoint_name,
-                )
+            report_with_checkpoint(
+                metrics, checkpoint_name, None if loop_config.get("run_fs") else Path(loop_config["run_dir"]),
+                lambda folder: checkpoint.save(folder, family=cfg.family, config=cfg.to_dict(),
+                                               state=family.state_dict(), epoch=epoch, metrics=metrics),
+            )
         else:
             ray.train.report(metrics)
         if log is not None:  # after report: the checkpoint it names is stored by now
             log.append(metrics, checkpoint_name)
     if log is not None:
         log.close()
+
+
+def report_with_checkpoint(metrics: dict[str, Any], name: str, run_dir: Path | None,
+                           write: Callable[[Path], Any]) -> None:
+    """Rank 0's ray.train.report with the checkpoint `write(folder)` makes, named `name`.
+
+    When the run's folder is on this machine's filesystem (`run_dir`, the folder Ray Train
+    stores the run in), the checkpoint is written straight into it and reported where it lies
+    (NO_UPLOAD): Ray Train's default would copy it there from a temporary folder after the
+    report's barrier, with the other ranks already in their next epoch's first all-reduce,
+    waiting (a VAE's 20 MB checkpoint every epoch). A folder of that name that is there already
+    is an earlier attempt at this epoch that never reported (a restart from an older
+    checkpoint): it is replaced. On S3, the checkpoint goes through a temporary folder and Ray
+    Train uploads it."""
+    if run_dir is not None:
+        folder = run_dir / name
+        if folder.exists():
+            shutil.rmtree(folder)
+        write(folder)
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder), checkpoint_dir_name=name,
+                         checkpoint_upload_mode=CheckpointUploadMode.NO_UPLOAD)
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        write(Path(tmp) / "ckpt")
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(Path(tmp) / "ckpt"),
+                         checkpoint_dir_name=name)
 
 
 class RunLog:

@@ -89,3 +89,32 @@ def test_state_round_trip_restores_optimizer(tmp_path):
     other = get_family("vae")(cfg.model)
     other.load_state_dict(checkpoint.load(path).state)
     assert other.optimizers["vae"].state_dict()["state"][0]["step"] == 1
+
+
+def test_rank_zero_writes_a_local_checkpoint_in_place_and_replaces_an_unreported_attempt(tmp_path, monkeypatch):
+    import ray.train
+    from ray.train import CheckpointUploadMode
+
+    from genray.train import report_with_checkpoint
+
+    reports = []
+
+    def report(metrics, **kw):  # what Ray Train would persist must be complete when report is called
+        reports.append((kw["checkpoint_dir_name"], kw.get("checkpoint_upload_mode", CheckpointUploadMode.SYNC),
+                        kw["checkpoint"].path, checkpoint.load(kw["checkpoint"].path, weights=False).epoch))
+
+    monkeypatch.setattr(ray.train, "report", report)
+    run_dir = tmp_path / "run"
+    stale = run_dir / "checkpoint_epoch00003"
+    stale.mkdir(parents=True)
+    (stale / "weights.pt").write_bytes(b"half of an earlier attempt")
+    report_with_checkpoint({"loss": 1.0}, "checkpoint_epoch00003", run_dir, lambda folder: save(folder, 3, 1.0))
+    [(name, mode, path, epoch)] = reports
+    assert (name, mode, epoch) == ("checkpoint_epoch00003", CheckpointUploadMode.NO_UPLOAD, 3)
+    assert path == str(stale) and checkpoint.load(stale).epoch == 3  # the stale files are gone, checksums hold
+
+    # No local run folder (S3): through a temporary folder, uploaded by Ray Train.
+    report_with_checkpoint({"loss": 1.0}, "checkpoint_epoch00004", None, lambda folder: save(folder, 4, 1.0))
+    name, mode, path, epoch = reports[-1]
+    assert (name, mode, epoch) == ("checkpoint_epoch00004", CheckpointUploadMode.SYNC, 4)
+    assert not str(path).startswith(str(run_dir))
