@@ -640,7 +640,9 @@ def bench_serve(
 
 @bench_app.command("perf")
 def bench_perf(
-    parts: str = typer.Option("training,inference,serving", help="Which parts to run (comma-separated)."),
+    parts: str = typer.Option("training,inference,serving",
+                              help="Which parts to run (comma-separated); the others are kept from the previous "
+                                   "perf.json in --out."),
     family: str = typer.Option("vae", help="The family trained in the training part."),
     epochs: int = typer.Option(8, help="Epochs per training run (the first is warm-up)."),
     batch_size: int = typer.Option(64, help="Batch size per worker / process."),
@@ -656,20 +658,23 @@ def bench_perf(
     readme: Optional[Path] = typer.Option(None, help="Also replace the table between <!-- bench:perf --> markers."),
 ) -> None:
     """Ray's overhead: Ray Train vs plain PyTorch and torchrun; Ray Serve vs plain FastAPI; math alone."""
-    from genray.bench.perf import markdown_table, run
+    import json
+
+    from genray.bench.perf import PARTS, markdown_table, run
 
     chosen = [p.strip() for p in parts.split(",") if p.strip()]
-    unknown = set(chosen) - {"training", "inference", "serving"}
-    if unknown or not chosen:
-        fail(f"--parts takes training, inference and serving; got {parts!r}")
+    if not chosen or set(chosen) - set(PARTS):
+        fail(f"--parts takes {', '.join(PARTS)} (comma-separated); got {parts!r}")
     try:
         levels = [int(c) for c in concurrency.split(",")]
         replica_counts = [int(n) for n in replicas.split(",")]
     except ValueError:
         fail(f"--concurrency and --replicas take comma-separated integers, got {concurrency!r}, {replicas!r}")
+    previous_file = out / "perf.json"
+    previous = json.loads(previous_file.read_text()) if previous_file.is_file() else None
     result = run(family=family, epochs=epochs, batch_size=batch_size, train_rounds=train_rounds, overrides=list(set_),
                  concurrencies=levels, requests=requests_, serve_rounds=serve_rounds, replicas=replica_counts, parts=chosen,
-                 storage=storage.resolve(), log=typer.echo)
+                 storage=storage.resolve(), previous=previous, log=typer.echo)
     finish_bench("perf", result, markdown_table(result), out, readme)
 
 

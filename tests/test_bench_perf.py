@@ -77,3 +77,24 @@ def test_serving_targets_are_judged_for_every_replica_setting_against_the_plain_
         f"gan/sample, {two}: throughput at concurrency 32 >= 2 x plain": False,
         f"gan/sample, {two}: p50 at concurrency 1 <= 1.5 x plain": False,
     }
+
+
+def test_a_part_not_run_is_kept_from_the_previous_results_with_when_it_was_measured(monkeypatch):
+    from genray.bench import machine
+
+    monkeypatch.setattr(perf, "inference", lambda log: {"vae/decode": {"ms": 0.9}})
+    earlier = {**machine(), "date": "2026-11-23", "cpu": "AMD EPYC"}
+    training = {"family": "vae", "epochs": 8, "batch_size": 64, "overrides": [], "ratios": {
+        "genray x1 / plain": 0.97, "genray x2 / torchrun x2": 0.85},
+        "runs": {what: {"samples_per_s": 2000.0, "samples_per_cpu_s": 2000.0, "first_step_s": 9.0, "epoch_wall_s": None,
+                        "rounds": [{}, {}]} for what in ("plain", "genray x1", "torchrun x2", "genray x2")}}
+    previous = {"machine": earlier, "load_average": {"start": 0.5, "end": 1.5}, "training": training}
+    result = perf.run(parts=["inference"], previous=previous, log=lambda line: None)
+    assert result["training"]["ratios"] == training["ratios"]
+    assert result["measured"]["training"]["machine"]["date"] == "2026-11-23"
+    assert result["measured"]["inference"]["machine"] == result["machine"]
+    assert [t["target"] for t in result["targets"]][:2] == [t["target"] for t in perf.targets({"training": training})]
+    table = perf.markdown_table(result)
+    assert "Training: measured 2026-11-23 on AMD EPYC" in table and "Load average 0.5 at the start, 1.5 at the end." in table
+    assert f"Inference: measured {result['machine']['date']}" in table
+    assert "serving" not in result  # nothing to keep: no earlier serving figures

@@ -331,21 +331,37 @@ def inference(log: Callable[[str], None], budget_s: float = 1.0) -> dict[str, An
 
 # --- the whole bench -----------------------------------------------------------------------
 
+PARTS = ("training", "inference", "serving")
+
+
 def run(*, family: str = "vae", epochs: int = 8, batch_size: int = 64, train_rounds: int = 2,
         overrides: list[str] = (), concurrencies: list[int] = (1, 8, 32), requests: int = 1000,
-        serve_rounds: int = 2, warmup: int = 100, replicas: list[int] = (1, 2), parts: list[str] = ("training", "serving", "inference"),
-        storage: Path = Path("runs"), log: Callable[[str], None] = print) -> dict[str, Any]:
-    result: dict[str, Any] = {"machine": machine(), "load_average": {"start": os.getloadavg()[0]}}
-    if "training" in parts:
-        log("training: plain PyTorch, genray x1, torchrun x2, genray x2")
-        storage = Path(storage) / f"bench-perf-{time.strftime('%Y%m%d-%H%M%S')}"
-        result["training"] = training(family, epochs, batch_size, train_rounds, list(overrides), storage, log)
-    if "inference" in parts:
-        log("inference: each deployment's math alone")
-        result["inference"] = inference(log)
-    if "serving" in parts:
-        log(f"serving: Ray Serve ({serve_mode()}) against plain FastAPI + uvicorn")
-        result["serving"] = serving(list(concurrencies), requests, serve_rounds, warmup, list(replicas), log)
+        serve_rounds: int = 2, warmup: int = 100, replicas: list[int] = (1, 2), parts: list[str] = PARTS,
+        storage: Path = Path("runs"), previous: dict[str, Any] | None = None,
+        log: Callable[[str], None] = print) -> dict[str, Any]:
+    """The bench: a dict for perf.json. A part not run now is kept from `previous` (the last
+    perf.json), with the machine and load it was measured under."""
+    result: dict[str, Any] = {"machine": machine(), "load_average": {"start": os.getloadavg()[0]}, "measured": {}}
+    for part in PARTS:
+        if part not in parts:
+            if previous and part in previous:
+                result[part] = previous[part]
+                result["measured"][part] = previous.get("measured", {}).get(part) or {
+                    "machine": previous["machine"], "load_average": previous["load_average"]}
+            continue
+        started = os.getloadavg()[0]
+        if part == "training":
+            log("training: plain PyTorch, genray x1, torchrun x2, genray x2")
+            runs = Path(storage) / f"bench-perf-{time.strftime('%Y%m%d-%H%M%S')}"
+            result[part] = training(family, epochs, batch_size, train_rounds, list(overrides), runs, log)
+        elif part == "inference":
+            log("inference: each deployment's math alone")
+            result[part] = inference(log)
+        else:
+            log(f"serving: Ray Serve ({serve_mode()}) against plain FastAPI + uvicorn")
+            result[part] = serving(list(concurrencies), requests, serve_rounds, warmup, list(replicas), log)
+        result["measured"][part] = {"machine": result["machine"],
+                                    "load_average": {"start": started, "end": os.getloadavg()[0]}}
     result["load_average"]["end"] = os.getloadavg()[0]
     result["targets"] = targets(result)
     return result
@@ -417,7 +433,13 @@ def markdown_table(result: dict[str, Any]) -> str:
         lines += ["| target | value | holds |", "|---|---:|---|"]
         lines += [f"| {t['target']} | {t['value']} | {'yes' if t['holds'] else 'no'} |" for t in result["targets"]]
         lines.append("")
-    lines.append(machine_line(result["machine"]) + f" Load average {load['start']:.1f} at the start, "
-                 f"{load['end']:.1f} at the end.")
+    if result.get("measured"):  # each part's own date and load: a part may be kept from an earlier run
+        for part, m in result["measured"].items():
+            lines.append(f"{part.capitalize()}: " + machine_line(m["machine"]).replace("Measured", "measured", 1)
+                         + f" Load average {m['load_average']['start']:.1f} at the start, "
+                         f"{m['load_average']['end']:.1f} at the end.")
+    else:
+        lines.append(machine_line(result["machine"]) + f" Load average {load['start']:.1f} at the start, "
+                     f"{load['end']:.1f} at the end.")
     lines.append("")
     return "\n".join(lines)
