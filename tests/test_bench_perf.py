@@ -98,3 +98,25 @@ def test_a_part_not_run_is_kept_from_the_previous_results_with_when_it_was_measu
     assert "Training: measured 2026-11-23 on AMD EPYC" in table and "Load average 0.5 at the start, 1.5 at the end." in table
     assert f"Inference: measured {result['machine']['date']}" in table
     assert "serving" not in result  # nothing to keep: no earlier serving figures
+
+
+def test_training_ratios_come_with_the_same_ratio_round_by_round(monkeypatch, tmp_path):
+    speeds = {"plain": [1000, 1200], "genray x1": [950, 1260], "torchrun x2": [1800, 2000], "genray x2": [1700, 1900]}
+    taken = {k: iter(v) for k, v in speeds.items()}
+
+    def figures(what):
+        return {"samples_per_s": float(next(taken[what])), "samples_per_cpu_s": 1.0, "first_step_s": 1.0,
+                "epoch_wall_s": 1.0}
+
+    monkeypatch.setattr(perf, "plain_training", lambda family, epochs, batch, world, overrides, log:
+                        figures("plain" if world == 1 else "torchrun x2"))
+    monkeypatch.setattr(perf, "genray_training", lambda family, epochs, batch, workers, overrides, storage, name, log:
+                        figures(f"genray x{workers}"))
+    t = perf.training("vae", 3, 64, 2, [], tmp_path, lambda line: None)
+    assert t["ratios"]["genray x1 / plain"] == pytest.approx(1105 / 1100)  # medians of the rounds
+    assert t["ratios_by_round"]["genray x1 / plain"] == pytest.approx([0.95, 1.05])
+    assert t["ratios_by_round"]["genray x2 / torchrun x2"] == pytest.approx([1700 / 1800, 0.95])
+    from genray.bench import machine
+
+    table = perf.markdown_table({"training": t, "machine": machine(), "load_average": {"start": 1.0, "end": 1.0}})
+    assert "genray x1 / plain = 1.005 (rounds: 0.950, 1.050)" in table

@@ -128,12 +128,16 @@ def training(family: str, epochs: int, batch_size: int, rounds: int, overrides: 
                       "epoch_wall_s": median([x["epoch_wall_s"] for x in xs if "epoch_wall_s" in x]),
                       "rounds": xs} for what, xs in runs.items()}
     s = {k: v["samples_per_s"] for k, v in summary.items()}
+    pairs = {"genray x1 / plain": ("genray x1", "plain"), "genray x2 / torchrun x2": ("genray x2", "torchrun x2"),
+             "genray x2 / genray x1 (scaling, ideal 2)": ("genray x2", "genray x1"),
+             "torchrun x2 / plain (scaling, ideal 2)": ("torchrun x2", "plain")}
+    # The same ratio within each round, whose runs follow each other: the host's speed drifts
+    # between rounds (here by up to 30%), so their spread says how far to trust the medians.
+    by_round = {name: [x["samples_per_s"] / y["samples_per_s"] for x, y in zip(runs[a], runs[b])]
+                for name, (a, b) in pairs.items()}
     return {"family": family, "epochs": epochs, "batch_size": batch_size, "overrides": overrides,
-            "runs": summary,
-            "ratios": {"genray x1 / plain": s["genray x1"] / s["plain"],
-                       "genray x2 / torchrun x2": s["genray x2"] / s["torchrun x2"],
-                       "genray x2 / genray x1 (scaling, ideal 2)": s["genray x2"] / s["genray x1"],
-                       "torchrun x2 / plain (scaling, ideal 2)": s["torchrun x2"] / s["plain"]}}
+            "runs": summary, "ratios": {name: s[a] / s[b] for name, (a, b) in pairs.items()},
+            "ratios_by_round": by_round}
 
 
 # --- serving -------------------------------------------------------------------------------
@@ -407,7 +411,10 @@ def markdown_table(result: dict[str, Any]) -> str:
                          f"{r['samples_per_cpu_s']:.0f} | {r['samples_per_cpu_s'] / plain_cpu:.3f} | "
                          f"{r['first_step_s']:.1f} | {wall} |")
         lines.append("")
-        lines.append("Ratios: " + "; ".join(f"{k} = {v:.3f}" for k, v in t["ratios"].items()) + ".")
+        spread = t.get("ratios_by_round", {})
+        lines.append("Ratios: " + "; ".join(
+            f"{k} = {v:.3f}" + (f" (rounds: {', '.join(f'{r:.3f}' for r in spread[k])})" if k in spread else "")
+            for k, v in t["ratios"].items()) + ".")
         lines.append("")
     if "serving" in result:
         s = result["serving"]
