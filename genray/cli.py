@@ -517,6 +517,14 @@ def finish_bench(name: str, result: dict, markdown: str, out: Path, readme: Opti
         typer.echo(f"README table {'updated' if updated else 'not found'} in {readme}")
 
 
+def previous_results(out: Path, name: str) -> Optional[dict]:
+    """The last <out>/<name>.json, whose parts a bench run with --parts keeps; None if there is none."""
+    import json
+
+    path = out / f"{name}.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
 @bench_app.command("quality")
 def bench_quality(
     families: str = typer.Option(",".join(["vae", "ae", "cvae", "gan", "vaegan", "aae"]),
@@ -566,8 +574,6 @@ def bench_ode(
     readme: Optional[Path] = typer.Option(None, help="Also replace the table between <!-- bench:ode --> markers."),
 ) -> None:
     """ode vs the same loop in plain torchdiffeq (time, NFE, memory, error; adjoint on and off); latent_ode vs rnn."""
-    import json
-
     from genray.bench.ode import PARTS, markdown_table, run
 
     if path not in (None, "ray-train", "in-process"):
@@ -575,8 +581,7 @@ def bench_ode(
     chosen = tuple(p.strip() for p in parts.split(",") if p.strip())
     if not chosen or set(chosen) - set(PARTS):
         fail(f"--parts takes {' and '.join(PARTS)} (comma-separated), got {parts!r}")
-    previous_file = out / "ode.json"
-    previous = json.loads(previous_file.read_text()) if previous_file.is_file() else None
+    previous = previous_results(out, "ode")
     result = run(quick=quick, path=path, rounds=rounds, storage=storage, parts=chosen, previous=previous,
                  log=typer.echo)
     finish_bench("ode", result, markdown_table(result), out, readme)
@@ -658,8 +663,6 @@ def bench_perf(
     readme: Optional[Path] = typer.Option(None, help="Also replace the table between <!-- bench:perf --> markers."),
 ) -> None:
     """Ray's overhead: Ray Train vs plain PyTorch and torchrun; Ray Serve vs plain FastAPI; math alone."""
-    import json
-
     from genray.bench.perf import PARTS, markdown_table, run
 
     chosen = [p.strip() for p in parts.split(",") if p.strip()]
@@ -670,8 +673,7 @@ def bench_perf(
         replica_counts = [int(n) for n in replicas.split(",")]
     except ValueError:
         fail(f"--concurrency and --replicas take comma-separated integers, got {concurrency!r}, {replicas!r}")
-    previous_file = out / "perf.json"
-    previous = json.loads(previous_file.read_text()) if previous_file.is_file() else None
+    previous = previous_results(out, "perf")
     result = run(family=family, epochs=epochs, batch_size=batch_size, train_rounds=train_rounds, overrides=list(set_),
                  concurrencies=levels, requests=requests_, serve_rounds=serve_rounds, replicas=replica_counts, parts=chosen,
                  storage=storage.resolve(), previous=previous, log=typer.echo)

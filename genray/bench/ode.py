@@ -479,15 +479,14 @@ def refined_rmse(family, val_set, steps: int) -> dict:
     gradient steps on each series' observations instead of the recognition net's mean."""
     import torch
 
-    from genray.families.latent_ode import series_mse
+    from genray.families.latent_ode import trajectory_errors
 
     t_obs, x_obs, x_obs_clean, t_ext, x_ext_clean, _ = val_set.tensors
     family.eval()
     mu, _ = family.encode(t_obs, x_obs)
     mean = family.trajectory(family.refine(t_obs, x_obs, mu, steps), torch.cat([t_obs, t_ext], dim=1))
-    n = t_obs.shape[1]
-    return {"extrap_rmse_refined": math.sqrt(series_mse(mean[:, n:], x_ext_clean).mean()),
-            "interp_rmse_refined": math.sqrt(series_mse(mean[:, 1:n], x_obs_clean[:, 1:]).mean())}
+    interp, extrap = trajectory_errors(mean, t_obs.shape[1], x_obs_clean, x_ext_clean)
+    return {"extrap_rmse_refined": math.sqrt(extrap.mean()), "interp_rmse_refined": math.sqrt(interp.mean())}
 
 
 def bench_series(quick: bool, log=print) -> dict:

@@ -440,13 +440,12 @@ def markdown_table(result: dict[str, Any]) -> str:
         lines += ["| target | value | holds |", "|---|---:|---|"]
         lines += [f"| {t['target']} | {t['value']} | {'yes' if t['holds'] else 'no'} |" for t in result["targets"]]
         lines.append("")
-    if result.get("measured"):  # each part's own date and load: a part may be kept from an earlier run
-        for part, m in result["measured"].items():
-            lines.append(f"{part.capitalize()}: " + machine_line(m["machine"]).replace("Measured", "measured", 1)
-                         + f" Load average {m['load_average']['start']:.1f} at the start, "
-                         f"{m['load_average']['end']:.1f} at the end.")
-    else:
-        lines.append(machine_line(result["machine"]) + f" Load average {load['start']:.1f} at the start, "
-                     f"{load['end']:.1f} at the end.")
+    # Each part's own date and load (a part may be kept from an earlier run); one line for a
+    # result from before parts carried theirs.
+    for part, m in (result.get("measured") or {"": {"machine": result["machine"], "load_average": load}}).items():
+        line = machine_line(m["machine"])
+        lines.append((f"{part.capitalize()}: measured" + line[len("Measured"):] if part else line)
+                     + f" Load average {m['load_average']['start']:.1f} at the start, "
+                     f"{m['load_average']['end']:.1f} at the end.")
     lines.append("")
     return "\n".join(lines)

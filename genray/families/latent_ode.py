@@ -237,11 +237,21 @@ class LatentODE(nn.Module):
         return self.decode(z0, t_obs), mu, logvar
 
 
+def gaussian_nll(x, x_hat, obs_std: float) -> torch.Tensor:
+    """Per-series Gaussian NLL of the observations x (B, n, D) given means x_hat, nats, (B,)."""
+    return (0.5 * ((x - x_hat) / obs_std).pow(2) + math.log(obs_std) + 0.5 * LOG_2PI).flatten(1).sum(1)
+
+
 def neg_elbo_terms(x, x_hat, mu, logvar, obs_std: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-series Gaussian NLL of the observations and KL(q(z0) || N(0, I)), nats, each (B,)."""
-    nll = (0.5 * ((x - x_hat) / obs_std).pow(2) + math.log(obs_std) + 0.5 * LOG_2PI).flatten(1).sum(1)
     kl = 0.5 * (mu.pow(2) + logvar.exp() - 1.0 - logvar).sum(1)
-    return nll, kl
+    return gaussian_nll(x, x_hat, obs_std), kl
+
+
+def trajectory_errors(mean, n: int, x_obs_clean, x_ext_clean) -> tuple[torch.Tensor, torch.Tensor]:
+    """A trajectory (B, n + m, D) at the observed then the extrapolation times, scored against
+    the noise-free curve: per-series (interpolation MSE at observed times 2..n, extrapolation MSE)."""
+    return series_mse(mean[:, 1:n], x_obs_clean[:, 1:]), series_mse(mean[:, n:], x_ext_clean)
 
 
 class LatentODEFamily(Family):
@@ -290,13 +300,13 @@ class LatentODEFamily(Family):
         x_hat, mu, logvar = model(t_obs, x_obs)
         nll, kl = neg_elbo_terms(x_obs, x_hat, mu, logvar, self.cfg.obs_std)
         mean = model.decode(mu, torch.cat([t_obs, t_ext], dim=1))  # the posterior-mean trajectory
-        n = t_obs.shape[1]
+        interp, extrap = trajectory_errors(mean, t_obs.shape[1], x_obs_clean, x_ext_clean)
         return {
             "val_neg_elbo": (nll + kl).sum().item(),
             "val_nll": nll.sum().item(),
             "val_kl": kl.sum().item(),
-            "val_mse": series_mse(mean[:, 1:n], x_obs_clean[:, 1:]).sum().item(),
-            "val_extrap_mse": series_mse(mean[:, n:], x_ext_clean).sum().item(),
+            "val_mse": interp.sum().item(),
+            "val_extrap_mse": extrap.sum().item(),
         }
 
     @torch.no_grad()
@@ -338,16 +348,15 @@ class LatentODEFamily(Family):
         t_obs, x_obs = t_obs.to(self.device), x_obs.to(self.device)
         z = z0.detach().clone().to(self.device).requires_grad_(True)
         opt = torch.optim.Adam([z], lr=lr)
-        best, best_loss = z.detach().clone(), None
+        best = z.detach().clone()
+        best_loss = torch.full(z.shape[:1], math.inf, device=z.device)
         with torch.enable_grad():
             for step in range(steps + 1):
-                x_hat = model.decode(z, t_obs)
-                loss = 0.5 * ((x_obs - x_hat) / self.cfg.obs_std).pow(2).flatten(1).sum(1) + 0.5 * z.pow(2).sum(1)
+                loss = gaussian_nll(x_obs, model.decode(z, t_obs), self.cfg.obs_std) + 0.5 * z.pow(2).sum(1)
                 with torch.no_grad():  # keep each series' best z0 so far (the last step's is checked too)
-                    better = torch.isfinite(loss) if best_loss is None else torch.isfinite(loss) & (loss < best_loss)
-                    best[better] = z.detach()[better]
-                    best_loss = torch.where(better, loss.detach(), loss.new_full(loss.shape, math.inf)
-                                            if best_loss is None else best_loss)
+                    better = loss < best_loss  # False for NaN and inf
+                    best[better] = z[better]
+                    best_loss = torch.where(better, loss, best_loss)
                 if step == steps:
                     break
                 (grad,) = torch.autograd.grad(loss.sum(), [z])  # z only: the networks get no gradients
