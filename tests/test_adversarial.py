@@ -14,6 +14,7 @@ import torch.multiprocessing as mp
 from pydantic import ValidationError
 
 from genray import checkpoint
+from genray.bench.plain_train import leave_process_group
 from genray.families import get_family
 from genray.families import gan as gan_module
 from genray.families.aae import mixture_means
@@ -262,29 +263,27 @@ def _ddp_worker(rank: int, world: int, port: int, result_file: str) -> None:
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
     results = []
-    try:
-        for case, (name, overrides) in enumerate(DDP_CASES + [CONTROL]):
-            torch.manual_seed(0)
-            family = small_family(name, **overrides)
-            if case < len(DDP_CASES):
-                family.wrap(DistributedDataParallel)
-            before = {k: torch.cat([p.detach().flatten() for p in net.parameters()]) for k, net in family.nets.items()}
-            torch.manual_seed(1 + rank)  # each rank its own noise, dropout and data, as in genray.train
-            family.train()
-            for i in range(3):
-                family.train_step(batch(8, seed=100 * rank + i), epoch=0.0)
-            for key, net in family.nets.items():
-                vec = torch.cat([p.detach().flatten() for p in net.parameters()])
-                gathered = [torch.empty_like(vec) for _ in range(world)]
-                dist.all_gather(gathered, vec)
-                results.append((case, name, overrides.get("loss") or overrides.get("prior", ""), key,
-                                (gathered[0] - gathered[1]).abs().max().item(),
-                                (vec - before[key]).abs().max().item()))
-        dist.barrier()  # no rank tears gloo down while the other is still in a collective (SIGABRT)
-    finally:
-        dist.destroy_process_group()
+    for case, (name, overrides) in enumerate(DDP_CASES + [CONTROL]):
+        torch.manual_seed(0)
+        family = small_family(name, **overrides)
+        if case < len(DDP_CASES):
+            family.wrap(DistributedDataParallel)
+        before = {k: torch.cat([p.detach().flatten() for p in net.parameters()]) for k, net in family.nets.items()}
+        torch.manual_seed(1 + rank)  # each rank its own noise, dropout and data, as in genray.train
+        family.train()
+        for i in range(3):
+            family.train_step(batch(8, seed=100 * rank + i), epoch=0.0)
+        for key, net in family.nets.items():
+            vec = torch.cat([p.detach().flatten() for p in net.parameters()])
+            gathered = [torch.empty_like(vec) for _ in range(world)]
+            dist.all_gather(gathered, vec)
+            results.append((case, name, overrides.get("loss") or overrides.get("prior", ""), key,
+                            (gathered[0] - gathered[1]).abs().max().item(),
+                            (vec - before[key]).abs().max().item()))
+        del family, net
     if rank == 0:
         torch.save(results, result_file)
+    leave_process_group()  # barrier, destroy, and exit past the finalization where gloo can abort
 
 
 def free_port() -> int:

@@ -13,8 +13,10 @@ training thread's CPU seconds (the slowest rank's), and the unix time the first 
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
+import sys
 import time
 
 import torch
@@ -25,6 +27,25 @@ from torch.utils.data import DataLoader, DistributedSampler
 from genray.config import build_config
 from genray.families import get_family
 from genray.metrics import global_throughput
+
+
+def leave_process_group() -> None:
+    """End a gloo process cleanly, then exit without interpreter finalization.
+
+    `destroy_process_group` drops only torch's own reference: a DDP reducer that sits in a
+    reference cycle keeps the gloo group alive until the interpreter shuts down, and a gloo group
+    torn down there can abort with "terminate called without an active exception" (SIGABRT;
+    pytorch/pytorch#190489, #179291). It happened once in CI to a rank whose work had finished.
+    So: barrier (no rank leaves while the other is still in a collective), collect the cycles while
+    the interpreter is whole, destroy the group, flush, and `os._exit(0)`. Callers drop their
+    own references to DDP-wrapped models first.
+    """
+    dist.barrier()
+    gc.collect()
+    dist.destroy_process_group()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def main() -> None:
@@ -69,8 +90,8 @@ def main() -> None:
     if rank == 0:
         print(json.dumps({"world": world, "threads": args.threads, "epochs": epochs, "first_step_at": first_step_at}))
     if world > 1:
-        dist.barrier()
-        dist.destroy_process_group()
+        del family, loader
+        leave_process_group()
 
 
 if __name__ == "__main__":
