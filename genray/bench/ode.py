@@ -413,8 +413,8 @@ def series_budget(quick: bool) -> dict:
     # also_scored_after: the held-out RMSE is also taken after that many epochs (same run): the
     # ranking could depend on the budget.
     # Batches of 250: per series a step costs ~8x less than at 32 for both families (one
-    # vectorised solve / GRU pass). 900 epochs (3600 steps): the RNN has stopped improving after
-    # 300 (at 100 points 0.260, 0.269, 0.267 RMSE after 300, 600, 900), the latent ODE has not
+    # vectorised solve / GRU pass). 900 epochs (3600 steps): the RNN (then 32 units) had stopped
+    # improving after 300 (at 100 points 0.260, 0.269, 0.267 RMSE after 300, 600, 900), the latent ODE not
     # (0.326, 0.273, 0.260), which the 300-epoch budget this bench had before cut short.
     # refine_steps: the latent ODE is also scored with each held-out series' z0 refined by that many
     # gradient steps on its own observations (LatentODEFamily.refine, the deployment's refine_steps).
