@@ -280,7 +280,7 @@ def _ddp_worker(rank: int, world: int, port: int, result_file: str) -> None:
             results.append((case, name, overrides.get("loss") or overrides.get("prior", ""), key,
                             (gathered[0] - gathered[1]).abs().max().item(),
                             (vec - before[key]).abs().max().item()))
-        del family, net
+    del family, net  # the last family's nets; gc collects the earlier DDP-wrapped ones
     if rank == 0:
         torch.save(results, result_file)
     leave_process_group()  # barrier, destroy, and exit past the finalization where gloo can abort

@@ -90,7 +90,7 @@ def main() -> None:
     if rank == 0:
         print(json.dumps({"world": world, "threads": args.threads, "epochs": epochs, "first_step_at": first_step_at}))
     if world > 1:
-        del family, loader
+        del family  # its DDP wrappers hold the group
         leave_process_group()
 
 
