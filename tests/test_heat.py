@@ -17,10 +17,10 @@ import scipy.sparse as sp
 import scipy.sparse.linalg as spla
 import torch
 
-from genray.families.heat import conductivity_field
 from genray.heat import (
     TRIANGLE,
     HeatProblem,
+    conductivity_field,
     course_problem,
     grid,
     render_gif,

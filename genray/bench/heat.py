@@ -33,7 +33,7 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from genray.families.heat import HeatStepper, course_problem, simulate
+from genray.heat import HeatStepper, course_problem, simulate
 
 METHODS = ("genray multigrid", "genray multigrid64", "scipy splu", "scipy cg + jacobi", "pyamg sa + cg")
 _REFERENCE = "scipy splu"  # the direct solve every answer is compared with

@@ -1,8 +1,4 @@
-"""The heat family's public face: the solver (from genray.families.heat) and pictures of its fields.
-
-    >>> from genray.heat import solve, render_png
-    >>> u = solve(n=128, dt=1e-3, t_end=0.1)          # (129, 129) float64, indexed [i1, i2]
-    >>> png = render_png(u, title="t = 0.1")            # bytes of a PNG heat map
+"""Pictures of heat fields: a PNG heat map of one field, an animated GIF of several.
 
 Rendering uses matplotlib's Agg canvas directly (no pyplot, no global backend switch), so it is safe
 in servers and threads; GIF frames are coloured with a matplotlib colormap and assembled by Pillow,
@@ -18,37 +14,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from genray.families.heat import (
-    MAX_SOLVER_BYTES,
-    PRECONDITIONERS,
-    TRIANGLE,
-    HeatProblem,
-    HeatResult,
-    HeatStepper,
-    course_problem,
-    grid,
-    simulate,
-    solve,
-    solve_batch,
-    solve_frames,
-)
-
-__all__ = [
-    "MAX_SOLVER_BYTES",
-    "PRECONDITIONERS",
-    "TRIANGLE",
-    "HeatProblem",
-    "HeatResult",
-    "HeatStepper",
-    "course_problem",
-    "grid",
-    "render_gif",
-    "render_png",
-    "simulate",
-    "solve",
-    "solve_batch",
-    "solve_frames",
-]
+from genray.heat.problem import TRIANGLE
 
 
 def _as_field(u, name: str = "u") -> np.ndarray:

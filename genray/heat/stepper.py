@@ -1,0 +1,362 @@
+"""Backward Euler time stepping of a HeatProblem, and the entry points for the course problem.
+
+Each step builds the right-hand side from the previous field and the Dirichlet data, and solves the
+step operator (operator.heat_operator) with PCG (pcg.pcg), warm-started from the previous step, with one
+multigrid V-cycle (multigrid.Multigrid) as the default preconditioner.
+Steps: round(t_end / dt), the step adjusted to t_end / steps so the run ends at t_end exactly.
+
+Devices and precision: every tensor lives on `device` (default: CUDA when available). The solution and
+CG are float64; only the preconditioner runs in float32 (preconditioner="multigrid64" keeps it in
+float64). Pure torch, no Ray, so the solver runs without a cluster.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+import warnings
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+from torch import Tensor
+
+from genray.heat.multigrid import Multigrid
+from genray.heat.operator import face_conductivities, heat_operator
+from genray.heat.pcg import pcg
+from genray.heat.problem import HeatProblem, course_problem, grid
+
+# Memory limit for one solve (device memory, plus host memory for frames): the estimate below must
+# stay under it. 4 GiB fits a laptop and a GPU; for batch 1 it allows n up to about 3600.
+MAX_SOLVER_BYTES = 4 * 2**30
+# Float64 grid-sized arrays per batch member at the peak, which is the multigrid set-up: the operator
+# and its diffusion part (3 arrays each), node and face conductivities, the 8 neighbour-coupling arrays
+# the transfer weights are computed from, probes; then u, b, CG's r/z/p/q and the V-cycle's work arrays.
+# The peak RSS at n = 1024 is 31 such arrays (float32 cycle) and 35 (float64 cycle).
+_ARRAYS_PER_GRID = 40
+
+# "multigrid": V-cycle in float32 (default); "multigrid64": the same in float64; "jacobi": diagonal.
+PRECONDITIONERS = ("multigrid", "multigrid64", "jacobi", "none")
+
+
+def _is_int(x) -> bool:
+    return isinstance(x, numbers.Integral) and not isinstance(x, bool)
+
+
+def _is_real(x) -> bool:
+    return isinstance(x, numbers.Real) and not isinstance(x, bool)
+
+
+def _estimated_bytes(n: int, batch: int, frames: int = 0) -> int:
+    cells = (n + 1) ** 2
+    return 8 * cells * batch * (_ARRAYS_PER_GRID + frames)
+
+
+def _max_n(batch: int, frames: int = 0) -> int:
+    per_cell = 8 * batch * (_ARRAYS_PER_GRID + frames)
+    return max(int(math.isqrt(MAX_SOLVER_BYTES // per_cell)) - 1, 0)
+
+
+def _validate(n, dt, t_end, rtol, max_iter, batch: int, frames: int = 0) -> None:
+    if not _is_int(n):
+        raise ValueError(f"n must be an int >= 2, got {n!r}")
+    n = int(n)
+    if n < 2:
+        raise ValueError(f"n must be >= 2, got {n}")
+    if not (_is_real(dt) and math.isfinite(dt) and dt > 0):
+        raise ValueError(f"dt must be finite and > 0, got {dt!r}")
+    if not (_is_real(t_end) and math.isfinite(t_end) and t_end >= 0):
+        raise ValueError(f"t_end must be finite and >= 0, got {t_end!r}")
+    if not (_is_real(rtol) and 1e-14 <= rtol < 1):
+        raise ValueError(f"rtol must be in [1e-14, 1), got {rtol!r}")
+    if max_iter is not None and not (_is_int(max_iter) and max_iter >= 1):
+        raise ValueError(f"max_iter must be an int >= 1, got {max_iter!r}")
+    need = _estimated_bytes(n, batch, frames)
+    if need > MAX_SOLVER_BYTES:
+        raise ValueError(
+            f"n must be <= {_max_n(batch, frames)} for a batch of {batch}"
+            + (f" with {frames} frames" if frames else "")
+            + f", got {n}: the solve would need about {need / 2**30:.1f} GiB, over the limit "
+            f"MAX_SOLVER_BYTES = {MAX_SOLVER_BYTES / 2**30:.0f} GiB"
+        )
+
+
+def _time_grid(dt: float, t_end: float) -> tuple[int, float]:
+    """Number of steps and the step actually used.
+
+    steps = round(t_end / dt) (at least 1 when t_end > 0), and the step is stretched or shrunk
+    uniformly to t_end / steps so the run ends exactly at t_end. This keeps one operator (and one
+    preconditioner set-up) for the whole run. The step used lies in [dt/2, 3dt/2] when t_end >= dt/2
+    (e.g. dt = 0.03, t_end = 0.1: 3 steps of 0.0333); a shorter t_end is done in one step of t_end.
+    """
+    if t_end == 0:
+        return 0, float(dt)
+    steps = max(1, round(t_end / dt))
+    return steps, t_end / steps
+
+
+def _default_device(device) -> torch.device:
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+class HeatStepper:
+    """Backward Euler steps of a HeatProblem on an n x n-cell grid with a fixed step dt.
+
+    Builds the operator (I/dt + c) - L_h and its preconditioner once; `step` advances a batch of full
+    fields (B, n+1, n+1) from t to t + dt. Also the building block of the benchmark.
+    """
+
+    def __init__(
+        self,
+        problem: HeatProblem,
+        n: int,
+        dt: float,
+        *,
+        rtol: float = 1e-10,
+        max_iter: int | None = None,
+        device=None,
+        preconditioner: str = "multigrid",
+    ):
+        _validate(n, dt, 0.0, rtol, max_iter, problem.batch_size)
+        if preconditioner not in PRECONDITIONERS:
+            raise ValueError(f"preconditioner must be one of {PRECONDITIONERS}, got {preconditioner!r}")
+        if not math.isfinite(problem.reaction) or problem.reaction < 0:
+            raise ValueError(f"reaction must be finite and >= 0, got {problem.reaction!r}")
+        self.problem, self.n, self.dt, self.rtol = problem, int(n), float(dt), rtol
+        # Default cap: multigrid needs ~10 iterations; Jacobi / no preconditioner need O(n).
+        self.max_iter = max_iter if max_iter is not None else 1000 + 10 * self.n
+        n = self.n
+        self.device = _default_device(device)
+        self.batch = problem.batch_size
+        self.x1, self.x2 = grid(n, self.device)  # (n+1, n+1) each
+
+        k = self._field(problem.conductivity(self.x1, self.x2))  # (B, n+1, n+1)
+        if not bool(torch.isfinite(k).all()) or not bool((k > 0).all()):
+            raise ValueError("conductivity must be finite and > 0 at every node")
+        self.kx, self.ky = face_conductivities(k)  # (B, n, n-1), (B, n-1, n)
+        # The step operator A = (1/dt + c) I - L_h, a callable on interior values (B, n-1, n-1).
+        self.apply = heat_operator(self.kx, self.ky, n, 1.0 / self.dt + problem.reaction)
+        if preconditioner in ("multigrid", "multigrid64"):
+            diffusion = heat_operator(self.kx, self.ky, n, 0.0)
+            dtype = torch.float32 if preconditioner == "multigrid" else torch.float64
+            self.precondition = Multigrid(self.apply, diffusion, n, dtype)
+        elif preconditioner == "jacobi":
+            dinv = 1.0 / self.apply.diag
+            self.precondition = lambda r: dinv * r
+        else:
+            self.precondition = lambda r: r.clone()
+
+    def coefficients(self) -> dict[str, Tensor]:
+        """The step operator's 5-point stencil, for assembling it elsewhere (benchmarks, checks):
+        "diag" (B, n-1, n-1); "x1" (B, n-2, n-1), couplings of interior nodes (i, j) - (i+1, j);
+        "x2" (B, n-1, n-2), couplings (i, j) - (i, j+1). (A u)_p = diag_p u_p - sum of couplings * u_q."""
+        op = self.apply
+        return {"diag": op.diag, "x1": op.couplings[(1, 0)], "x2": op.couplings[(0, 1)]}
+
+    def _field(self, value) -> Tensor:
+        """Broadcast a problem function's output to a (B, n+1, n+1) float64 tensor."""
+        size = (self.batch, self.n + 1, self.n + 1)
+        return torch.as_tensor(value, dtype=torch.float64, device=self.device).expand(size)
+
+    def boundary(self, t: float) -> Tensor:
+        return self._field(self.problem.boundary(self.x1, self.x2, t))
+
+    def initial(self) -> Tensor:
+        """u at t = 0: the initial data inside, g(., 0) on the boundary. (B, n+1, n+1)."""
+        u = self.boundary(0.0).clone()
+        if self.problem.initial is not None:
+            u[:, 1:-1, 1:-1] = self._field(self.problem.initial(self.x1, self.x2))[:, 1:-1, 1:-1]
+        else:
+            u[:, 1:-1, 1:-1] = 0.0
+        return u
+
+    def rhs(self, u_old: Tensor, t_new: float, g_new: Tensor | None = None) -> Tensor:
+        """Right-hand side (B, n-1, n-1) of the step to t_new from the full field u_old (B, n+1, n+1)."""
+        g = self.boundary(t_new) if g_new is None else g_new
+        b = u_old[:, 1:-1, 1:-1] / self.dt
+        if self.problem.source is not None:
+            b = b + self._field(self.problem.source(self.x1, self.x2, t_new))[:, 1:-1, 1:-1]
+        # Couplings to the Dirichlet neighbours, moved to the right: (k_face / h^2) * g.
+        inv_h2 = float(self.n) ** 2
+        kx, ky = self.kx, self.ky
+        b[:, 0, :] += kx[:, 0, :] * inv_h2 * g[:, 0, 1:-1]
+        b[:, -1, :] += kx[:, -1, :] * inv_h2 * g[:, -1, 1:-1]
+        b[:, :, 0] += ky[:, :, 0] * inv_h2 * g[:, 1:-1, 0]
+        b[:, :, -1] += ky[:, :, -1] * inv_h2 * g[:, 1:-1, -1]
+        return b
+
+    def solve_system(self, b: Tensor, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """PCG for A x = b on interior values (B, n-1, n-1) from the guess x (overwritten).
+        Returns x, iterations (B,) and final true relative residuals (B,)."""
+        return pcg(self.apply, self.apply.residual, self.precondition, b, x, self.rtol, self.max_iter)
+
+    def step(self, u: Tensor, t: float, guess: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
+        """Advance the full fields u (B, n+1, n+1) from t to t + dt.
+
+        Returns the new fields (B, n+1, n+1), CG iterations (B,) and final relative residuals (B,).
+        CG starts from `guess` (B, n+1, n+1) if given, else from u.
+        """
+        t_new = t + self.dt
+        g = self.boundary(t_new)
+        b = self.rhs(u, t_new, g)
+        x = (u if guess is None else guess)[:, 1:-1, 1:-1].clone()
+        x, iterations, residual = self.solve_system(b, x)
+        u_new = g.clone()
+        u_new[:, 1:-1, 1:-1] = x
+        return u_new, iterations, residual
+
+
+@dataclass
+class HeatResult:
+    """Output of `simulate`. Tensors other than `u` live on the CPU."""
+
+    u: Tensor  # (B, n+1, n+1) at t_end, on the solver's device
+    dt: float  # step actually used: t_end / steps
+    iterations: Tensor  # (steps, B) int64: CG iterations of each step
+    residuals: Tensor  # (steps, B) float64: final true relative residual ||b - Au|| / ||b|| of each step
+    times: Tensor  # (F,) float64 frame times (just t_end when no frames were asked for)
+    frames: Tensor | None  # (F, B, n+1, n+1) float64, or None
+
+    @property
+    def steps(self) -> int:
+        return self.iterations.shape[0]
+
+
+def _frame_steps(steps: int, num_frames: int) -> list[int]:
+    """Steps (0..steps) at which to keep a frame: num_frames evenly spaced, first and last included."""
+    return sorted({round(i * steps / (num_frames - 1)) for i in range(num_frames)}) if steps else [0]
+
+
+def simulate(
+    problem: HeatProblem,
+    n: int,
+    dt: float,
+    t_end: float,
+    *,
+    rtol: float = 1e-10,
+    max_iter: int | None = None,
+    device=None,
+    num_frames: int | None = None,
+    preconditioner: str = "multigrid",
+) -> HeatResult:
+    """Integrate `problem` to t_end with round(t_end / dt) backward Euler steps (see `_time_grid`:
+    the step is adjusted uniformly to t_end / steps so the run ends exactly at t_end).
+
+    rtol: CG stops at ||b - A u|| <= rtol ||b|| in every step (a RuntimeWarning says so if float64
+        roundoff stops it earlier). max_iter: CG iterations allowed per step (default 1000 + 10 n;
+        RuntimeError if exceeded). device: default CUDA when available. num_frames: keep this many
+        evenly spaced fields (t = 0 and t_end included; fewer if there are fewer steps) in
+        `HeatResult.frames`. preconditioner: one of PRECONDITIONERS.
+    Raises ValueError naming the argument for out-of-range input, including grids too large for
+    MAX_SOLVER_BYTES.
+    """
+    if num_frames is not None and not (_is_int(num_frames) and num_frames >= 2):
+        raise ValueError(f"num_frames must be an int >= 2, got {num_frames!r}")
+    _validate(n, dt, t_end, rtol, max_iter, problem.batch_size, num_frames or 0)
+    steps, step_dt = _time_grid(float(dt), float(t_end))
+    with torch.inference_mode():
+        stepper = HeatStepper(
+            problem, n, step_dt, rtol=rtol, max_iter=max_iter, device=device, preconditioner=preconditioner
+        )
+        u = stepper.initial()
+        keep = set(_frame_steps(steps, num_frames)) if num_frames else set()
+        times, frames = [], []
+        if 0 in keep:
+            times.append(0.0)
+            frames.append(u.cpu())
+        iterations = torch.zeros(steps, stepper.batch, dtype=torch.int64)
+        residuals = torch.zeros(steps, stepper.batch, dtype=torch.float64)
+        for s in range(steps):
+            u, iterations[s], residuals[s] = stepper.step(u, s * step_dt)
+            if s + 1 in keep:
+                times.append((s + 1) * step_dt if s + 1 < steps else float(t_end))
+                frames.append(u.cpu())
+    if steps and bool((residuals > rtol).any()):
+        warnings.warn(
+            f"CG stalled at relative residual {residuals.max().item():.2e} > rtol={rtol:g} (float64 roundoff "
+            "for this ill-conditioned system: large k * dt * n^2); the result is accurate to that level",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+    return HeatResult(
+        u=u,
+        dt=step_dt,
+        iterations=iterations,
+        residuals=residuals,
+        times=torch.tensor(times if num_frames else [float(t_end)], dtype=torch.float64),
+        frames=torch.stack(frames) if num_frames else None,
+    )
+
+
+def solve(
+    n: int,
+    dt: float,
+    t_end: float,
+    omega: float = 20.0,
+    k_in: float = 50.0,
+    k_out: float = 1.0,
+    *,
+    rtol: float = 1e-10,
+    max_iter: int | None = None,
+    device=None,
+    preconditioner: str = "multigrid",
+) -> Tensor:
+    """u at t_end for the course problem: float64 (n+1, n+1), indexed [i1, i2] on x_i = i/n."""
+    for name, value in (("omega", omega), ("k_in", k_in), ("k_out", k_out)):
+        if not _is_real(value):
+            raise ValueError(f"{name} must be a real number, got {value!r}; use solve_batch for several")
+    problem = course_problem(omega, k_in, k_out)
+    result = simulate(
+        problem, n, dt, t_end, rtol=rtol, max_iter=max_iter, device=device, preconditioner=preconditioner
+    )
+    return result.u[0]
+
+
+def solve_batch(
+    n: int,
+    dt: float,
+    t_end: float,
+    omega: float | Sequence[float] | Tensor = 20.0,
+    k_in: float | Sequence[float] | Tensor = 50.0,
+    k_out: float | Sequence[float] | Tensor = 1.0,
+    *,
+    rtol: float = 1e-10,
+    max_iter: int | None = None,
+    device=None,
+    preconditioner: str = "multigrid",
+) -> Tensor:
+    """u at t_end for B parameter sets at once: (B, n+1, n+1). Scalars broadcast to the batch;
+    CG runs on the whole batch together (one operator application per iteration for all members)."""
+    problem = course_problem(omega, k_in, k_out)
+    result = simulate(
+        problem, n, dt, t_end, rtol=rtol, max_iter=max_iter, device=device, preconditioner=preconditioner
+    )
+    return result.u
+
+
+def solve_frames(
+    n: int,
+    dt: float,
+    t_end: float,
+    omega: float = 20.0,
+    k_in: float = 50.0,
+    k_out: float = 1.0,
+    *,
+    num_frames: int = 21,
+    rtol: float = 1e-10,
+    max_iter: int | None = None,
+    device=None,
+    preconditioner: str = "multigrid",
+) -> tuple[Tensor, Tensor]:
+    """Evenly spaced snapshots of the course problem: times (F,) and fields (F, n+1, n+1) on the CPU,
+    t = 0 and t_end included (F <= num_frames when there are fewer steps than frames)."""
+    problem = course_problem(omega, k_in, k_out)
+    if problem.batch_size != 1:
+        raise ValueError("omega, k_in and k_out must be single numbers in solve_frames")
+    result = simulate(
+        problem, n, dt, t_end, rtol=rtol, max_iter=max_iter, device=device,
+        num_frames=num_frames, preconditioner=preconditioner,
+    )
+    return result.times, result.frames[:, 0]
