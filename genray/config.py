@@ -41,6 +41,12 @@ class TrainConfig(BaseModel):
     keep_checkpoints: int = Field(2, ge=1)  # the best K by the family's metric are kept
     checkpoint_every: int = Field(1, ge=1)  # epochs
     max_failures: int = Field(2, ge=-1)  # worker-group restarts from the latest checkpoint; -1 = forever
+    # How long one start of the worker group may wait for its resources (None: Ray Train's
+    # RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S, 60 s), and how many starts a run makes before it
+    # fails (None: forever for `genray train`, since an autoscaler may be adding nodes; 3 for a
+    # Tune trial, which must not wait on CPUs that other trials of its search hold).
+    worker_start_timeout_s: float | None = Field(None, gt=0)
+    worker_start_tries: int | None = Field(None, ge=1)
     preview_every: int = Field(1, ge=0)  # epochs between TensorBoard image grids; 0 = never
     # Epochs between sample-quality metrics (classifier IS/FID/coverage, genray.metrics) for
     # families that generate digits; 0 = never. The last epoch is always measured.

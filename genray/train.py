@@ -460,6 +460,25 @@ def scaling_for(cfg: RunConfig, min_workers: int = 0) -> ScalingConfig:
                          resources_per_worker={"CPU": cfg.train.cpus_per_worker, **({"GPU": 1} if use_gpu else {})})
 
 
+# Ray Train's knob for one worker-group start; the process that builds the TorchTrainer passes it
+# on to the run's controller.
+START_TIMEOUT_ENV = "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"
+
+
+def start_timeout_s(cfg: RunConfig) -> float:
+    return cfg.train.worker_start_timeout_s or float(os.environ.get(START_TIMEOUT_ENV, 60.0))
+
+
+def failure_config_for(cfg: RunConfig, start_tries: int | None = None) -> FailureConfig:
+    """Worker-group restarts (train.max_failures) and the bounded wait for workers: at most
+    train.worker_start_tries (else `start_tries`; None: forever) starts of start_timeout_s each.
+    Sets the start timeout in this process's environment, where TorchTrainer reads it."""
+    os.environ[START_TIMEOUT_ENV] = str(start_timeout_s(cfg))
+    tries = cfg.train.worker_start_tries or start_tries
+    return FailureConfig(max_failures=cfg.train.max_failures,
+                         controller_failure_limit=-1 if tries is None else tries - 1)
+
+
 def fit(cfg: RunConfig, *, resume: bool = False, verbose: bool = True) -> TrainSummary:
     """Train `cfg` on the connected Ray cluster (one is started locally if none is)."""
     if not ray.is_initialized():
@@ -487,7 +506,7 @@ def fit(cfg: RunConfig, *, resume: bool = False, verbose: bool = True) -> TrainS
                 checkpoint_score_attribute=family.metric,
                 checkpoint_score_order=family.mode,
             ),
-            failure_config=FailureConfig(max_failures=cfg.train.max_failures),
+            failure_config=failure_config_for(cfg),
             callbacks=[ProgressCallback(cfg.train.epochs, family.metric)] if verbose else [],
         ),
     )

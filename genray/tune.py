@@ -8,6 +8,12 @@ trial copies that checkpoint into a Tune checkpoint. Real Tune checkpoints are w
 exploit a better trial and let `Tuner.restore` restart an interrupted trial where it was; a
 trial that starts from a Tune checkpoint passes it to the worker loop as `init_from`.
 
+A trial's Train run (controller, workers, their placement group) lives exactly as long as the
+trial: when Tune stops, pauses or fails the trial, the trial aborts its run before it returns
+(see run_trial), and a run whose workers cannot start within train.worker_start_timeout_s x
+train.worker_start_tries fails the trial with the resources it waited for, so a search never
+waits on CPUs that its own stopped trials hold.
+
 A search lives in <storage>/<name>/ (a folder or an s3:// prefix): Tune's experiment folder,
 `train/` with every trial's Train run (so `tensorboard --logdir <storage>/<name>/train` shows all
 trials together), and results.csv / results.json once it finishes. On S3, Tune and each trial's
@@ -35,8 +41,11 @@ import ray.train
 import ray.tune
 import yaml
 from ray import tune
-from ray.train import CheckpointConfig, FailureConfig, UserCallback
+from ray.train import CheckpointConfig, UserCallback
 from ray.train.torch import TorchTrainer
+# Ray Train's controller-side hook interface (Ray is pinned): its public UserCallback sees only
+# reports, and a trial needs its run's controller before the first one, to abort it.
+from ray.train.v2._internal.execution.callback import ControllerCallback
 from ray.util.queue import Queue
 
 from genray import checkpoint
@@ -44,13 +53,15 @@ from genray.config import ConfigError, RunConfig, apply_override
 from genray.data import uri
 from genray.families import get_family
 from genray.metrics import store_root
-from genray.train import collect_reports_promptly, run_dir_of, scaling_for, train_loop_per_worker
+from genray.train import (collect_reports_promptly, failure_config_for, run_dir_of, scaling_for, start_timeout_s,
+                          train_loop_per_worker)
 
 DOMAINS = {
     "loguniform": lambda a: tune.loguniform(*a),
     "uniform": lambda a: tune.uniform(*a),
     "choice": lambda a: tune.choice(list(a)),
     "randint": lambda a: tune.randint(*a),
+    "grid": lambda a: tune.grid_search(list(a)),  # every value, num_samples times each
 }
 SPEC_FILE = "genray_search.json"
 # A trial is only a driver: its Train workers ask the cluster for their own CPUs/GPUs. Tune
@@ -130,7 +141,88 @@ class ToTune(UserCallback):
         self.channel = channel
 
     def after_report(self, run_context, metrics, checkpoint) -> None:
-        self.channel.put((metrics[0], checkpoint.path if checkpoint is not None else None))
+        self.channel.put(("report", metrics[0], checkpoint.path if checkpoint is not None else None))
+
+
+class ControllerToTrial(ControllerCallback):
+    """On the Train controller, once it starts: hand the trial its handle, so that the trial can
+    abort the run when Tune stops it."""
+
+    def __init__(self, channel: Queue):
+        self.channel = channel
+
+    def after_controller_start(self, train_run_context) -> None:
+        self.channel.put(("controller", ray.get_runtime_context().current_actor, None))
+
+
+class WorkersDidNotStart(RuntimeError):
+    """A trial's Train workers found no room in the cluster within the bounded wait."""
+
+
+ABORT_TIMEOUT_S = 30.0
+FINISH_GRACE_S = 3.0  # a run stopped at its last epoch is already shutting down by itself
+TRIAL_START_TRIES = 3  # worker-group starts a trial's run makes when train.worker_start_tries is unset
+
+
+class TrialRun:
+    """The Train run a trial drives: the fit's thread and, once the run's controller has started,
+    the controller's handle (it arrives on the channel, read by whichever of the trial's thread
+    and `end` gets to it first). One per trial actor: the search never reuses actors."""
+
+    current: "TrialRun | None" = None
+
+    def __init__(self, channel: Queue, fit_thread: threading.Thread):
+        self.channel, self.fit_thread, self.controller = channel, fit_thread, None
+
+    def next_report(self) -> tuple[dict[str, Any], str | None] | None:
+        """The run's next (metrics, checkpoint path); None once the run has ended."""
+        while True:
+            try:
+                kind, first, second = self.channel.get(timeout=1.0)
+            except pyqueue.Empty:
+                if self.fit_thread.is_alive() or not self.channel.empty():
+                    continue
+                return None
+            if kind == "controller":
+                self.controller = first
+            else:
+                return first, second
+
+    def end(self) -> None:
+        """End the run if it is still going, and return once its workers and their placement
+        group are gone: Ray Train's own abort, or a kill when the controller does not answer."""
+        self.fit_thread.join(FINISH_GRACE_S)
+        if not self.fit_thread.is_alive():
+            return
+        while self.controller is None and not self.channel.empty():
+            kind, first, _ = self.channel.get_nowait()
+            if kind == "controller":
+                self.controller = first
+        if self.controller is not None:  # else the controller never started: it dies with this actor
+            try:
+                ray.get(self.controller.abort.remote(), timeout=ABORT_TIMEOUT_S)
+            except ray.exceptions.GetTimeoutError:
+                ray.kill(self.controller)
+            except ray.exceptions.RayActorError:
+                pass  # abort ends the controller's process: the call reports the actor gone
+        self.fit_thread.join(ABORT_TIMEOUT_S)
+
+
+class EndsItsRun:
+    """Mixed into the trial's Tune Trainable (Tune's `__mixins__` hook for function trainables).
+
+    Tune stops, pauses or exploits a trial by calling the trainable's stop() and then dropping
+    its actor, which kills the actor a few seconds later. The trial's Train run belongs to that
+    actor, and a kill in the middle of the run's own shutdown (after it has told Train's
+    placement-group cleaner to stand down, before it removes the group) leaves the workers'
+    placement group, and their CPUs, reserved for good. So stop() ends the run first, and the
+    actor goes only once its run has gone.
+    """
+
+    def cleanup(self):
+        if TrialRun.current is not None:
+            TrialRun.current.end()
+        super().cleanup()
 
 
 def run_trial(config: dict[str, Any], base: dict[str, Any], train_storage: str, store: str, fs=None) -> None:
@@ -148,9 +240,6 @@ def run_trial(config: dict[str, Any], base: dict[str, Any], train_storage: str, 
         init_from = str(init_dir)
         if checkpoint.load(init_from, weights=False).epoch + 1 >= cfg.train.epochs:
             return  # exploited (PBT) or restored after its last epoch: nothing left to train
-    # The trial ends when its fit returns (no Tune `stop`). An early stop (ASHA) or a pause (PBT)
-    # ends the trial's actor mid-fit, and with it the Train controller it owns; the workers'
-    # placement group is then freed by Train's PlacementGroupCleaner (see require_state_api).
     # A fresh Train run per (trial, starting point): Train V2 would otherwise auto-resume the
     # trial's own older checkpoints instead of the one Tune handed over.
     suffix = "" if init_from is None else "-" + hashlib.sha1(f"{init_from}{time.time()}".encode()).hexdigest()[:6]
@@ -159,17 +248,18 @@ def run_trial(config: dict[str, Any], base: dict[str, Any], train_storage: str, 
     storage_path, fs = ray_storage(train_storage, fs)
     channel = Queue(maxsize=4, actor_options={"num_cpus": 0})
     collect_reports_promptly()
+    scaling = scaling_for(cfg, min_workers=1)
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"run": cfg.to_dict(), "run_dir": str(run_dir_of(train_storage, run_name)),
                            "store": store, "init_from": init_from,
                            "run_uri": uri.join(train_storage, run_name), "run_fs": fs},
-        scaling_config=scaling_for(cfg, min_workers=1),
+        scaling_config=scaling,
         run_config=ray.train.RunConfig(
             name=run_name, storage_path=storage_path, storage_filesystem=fs,
             checkpoint_config=CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints),
-            failure_config=FailureConfig(max_failures=cfg.train.max_failures),
-            callbacks=[ToTune(channel)],
+            failure_config=failure_config_for(cfg, TRIAL_START_TRIES),
+            callbacks=[ToTune(channel), ControllerToTrial(channel)],
         ),
     )
     if not remote:
@@ -184,19 +274,35 @@ def run_trial(config: dict[str, Any], base: dict[str, Any], train_storage: str, 
 
     worker = threading.Thread(target=fit, name=f"genray-fit-{trial_id}", daemon=True)
     worker.start()
-    while True:
-        try:
-            metrics, path = channel.get(timeout=1.0)
-        except pyqueue.Empty:
-            if worker.is_alive():
-                continue
-            if channel.empty():
-                break
-            continue
-        report(metrics, path, fs if remote else None)
-    worker.join()
+    run = TrialRun.current = TrialRun(channel, worker)
+    try:
+        while (item := run.next_report()) is not None:
+            report(*item, fs if remote else None)
+        worker.join()
+    finally:
+        run.end()  # this thread failed: the run must not outlive the trial
     if "error" in outcome:
-        raise outcome["error"]
+        raise explain_start_failure(outcome["error"], trial_id, scaling, cfg) from outcome["error"]
+
+
+run_trial.__mixins__ = (EndsItsRun,)
+
+
+def explain_start_failure(err: BaseException, trial_id: str, scaling, cfg: RunConfig) -> BaseException:
+    """A run whose workers never started, as an error that says what it waited for and why."""
+    cause = getattr(err, "controller_failure", None)
+    if type(cause).__name__ != "WorkerGroupStartupTimeoutError":
+        return err
+    total = ray.cluster_resources()
+    free = ray.available_resources()
+    wanted = scaling.resources_per_worker
+    held = {k: round(total.get(k, 0) - free.get(k, 0), 2) for k in wanted}
+    return WorkersDidNotStart(
+        f"trial {trial_id}: its {scaling.num_workers} Ray Train worker(s), {wanted} each, did not "
+        f"start in {cfg.train.worker_start_tries or TRIAL_START_TRIES} tries of {start_timeout_s(cfg):g} s; the cluster has "
+        f"{ {k: total.get(k, 0) for k in wanted} } in all, {held} held by other trials, runs or apps. "
+        "Lower --max-concurrent, train.workers or train.cpus_per_worker, or add nodes."
+    )
 
 
 def report(metrics: dict[str, Any], path: str | None, fs) -> None:

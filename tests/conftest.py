@@ -16,7 +16,13 @@ torch.set_num_threads(1)
 # The metrics classifier is cached in the model store: one per test session, never ./models.
 os.environ.setdefault("GENRAY_STORE", tempfile.mkdtemp(prefix="genray-test-store-"))
 
+import uuid
+
+import leaks
 import pytest
+
+# Every process this session starts carries the mark (leaks.ray_processes tells them apart by it).
+os.environ[leaks.SESSION_ENV] = uuid.uuid4().hex
 
 
 def free_port() -> int:
@@ -77,3 +83,52 @@ def trained_vae(tmp_path_factory):
     checkpoint.save(path, family="vae", config=cfg.to_dict(), state=family.state_dict(), epoch=0,
                     metrics={"val_neg_elbo": 300.0})
     return path
+
+
+# --- nothing left behind -------------------------------------------------------------------
+
+@pytest.fixture(scope="session", autouse=True)
+def no_ray_process_left():
+    """The suite leaves no Ray process behind: every Ray it started (the shared session, a
+    `genray` subprocess's embedded Ray, a test's own head node) is gone when it ends."""
+    yield
+    left = leaks.processes_left(os.environ[leaks.SESSION_ENV])
+    if left:
+        pytest.fail("Ray processes left running after the test session:\n  " + "\n  ".join(left))
+
+
+def shared_apps() -> set[str]:
+    """Serve apps deployed on purpose for several modules (tests/deployed.py)."""
+    import deployed
+
+    return set(deployed._live.get("names", {}).values())
+
+
+def check_nothing_left(before, what: str) -> None:
+    left = leaks.leftovers(before, shared_apps())
+    if left:
+        pytest.fail(f"{what} left behind in the shared Ray session:\n  " + "\n  ".join(left))
+
+
+@pytest.fixture(scope="module", autouse=True)
+def nothing_left_by_the_module(request):
+    """Module fixtures (apps shared by a module's tests) are gone once the module ends."""
+    before = leaks.snapshot()
+    yield
+    import ray
+
+    if ray.is_initialized():
+        check_nothing_left(before, f"{request.module.__name__}")
+
+
+@pytest.fixture(autouse=True)
+def nothing_left_by_the_test(request):
+    """A test on the shared Ray session ends everything it started: Train runs (controller,
+    workers, placement group), Tune trials, Serve apps."""
+    if "ray_session" not in request.fixturenames:
+        yield
+        return
+    request.getfixturevalue("ray_session")
+    before = leaks.snapshot()
+    yield
+    check_nothing_left(before, request.node.name)

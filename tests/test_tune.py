@@ -80,6 +80,25 @@ def test_pbt_exploits_the_better_trial(ray_session, tmp_path):
         assert epochs and min(epochs) == 1, (run.name, epochs)
 
 
+@pytest.mark.tune
+@pytest.mark.ray
+def test_a_trial_whose_workers_cannot_start_fails_and_the_search_goes_on(ray_session, tmp_path):
+    """One trial asks for 8 CPUs a worker on a 2-CPU session: it fails after its bounded wait
+    with the resources it waited for, and the other trial trains to the end."""
+    space = tmp_path / "space.yaml"
+    space.write_text("space:\n  train.cpus_per_worker: {grid: [1.0, 8.0]}\n")
+    spec = load_space("vae", str(space))
+    base = build_config("vae", overrides=FAST + ["train.epochs=1", "train.worker_start_timeout_s=3",
+                                                 "train.worker_start_tries=2"])
+    tuner = build_tuner("vae", name="w", storage=tmp_path, spec=spec, base=base, scheduler="fifo",
+                        num_samples=1, max_concurrent=2)
+    results = tuner.fit()
+    by_cpus = {r.config["train_loop_config"]["train.cpus_per_worker"]: r for r in results}
+    assert by_cpus[1.0].error is None and by_cpus[1.0].metrics["training_iteration"] == 1
+    message = str(by_cpus[8.0].error)
+    assert "did not start in 2 tries of 3 s" in message and "'CPU': 8.0" in message, message
+
+
 def trial_statuses(search_dir) -> dict[str, str]:
     """Trial id -> status, as Tune last saved them in the search's experiment state."""
     states = sorted(search_dir.glob("experiment_state-*.json"), key=lambda p: p.stat().st_mtime)

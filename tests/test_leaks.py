@@ -1,0 +1,37 @@
+"""The suite's own leak check (tests/leaks.py) sees what a test leaves in the shared Ray session."""
+
+import pytest
+
+import leaks
+
+
+@pytest.mark.ray
+def test_the_leak_check_names_an_actor_and_a_placement_group_left_alive(ray_session):
+    import ray
+    from ray.util.placement_group import placement_group, remove_placement_group
+
+    @ray.remote(num_cpus=0)
+    class Lingering:
+        def ping(self):
+            return 1
+
+    before = leaks.snapshot()
+    actor = Lingering.remote()
+    ray.get(actor.ping.remote())
+    group = placement_group([{"CPU": 0.01}])
+    ray.get(group.ready())
+    left = leaks.leftovers(before, grace_s=0)
+    assert any(line.startswith("actor") and "Lingering" in line for line in left), left
+    assert any(line.startswith("placement group") for line in left), left
+
+    ray.kill(actor)
+    remove_placement_group(group)
+    assert leaks.leftovers(before, grace_s=10) == []
+
+
+def test_the_process_check_sees_only_this_sessions_ray_processes():
+    import os
+
+    # This pytest process is no Ray process, and another session's mark matches nothing.
+    assert os.getpid() not in leaks.ray_processes(os.environ[leaks.SESSION_ENV])
+    assert leaks.ray_processes("no-such-session") == {}
