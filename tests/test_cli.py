@@ -58,3 +58,45 @@ def test_heat_command_writes_png_gif_and_probes(tmp_path):
 def test_heat_command_rejects_bad_input(tmp_path):
     result = runner.invoke(app, ["heat", "--n", "1", "--out", str(tmp_path)])
     assert result.exit_code == 2 and "n must be >= 2" in result.output
+
+
+def test_set_fields_read_files_as_json_text_and_png(tmp_path):
+    import base64
+
+    import numpy as np
+
+    from genray.client import png_base64
+    from genray.config import ConfigError
+    from genray.query_files import parse_sets
+
+    (tmp_path / "y0.json").write_text("[[2, 0]]")
+    (tmp_path / "prompt.txt").write_text("def ")
+    digit = np.linspace(0.0, 1.0, 28 * 28, dtype=np.float32).reshape(28, 28)
+    png = png_base64(digit)
+    (tmp_path / "d.png").write_bytes(base64.b64decode(png))
+    body = parse_sets(["n=8", f"y0=@{tmp_path / 'y0.json'}", f"prompt=@{tmp_path / 'prompt.txt'}",
+                       f'images=["@{tmp_path / "d.png"}", "@{tmp_path / "d.png"}"]', "a.b=0.5"])
+    assert body == {"n": 8, "y0": [[2, 0]], "prompt": "def ", "images": [png, png], "a": {"b": 0.5}}
+    with pytest.raises(ConfigError, match="images: no file"):
+        parse_sets([f'images=["@{tmp_path / "missing.png"}"]'])
+
+
+def test_answer_images_are_written_as_one_png_or_a_grid(tmp_path):
+    import base64
+
+    import numpy as np
+    from PIL import Image
+
+    from genray.client import png_base64
+    from genray.query_files import shown, write_images
+
+    pngs = [png_base64(np.full((28, 28), v, dtype=np.float32)) for v in (0.0, 0.5, 1.0)]
+    write_images(pngs[:1], tmp_path / "one.png")
+    assert (tmp_path / "one.png").read_bytes() == base64.b64decode(pngs[0])
+    write_images(pngs, tmp_path / "sub" / "grid.png")
+    assert Image.open(tmp_path / "sub" / "grid.png").size == (2 * 30 + 2, 2 * 30 + 2)  # 2 x 2 tiles, 2 px gaps
+    with pytest.raises(ValueError, match="no images to write"):
+        write_images([], tmp_path / "none.png")
+    with pytest.raises(ValueError, match="differ in size"):
+        write_images([pngs[0], png_base64(np.zeros((8, 8), dtype=np.float32))], tmp_path / "bad.png")
+    assert pngs[0] not in shown({"image": pngs[0]}, pngs[:1]) and "<base64 PNG," in shown({"image": pngs[0]}, pngs[:1])

@@ -127,7 +127,7 @@ def test_job_specs_validate(path):
 
 @pytest.mark.parametrize("path", sorted(p.name for p in (REPO / "serve").glob("*.yaml")))
 def test_no_access_log_config_is_still_a_valid_serve_config(path):
-    from genray.cli import without_access_log
+    from genray.serve_config import without_access_log
 
     config = yaml.safe_load((REPO / "serve" / path).read_text())
     quiet = without_access_log(config)

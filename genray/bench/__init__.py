@@ -8,7 +8,7 @@ import platform
 import re
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Optional
 
 
 def machine() -> dict[str, Any]:
@@ -64,3 +64,21 @@ def update_readme(readme: Path, name: str, markdown: str) -> bool:
         return False
     readme.write_text(pattern.sub(lambda m: m.group(1) + markdown.rstrip() + "\n" + m.group(2), text))
     return True
+
+
+def publish(name: str, result: dict[str, Any], markdown: str, out: Path, readme: Optional[Path],
+            log: Callable[[str], None] = print) -> None:
+    """A bench's figures to <out>/<name>.json and .md, its table to `log`, and (with `readme`) into
+    the README's <!-- bench:NAME --> block."""
+    json_path, md_path = write_results(out, name, result, markdown)
+    log(markdown)
+    log(f"wrote {json_path} and {md_path}")
+    if readme is not None:
+        updated = update_readme(readme, name, markdown)
+        log(f"README table {'updated' if updated else 'not found'} in {readme}")
+
+
+def previous_results(out: Path, name: str) -> Optional[dict[str, Any]]:
+    """The last <out>/<name>.json, whose parts a bench run with --parts keeps; None if there is none."""
+    path = out / f"{name}.json"
+    return json.loads(path.read_text()) if path.is_file() else None

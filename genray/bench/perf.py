@@ -189,7 +189,7 @@ def serving(concurrencies: list[int], total: int, rounds: int, warmup: int, repl
     latent = read_manifest(models["vae"])["config"]["model"]["latent_dim"]
     mode = serve_mode()
     if mode == "haproxy":  # read by Serve at import: set before ray.serve is first imported
-        from genray.cli import THROUGHPUT_ENV
+        from genray.serve_config import THROUGHPUT_ENV
 
         for key, value in THROUGHPUT_ENV.items():
             os.environ.setdefault(key, value)

@@ -1,0 +1,168 @@
+"""`genray bench ...`: each command runs one bench (genray.bench.<name>) and publishes its figures."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from genray.bench import previous_results, publish
+from genray.cli.errors import fail
+from genray.config import ConfigError
+
+bench_app = typer.Typer(help="Measure quality and speed; figures go to JSON and Markdown files.",
+                        no_args_is_help=True)
+
+
+@bench_app.command("quality")
+def bench_quality(
+    families: str = typer.Option(",".join(["vae", "ae", "cvae", "gan", "vaegan", "aae"]),
+                                 help="Comma-separated families to train and measure; `classifier` runs the "
+                                      "classifier rows (augmentation, fine-tuning) and alone keeps the other rows."),
+    epochs: int = typer.Option(30, help="The fixed budget every family gets."),
+    out: Path = typer.Option(Path("bench_results"), help="Folder for quality.json and quality.md."),
+    storage: Path = typer.Option(Path("runs"), help="Where the bench's training runs go."),
+    readme: Optional[Path] = typer.Option(None, help="Also replace the table between <!-- bench:quality --> markers."),
+) -> None:
+    """Train every generative family for the same budget; table of IS, FID, coverage, ELBO, MSE."""
+    from genray.bench.quality import markdown_table, run
+    from genray.families import FAMILIES
+
+    names = [f.strip() for f in families.split(",") if f.strip()]
+    unknown = [f for f in names if f not in FAMILIES]
+    if unknown:
+        fail(f"unknown families {unknown}; known: {sorted(FAMILIES)}")
+    result = run(names, epochs, out, storage.resolve())
+    publish("quality", result, markdown_table(result), out, readme, log=typer.echo)
+
+
+@bench_app.command("heat")
+def bench_heat(
+    sizes: str = typer.Option("128,256,512", help="Grid sizes n."),
+    out: Path = typer.Option(Path("bench_results"), help="Folder for heat.json and heat.md."),
+    threads: int = typer.Option(1, help="torch and BLAS threads for every method."),
+    readme: Optional[Path] = typer.Option(None, help="Also replace the table between <!-- bench:heat --> markers."),
+) -> None:
+    """Seconds and CG iterations per step against scipy (splu, Jacobi CG) and pyamg; stencil bandwidth."""
+    from genray.bench.heat import markdown_table, run
+
+    result = run([int(v) for v in sizes.split(",")], out / "heat.json", threads=threads)
+    publish("heat", result, markdown_table(result), out, readme, log=typer.echo)
+
+
+@bench_app.command("ode")
+def bench_ode(
+    quick: bool = typer.Option(False, "--quick", help="Smoke-test sizes (seconds, no Ray run); the figures mean little."),
+    path: Optional[str] = typer.Option(None, help="How genray's ode side runs: ray-train (default) or in-process "
+                                                  "(the default with --quick)."),
+    rounds: Optional[int] = typer.Option(None, help="Interleaved rounds of the ode comparison (3; 1 with --quick)."),
+    parts: str = typer.Option("ode,latent_ode", help="Parts to run (comma-separated); a part not run is kept "
+                                                     "from the previous ode.json in --out."),
+    out: Path = typer.Option(Path("bench_results"), help="Folder for ode.json and ode.md."),
+    storage: Path = typer.Option(Path("runs"), help="Where the bench's Ray Train runs go."),
+    readme: Optional[Path] = typer.Option(None, help="Also replace the table between <!-- bench:ode --> markers."),
+) -> None:
+    """ode vs the same loop in plain torchdiffeq (time, NFE, memory, error; adjoint on and off); latent_ode vs rnn."""
+    from genray.bench.ode import PARTS, markdown_table, run
+
+    if path not in (None, "ray-train", "in-process"):
+        fail(f"--path must be ray-train or in-process, got {path!r}")
+    chosen = tuple(p.strip() for p in parts.split(",") if p.strip())
+    if not chosen or set(chosen) - set(PARTS):
+        fail(f"--parts takes {' and '.join(PARTS)} (comma-separated), got {parts!r}")
+    result = run(quick=quick, path=path, rounds=rounds, storage=storage, parts=chosen,
+                 previous=previous_results(out, "ode"), log=typer.echo)
+    publish("ode", result, markdown_table(result), out, readme, log=typer.echo)
+
+
+@bench_app.command("tune")
+def bench_tune(
+    family: str = typer.Option("vae", help="The family searched (its packaged space)."),
+    num_samples: int = typer.Option(8, help="Sampled configurations; the same ones for both searches."),
+    epochs: int = typer.Option(32, help="Epochs per trial (ASHA's max_t)."),
+    max_concurrent: int = typer.Option(2, help="Trials at once, in both searches."),
+    seed: int = typer.Option(0, help="Seed of the sampled configurations."),
+    tolerance: float = typer.Option(0.02, help="Target: random search's best value within this fraction."),
+    set_: List[str] = typer.Option(["train.quality_every=0", "train.preview_every=0"], "--set", "-s",
+                                   help="Fixed override for every trial (repeatable)."),
+    storage: Path = typer.Option(Path("searches"), help="Where the two searches go."),
+    out: Path = typer.Option(Path("bench_results"), help="Folder for tune.json and tune.md."),
+    readme: Optional[Path] = typer.Option(None, help="Also replace the table between <!-- bench:tune --> markers."),
+) -> None:
+    """Trial-seconds ASHA needs to return a config at a target against random search without early stopping."""
+    from genray.bench.tune import markdown_table, run
+
+    try:
+        result = run(family, num_samples=num_samples, epochs=epochs, max_concurrent=max_concurrent, seed=seed,
+                     tolerance=tolerance, storage=storage.resolve(), overrides=list(set_))
+    except ConfigError as err:
+        fail(str(err))
+    publish("tune", result, markdown_table(result), out, readme, log=typer.echo)
+
+
+@bench_app.command("gnn")
+def bench_gnn(
+    quick: bool = typer.Option(False, "--quick", help="Tiny budgets, all runs at once: a smoke test, not figures."),
+    out: Path = typer.Option(Path("bench_results"), help="Folder for gnn.json and gnn.md."),
+    storage: Path = typer.Option(Path("runs"), help="Where the bench's Ray Train runs go."),
+    readme: Optional[Path] = typer.Option(None, help="Also replace the table between <!-- bench:gnn --> markers."),
+) -> None:
+    """GCN test accuracy (SBM, KarateClub); MPNN test MAE against baselines; 1- and 2-worker throughput."""
+    from genray.bench.gnn import markdown_table, run
+
+    result = run(storage.resolve(), quick=quick)
+    publish("gnn", result, markdown_table(result), out, readme, log=typer.echo)
+
+
+@bench_app.command("serve")
+def bench_serve(
+    requests_: int = typer.Option(2000, "--requests", help="Requests per endpoint."),
+    concurrency: int = typer.Option(32, help="Client threads sending at once."),
+    warmup: int = typer.Option(100, help="Requests sent first and not counted."),
+    gan: Optional[str] = typer.Option(None, help="GAN model to serve (default: freshly initialised weights)."),
+    port: int = typer.Option(8000, help="Serve's HTTP port on 127.0.0.1."),
+    out: Path = typer.Option(Path("bench_results"), help="Folder for serve.json and serve.md."),
+    readme: Optional[Path] = typer.Option(None, help="Also replace the table between <!-- bench:serve --> markers."),
+) -> None:
+    """Load test on loopback: errors, throughput, p50/p99 of gan/sample and heat/solve."""
+    from genray.bench.serve import markdown_table, run
+
+    result = run(total=requests_, concurrency=concurrency, warmup=warmup, gan_model=gan, port=port)
+    publish("serve", result, markdown_table(result), out, readme, log=typer.echo)
+
+
+@bench_app.command("perf")
+def bench_perf(
+    parts: str = typer.Option("training,inference,serving",
+                              help="Which parts to run (comma-separated); the others are kept from the previous "
+                                   "perf.json in --out."),
+    family: str = typer.Option("vae", help="The family trained in the training part."),
+    epochs: int = typer.Option(8, help="Epochs per training run (the first is warm-up)."),
+    batch_size: int = typer.Option(64, help="Batch size per worker / process."),
+    train_rounds: int = typer.Option(2, help="Interleaved rounds of the four training runs."),
+    set_: List[str] = typer.Option(["train.quality_every=0"], "--set", "-s",
+                                   help="Config override for every training run, genray's and plain (repeatable)."),
+    concurrency: str = typer.Option("1,8,32", help="Client concurrencies for the serving part."),
+    requests_: int = typer.Option(1000, "--requests", help="Requests per serving measurement."),
+    serve_rounds: int = typer.Option(2, help="Interleaved rounds of each serving measurement."),
+    replicas: str = typer.Option("1,2", help="Serve replicas per app, each setting measured in turn (comma-separated)."),
+    storage: Path = typer.Option(Path("runs"), help="Where the bench's training runs go."),
+    out: Path = typer.Option(Path("bench_results"), help="Folder for perf.json and perf.md."),
+    readme: Optional[Path] = typer.Option(None, help="Also replace the table between <!-- bench:perf --> markers."),
+) -> None:
+    """Ray's overhead: Ray Train vs plain PyTorch and torchrun; Ray Serve vs plain FastAPI; math alone."""
+    from genray.bench.perf import PARTS, markdown_table, run
+
+    chosen = [p.strip() for p in parts.split(",") if p.strip()]
+    if not chosen or set(chosen) - set(PARTS):
+        fail(f"--parts takes {', '.join(PARTS)} (comma-separated); got {parts!r}")
+    try:
+        levels = [int(c) for c in concurrency.split(",")]
+        replica_counts = [int(n) for n in replicas.split(",")]
+    except ValueError:
+        fail(f"--concurrency and --replicas take comma-separated integers, got {concurrency!r}, {replicas!r}")
+    result = run(family=family, epochs=epochs, batch_size=batch_size, train_rounds=train_rounds, overrides=list(set_),
+                 concurrencies=levels, requests=requests_, serve_rounds=serve_rounds, replicas=replica_counts, parts=chosen,
+                 storage=storage.resolve(), previous=previous_results(out, "perf"), log=typer.echo)
+    publish("perf", result, markdown_table(result), out, readme, log=typer.echo)

@@ -1,0 +1,225 @@
+"""Commands that run a model: train, export, demo, tune, heat."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from genray.cli.errors import fail
+from genray.config import ConfigError
+
+
+def connect(address: Optional[str]) -> None:
+    """Join the cluster at `address` (or $RAY_ADDRESS); otherwise start an embedded local Ray."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    address = address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, log_to_driver=True)
+    else:
+        from genray.train import start_local_ray
+
+        start_local_ray(log_to_driver=True)
+
+
+def train(
+    family: Optional[str] = typer.Argument(None, help="Model family, e.g. vae (omit with --resume)."),
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML run config."),
+    set_: List[str] = typer.Option([], "--set", "-s", help="Override: --set model.latent_dim=8 (repeatable)."),
+    workers: Optional[int] = typer.Option(None, help="Ray Train workers (train.workers)."),
+    epochs: Optional[int] = typer.Option(None, help="Epochs (train.epochs)."),
+    name: Optional[str] = typer.Option(None, help="Run name; the run folder is <storage>/<name>."),
+    storage: str = typer.Option("runs", help="Folder or s3://bucket/prefix that holds the runs."),
+    resume: Optional[str] = typer.Option(None, help="Continue run NAME from its latest checkpoint."),
+    address: Optional[str] = typer.Option(None, help="Ray cluster address (default: $RAY_ADDRESS or a local Ray)."),
+) -> None:
+    """Train a model family with Ray Train (N workers, DDP, checkpoints)."""
+    from genray.config import build_config
+    from genray.train import fit, load_run_config
+
+    overrides = list(set_)
+    if workers is not None:
+        overrides.append(f"train.workers={workers}")
+    if epochs is not None:
+        overrides.append(f"train.epochs={epochs}")
+    try:
+        if resume:
+            if family or config or name:
+                fail("--resume takes the run's stored config; give no FAMILY, --config or --name with it")
+            cfg = load_run_config(resume, storage, overrides)
+        else:
+            if family is None and config is None:
+                fail("name a FAMILY (e.g. `genray train vae`) or a --config file")
+            overrides += [f"storage={storage}"] + ([f"name={name}"] if name else [])
+            cfg = build_config(family, config, overrides)
+        connect(address)
+        summary = fit(cfg, resume=bool(resume))
+    except (ConfigError, ValueError, FileExistsError) as err:
+        fail(str(err))
+    from genray.families import get_family
+
+    metric = get_family(cfg.family).metric
+    typer.echo(f"run:         {summary.run_dir}")
+    typer.echo(f"best:        {summary.best_checkpoint}")
+    typer.echo(f"{metric}: {summary.metrics.get(metric, float('nan')):.4f} (last epoch)")
+    typer.echo(f"wall time:   {summary.wall_s:.1f} s")
+    typer.echo(f"tensorboard: tensorboard --logdir {summary.run_dir / 'tensorboard'}")
+    typer.echo(f"export:      genray export {summary.name} --storage {storage} --to models/{cfg.family}")
+
+
+def export(
+    run: str = typer.Argument(..., help="Run name (under --storage), run folder or s3:// URI; a search name with --best."),
+    to: str = typer.Option(..., "--to", help="Model store folder or s3:// URI to write, e.g. models/vae."),
+    storage: Optional[str] = typer.Option(None, help="Folder or s3:// prefix that holds the runs (default runs, or searches with --best)."),
+    which: str = typer.Option("best", help="best (by the family's metric) or latest."),
+    best: bool = typer.Option(False, "--best", help="RUN is a Tune search: export its best trial's best checkpoint."),
+    replace: bool = typer.Option(False, help="Replace an existing model (the old one is kept beside it)."),
+) -> None:
+    """Copy a run's (or a search's) best checkpoint into the model store that deployments load."""
+    import json
+
+    from genray.checkpoint import CheckpointError, read_manifest
+    from genray.data import uri
+    from genray.store import export as export_model
+
+    storage = storage or ("searches" if best else "runs")
+    # RUN is an s3:// URI, a folder, or a name under --storage
+    run_dir = (run if uri.is_s3(run) else Path(run) if Path(run).is_dir()
+               else uri.join(storage, run) if uri.is_s3(storage) else Path(storage) / run)
+    options = {}
+    if best:
+        from genray.tune import SPEC_FILE
+
+        spec = uri.join(run_dir, SPEC_FILE)
+        if not uri.exists(spec):
+            fail(f"{run_dir} is not a genray search (no {SPEC_FILE})")
+        meta = json.loads(uri.read_text(spec))
+        options = {"pattern": "*/checkpoint_*", "metric": meta["metric"], "mode": meta["mode"]}
+    try:
+        dest = export_model(run_dir, to, which=which, replace=replace, **options)
+    except (CheckpointError, FileExistsError, ValueError) as err:
+        fail(str(err))
+    manifest = read_manifest(dest)
+    typer.echo(f"exported {manifest['family']} (epoch {manifest['epoch']}) from {run_dir} to {dest}")
+
+
+def demo(
+    workers: int = typer.Option(2, help="Ray Train workers."),
+    epochs: int = typer.Option(20, help="Epochs."),
+    out: Path = typer.Option(Path("demo_out"), help="Where the PNGs go."),
+    storage: str = typer.Option("runs", help="Folder that holds the runs."),
+    store: Path = typer.Option(Path("models/vae"), help="Model store folder to export to."),
+    port: int = typer.Option(8000, help="HTTP port for Serve."),
+    keep_serving: bool = typer.Option(False, help="Keep the endpoint up after the demo (Ctrl-C stops)."),
+) -> None:
+    """Train a VAE on Ray, export it, serve it, query it: the whole path on one machine."""
+    from genray.demo import run_demo
+
+    try:
+        run_demo(workers=workers, epochs=epochs, out=out, storage=storage, store=store, port=port,
+                 keep_serving=keep_serving)
+    except (ConfigError, ValueError) as err:
+        fail(str(err))
+
+
+def tune(
+    family: Optional[str] = typer.Argument(None, help="Model family, e.g. vae or gan (omit with --resume)."),
+    space: Optional[str] = typer.Option(None, help="Search-space YAML (default: the family's packaged one)."),
+    scheduler: str = typer.Option("asha", help="asha, pbt or fifo."),
+    num_samples: int = typer.Option(8, help="Trials to sample."),
+    max_concurrent: int = typer.Option(2, help="Trials running at once (waiting ones never starve running ones)."),
+    epochs: Optional[int] = typer.Option(None, help="Epochs per trial (the scheduler's max_t)."),
+    workers: int = typer.Option(1, help="Ray Train workers per trial."),
+    set_: List[str] = typer.Option([], "--set", "-s", help="Fixed override for every trial (repeatable)."),
+    metric: Optional[str] = typer.Option(None, help="Override the family's metric."),
+    mode: Optional[str] = typer.Option(None, help="min or max, with --metric."),
+    name: Optional[str] = typer.Option(None, help="Search name; its folder is <storage>/<name>."),
+    storage: str = typer.Option("searches", help="Folder or s3:// prefix that holds searches."),
+    resume: Optional[str] = typer.Option(None, help="Continue an interrupted search NAME (Tuner.restore)."),
+    perturbation_interval: int = typer.Option(1, help="PBT: epochs between exploit/explore steps."),
+    address: Optional[str] = typer.Option(None, help="Ray cluster address (default: $RAY_ADDRESS or a local Ray)."),
+) -> None:
+    """Search hyperparameters with Ray Tune (ASHA, PBT) over the same Ray Train trainer."""
+    from genray.config import build_config
+    from genray.data import uri
+    from genray.tune import SPEC_FILE, build_tuner, load_space, restore_tuner, search_location, summarize
+
+    try:
+        if resume:
+            connect(address)
+            tuner, meta = restore_tuner(resume, storage)
+            search_name, metric_name, metric_mode = resume, meta["metric"], meta["mode"]
+        else:
+            if family is None:
+                fail("name a FAMILY (e.g. `genray tune vae`) or --resume NAME")
+            spec = load_space(family, space)
+            if metric:
+                spec.metric, spec.mode = metric, mode or spec.mode
+            overrides = list(set_) + [f"train.workers={workers}"] + ([f"train.epochs={epochs}"] if epochs else [])
+            base = build_config(family, None, overrides)
+            search_name = name or f"{family}-{scheduler}-{time.strftime('%Y%m%d-%H%M%S')}"
+            if uri.exists(uri.join(search_location(storage, search_name), SPEC_FILE)):
+                fail(f"search {search_name!r} exists in {storage}; continue it with --resume {search_name}")
+            connect(address)
+            tuner = build_tuner(family, name=search_name, storage=storage, spec=spec, base=base,
+                                scheduler=scheduler, num_samples=num_samples, max_concurrent=max_concurrent,
+                                perturbation_interval=perturbation_interval)
+            metric_name, metric_mode = spec.metric, spec.mode
+        results = tuner.fit()
+    except (ConfigError, ValueError) as err:
+        fail(str(err))
+    search = search_location(storage, search_name)
+    rows = summarize(results, metric_name, metric_mode, search)
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"{search_name}: trials by best {metric_name} ({metric_mode})")
+    keys = list(dict.fromkeys(k for r in rows for k in r))
+    for k in keys:
+        table.add_column(k)
+    for r in rows:
+        table.add_row(*[f"{r.get(k):.4g}" if isinstance(r.get(k), float) else str(r.get(k, "")) for k in keys])
+    Console().print(table)
+    typer.echo(f"results:     {uri.join(search, 'results.csv')} and results.json")
+    typer.echo(f"tensorboard: tensorboard --logdir {uri.join(search, 'train')}")
+    typer.echo(f"export best: genray export {search_name} --best --storage {storage} --to models/<name>")
+
+
+def heat(
+    n: int = typer.Option(64, help="Grid: x_i = i/n, i = 0..n."),
+    dt: float = typer.Option(1e-3, help="Time step (backward Euler)."),
+    t_end: float = typer.Option(0.1, help="Final time."),
+    omega: float = typer.Option(20.0, help="Boundary ramp rate: u = 1 - exp(-omega t) on x1 = 0 and x2 = 0."),
+    k_in: float = typer.Option(50.0, help="Conductivity inside the triangle."),
+    k_out: float = typer.Option(1.0, help="Conductivity outside."),
+    probe: List[str] = typer.Option(["0.25,0.25", "0.5,0.5", "0.5,0.6"], help="Points x1,x2 to print u at."),
+    frames: int = typer.Option(21, help="Frames in the animation."),
+    out: Path = typer.Option(Path("heat_out"), help="Folder for heat.png and heat.gif."),
+) -> None:
+    """Solve the 2-D heat problem; print probe values, write a PNG and an animated GIF."""
+    from genray.deploy.heat import probe as probe_values
+    from genray.heat import render_gif, render_png, solve_frames
+
+    try:
+        points = [tuple(float(v) for v in text.split(",")) for text in probe]
+        if any(len(pt) != 2 or not all(0.0 <= v <= 1.0 for v in pt) for pt in points):
+            raise ValueError(f"probe points must be x1,x2 in [0, 1], got {probe}")
+        t0 = time.perf_counter()
+        times, fields = solve_frames(n, dt, t_end, omega, k_in, k_out, num_frames=frames)
+        wall = time.perf_counter() - t0
+    except ValueError as err:
+        fail(str(err))
+    u = fields[-1]
+    out.mkdir(parents=True, exist_ok=True)
+    render_png(u, out / "heat.png", title=f"u(x, t={t_end:g})")
+    render_gif(times, fields, out / "heat.gif")
+    typer.echo(f"solved n={n}, dt={dt:g}, t_end={t_end:g} in {wall:.2f} s; max u = {float(u.max()):.6f}")
+    for (x1, x2), value in zip(points, probe_values(u, points)):
+        typer.echo(f"u({x1:g}, {x2:g}) = {value:.6f}")
+    typer.echo(f"wrote {out / 'heat.png'} and {out / 'heat.gif'}")
