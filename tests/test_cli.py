@@ -100,3 +100,14 @@ def test_answer_images_are_written_as_one_png_or_a_grid(tmp_path):
     with pytest.raises(ValueError, match="differ in size"):
         write_images([pngs[0], png_base64(np.zeros((8, 8), dtype=np.float32))], tmp_path / "bad.png")
     assert pngs[0] not in shown({"image": pngs[0]}, pngs[:1]) and "<base64 PNG," in shown({"image": pngs[0]}, pngs[:1])
+
+
+@pytest.mark.parametrize("command", ["status", "stop"])
+def test_job_commands_say_once_that_the_cluster_is_unreachable(command):
+    from typer.testing import CliRunner
+
+    from genray.cli import app
+
+    out = CliRunner().invoke(app, ["job", command, "some-id", "--address", "http://127.0.0.1:9"])
+    assert out.exit_code == 2
+    assert out.output.count("error:") == 1 and "Failed to connect to Ray" in out.output, out.output

@@ -63,8 +63,9 @@ def job_list(address: Optional[str] = typer.Option(None, help=ADDRESS_HELP)) -> 
 def job_status(job_id: str = typer.Argument(..., help="Submission id."),
                address: Optional[str] = typer.Option(None, help=ADDRESS_HELP)) -> None:
     """A job's status (PENDING, RUNNING, SUCCEEDED, FAILED, STOPPED) and message."""
+    jobs = job_api(address)  # outside the try: its own refusal is an Exit, itself a RuntimeError
     try:
-        info = job_api(address).get_job_info(job_id)
+        info = jobs.get_job_info(job_id)
     except RuntimeError as err:  # an unknown id
         fail(str(err))
     typer.echo(f"{info.status.value}" + (f": {info.message}" if info.message else ""))
@@ -91,8 +92,9 @@ def job_logs(job_id: str = typer.Argument(..., help="Submission id."),
 def job_stop(job_id: str = typer.Argument(..., help="Submission id."),
              address: Optional[str] = typer.Option(None, help=ADDRESS_HELP)) -> None:
     """Stop a running job (its driver, and with it its Train workers)."""
+    jobs = job_api(address)
     try:
-        stopped = job_api(address).stop_job(job_id)
+        stopped = jobs.stop_job(job_id)
     except RuntimeError as err:
         fail(str(err))
     typer.echo(f"job {job_id}: {'stop requested' if stopped else 'was not running'}")
