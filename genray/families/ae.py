@@ -131,10 +131,7 @@ class AEFamily(Family):
         noisy = corrupt(x, self.cfg.noise, self.cfg.noise_level)  # the input is noisy ...
         logits = self.train_nets["ae"](noisy)
         loss = reconstruction_loss(logits, x, self.cfg.loss).mean()  # ... the target is clean
-        opt = self.optimizers["ae"]
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        self.optimizer_step(loss, "ae")
         return {"loss": loss.item(), "mse": pixel_mse(torch.sigmoid(logits.detach()), x).mean().item()}
 
     @torch.no_grad()

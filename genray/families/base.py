@@ -148,6 +148,20 @@ class Family(ABC):
         return type(batch)([augment(batch[0], cfg, gen), *batch[1:]])
 
     # --- shared mechanics --------------------------------------------------------------
+    def optimizer_step(self, loss: torch.Tensor, *names: str, clip_norm: float | None = None) -> None:
+        """One update of the named optimizers from `loss`: clear their gradients, backpropagate,
+        clip the norm of their parameters' gradients to `clip_norm` when given, then step each
+        in the order named. Other networks keep whatever gradients `loss` gives them."""
+        optimizers = [self.optimizers[name] for name in names]
+        for opt in optimizers:
+            opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if clip_norm is not None:
+            params = [p for opt in optimizers for group in opt.param_groups for p in group["params"]]
+            torch.nn.utils.clip_grad_norm_(params, clip_norm)
+        for opt in optimizers:
+            opt.step()
+
     def wrap(self, wrapper: Callable[[nn.Module], nn.Module]) -> None:
         """Wrap every network for training (DDP); `nets` keeps the raw modules. A network with
         nothing to train (wholly frozen) is left bare: DDP refuses a module without gradients."""

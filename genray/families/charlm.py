@@ -127,11 +127,7 @@ class CharLMFamily(Family):
         x, y = (self.to_index(t) for t in batch)  # (B, T) each
         logits, _ = self.train_nets["lstm"](x)
         loss = F.cross_entropy(logits.reshape(-1, self.classes), y.reshape(-1))  # nats per character
-        opt = self.optimizers["lstm"]
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(self.nets["lstm"].parameters(), self.cfg.grad_clip)
-        opt.step()
+        self.optimizer_step(loss, "lstm", clip_norm=self.cfg.grad_clip)
         return {"loss": loss.item(), "bits_per_char": loss.item() / math.log(2)}
 
     @torch.no_grad()

@@ -71,10 +71,7 @@ class ClassifierFamily(Family):
         x, y = batch
         logits = self.train_nets["classifier"](x)
         loss = F.cross_entropy(logits, y)
-        opt = self.optimizers["classifier"]
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        self.optimizer_step(loss, "classifier")
         return {"loss": loss.item(), "acc": (logits.argmax(1) == y).float().mean().item()}
 
     @torch.no_grad()

@@ -230,10 +230,7 @@ class GANFamily(Family):
             per_image = discriminator_loss(c.loss, scores, labels, c.label_smoothing)
             d_loss = per_image[:n].mean() + per_image[n:].mean()
             s_real, s_fake = scores.split(n)
-        opt = self.optimizers["discriminator"]
-        opt.zero_grad(set_to_none=True)
-        d_loss.backward()
-        opt.step()
+        self.optimizer_step(d_loss, "discriminator")
         out.update(d_loss=d_loss.item(), d_real=s_real.mean().item(), d_fake=s_fake.mean().item())
         return out
 
@@ -241,10 +238,7 @@ class GANFamily(Family):
         gen, disc = self.train_nets["generator"], self.train_nets["discriminator"]
         g_loss = generator_loss(self.cfg.loss, disc(gen(self.noise(n))))
         # D's weights get gradients too (DDP reduces them); the next D step zeroes them first.
-        opt = self.optimizers["generator"]
-        opt.zero_grad(set_to_none=True)
-        g_loss.backward()
-        opt.step()
+        self.optimizer_step(g_loss, "generator")
         if self.cfg.ema > 0:
             self.update_ema()
         return g_loss.item()

@@ -285,12 +285,9 @@ class LatentODEFamily(Family):
         nll, kl = neg_elbo_terms(x_obs, x_hat, mu, logvar, self.cfg.obs_std)
         beta = self.kl_weight(epoch)
         loss = (nll + beta * kl).mean()
-        opt = self.optimizers["latent_ode"]
-        for group in opt.param_groups:
+        for group in self.optimizers["latent_ode"].param_groups:
             group["lr"] = self.cfg.lr * self.cfg.lr_decay**epoch
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        self.optimizer_step(loss, "latent_ode")
         return {"loss": loss.item(), "nll": nll.mean().item(), "kl": kl.mean().item(), "kl_weight": beta}
 
     @torch.no_grad()

@@ -157,10 +157,7 @@ class MPNNFamily(Family):
         target = (batch.y - raw.target_mean) / raw.target_std  # (B, T)
         pred = self.predict_standardised(self.train_nets["mpnn"], batch)
         loss = F.mse_loss(pred, target)
-        opt = self.optimizers["mpnn"]
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        self.optimizer_step(loss, "mpnn")
         return {"loss": loss.item()}
 
     @torch.no_grad()

@@ -111,12 +111,9 @@ class RNNFamily(Family):
         k = int(torch.randint(low, n + 1, ())) if low < n else n
         pred = self.train_nets["rnn"](t_obs, x_obs, read=k)  # (B, n - 1, D)
         loss = F.mse_loss(pred, x_obs[:, 1:])
-        opt = self.optimizers["rnn"]
-        for group in opt.param_groups:
+        for group in self.optimizers["rnn"].param_groups:
             group["lr"] = self.cfg.lr * self.cfg.lr_decay**epoch
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        self.optimizer_step(loss, "rnn")
         return {"loss": loss.item()}
 
     @torch.no_grad()

@@ -243,13 +243,10 @@ class UNetFamily(Family):
             pred = self.predict(net, image, target)
             # Mean over every masked pixel of the batch: only the hole is learned from.
             loss = ((pred - image) ** 2 * target).sum() / target.sum().clamp(min=1.0)
-        opt = self.optimizers["unet"]
         if self.cfg.lr_halflife is not None:
-            for group in opt.param_groups:
+            for group in self.optimizers["unet"].param_groups:
                 group["lr"] = self.cfg.lr * 0.5 ** (epoch / self.cfg.lr_halflife)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        self.optimizer_step(loss, "unet")
         return {"loss": loss.item()}
 
     @torch.no_grad()

@@ -119,10 +119,7 @@ class VAEFamily(Family):
         recon, kl = neg_elbo_terms(x, logits, mu, logvar)
         beta = self.kl_weight(epoch)
         loss = (recon + beta * kl).mean()
-        opt = self.optimizers["vae"]
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        self.optimizer_step(loss, "vae")
         return {"loss": loss.item(), "recon": recon.mean().item(), "kl": kl.mean().item(), "kl_weight": beta}
 
     @torch.no_grad()

@@ -149,10 +149,7 @@ class VAEGANFamily(Family):
             + F.binary_cross_entropy_with_logits(s_rec, torch.zeros_like(s_rec))
             + F.binary_cross_entropy_with_logits(s_p, torch.zeros_like(s_p))
         )
-        opt_d = self.optimizers["discriminator"]
-        opt_d.zero_grad(set_to_none=True)
-        d_loss.backward()
-        opt_d.step()
+        self.optimizer_step(d_loss, "discriminator")
 
         # --- encoder and decoder, against the updated discriminator ---------------------------
         feats, scores = disc(torch.cat([real, x_rec, x_rec_gan, x_p]))
@@ -164,12 +161,7 @@ class VAEGANFamily(Family):
         # Encoder: kl_weight * prior + llike (llike reaches it through the 1/gamma scale);
         # decoder: gamma * llike + gan. D's weights collect gradients too; its next step zeroes them.
         loss = c.kl_weight * prior + c.gamma * llike + gan
-        opt_enc, opt_dec = self.optimizers["encoder"], self.optimizers["decoder"]
-        opt_enc.zero_grad(set_to_none=True)
-        opt_dec.zero_grad(set_to_none=True)
-        loss.backward()
-        opt_enc.step()
-        opt_dec.step()
+        self.optimizer_step(loss, "encoder", "decoder")
         return {
             "loss": loss.item(),
             "d_loss": d_loss.item(),
