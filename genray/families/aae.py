@@ -132,6 +132,8 @@ class AAEFamily(Family):
     metric = "val_mse"
     mode = "min"
     adversarial = True
+    capabilities = ("sample", "encode", "decode")
+    info_fields = ("prior",)
 
     def build(self) -> dict[str, nn.Module]:
         c = self.cfg

@@ -115,6 +115,8 @@ class AEFamily(Family):
     Config = AEConfig
     metric = "val_mse"
     mode = "min"
+    capabilities = ("encode", "decode", "reconstruct", "denoise")
+    info_fields = ("noise", "noise_level")
 
     # Validation corrupts with this seed, so val_denoise_mse is comparable from epoch to epoch.
     EVAL_NOISE_SEED = 0

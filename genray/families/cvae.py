@@ -61,6 +61,7 @@ class CVAEFamily(Family):
     Config = CVAEConfig
     metric = "val_neg_elbo"
     mode = "min"
+    capabilities = ("sample_digit", "style_transfer")
 
     def build(self) -> dict[str, nn.Module]:
         return {"cvae": CVAE(self.cfg)}

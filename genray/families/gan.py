@@ -184,6 +184,8 @@ class GANFamily(Family):
     metric = "sample_fid"
     mode = "min"
     adversarial = True
+    capabilities = ("sample",)
+    info_fields = ("loss",)
 
     def build(self) -> dict[str, nn.Module]:
         c = self.cfg

@@ -100,6 +100,7 @@ class VAEFamily(Family):
     Config = VAEConfig
     metric = "val_neg_elbo"
     mode = "min"
+    capabilities = ("sample", "encode", "decode", "interpolate")
 
     def build(self) -> dict[str, nn.Module]:
         return {"vae": VAE(self.cfg)}

@@ -113,6 +113,7 @@ class VAEGANFamily(Family):
     metric = "sample_fid"
     mode = "min"
     adversarial = True
+    capabilities = ("sample", "encode", "decode")
 
     def build(self) -> dict[str, nn.Module]:
         c = self.cfg
