@@ -18,7 +18,7 @@ from genray.client import CAPABILITY_METHODS, APIError, Client
 from genray.config import build_config
 from genray.data import load_images
 from genray.families import FAMILIES, Entry, get_family
-from genray.families.base import CAPABILITIES, Family
+from genray.families.base import CAPABILITIES, Family, seeded_normal
 
 
 class TinyConfig(BaseModel):
@@ -61,12 +61,7 @@ class TinyFamily(Family):
         return {"val_mse": (self.reconstruct(x) - x).pow(2).flatten(1).mean(1).sum().item()}
 
     def prior_codes(self, n: int, seed):
-        gen = torch.Generator()
-        if seed is None:
-            gen.seed()
-        else:
-            gen.manual_seed(seed)
-        return torch.randn(n, self.cfg.latent_dim, generator=gen)
+        return seeded_normal(n, self.cfg.latent_dim, seed)
 
     @torch.no_grad()
     def encode(self, x):

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
 
-from genray.families.base import Family
+from genray.families.base import Family, seeded_generator
 from genray.families.gan import moment_mse
 
 Beta = Annotated[float, Field(ge=0.0, lt=1.0)]
@@ -232,12 +232,7 @@ class AAEFamily(Family):
 
     def prior_codes(self, n: int, seed: int | None) -> torch.Tensor:
         """n codes from the prior; the same seed always gives the same codes."""
-        gen = torch.Generator()
-        if seed is None:
-            gen.seed()
-        else:
-            gen.manual_seed(seed)
-        return sample_prior(self.cfg, n, gen)
+        return sample_prior(self.cfg, n, seeded_generator(seed))
 
     @torch.no_grad()
     def sample(self, n: int, seed: int | None = None) -> torch.Tensor:

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
-from genray.families.base import Family
+from genray.families.base import Family, seeded_generator
 from genray.families.vae import VAEConfig, decoder_net, encoder_trunk
 
 NoiseKind = Literal["none", "gaussian", "masking"]
@@ -68,15 +68,6 @@ def corrupt(
         keep = torch.ones_like(flat).scatter_(1, dropped, 0.0)
         return (flat * keep).view_as(x)
     raise ValueError(f"noise must be 'none', 'gaussian' or 'masking', got {noise!r}")
-
-
-def seeded_generator(seed: int | None) -> torch.Generator:
-    gen = torch.Generator()
-    if seed is None:
-        gen.seed()
-    else:
-        gen.manual_seed(seed)
-    return gen
 
 
 class AE(nn.Module):

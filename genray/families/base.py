@@ -92,6 +92,21 @@ CAPABILITIES = ("sample", "sample_digit", "encode", "decode", "reconstruct", "de
                 "style_transfer")
 
 
+def seeded_generator(seed: int | None) -> torch.Generator:
+    """A CPU generator: seeded, so the same seed draws the same numbers; None: fresh entropy."""
+    gen = torch.Generator()
+    if seed is None:
+        gen.seed()
+    else:
+        gen.manual_seed(seed)
+    return gen
+
+
+def seeded_normal(n: int, dim: int, seed: int | None) -> torch.Tensor:
+    """n codes from N(0, I) on the CPU; the same seed always gives the same codes."""
+    return torch.randn(n, dim, generator=seeded_generator(seed))
+
+
 def _under(name: str, prefixes: list[str]) -> bool:
     return any(name == p or name.startswith(p + ".") for p in prefixes)
 

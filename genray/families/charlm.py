@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from torch import nn
 
 from genray.data.text import TextDataConfig, load_text
-from genray.families.base import Family
+from genray.families.base import Family, seeded_generator
 
 UNKNOWN = 0  # the index of every character outside the vocabulary
 DEFAULT_VOCAB = "\t\n" + "".join(chr(c) for c in range(32, 127)) + "‘’“”–—…°ß"
@@ -166,11 +166,7 @@ class CharLMFamily(Family):
         if n < 0:
             raise ValueError(f"n must be >= 0, got {n}")
         idx = self.encode(prompt or START).to(self.device)
-        gen = torch.Generator()
-        if seed is None:
-            gen.seed()
-        else:
-            gen.manual_seed(seed)
+        gen = seeded_generator(seed)
         lstm = self.nets["lstm"]
         logits, state = lstm(idx[None])  # reads the whole prompt at once
         out: list[int] = []

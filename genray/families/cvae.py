@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from genray.families.base import Family
+from genray.families.base import Family, seeded_normal
 from genray.families.vae import VAEConfig, decoder_net, encoder_trunk, neg_elbo_terms
 
 NUM_CLASSES = 10
@@ -140,12 +140,7 @@ class CVAEFamily(Family):
 
     def prior_codes(self, n: int, seed: int | None) -> torch.Tensor:
         """n codes from N(0, I); the same seed always gives the same codes."""
-        gen = torch.Generator()
-        if seed is None:
-            gen.seed()
-        else:
-            gen.manual_seed(seed)
-        return torch.randn(n, self.cfg.latent_dim, generator=gen)
+        return seeded_normal(n, self.cfg.latent_dim, seed)
 
     @torch.no_grad()
     def sample(self, digit: int, n: int, seed: int | None = None) -> torch.Tensor:

@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
-from genray.families.base import Family
+from genray.families.base import Family, seeded_normal
 
 LOSSES = ("bce", "hinge", "lsgan", "wgan-gp")
 Beta = Annotated[float, Field(ge=0.0, lt=1.0)]
@@ -166,16 +166,6 @@ def moment_mse(fake: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
     cov_a = (a - mean_a).T @ (a - mean_a) / max(1, len(a) - 1)  # (784, 784)
     cov_b = (b - mean_b).T @ (b - mean_b) / max(1, len(b) - 1)
     return (mean_a - mean_b).pow(2).mean() + (cov_a - cov_b).pow(2).mean()
-
-
-def seeded_normal(n: int, dim: int, seed: int | None) -> torch.Tensor:
-    """n codes from N(0, I) on the CPU; the same seed always gives the same codes."""
-    gen = torch.Generator()
-    if seed is None:
-        gen.seed()
-    else:
-        gen.manual_seed(seed)
-    return torch.randn(n, dim, generator=gen)
 
 
 class GANFamily(Family):

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
-from genray.families.base import Family
+from genray.families.base import Family, seeded_normal
 
 IMAGE_SHAPE = (1, 28, 28)
 PIXELS = 28 * 28
@@ -170,12 +170,7 @@ class VAEFamily(Family):
 
     def prior_codes(self, n: int, seed: int | None) -> torch.Tensor:
         """n codes from N(0, I); the same seed always gives the same codes."""
-        gen = torch.Generator()
-        if seed is None:
-            gen.seed()
-        else:
-            gen.manual_seed(seed)
-        return torch.randn(n, self.cfg.latent_dim, generator=gen)
+        return seeded_normal(n, self.cfg.latent_dim, seed)
 
     @torch.no_grad()
     def sample(self, n: int, seed: int | None = None) -> torch.Tensor:

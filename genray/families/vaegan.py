@@ -32,8 +32,8 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
-from genray.families.base import Family
-from genray.families.gan import Generator, moment_mse, seeded_normal
+from genray.families.base import Family, seeded_normal
+from genray.families.gan import Generator, moment_mse
 
 Beta = Annotated[float, Field(ge=0.0, lt=1.0)]
 
