@@ -124,8 +124,8 @@ class Family(ABC):
     DataConfig: ClassVar[type[BaseModel]] = ImageDataConfig
     # How a list of dataset items becomes a batch (None: torch's default collate).
     collate_fn: ClassVar[Callable | None] = None
-    # What the family's inference can do (CAPABILITIES): a family with any is served by the image
-    # deployment, whose GET / also reports the config fields named in `info_fields`.
+    # What the family's inference can do (CAPABILITIES): a served family with any is served by
+    # the image deployment, whose GET / also reports the config fields named in `info_fields`.
     capabilities: ClassVar[tuple[str, ...]] = ()
     info_fields: ClassVar[tuple[str, ...]] = ()
 
