@@ -27,6 +27,18 @@ import requests
 
 Output = Literal["numpy", "torch", "pil"]
 RETRY_STATUS = (503,)
+# An image family's capability (genray.families.base.CAPABILITIES) -> the Client methods that
+# call its endpoint; which ones a served family has is genray.deploy.client_methods(family).
+CAPABILITY_METHODS: dict[str, tuple[str, ...]] = {
+    "sample": ("sample",),
+    "sample_digit": ("sample",),
+    "encode": ("encode", "encode_distribution"),
+    "decode": ("decode",),
+    "reconstruct": ("reconstruct",),
+    "denoise": ("denoise",),
+    "interpolate": ("interpolate",),
+    "style_transfer": ("style_transfer",),
+}
 
 
 class APIError(Exception):
@@ -224,39 +236,39 @@ class Client:
     def healthz(self) -> bool:
         return bool(self.request("GET", "/healthz").get("ok"))
 
-    # --- image models: vae, ae, aae, vaegan, gan, cvae ----------------------------------------
+    # --- image families, by capability (CAPABILITY_METHODS) -------------------------------------
     def sample(self, n: int = 16, seed: Optional[int] = None, *, digit: Optional[int] = None,
                output: Output = "numpy"):
-        """n images from the prior (vae, aae, vaegan, gan), or of `digit` (cvae)."""
+        """n images from the prior (sample), or of `digit` (sample_digit)."""
         body = {"n": n, "seed": seed, "format": "png"}
         if digit is not None:
             body["digit"] = digit
         return as_output(self.post("/sample", body)["images"], output)
 
     def encode(self, images) -> np.ndarray:
-        """Codes (B, latent) of images: the posterior mean (vae, vaegan) or z (ae, aae)."""
+        """Codes (B, latent) of images (encode): the posterior mean of q(z | x), or a deterministic z."""
         answer = self.post("/encode", {"images": many_png_base64(images)})
         return np.asarray(answer["mu"] if "mu" in answer else answer["z"], dtype=np.float32)
 
     def encode_distribution(self, images) -> tuple[np.ndarray, np.ndarray]:
-        """(mu, logvar), each (B, latent), of q(z | x) (vae, vaegan)."""
+        """(mu, logvar), each (B, latent), of q(z | x) (encode, where the encoder gives a distribution)."""
         answer = self.post("/encode", {"images": many_png_base64(images)})
         if "logvar" not in answer:
             raise APIError("this model's encoder is deterministic (no logvar); use encode()", url=self.url)
         return np.asarray(answer["mu"], dtype=np.float32), np.asarray(answer["logvar"], dtype=np.float32)
 
     def decode(self, z, *, output: Output = "numpy"):
-        """Images decoded from codes z (B, latent)."""
+        """Images decoded from codes z (B, latent) (decode)."""
         return as_output(self.post("/decode", {"z": _plain(z), "format": "png"})["images"], output)
 
     def interpolate(self, a, b, steps: int = 8, *, output: Output = "numpy"):
-        """`steps` images decoded along the line between the codes of images a and b (vae)."""
+        """`steps` images decoded along the line between the codes of images a and b (interpolate)."""
         body = {"a": png_base64(a), "b": png_base64(b), "steps": steps, "format": "png"}
         return as_output(self.post("/interpolate", body)["images"], output)
 
     def style_transfer(self, images, labels: Sequence[int], digit: Optional[int] = None,
                        digits: Optional[Sequence[int]] = None, *, output: Output = "numpy"):
-        """Each image's handwriting drawn as `digit` (or image i as digits[i]) (cvae); labels
+        """Each image's handwriting drawn as `digit` (or image i as digits[i]) (style_transfer); labels
         are the digits the images show."""
         body = {"images": many_png_base64(images), "labels": [int(v) for v in labels], "format": "png"}
         if digit is not None:
@@ -266,13 +278,13 @@ class Client:
         return as_output(self.post("/style_transfer", body)["images"], output)
 
     def reconstruct(self, images, *, output: Output = "numpy"):
-        """The autoencoder's reconstructions (ae)."""
+        """The autoencoder's reconstructions (reconstruct)."""
         return as_output(self.post("/reconstruct", {"images": many_png_base64(images), "format": "png"})["images"],
                          output)
 
     def denoise(self, images, *, add_noise: bool = False, seed: Optional[int] = None, noise: Optional[str] = None,
                 noise_level: Optional[float] = None, output: Output = "numpy"):
-        """(the network's input, its output) (ae): clean noisy images, or corrupt them first."""
+        """(the network's input, its output) (denoise): clean noisy images, or corrupt them first."""
         body = {"images": many_png_base64(images), "add_noise": add_noise, "seed": seed, "noise": noise,
                 "noise_level": noise_level, "format": "png"}
         answer = self.post("/denoise", body)

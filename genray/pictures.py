@@ -1,14 +1,16 @@
 """Pictures of trained models that people would rather look at than read.
 
-    codes          2-D latent (vae, aae, vaegan, ae with latent_dim=2): validation codes, coloured by digit
+    codes          2-D latent (a family that encodes and decodes, with latent_dim=2): validation codes,
+                   coloured by digit
     manifold       2-D latent: the decoder's images on a grid over the codes' range (the classic picture)
-    interpolation  strips decoded between the codes of two digits (vae, aae, vaegan, ae)
-    style          cvae style transfer: one row per input, one column per target digit
+    interpolation  strips decoded between the codes of two digits (any latent size)
+    style          style transfer (cvae): one row per input, one column per target digit
     portrait       neural ODE: the learned field's streamlines, learned vs true trajectories
     heat           the heat field at a few times, the k_in triangle outlined (a .gif: an animation)
 
 Each is a function of a loaded family (plain tensors in, a matplotlib Figure out), so a test or a
 notebook calls it directly; `draw(kind, model_path)` loads the model and its validation digits.
+An image family gets the pictures its capabilities (genray.families.base.CAPABILITIES) allow.
 `genray picture KIND MODEL --out file.png [--logdir DIR]` writes the file and/or a TensorBoard
 figure. Figures are drawn on matplotlib's Agg canvas (no pyplot state), like genray.heat.
 """
@@ -201,16 +203,35 @@ def heat(times, fields, panels: int = 4) -> Figure:
 
 # --- from a model path --------------------------------------------------------------------------
 
-# kind -> (the picture, the families it draws)
+# kind -> (the picture, the capabilities a model's family needs for it); portrait draws ode
+# models (PORTRAIT_FAMILY), heat no model.
 PICTURES: dict[str, tuple[Callable[..., Figure], tuple[str, ...]]] = {
-    "codes": (codes, ("vae", "aae", "vaegan", "ae")),
-    "manifold": (manifold, ("vae", "aae", "vaegan", "ae")),
-    "interpolation": (interpolation, ("vae", "aae", "vaegan", "ae")),
-    "style": (style, ("cvae",)),
-    "portrait": (portrait, ("ode",)),
+    "codes": (codes, ("encode", "decode")),
+    "manifold": (manifold, ("encode", "decode")),
+    "interpolation": (interpolation, ("encode", "decode")),
+    "style": (style, ("style_transfer",)),
+    "portrait": (portrait, ()),
     "heat": (heat, ()),
 }
+PORTRAIT_FAMILY = "ode"
 MAX_POINTS = 5000  # validation codes in a scatter
+
+
+def draws(kind: str, name: str) -> bool:
+    """Whether the `kind` picture draws models of the registered family `name`."""
+    from genray.families import get_family
+
+    if kind == "portrait":
+        return name == PORTRAIT_FAMILY
+    needs = PICTURES[kind][1]
+    return bool(needs) and set(needs) <= set(get_family(name).capabilities)
+
+
+def families_drawn(kind: str) -> list[str]:
+    """The registered families whose models the `kind` picture draws."""
+    from genray.families import FAMILIES
+
+    return [name for name in FAMILIES if draws(kind, name)]
 
 
 def options_of(kind: str) -> list[str]:
@@ -253,19 +274,20 @@ def draw(kind: str, model: Optional[str] = None, **options) -> Figure:
     image families get their validation digits (the split of the model's own data config)."""
     if kind not in PICTURES:
         raise ValueError(f"unknown picture {kind!r}; pictures: {', '.join(PICTURES)}")
-    function, families = PICTURES[kind]
+    function = PICTURES[kind][0]
     if kind == "heat":
         _check_options(kind, options, tuple(HEAT_DEFAULTS))
         times, fields = heat_frames(options)
         return function(times, fields, **options)
     _check_options(kind, options)
     if model is None:
-        raise ValueError(f"picture {kind!r} needs a model path (a {' / '.join(families)} checkpoint)")
+        raise ValueError(f"picture {kind!r} needs a model path (a {' / '.join(families_drawn(kind))} checkpoint)")
     from genray.checkpoint import load_family
 
     family, ckpt = load_family(model)
-    if ckpt.family not in families:
-        raise ValueError(f"picture {kind!r} draws {' / '.join(families)} models; {model} is a {ckpt.family}")
+    if not draws(kind, ckpt.family):
+        raise ValueError(f"picture {kind!r} draws {' / '.join(families_drawn(kind))} models; {model} is a "
+                         f"{ckpt.family}")
     if kind == "portrait":
         return function(family, **options)
     images, labels = validation_digits(ckpt.config)

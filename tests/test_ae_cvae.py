@@ -217,7 +217,8 @@ def test_cvae_samples_show_the_requested_digit(digits):
 # --- deployments, without HTTP ---------------------------------------------------------------
 
 def test_ae_request_models_and_math():
-    from genray.deploy.ae import DecodeRequest, DenoiseRequest, EncodeRequest, ReconstructRequest, denoise_images
+    from genray.deploy.common import DecodeRequest, EncodeRequest
+    from genray.deploy.images import DenoiseRequest, ReconstructRequest, denoise_images
 
     digit = [[0.0] * 28 for _ in range(28)]
     for model, body, field in [
@@ -252,7 +253,9 @@ def test_ae_request_models_and_math():
 
 
 def test_cvae_request_models_and_math():
-    from genray.deploy.cvae import SampleRequest, StyleTransferRequest, sample_many, style_transfer_images
+    from genray.deploy.images import DigitSampleRequest as SampleRequest
+    from genray.deploy.images import StyleTransferRequest, style_transfer_images
+    from genray.deploy.images import sample_digits_many as sample_many
 
     assert SampleRequest(digit=3).n == 16
     for body, field in [({}, "digit"), ({"digit": 10}, "digit"), ({"digit": -1}, "digit"),

@@ -16,8 +16,8 @@ from pydantic import ValidationError
 
 from genray import checkpoint
 from genray.deploy import build_app, resolve_model_path
-from genray.deploy.common import encode_images, images_to_tensor
-from genray.deploy.vae import DecodeRequest, EncodeRequest, SampleRequest, sample_many
+from genray.deploy.common import (DecodeRequest, EncodeRequest, SampleRequest, encode_images, images_to_tensor,
+                                  sample_many)
 
 REPO = Path(__file__).resolve().parents[1]
 

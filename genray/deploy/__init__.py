@@ -1,8 +1,11 @@
-"""Ray Serve deployments, one per family, and the application builder that serve/*.yaml names.
+"""Ray Serve deployments and the application builder that serve/*.yaml names.
 
 `serve run serve/vae.yaml` imports `genray.deploy:build_app` with the YAML's `args`; the
-builder reads the stored model's manifest and binds the deployment of its family. A model is
-a folder or an s3:// URI in the model store; a replica reads it with boto3 (endpoint and
+builder reads the stored model's manifest and binds its family's deployment, as the family's
+registry entry (genray.families.FAMILIES) says: the image deployment built from the family's
+capabilities (genray.deploy.images), or a hand-written one where the API is the family's own
+(gnn, ode, latent_ode, charlm, unet; heat, which has no model, is its own app). A model is a
+folder or an s3:// URI in the model store; a replica reads it with boto3 (endpoint and
 credentials from the AWS chain of the replica's node, or the application's runtime_env).
 """
 
@@ -10,27 +13,39 @@ from __future__ import annotations
 
 import importlib
 import os
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 from genray.checkpoint import read_manifest
 from genray.data import uri
+from genray.families import FAMILIES, Entry, get_family
 
-# family -> "module:DeploymentClass"; imported on use, like the family registry.
-DEPLOYMENTS: dict[str, str] = {
-    "vae": "genray.deploy.vae:VAEDeployment",
-    "ae": "genray.deploy.ae:AEDeployment",
-    "cvae": "genray.deploy.cvae:CVAEDeployment",
-    "gan": "genray.deploy.gan:GANDeployment",
-    "vaegan": "genray.deploy.vaegan:VAEGANDeployment",
-    "aae": "genray.deploy.aae:AAEDeployment",
-    "gcn": "genray.deploy.gnn:GCNDeployment",
-    "mpnn": "genray.deploy.gnn:MPNNDeployment",
-    "ode": "genray.deploy.ode:ODEDeployment",
-    "latent_ode": "genray.deploy.latent_ode:LatentODEDeployment",
-    "charlm": "genray.deploy.charlm:CharLMDeployment",
-    "unet": "genray.deploy.unet:UNetDeployment",
-}
+IMAGE_DEPLOYMENT = "genray.deploy.images:image_deployment"
+
+
+class Served(Mapping):
+    """family -> what `of` reads from its registry entry, for every family the registry serves
+    (an entry with an example request); read from genray.families.FAMILIES at each use."""
+
+    def __init__(self, of: Callable[[Entry], Any]):
+        self.of = of
+
+    def _entries(self) -> dict[str, Entry]:
+        return {name: entry for name, entry in FAMILIES.items() if entry.example is not None}
+
+    def __getitem__(self, name: str) -> Any:
+        return self.of(self._entries()[name])
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._entries())
+
+    def __len__(self) -> int:
+        return len(self._entries())
+
+
+# family -> its deployment: a hand-written one ("module:Class") or the image deployment.
+DEPLOYMENTS = Served(lambda entry: entry.deployment or IMAGE_DEPLOYMENT)
 
 
 def resolve_model_path(model: str) -> Path | str:
@@ -59,7 +74,28 @@ def deployment_for(model: str):
     """(the Serve deployment of the stored model's family, the model's resolved path or URI)."""
     path = resolve_model_path(model)
     family = read_manifest(path)["family"]  # clear error if the path holds no model
-    if family not in DEPLOYMENTS:
-        raise ValueError(f"no deployment for family {family!r}; deployable: {sorted(DEPLOYMENTS)}")
-    module_name, _, class_name = DEPLOYMENTS[family].partition(":")
-    return getattr(importlib.import_module(module_name), class_name), str(path)
+    return family_deployment(family), str(path)
+
+
+def family_deployment(name: str):
+    """The Serve deployment of a registered family."""
+    entry = FAMILIES.get(name)
+    if entry is None or entry.example is None:
+        raise ValueError(f"no deployment for family {name!r}; deployable: {sorted(DEPLOYMENTS)}")
+    if entry.deployment is None:
+        from genray.deploy.images import image_deployment
+
+        return image_deployment(name, get_family(name))
+    module_name, _, class_name = entry.deployment.partition(":")
+    return getattr(importlib.import_module(module_name), class_name)
+
+
+def client_methods(name: str) -> tuple[str, ...]:
+    """The genray.client.Client methods that query a served family's endpoints (beside info and
+    healthz, which every app has)."""
+    entry = FAMILIES[name]
+    if entry.deployment is not None:
+        return entry.client
+    from genray.client import CAPABILITY_METHODS
+
+    return tuple(method for capability in get_family(name).capabilities for method in CAPABILITY_METHODS[capability])

@@ -14,10 +14,8 @@ model's vocabulary (each named, with its code point).
 from typing import Optional
 
 from pydantic import Field
-from ray import serve
 
-from genray.checkpoint import load_family
-from genray.deploy.common import BadRequest, StrictModel, make_api
+from genray.deploy.common import BadRequest, ModelReplica, StrictModel, deployment, make_api
 from genray.families.charlm import describe_chars
 
 MAX_CHARS = 2000  # generated characters per request: one LSTM step each
@@ -58,26 +56,12 @@ def generate_text(family, req: GenerateRequest) -> dict:
 api = make_api("genray charlm")
 
 
-@serve.deployment(ray_actor_options={"num_cpus": 1})
-@serve.ingress(api)
-class CharLMDeployment:
-    def __init__(self, model_path: str):
-        self.family, self.ckpt = load_family(model_path)
-
+@deployment(api)
+class CharLMDeployment(ModelReplica):
     @api.get("/")
     def info(self) -> dict:
-        return {
-            "family": self.ckpt.family,
-            "epoch": self.ckpt.epoch,
-            "metrics": self.ckpt.metrics,
-            "vocab": self.family.cfg.vocab,
-            "limits": {"n": MAX_CHARS, "prompt": MAX_PROMPT, "temperature": MAX_TEMPERATURE, "score": MAX_SCORE},
-            "endpoints": ["/generate", "/score"],
-        }
-
-    @api.get("/healthz")
-    def healthz(self) -> dict:
-        return {"ok": True}
+        limits = {"n": MAX_CHARS, "prompt": MAX_PROMPT, "temperature": MAX_TEMPERATURE, "score": MAX_SCORE}
+        return self.describe(vocab=self.family.cfg.vocab, limits=limits, endpoints=["/generate", "/score"])
 
     @api.post("/generate")
     def generate(self, req: GenerateRequest) -> dict:

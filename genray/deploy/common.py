@@ -9,7 +9,7 @@ from __future__ import annotations
 import base64
 import binascii
 import io
-from typing import Annotated, Any, Literal, Optional, Union
+from typing import Annotated, Any, Callable, Literal, Optional, Union
 
 import numpy as np
 import torch
@@ -19,6 +19,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
+from genray.checkpoint import load_family
 from genray.deploy.guard import Guard
 from genray.deploy.playground import add_playground
 from genray.images import from_png, grid, to_base64_png
@@ -129,7 +130,8 @@ async def internal_error(request: Request, exc: Exception) -> JSONResponse:
 
 
 def make_api(title: str) -> FastAPI:
-    """The FastAPI app of a deployment: JSON errors, and the Guard (API key, body cap) in front."""
+    """The FastAPI app of a deployment: JSON errors, the Guard (API key, body cap) in front,
+    GET /healthz (open, like the playground page: genray.deploy.guard.OPEN_PATHS)."""
     api = FastAPI(title=title)
     api.add_exception_handler(RequestValidationError, validation_error)
     api.add_exception_handler(BadRequest, bad_request)
@@ -137,7 +139,37 @@ def make_api(title: str) -> FastAPI:
     api.add_exception_handler(Exception, internal_error)
     api.add_middleware(Guard)
     add_playground(api)  # GET /playground: the page that queries this API from a browser
+
+    @api.get("/healthz")
+    def healthz() -> dict:
+        return {"ok": True}
+
     return api
+
+
+def deployment(api: FastAPI, **options: Any) -> Callable[[type], Any]:
+    """A class decorator: the Serve deployment of the class behind `api` (its routes are the
+    class's methods), one CPU a replica unless `options` (Serve's) or serve/*.yaml say otherwise."""
+    from ray import serve  # here, not above: genray.bench.plain_server uses this module without Ray
+
+    options = {"ray_actor_options": {"num_cpus": 1}, **options}
+
+    def wrap(cls: type):
+        return serve.deployment(**options)(serve.ingress(api)(cls))
+
+    return wrap
+
+
+class ModelReplica:
+    """What a replica of a model's deployment holds: the stored model's family, rebuilt in eval
+    mode, and its checkpoint (family, epoch, metrics, config)."""
+
+    def __init__(self, model_path: str):
+        self.family, self.ckpt = load_family(model_path)
+
+    def describe(self, **fields: Any) -> dict:
+        """GET /'s answer: the model's family, checkpoint epoch and metrics, then `fields`."""
+        return {"family": self.ckpt.family, "epoch": self.ckpt.epoch, "metrics": self.ckpt.metrics, **fields}
 
 
 # --- request models shared by the image-generating deployments (vae, aae, vaegan, gan) -----

@@ -1,31 +1,19 @@
-"""One small, valid request per deployment: what the tests send first and what
-`genray bench perf` times each deployment's math on. family -> (endpoint path, JSON body)."""
+"""One small, valid request per deployment (each family's registry entry holds its own): what the
+tests send first and what `genray bench perf` times each deployment's math on. family ->
+(endpoint path, JSON body)."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-IMAGE = [[0.0] * 28 for _ in range(28)]
-GCN_X = [[0.1 * i for i in range(16)], [0.2] * 16]
+from genray.deploy import Served
+from genray.families import GCN_X, IMAGE
 
-EXAMPLES: dict[str, tuple[str, dict[str, Any]]] = {
-    "vae": ("/sample", {"n": 2, "seed": 1}),
-    "ae": ("/encode", {"images": [IMAGE]}),
-    "cvae": ("/sample", {"digit": 3, "n": 2}),
-    "gan": ("/sample", {"n": 2, "seed": 3}),
-    "vaegan": ("/sample", {"n": 2}),
-    "aae": ("/sample", {"n": 2}),
-    "gcn": ("/predict", {"x": GCN_X, "edge_index": [[0], [1]], "undirected": True}),
-    "mpnn": ("/predict", {"x": [[1, 2], [1, 2], [1, 2]], "edge_index": [[0, 1, 2], [1, 2, 0]],
-                          "edge_attr": [[0.3], [0.25], [0.35]]}),
-    "ode": ("/integrate", {"y0": [[2.0, 0.0]], "t": [0.0, 0.5, 1.0]}),
-    "latent_ode": ("/extrapolate", {"times": [0, 0.3, 0.45, 1.2],
-                                    "values": [[5.1, 0.2], [4.9, 0.9], [4.7, 1.1], [3.6, 2.4]],
-                                    "query_times": [0, 0.6, 1.5]}),
-    "charlm": ("/generate", {"prompt": "def ", "n": 20, "temperature": 0.8, "top_k": 5, "seed": 1}),
-    "unet": ("/inpaint", {"image": IMAGE, "mask": [[1.0] * 8 + [0.0] * 20] * 28, "format": "list"}),
-}
+EXAMPLES: Mapping[str, tuple[str, dict[str, Any]]] = Served(lambda entry: entry.example)
+
+__all__ = ["EXAMPLES", "GCN_X", "IMAGE", "untrained_model"]
 
 
 def untrained_model(family: str, folder: Path) -> str:

@@ -18,9 +18,8 @@ from ray import serve
 from torch_geometric.data import Batch, Data
 from torch_geometric.utils import to_undirected
 
-from genray.checkpoint import load_family
 from genray.data.graphs import RGG_FEATURES
-from genray.deploy.common import BadRequest, Finite, StrictModel, make_api
+from genray.deploy.common import BadRequest, Finite, ModelReplica, StrictModel, deployment, make_api
 
 MAX_FEATURE = 1e6  # |feature| beyond this is nothing a model has seen; float32 sums could overflow
 Feature = Annotated[Finite, Field(ge=-MAX_FEATURE, le=MAX_FEATURE)]
@@ -159,38 +158,23 @@ def predict_graphs(family, graphs: list[Data]) -> list[dict]:
 
 
 def info_of(deployment, extra: dict) -> dict:
-    ckpt = deployment.ckpt
-    return {
-        "family": ckpt.family,
-        "epoch": ckpt.epoch,
-        "metrics": ckpt.metrics,
-        "data": ckpt.config.get("data", {}),
-        "limits": {"nodes": deployment.Request.max_nodes, "edges": deployment.Request.max_edges,
-                   "feature_values": deployment.Request.max_values, "abs_feature": MAX_FEATURE},
-        "endpoints": ["/predict"],
-        **extra,
-    }
+    limits = {"nodes": deployment.Request.max_nodes, "edges": deployment.Request.max_edges,
+              "feature_values": deployment.Request.max_values, "abs_feature": MAX_FEATURE}
+    return deployment.describe(data=deployment.ckpt.config.get("data", {}), limits=limits, endpoints=["/predict"],
+                               **extra)
 
 
 gcn_api = make_api("genray gcn")
 
 
-@serve.deployment(ray_actor_options={"num_cpus": 1})
-@serve.ingress(gcn_api)
-class GCNDeployment:
+@deployment(gcn_api)
+class GCNDeployment(ModelReplica):
     Request = GCNRequest
-
-    def __init__(self, model_path: str):
-        self.family, self.ckpt = load_family(model_path)
 
     @gcn_api.get("/")
     def info(self) -> dict:
         cfg = self.family.cfg
         return info_of(self, {"node_features": cfg.in_features, "edge_features": 0, "num_classes": cfg.num_classes})
-
-    @gcn_api.get("/healthz")
-    def healthz(self) -> dict:
-        return {"ok": True}
 
     @gcn_api.post("/predict")
     async def predict(self, req: GCNRequest) -> dict:
@@ -205,13 +189,9 @@ class GCNDeployment:
 mpnn_api = make_api("genray mpnn")
 
 
-@serve.deployment(ray_actor_options={"num_cpus": 1})
-@serve.ingress(mpnn_api)
-class MPNNDeployment:
+@deployment(mpnn_api)
+class MPNNDeployment(ModelReplica):
     Request = MPNNRequest
-
-    def __init__(self, model_path: str):
-        self.family, self.ckpt = load_family(model_path)
 
     @mpnn_api.get("/")
     def info(self) -> dict:
@@ -220,10 +200,6 @@ class MPNNDeployment:
         if self.ckpt.config.get("data", {}).get("source") == "rgg":
             extra["features"] = RGG_FEATURES
         return info_of(self, extra)
-
-    @mpnn_api.get("/healthz")
-    def healthz(self) -> dict:
-        return {"ok": True}
 
     @mpnn_api.post("/predict")
     async def predict(self, req: MPNNRequest) -> dict:

@@ -12,7 +12,7 @@ import torch
 from pydantic import Field, model_validator
 from ray import serve
 
-from genray.deploy.common import BadRequest, StrictModel, make_api
+from genray.deploy.common import BadRequest, StrictModel, deployment, make_api
 
 MAX_N = 256
 MAX_STEPS = 2000
@@ -91,8 +91,7 @@ def answer(req: SolveRequest, u: torch.Tensor) -> dict:
 api = make_api("genray heat")
 
 
-@serve.deployment(ray_actor_options={"num_cpus": 1})
-@serve.ingress(api)
+@deployment(api)
 class HeatDeployment:
     def __init__(self):
         torch.set_num_threads(1)

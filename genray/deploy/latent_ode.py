@@ -26,10 +26,8 @@ from typing import Annotated
 
 import torch
 from pydantic import AfterValidator, Field, ValidationInfo, field_validator
-from ray import serve
 
-from genray.checkpoint import load_family
-from genray.deploy.common import BadRequest, StrictModel, make_api
+from genray.deploy.common import BadRequest, ModelReplica, StrictModel, deployment, make_api
 from genray.families.ode import SolverError
 
 MAX_OBSERVATIONS = 1000
@@ -116,30 +114,15 @@ def extrapolate_series(family, req: ExtrapolateRequest) -> dict:
 api = make_api("genray latent_ode")
 
 
-@serve.deployment(ray_actor_options={"num_cpus": 1})
-@serve.ingress(api)
-class LatentODEDeployment:
-    def __init__(self, model_path: str):
-        self.family, self.ckpt = load_family(model_path)
-
+@deployment(api)
+class LatentODEDeployment(ModelReplica):
     @api.get("/")
     def info(self) -> dict:
         cfg = self.family.cfg
-        return {
-            "family": self.ckpt.family,
-            "epoch": self.ckpt.epoch,
-            "metrics": self.ckpt.metrics,
-            "obs_dim": cfg.obs_dim,
-            "latent_dim": cfg.latent_dim,
-            "solver": cfg.solver.model_dump(),
-            "limits": {"observations": MAX_OBSERVATIONS, "queries": MAX_QUERIES, "span": MAX_SPAN,
-                       "refine_steps": MAX_REFINE_STEPS},
-            "endpoints": ["/extrapolate"],
-        }
-
-    @api.get("/healthz")
-    def healthz(self) -> dict:
-        return {"ok": True}
+        limits = {"observations": MAX_OBSERVATIONS, "queries": MAX_QUERIES, "span": MAX_SPAN,
+                  "refine_steps": MAX_REFINE_STEPS}
+        return self.describe(obs_dim=cfg.obs_dim, latent_dim=cfg.latent_dim, solver=cfg.solver.model_dump(),
+                             limits=limits, endpoints=["/extrapolate"])
 
     @api.post("/extrapolate")
     def extrapolate(self, req: ExtrapolateRequest) -> dict:

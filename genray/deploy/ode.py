@@ -19,10 +19,8 @@ from typing import Annotated, Optional
 
 import torch
 from pydantic import AfterValidator, Field, field_validator
-from ray import serve
 
-from genray.checkpoint import load_family
-from genray.deploy.common import BadRequest, StrictModel, make_api
+from genray.deploy.common import BadRequest, ModelReplica, StrictModel, deployment, make_api
 from genray.families.ode import Method, SolverError
 from genray.images import to_base64_png
 
@@ -114,27 +112,14 @@ def draw_portrait(family, req: PortraitRequest) -> dict:
 api = make_api("genray ode")
 
 
-@serve.deployment(ray_actor_options={"num_cpus": 1})
-@serve.ingress(api)
-class ODEDeployment:
-    def __init__(self, model_path: str):
-        self.family, self.ckpt = load_family(model_path)
-
+@deployment(api)
+class ODEDeployment(ModelReplica):
     @api.get("/")
     def info(self) -> dict:
-        return {
-            "family": self.ckpt.family,
-            "epoch": self.ckpt.epoch,
-            "metrics": self.ckpt.metrics,
-            "solver": self.family.cfg.solver.model_dump(),
-            "limits": {"states": MAX_STATES, "times": MAX_TIMES, "abs_state": MAX_STATE, "abs_time": MAX_TIME,
-                       "portrait_states": MAX_PORTRAIT_STATES, "portrait_points": MAX_PORTRAIT_POINTS},
-            "endpoints": ["/integrate", "/portrait"],
-        }
-
-    @api.get("/healthz")
-    def healthz(self) -> dict:
-        return {"ok": True}
+        limits = {"states": MAX_STATES, "times": MAX_TIMES, "abs_state": MAX_STATE, "abs_time": MAX_TIME,
+                  "portrait_states": MAX_PORTRAIT_STATES, "portrait_points": MAX_PORTRAIT_POINTS}
+        return self.describe(solver=self.family.cfg.solver.model_dump(), limits=limits,
+                             endpoints=["/integrate", "/portrait"])
 
     @api.post("/integrate")
     def integrate(self, req: IntegrateRequest) -> dict:

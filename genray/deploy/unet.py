@@ -29,10 +29,8 @@ import numpy as np
 import torch
 from PIL import Image
 from pydantic import AfterValidator, Field
-from ray import serve
 
-from genray.checkpoint import load_family
-from genray.deploy.common import BadRequest, Pixel, StrictModel, make_api
+from genray.deploy.common import BadRequest, ModelReplica, Pixel, StrictModel, deployment, make_api
 from genray.images import to_base64_png
 
 MIN_SIDE, MAX_SIDE = 4, 256
@@ -119,12 +117,8 @@ def segment_image(family, req: SegmentRequest) -> dict:
 api = make_api("genray unet")
 
 
-@serve.deployment(ray_actor_options={"num_cpus": 1})
-@serve.ingress(api)
-class UNetDeployment:
-    def __init__(self, model_path: str):
-        self.family, self.ckpt = load_family(model_path)
-
+@deployment(api)
+class UNetDeployment(ModelReplica):
     @api.get("/")
     def info(self) -> dict:
         return {
@@ -135,10 +129,6 @@ class UNetDeployment:
             "limits": {"side": [MIN_SIDE, MAX_SIDE]},
             "endpoints": [f"/{self.family.cfg.task}"],
         }
-
-    @api.get("/healthz")
-    def healthz(self) -> dict:
-        return {"ok": True}
 
     @api.post("/inpaint")
     def inpaint(self, req: InpaintRequest) -> dict:

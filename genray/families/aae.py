@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
 
-from genray.families.base import Family
+from genray.families.base import Family, seeded_generator
 from genray.families.gan import moment_mse
 
 Beta = Annotated[float, Field(ge=0.0, lt=1.0)]
@@ -132,6 +132,8 @@ class AAEFamily(Family):
     metric = "val_mse"
     mode = "min"
     adversarial = True
+    capabilities = ("sample", "encode", "decode")
+    info_fields = ("prior",)
 
     def build(self) -> dict[str, nn.Module]:
         c = self.cfg
@@ -159,10 +161,7 @@ class AAEFamily(Family):
         # 1. reconstruction phase
         logits = dec(enc(x))
         recon = F.binary_cross_entropy_with_logits(logits, x, reduction="none").flatten(1).sum(1).mean()
-        opt = self.optimizers["autoencoder"]
-        opt.zero_grad(set_to_none=True)
-        recon.backward()
-        opt.step()
+        self.optimizer_step(recon, "autoencoder")
 
         # 2a. regularisation phase, discriminator: prior samples are "real", codes are "fake"
         with torch.no_grad():
@@ -174,17 +173,12 @@ class AAEFamily(Family):
             F.binary_cross_entropy_with_logits(s_prior, torch.full_like(s_prior, 1.0 - c.label_smoothing))
             + F.binary_cross_entropy_with_logits(s_code, torch.zeros_like(s_code))
         )
-        opt = self.optimizers["discriminator"]
-        opt.zero_grad(set_to_none=True)
-        d_loss.backward()
-        opt.step()
+        self.optimizer_step(d_loss, "discriminator")
 
         # 2b. regularisation phase, generator: the encoder learns to make codes D takes for prior samples
         g_loss = F.softplus(-disc(enc(x))).mean()  # non-saturating
-        opt = self.optimizers["generator"]
-        opt.zero_grad(set_to_none=True)
-        g_loss.backward()  # D's weights collect gradients too; its next step zeroes them first
-        opt.step()
+        # D's weights collect gradients too; its next step zeroes them first.
+        self.optimizer_step(g_loss, "generator")
         return {
             "loss": recon.item(),
             "recon": recon.item(),
@@ -238,12 +232,7 @@ class AAEFamily(Family):
 
     def prior_codes(self, n: int, seed: int | None) -> torch.Tensor:
         """n codes from the prior; the same seed always gives the same codes."""
-        gen = torch.Generator()
-        if seed is None:
-            gen.seed()
-        else:
-            gen.manual_seed(seed)
-        return sample_prior(self.cfg, n, gen)
+        return sample_prior(self.cfg, n, seeded_generator(seed))
 
     @torch.no_grad()
     def sample(self, n: int, seed: int | None = None) -> torch.Tensor:

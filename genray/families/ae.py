@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
-from genray.families.base import Family
+from genray.families.base import Family, seeded_generator
 from genray.families.vae import VAEConfig, decoder_net, encoder_trunk
 
 NoiseKind = Literal["none", "gaussian", "masking"]
@@ -70,15 +70,6 @@ def corrupt(
     raise ValueError(f"noise must be 'none', 'gaussian' or 'masking', got {noise!r}")
 
 
-def seeded_generator(seed: int | None) -> torch.Generator:
-    gen = torch.Generator()
-    if seed is None:
-        gen.seed()
-    else:
-        gen.manual_seed(seed)
-    return gen
-
-
 class AE(nn.Module):
     def __init__(self, cfg: AEConfig):
         super().__init__()
@@ -115,6 +106,8 @@ class AEFamily(Family):
     Config = AEConfig
     metric = "val_mse"
     mode = "min"
+    capabilities = ("encode", "decode", "reconstruct", "denoise")
+    info_fields = ("noise", "noise_level")
 
     # Validation corrupts with this seed, so val_denoise_mse is comparable from epoch to epoch.
     EVAL_NOISE_SEED = 0
@@ -131,10 +124,7 @@ class AEFamily(Family):
         noisy = corrupt(x, self.cfg.noise, self.cfg.noise_level)  # the input is noisy ...
         logits = self.train_nets["ae"](noisy)
         loss = reconstruction_loss(logits, x, self.cfg.loss).mean()  # ... the target is clean
-        opt = self.optimizers["ae"]
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        self.optimizer_step(loss, "ae")
         return {"loss": loss.item(), "mse": pixel_mse(torch.sigmoid(logits.detach()), x).mean().item()}
 
     @torch.no_grad()

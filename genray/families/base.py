@@ -76,6 +76,37 @@ class Parts:
     head: list[str]  # what `init_from` leaves freshly initialised; always trained
 
 
+# What an image family's inference can do, in the order its deployment lists them. Each is one
+# endpoint of the image deployment (genray.deploy.images) and needs these of the family:
+#   sample          POST /sample          prior_codes(n, seed) -> (n, latent) on the CPU; decode(z)
+#   sample_digit    POST /sample          prior_codes(n, seed); decode(z, digits (B,))
+#   encode          POST /encode          encode(x) -> codes (B, latent), or (mu, logvar) of q(z|x)
+#   decode          POST /decode          decode(z (B, latent)) -> images (B, 1, 28, 28) in [0, 1]
+#   reconstruct     POST /reconstruct     reconstruct(x)
+#   denoise         POST /denoise         denoise(x, add_noise=, seed=, noise=, level=) -> (input, output);
+#                                         cfg.denoising (was it trained on noise)
+#   interpolate     POST /interpolate     interpolate(a, b, steps)
+#   style_transfer  POST /style_transfer  style_transfer(x, labels (B,), targets (B,))
+# and every one cfg.latent_dim.
+CAPABILITIES = ("sample", "sample_digit", "encode", "decode", "reconstruct", "denoise", "interpolate",
+                "style_transfer")
+
+
+def seeded_generator(seed: int | None) -> torch.Generator:
+    """A CPU generator: seeded, so the same seed draws the same numbers; None: fresh entropy."""
+    gen = torch.Generator()
+    if seed is None:
+        gen.seed()
+    else:
+        gen.manual_seed(seed)
+    return gen
+
+
+def seeded_normal(n: int, dim: int, seed: int | None) -> torch.Tensor:
+    """n codes from N(0, I) on the CPU; the same seed always gives the same codes."""
+    return torch.randn(n, dim, generator=seeded_generator(seed))
+
+
 def _under(name: str, prefixes: list[str]) -> bool:
     return any(name == p or name.startswith(p + ".") for p in prefixes)
 
@@ -93,6 +124,28 @@ class Family(ABC):
     DataConfig: ClassVar[type[BaseModel]] = ImageDataConfig
     # How a list of dataset items becomes a batch (None: torch's default collate).
     collate_fn: ClassVar[Callable | None] = None
+    # What the family's inference can do (CAPABILITIES): a served family with any is served by
+    # the image deployment, whose GET / also reports the config fields named in `info_fields`.
+    capabilities: ClassVar[tuple[str, ...]] = ()
+    info_fields: ClassVar[tuple[str, ...]] = ()
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        unknown = [c for c in cls.capabilities if c not in CAPABILITIES]
+        if unknown:
+            raise TypeError(f"{cls.__name__}.capabilities: unknown {unknown}; known: {', '.join(CAPABILITIES)}")
+        if {"sample", "sample_digit"} <= set(cls.capabilities):
+            raise TypeError(f"{cls.__name__}.capabilities: 'sample' or 'sample_digit', not both "
+                            f"(both are POST /sample)")
+
+    @classmethod
+    def from_checkpoint(cls, ckpt: Any, device: str | torch.device = "cpu") -> "Family":
+        """The family of a loaded checkpoint (genray.checkpoint.load) with its weights, in eval
+        mode, ready for inference; its model config is validated by this class's Config."""
+        family = cls(ckpt.config.get("model", {}), device)
+        family.load_state_dict(ckpt.state, optimizers=False)
+        family.eval()
+        return family
 
     @classmethod
     def load_data(cls, data_cfg: BaseModel) -> tuple[Dataset, Dataset]:
@@ -148,6 +201,20 @@ class Family(ABC):
         return type(batch)([augment(batch[0], cfg, gen), *batch[1:]])
 
     # --- shared mechanics --------------------------------------------------------------
+    def optimizer_step(self, loss: torch.Tensor, *names: str, clip_norm: float | None = None) -> None:
+        """One update of the named optimizers from `loss`: clear their gradients, backpropagate,
+        clip the norm of their parameters' gradients to `clip_norm` when given, then step each
+        in the order named. Other networks keep whatever gradients `loss` gives them."""
+        optimizers = [self.optimizers[name] for name in names]
+        for opt in optimizers:
+            opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if clip_norm is not None:
+            params = [p for opt in optimizers for group in opt.param_groups for p in group["params"]]
+            torch.nn.utils.clip_grad_norm_(params, clip_norm)
+        for opt in optimizers:
+            opt.step()
+
     def wrap(self, wrapper: Callable[[nn.Module], nn.Module]) -> None:
         """Wrap every network for training (DDP); `nets` keeps the raw modules. A network with
         nothing to train (wholly frozen) is left bare: DDP refuses a module without gradients."""

@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from torch import nn
 
 from genray.data.text import TextDataConfig, load_text
-from genray.families.base import Family
+from genray.families.base import Family, seeded_generator
 
 UNKNOWN = 0  # the index of every character outside the vocabulary
 DEFAULT_VOCAB = "\t\n" + "".join(chr(c) for c in range(32, 127)) + "‘’“”–—…°ß"
@@ -127,11 +127,7 @@ class CharLMFamily(Family):
         x, y = (self.to_index(t) for t in batch)  # (B, T) each
         logits, _ = self.train_nets["lstm"](x)
         loss = F.cross_entropy(logits.reshape(-1, self.classes), y.reshape(-1))  # nats per character
-        opt = self.optimizers["lstm"]
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(self.nets["lstm"].parameters(), self.cfg.grad_clip)
-        opt.step()
+        self.optimizer_step(loss, "lstm", clip_norm=self.cfg.grad_clip)
         return {"loss": loss.item(), "bits_per_char": loss.item() / math.log(2)}
 
     @torch.no_grad()
@@ -170,11 +166,7 @@ class CharLMFamily(Family):
         if n < 0:
             raise ValueError(f"n must be >= 0, got {n}")
         idx = self.encode(prompt or START).to(self.device)
-        gen = torch.Generator()
-        if seed is None:
-            gen.seed()
-        else:
-            gen.manual_seed(seed)
+        gen = seeded_generator(seed)
         lstm = self.nets["lstm"]
         logits, state = lstm(idx[None])  # reads the whole prompt at once
         out: list[int] = []

@@ -13,29 +13,18 @@ validation reports the true ELBO (factor 1).
 
 from __future__ import annotations
 
-from typing import Literal
-
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
-from genray.families.base import Family
+from genray.families.base import Family, seeded_normal
 from genray.families.vae import VAEConfig, decoder_net, encoder_trunk, neg_elbo_terms
 
 NUM_CLASSES = 10
 
 
-class CVAEConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    latent_dim: int = Field(8, ge=1, le=512)
-    arch: Literal["conv", "dense"] = "conv"
-    hidden: int = Field(256, ge=8, le=8192)
-    channels: int = Field(32, ge=4, le=512)  # width of the first conv layer (conv arch)
-    kl_warmup_epochs: float = Field(1.0, ge=0.0)
-    lr: float = Field(1e-3, gt=0.0, le=1.0)
-    weight_decay: float = Field(0.0, ge=0.0)
+class CVAEConfig(VAEConfig):
+    """The VAE's settings: the label changes the networks' inputs, not what can be set."""
 
 
 def one_hot(labels: torch.Tensor) -> torch.Tensor:
@@ -46,13 +35,12 @@ def one_hot(labels: torch.Tensor) -> torch.Tensor:
 class CVAE(nn.Module):
     def __init__(self, cfg: CVAEConfig):
         super().__init__()
-        shape = VAEConfig(latent_dim=cfg.latent_dim, arch=cfg.arch, hidden=cfg.hidden, channels=cfg.channels)
-        self.trunk, features = encoder_trunk(shape)  # image -> (B, F); the label joins after it
+        self.trunk, features = encoder_trunk(cfg)  # image -> (B, F); the label joins after it
         self.merge = nn.Sequential(nn.Linear(features + NUM_CLASSES, cfg.hidden), nn.LeakyReLU(0.2))
         self.to_mu = nn.Linear(cfg.hidden, cfg.latent_dim)
         self.to_logvar = nn.Linear(cfg.hidden, cfg.latent_dim)
         # The VAE's decoder, reading [z, one-hot(y)]: latent_dim + 10 inputs.
-        self.decoder = decoder_net(shape.model_copy(update={"latent_dim": cfg.latent_dim + NUM_CLASSES}))
+        self.decoder = decoder_net(cfg.model_copy(update={"latent_dim": cfg.latent_dim + NUM_CLASSES}))
 
     def encode(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         h = self.merge(torch.cat([self.trunk(x), one_hot(y)], dim=1))  # (B, hidden)
@@ -73,6 +61,7 @@ class CVAEFamily(Family):
     Config = CVAEConfig
     metric = "val_neg_elbo"
     mode = "min"
+    capabilities = ("sample_digit", "style_transfer")
 
     def build(self) -> dict[str, nn.Module]:
         return {"cvae": CVAE(self.cfg)}
@@ -92,10 +81,7 @@ class CVAEFamily(Family):
         recon, kl = neg_elbo_terms(x, logits, mu, logvar)
         beta = self.kl_weight(epoch)
         loss = (recon + beta * kl).mean()
-        opt = self.optimizers["cvae"]
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        self.optimizer_step(loss, "cvae")
         return {"loss": loss.item(), "recon": recon.mean().item(), "kl": kl.mean().item(), "kl_weight": beta}
 
     @torch.no_grad()
@@ -154,12 +140,7 @@ class CVAEFamily(Family):
 
     def prior_codes(self, n: int, seed: int | None) -> torch.Tensor:
         """n codes from N(0, I); the same seed always gives the same codes."""
-        gen = torch.Generator()
-        if seed is None:
-            gen.seed()
-        else:
-            gen.manual_seed(seed)
-        return torch.randn(n, self.cfg.latent_dim, generator=gen)
+        return seeded_normal(n, self.cfg.latent_dim, seed)
 
     @torch.no_grad()
     def sample(self, digit: int, n: int, seed: int | None = None) -> torch.Tensor:

@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
-from genray.families.base import Family
+from genray.families.base import Family, seeded_normal
 
 LOSSES = ("bce", "hinge", "lsgan", "wgan-gp")
 Beta = Annotated[float, Field(ge=0.0, lt=1.0)]
@@ -168,22 +168,14 @@ def moment_mse(fake: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
     return (mean_a - mean_b).pow(2).mean() + (cov_a - cov_b).pow(2).mean()
 
 
-def seeded_normal(n: int, dim: int, seed: int | None) -> torch.Tensor:
-    """n codes from N(0, I) on the CPU; the same seed always gives the same codes."""
-    gen = torch.Generator()
-    if seed is None:
-        gen.seed()
-    else:
-        gen.manual_seed(seed)
-    return torch.randn(n, dim, generator=gen)
-
-
 class GANFamily(Family):
     name = "gan"
     Config = GANConfig
     metric = "sample_fid"
     mode = "min"
     adversarial = True
+    capabilities = ("sample",)
+    info_fields = ("loss",)
 
     def build(self) -> dict[str, nn.Module]:
         c = self.cfg
@@ -230,10 +222,7 @@ class GANFamily(Family):
             per_image = discriminator_loss(c.loss, scores, labels, c.label_smoothing)
             d_loss = per_image[:n].mean() + per_image[n:].mean()
             s_real, s_fake = scores.split(n)
-        opt = self.optimizers["discriminator"]
-        opt.zero_grad(set_to_none=True)
-        d_loss.backward()
-        opt.step()
+        self.optimizer_step(d_loss, "discriminator")
         out.update(d_loss=d_loss.item(), d_real=s_real.mean().item(), d_fake=s_fake.mean().item())
         return out
 
@@ -241,10 +230,7 @@ class GANFamily(Family):
         gen, disc = self.train_nets["generator"], self.train_nets["discriminator"]
         g_loss = generator_loss(self.cfg.loss, disc(gen(self.noise(n))))
         # D's weights get gradients too (DDP reduces them); the next D step zeroes them first.
-        opt = self.optimizers["generator"]
-        opt.zero_grad(set_to_none=True)
-        g_loss.backward()
-        opt.step()
+        self.optimizer_step(g_loss, "generator")
         if self.cfg.ema > 0:
             self.update_ema()
         return g_loss.item()

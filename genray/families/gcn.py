@@ -110,10 +110,7 @@ class GCNFamily(Family):
         logits = self.train_nets["gcn"](batch.x, batch.edge_index)  # (N, C)
         mask = batch.train_mask
         loss = F.cross_entropy(logits[mask], batch.y[mask])
-        opt = self.optimizers["gcn"]
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        self.optimizer_step(loss, "gcn")
         acc = (logits[mask].argmax(1) == batch.y[mask]).float().mean()
         return {"loss": loss.item(), "acc": acc.item()}
 

@@ -262,13 +262,10 @@ class ODEFamily(Family):
         pred = self.train_nets["ode"](y_win[:, 0], t_win[0])  # (W, B, 2)
         forward_evals = field.calls - calls
         loss = self.window_loss(pred, target)
-        opt = self.optimizers["ode"]
         lr = self.cfg.lr * self.cfg.lr_decay**epoch
-        for group in opt.param_groups:
+        for group in self.optimizers["ode"].param_groups:
             group["lr"] = lr
-        opt.zero_grad(set_to_none=True)
-        loss.backward()  # with adjoint: a backward solve, which evaluates the field again
-        opt.step()
+        self.optimizer_step(loss, "ode")  # with adjoint, the backward is a solve that evaluates the field again
         loss_value = loss.item()
         mse = loss_value if self.cfg.loss == "mse" else F.mse_loss(pred.detach(), target).item()
         return {"loss": loss_value, "mse": mse, "nfe": float(forward_evals),

@@ -7,14 +7,11 @@ Training: one-step-ahead MSE against the noisy observations of the observed wind
 forcing), as latent_ode trains on the observed window only. `min_read_fraction` < 1 trains the
 rollout too, as latent_ode trains extrapolation: the GRU reads the first k observations (k drawn
 per batch from [ceil(min_read_fraction * n), n]) and rolls out over the remaining observed times on
-its own predictions. It extrapolated worse (30 observed points, 300 epochs of 250: RMSE 2.60 vs
-1.38 with teacher forcing), so it is off by default.
+its own predictions. It extrapolates worse than teacher forcing alone, so it is off by default.
 The rollout steps from target to target, so it does well where the extrapolation targets come at
 the gaps it was trained on. The data's default targets are every time of a grid with the observed
 grid's spacing (the paper's "100 time points extending beyond"): at 100 observed points those are
-exactly the training gaps (RMSE 0.26); at 30 most training gaps are 2-5 grid steps and the
-100-step rollout drifts (1.38). An earlier default, 30 targets over 3 time units after 100
-observations 0.03 apart, asked it for gaps of ~0.1 it had never seen (RMSE 2.2).
+exactly the training gaps; at 30 most training gaps are 2-5 grid steps and the long rollout drifts.
 Validation, on the same held-out series and points as latent_ode:
   val_mse          one-step-ahead predictions at the observed times 2..n vs the noise-free curve
   val_extrap_mse   after the last observation the GRU feeds its own predictions back
@@ -39,15 +36,13 @@ class RNNConfig(BaseModel):
 
     obs_dim: int = Field(2, ge=1, le=1024)
     # 40 units: 5,482 parameters, as many as latent_ode's defaults (5,472), so the bench compares
-    # models of one size. At 100 points the RNN swings with its width (extrapolation RMSE, seed 0):
-    # 32 units (3.6k) 0.2675, 40 0.322 (seeds 1, 2: 0.299, 0.284), 64 (13.4k) 0.203; the latent ODE
-    # 0.277 (seeds 1, 2: 0.300, 0.303).
+    # models of one size.
     hidden: int = Field(40, ge=1, le=4096)
     lr: float = Field(1e-2, gt=0.0, le=1.0)
     lr_decay: float = Field(0.995, gt=0.0, le=1.0)  # lr * lr_decay**epoch (latent_ode: 0.998, each its best)
     # Training only: teacher forcing over a random prefix of at least this fraction of the
     # observations, free-running rollout over the rest (latent_ode's min_encoded_fraction);
-    # 1: teacher forcing throughout (measured better, see above).
+    # 1: teacher forcing throughout (better, see above).
     min_read_fraction: float = Field(1.0, gt=0.0, le=1.0)
 
 
@@ -111,12 +106,9 @@ class RNNFamily(Family):
         k = int(torch.randint(low, n + 1, ())) if low < n else n
         pred = self.train_nets["rnn"](t_obs, x_obs, read=k)  # (B, n - 1, D)
         loss = F.mse_loss(pred, x_obs[:, 1:])
-        opt = self.optimizers["rnn"]
-        for group in opt.param_groups:
+        for group in self.optimizers["rnn"].param_groups:
             group["lr"] = self.cfg.lr * self.cfg.lr_decay**epoch
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        self.optimizer_step(loss, "rnn")
         return {"loss": loss.item()}
 
     @torch.no_grad()

@@ -49,14 +49,14 @@ class UNetConfig(BaseModel):
     prefill: Literal["blur", "zero"] = "blur"  # inpaint: what the hole holds at the input (above)
     channels: int = Field(16, ge=1, le=512)  # width of the first level; doubles at each level down
     depth: int = Field(2, ge=1, le=6)  # down-sampling steps (28 -> 14 -> 7 at 2)
-    # Batch norm after every convolution. Without it, measured here: the segmenter sits at "all
-    # background" for hundreds of steps, and the blur-residual inpainter on photo patches never
-    # leaves the blur baseline (500 steps at 0.00592 vs blur 0.00592; with it 0.0054 by step 200).
+    # Batch norm after every convolution. Without it the segmenter sits at "all background" for
+    # hundreds of steps, and the blur-residual inpainter on photo patches never leaves the blur
+    # baseline.
     norm: Literal["none", "batch"] = "batch"
     lr: float = Field(2e-3, gt=0.0, le=1.0)
     # The learning rate halves every this many epochs (None: constant; set, it overrides any
-    # train.finetune rate). On photo patches a constant rate leaves the val figure jumping by
-    # +-5% from epoch to epoch.
+    # train.finetune rate). On photo patches a constant rate leaves the val figure jumping from
+    # epoch to epoch.
     lr_halflife: float | None = Field(None, gt=0.0)
     weight_decay: float = Field(0.0, ge=0.0)
 
@@ -243,13 +243,10 @@ class UNetFamily(Family):
             pred = self.predict(net, image, target)
             # Mean over every masked pixel of the batch: only the hole is learned from.
             loss = ((pred - image) ** 2 * target).sum() / target.sum().clamp(min=1.0)
-        opt = self.optimizers["unet"]
         if self.cfg.lr_halflife is not None:
-            for group in opt.param_groups:
+            for group in self.optimizers["unet"].param_groups:
                 group["lr"] = self.cfg.lr * 0.5 ** (epoch / self.cfg.lr_halflife)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        self.optimizer_step(loss, "unet")
         return {"loss": loss.item()}
 
     @torch.no_grad()

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
-from genray.families.base import Family
+from genray.families.base import Family, seeded_normal
 
 IMAGE_SHAPE = (1, 28, 28)
 PIXELS = 28 * 28
@@ -100,6 +100,7 @@ class VAEFamily(Family):
     Config = VAEConfig
     metric = "val_neg_elbo"
     mode = "min"
+    capabilities = ("sample", "encode", "decode", "interpolate")
 
     def build(self) -> dict[str, nn.Module]:
         return {"vae": VAE(self.cfg)}
@@ -119,10 +120,7 @@ class VAEFamily(Family):
         recon, kl = neg_elbo_terms(x, logits, mu, logvar)
         beta = self.kl_weight(epoch)
         loss = (recon + beta * kl).mean()
-        opt = self.optimizers["vae"]
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        self.optimizer_step(loss, "vae")
         return {"loss": loss.item(), "recon": recon.mean().item(), "kl": kl.mean().item(), "kl_weight": beta}
 
     @torch.no_grad()
@@ -172,12 +170,7 @@ class VAEFamily(Family):
 
     def prior_codes(self, n: int, seed: int | None) -> torch.Tensor:
         """n codes from N(0, I); the same seed always gives the same codes."""
-        gen = torch.Generator()
-        if seed is None:
-            gen.seed()
-        else:
-            gen.manual_seed(seed)
-        return torch.randn(n, self.cfg.latent_dim, generator=gen)
+        return seeded_normal(n, self.cfg.latent_dim, seed)
 
     @torch.no_grad()
     def sample(self, n: int, seed: int | None = None) -> torch.Tensor:

@@ -32,8 +32,8 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
-from genray.families.base import Family
-from genray.families.gan import Generator, moment_mse, seeded_normal
+from genray.families.base import Family, seeded_normal
+from genray.families.gan import Generator, moment_mse
 
 Beta = Annotated[float, Field(ge=0.0, lt=1.0)]
 
@@ -113,6 +113,7 @@ class VAEGANFamily(Family):
     metric = "sample_fid"
     mode = "min"
     adversarial = True
+    capabilities = ("sample", "encode", "decode")
 
     def build(self) -> dict[str, nn.Module]:
         c = self.cfg
@@ -149,10 +150,7 @@ class VAEGANFamily(Family):
             + F.binary_cross_entropy_with_logits(s_rec, torch.zeros_like(s_rec))
             + F.binary_cross_entropy_with_logits(s_p, torch.zeros_like(s_p))
         )
-        opt_d = self.optimizers["discriminator"]
-        opt_d.zero_grad(set_to_none=True)
-        d_loss.backward()
-        opt_d.step()
+        self.optimizer_step(d_loss, "discriminator")
 
         # --- encoder and decoder, against the updated discriminator ---------------------------
         feats, scores = disc(torch.cat([real, x_rec, x_rec_gan, x_p]))
@@ -164,12 +162,7 @@ class VAEGANFamily(Family):
         # Encoder: kl_weight * prior + llike (llike reaches it through the 1/gamma scale);
         # decoder: gamma * llike + gan. D's weights collect gradients too; its next step zeroes them.
         loss = c.kl_weight * prior + c.gamma * llike + gan
-        opt_enc, opt_dec = self.optimizers["encoder"], self.optimizers["decoder"]
-        opt_enc.zero_grad(set_to_none=True)
-        opt_dec.zero_grad(set_to_none=True)
-        loss.backward()
-        opt_enc.step()
-        opt_dec.step()
+        self.optimizer_step(loss, "encoder", "decoder")
         return {
             "loss": loss.item(),
             "d_loss": d_loss.item(),

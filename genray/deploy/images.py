@@ -1,0 +1,301 @@
+"""The one Serve deployment of every image family, built from what the family can do.
+
+Each capability a family declares (Family.capabilities; genray.families.base.CAPABILITIES) is
+one endpoint:
+    sample          POST /sample          n images from the prior, optionally seeded (batched)
+    sample_digit    POST /sample          n images of a given digit (batched)
+    encode          POST /encode          codes of images: {"z"}, or {"mu", "logvar"} of q(z|x)
+    decode          POST /decode          images of codes (batched)
+    reconstruct     POST /reconstruct     the images through the autoencoder
+    denoise         POST /denoise         noisy images cleaned, or clean ones corrupted first
+    interpolate     POST /interpolate     images decoded between the codes of two images
+    style_transfer  POST /style_transfer  each image's handwriting drawn as another digit
+beside GET / (family, epoch, latent_dim, the family's `info_fields`, metrics, endpoints) and
+make_api's GET /healthz. The request models and each endpoint's math are plain functions (here and in
+genray.deploy.common) that tests call without Serve.
+
+`image_deployment(name, family class)` builds the Serve deployment: a class with one method per
+endpoint, named as its path, on its own FastAPI app. The class carries the family class to the
+replicas, which rebuild the model from the checkpoint with it: a family needs no registration
+beyond its FAMILIES entry, in this process or any other. The deployment is named as serve/*.yaml
+configure it: the family's name in capitals + "Deployment" (VAEDeployment).
+"""
+
+# No `from __future__ import annotations`: the endpoints' request annotations must be the
+# classes themselves, for FastAPI and for `genray bench perf`, which reads them.
+import functools
+from typing import Annotated, Any, Literal, Optional
+
+import torch
+from pydantic import Field, ValidationInfo, field_validator
+from ray import serve
+
+from genray import checkpoint
+from genray.deploy.common import (
+    MAX_IMAGES,
+    BadRequest,
+    DecodeRequest,
+    EncodeRequest,
+    ImageFormat,
+    ImageIn,
+    SampleRequest,
+    StrictModel,
+    codes_to_tensor,
+    deployment,
+    encode_images,
+    images_to_tensor,
+    make_api,
+    sample_many,
+)
+from genray.families.base import CAPABILITIES, Family
+
+# A batch is whatever queued while the previous one ran: a lone request never waits for company.
+BATCH = {"max_batch_size": 32, "batch_wait_timeout_s": 0.0}
+
+# A digit is a JSON integer 0..9: strict, so true or 3.5 is an error rather than 1 or 3.
+Digit = Annotated[int, Field(ge=0, le=9, strict=True)]
+
+
+class DigitSampleRequest(StrictModel):
+    digit: Digit
+    n: int = Field(16, ge=1, le=MAX_IMAGES)
+    seed: Optional[int] = Field(None, ge=0, le=2**63 - 1)
+    format: ImageFormat = "png"
+
+
+class ReconstructRequest(StrictModel):
+    images: list[ImageIn] = Field(min_length=1, max_length=MAX_IMAGES)
+    format: ImageFormat = "png"
+
+
+class DenoiseRequest(StrictModel):
+    images: list[ImageIn] = Field(min_length=1, max_length=MAX_IMAGES)
+    # False: the images are already noisy, clean them. True: corrupt them first (seeded), to
+    # see what the model does with the noise it was trained on, or with the noise named here.
+    add_noise: bool = False
+    seed: Optional[int] = Field(None, ge=0, le=2**63 - 1)
+    noise: Optional[Literal["gaussian", "masking"]] = None  # default: the model's training noise
+    # gaussian: std; masking: the fraction of pixels zeroed. Default: the model's noise_level.
+    noise_level: Optional[float] = Field(None, ge=0.0, le=1.0, allow_inf_nan=False)
+    format: ImageFormat = "png"
+
+
+class InterpolateRequest(StrictModel):
+    a: ImageIn
+    b: ImageIn
+    steps: int = Field(8, ge=2, le=64)
+    format: ImageFormat = "png"
+
+
+class StyleTransferRequest(StrictModel):
+    images: list[ImageIn] = Field(min_length=1, max_length=MAX_IMAGES)
+    labels: list[Digit] = Field(min_length=1, max_length=MAX_IMAGES)  # the digit each image shows
+    digit: Optional[Digit] = None  # draw every image as this digit ...
+    digits: Optional[list[Digit]] = Field(None, validate_default=True)  # ... or image i as digits[i]
+    format: ImageFormat = "png"
+
+    # Field validators run in declaration order, so `images` (and `digit`) are in info.data when
+    # they were valid; checking here, not in a model validator, makes the error name the field.
+    @field_validator("labels")
+    @classmethod
+    def _one_label_per_image(cls, labels: list[int], info: ValidationInfo) -> list[int]:
+        images = info.data.get("images")
+        if images is not None and len(labels) != len(images):
+            raise ValueError(f"expected one label per image ({len(images)}), got {len(labels)}")
+        return labels
+
+    @field_validator("digits")
+    @classmethod
+    def _one_target_per_image(cls, digits: Optional[list[int]], info: ValidationInfo) -> Optional[list[int]]:
+        if "digit" not in info.data:
+            return digits  # `digit` itself was invalid and has its own error
+        digit, images = info.data["digit"], info.data.get("images")
+        if digits is None and digit is None:
+            raise ValueError("give a target: `digit` (one for every image) or `digits` (one per image)")
+        if digits is not None and digit is not None:
+            raise ValueError("give `digit` or `digits`, not both")
+        if digits is not None and images is not None and len(digits) != len(images):
+            raise ValueError(f"expected one target digit per image ({len(images)}), got {len(digits)}")
+        return digits
+
+    def targets(self) -> torch.Tensor:
+        """The digit to draw each image as, (B,)."""
+        if self.digits is not None:
+            return torch.tensor(self.digits, dtype=torch.long)
+        return torch.full((len(self.images),), self.digit, dtype=torch.long)
+
+
+# --- each endpoint's math, without HTTP ---------------------------------------------------------
+
+def sample_digits_many(family, requests: list[tuple[int, int, Optional[int]]]) -> list[torch.Tensor]:
+    """Decode all (digit, n, seed) requests in one forward pass. Each request's codes come from
+    its own seed, so a seeded request gets the same images however it was batched."""
+    codes = torch.cat([family.prior_codes(n, seed) for _, n, seed in requests])  # (sum n, latent)
+    digits = torch.cat([torch.full((n,), digit, dtype=torch.long) for digit, n, _ in requests])
+    images = family.decode(codes, digits)  # (sum n, 1, 28, 28)
+    return list(images.split([n for _, n, _ in requests]))
+
+
+def decode_many(family, codes: list[torch.Tensor]) -> list[torch.Tensor]:
+    """All waiting requests' codes through the decoder at once (eval mode: each image is the same
+    however the requests were batched)."""
+    with torch.inference_mode():
+        images = family.decode(torch.cat(codes))
+    return list(images.split([len(z) for z in codes]))
+
+
+def encoded(family, req: EncodeRequest) -> dict:
+    """The /encode answer: {"z": codes} of a deterministic encoder, {"mu", "logvar"} of q(z|x)."""
+    codes = family.encode(images_to_tensor(req.images))
+    if isinstance(codes, tuple):
+        mu, logvar = codes
+        return {"mu": mu.tolist(), "logvar": logvar.tolist()}
+    return {"z": codes.tolist()}
+
+
+def denoise_images(family, req: DenoiseRequest) -> tuple[torch.Tensor, torch.Tensor]:
+    """(the network's input, its reconstruction), each (B, 1, 28, 28): the /denoise math."""
+    x = images_to_tensor(req.images)
+    if req.add_noise and req.noise is None and not family.cfg.denoising:
+        raise BadRequest("noise: this model was trained without noise; name the noise to add "
+                         "('gaussian' or 'masking') and its noise_level")
+    return family.denoise(x, add_noise=req.add_noise, seed=req.seed, noise=req.noise, level=req.noise_level)
+
+
+def style_transfer_images(family, req: StyleTransferRequest) -> torch.Tensor:
+    """The /style_transfer math: image i's handwriting drawn as its target digit, (B, 1, 28, 28)."""
+    x = images_to_tensor(req.images)
+    return family.style_transfer(x, torch.tensor(req.labels, dtype=torch.long), req.targets())
+
+
+# --- the endpoints of each capability -----------------------------------------------------------
+# Each function below returns fresh methods (Serve binds a FastAPI route to one class only):
+# the endpoint, named as its path, and the @serve.batch method it awaits, if any.
+
+def _sample() -> dict[str, Any]:
+    async def sample(self, req: SampleRequest) -> dict:
+        return encode_images(await self.sample_batched((req.n, req.seed)), req.format)
+
+    @serve.batch(**BATCH)
+    async def sample_batched(self, requests: list[tuple[int, Optional[int]]]) -> list[torch.Tensor]:
+        return sample_many(self.family, requests)
+
+    return {"sample": sample, "sample_batched": sample_batched}
+
+
+def _sample_digit() -> dict[str, Any]:
+    async def sample(self, req: DigitSampleRequest) -> dict:
+        return encode_images(await self.sample_batched((req.digit, req.n, req.seed)), req.format)
+
+    @serve.batch(**BATCH)
+    async def sample_batched(self, requests: list[tuple[int, int, Optional[int]]]) -> list[torch.Tensor]:
+        return sample_digits_many(self.family, requests)
+
+    return {"sample": sample, "sample_batched": sample_batched}
+
+
+def _encode() -> dict[str, Any]:
+    def encode(self, req: EncodeRequest) -> dict:
+        return encoded(self.family, req)
+
+    return {"encode": encode}
+
+
+def _decode() -> dict[str, Any]:
+    async def decode(self, req: DecodeRequest) -> dict:
+        images = await self.decode_batched(codes_to_tensor(req.z, self.family.cfg.latent_dim))
+        return encode_images(images, req.format)
+
+    @serve.batch(**BATCH)
+    async def decode_batched(self, codes: list[torch.Tensor]) -> list[torch.Tensor]:
+        return decode_many(self.family, codes)
+
+    return {"decode": decode, "decode_batched": decode_batched}
+
+
+def _reconstruct() -> dict[str, Any]:
+    def reconstruct(self, req: ReconstructRequest) -> dict:
+        return encode_images(self.family.reconstruct(images_to_tensor(req.images)), req.format)
+
+    return {"reconstruct": reconstruct}
+
+
+def _denoise() -> dict[str, Any]:
+    def denoise(self, req: DenoiseRequest) -> dict:
+        noisy, clean = denoise_images(self.family, req)
+        return {"noisy": encode_images(noisy, req.format), "denoised": encode_images(clean, req.format)}
+
+    return {"denoise": denoise}
+
+
+def _interpolate() -> dict[str, Any]:
+    def interpolate(self, req: InterpolateRequest) -> dict:
+        pair = images_to_tensor([req.a, req.b])
+        return encode_images(self.family.interpolate(pair[0], pair[1], req.steps), req.format)
+
+    return {"interpolate": interpolate}
+
+
+def _style_transfer() -> dict[str, Any]:
+    def style_transfer(self, req: StyleTransferRequest) -> dict:
+        return encode_images(style_transfer_images(self.family, req), req.format)
+
+    return {"style_transfer": style_transfer}
+
+
+# capability -> (its path, its methods); the endpoint method is named as the path.
+ENDPOINTS = {
+    "sample": ("/sample", _sample),
+    "sample_digit": ("/sample", _sample_digit),
+    "encode": ("/encode", _encode),
+    "decode": ("/decode", _decode),
+    "reconstruct": ("/reconstruct", _reconstruct),
+    "denoise": ("/denoise", _denoise),
+    "interpolate": ("/interpolate", _interpolate),
+    "style_transfer": ("/style_transfer", _style_transfer),
+}
+
+
+class ImageReplica:
+    """A replica's model: the family class that image_deployment set, rebuilt from the checkpoint."""
+
+    family_name: str
+    family_cls: type[Family]
+
+    def __init__(self, model_path: str):
+        self.ckpt = checkpoint.load(model_path)
+        if self.ckpt.family != self.family_name:
+            raise ValueError(f"{model_path} holds a {self.ckpt.family} model; this deployment serves "
+                             f"{self.family_name}")
+        self.family = self.family_cls.from_checkpoint(self.ckpt)
+
+
+@functools.lru_cache(maxsize=None)
+def image_deployment(name: str, family_cls: type[Family]):
+    """The Serve deployment of image family `name`: one endpoint per capability it declares."""
+    if not family_cls.capabilities:
+        raise ValueError(f"family {name!r} declares no capabilities ({', '.join(CAPABILITIES)}): the image "
+                         f"deployment has nothing to serve; give it capabilities or a hand-written deployment")
+    capabilities = [c for c in CAPABILITIES if c in family_cls.capabilities]
+    paths = [ENDPOINTS[c][0] for c in capabilities]
+
+    def info(self) -> dict:
+        cfg = self.family.cfg
+        return {"family": self.ckpt.family, "epoch": self.ckpt.epoch, "latent_dim": cfg.latent_dim,
+                **{field: getattr(cfg, field) for field in family_cls.info_fields},
+                "metrics": self.ckpt.metrics, "endpoints": paths}
+
+    class_name = f"{name.upper()}Deployment"
+    methods = {"info": info}
+    for capability in capabilities:
+        methods.update(ENDPOINTS[capability][1]())
+    for method in methods.values():
+        # Serve's class-based view finds a class's routes by their qualified names.
+        method.__qualname__ = f"{class_name}.{method.__name__}"
+    cls = type(class_name, (ImageReplica,), {**methods, "__module__": __name__, "__qualname__": class_name,
+                                             "family_name": name, "family_cls": family_cls})
+    api = make_api(f"genray {name}")
+    api.get("/")(info)
+    for path in paths:
+        api.post(path)(methods[path.strip("/")])
+    return deployment(api, max_ongoing_requests=64)(cls)
