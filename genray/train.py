@@ -19,7 +19,9 @@ import json
 import math
 import os
 import shutil
+import signal
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -511,7 +513,7 @@ def fit(cfg: RunConfig, *, resume: bool = False, verbose: bool = True) -> TrainS
         ),
     )
     t0 = time.perf_counter()
-    result = trainer.fit()
+    result = fit_and_let_go(trainer)
     wall = time.perf_counter() - t0
     best = None
     if result.best_checkpoints:
@@ -521,6 +523,19 @@ def fit(cfg: RunConfig, *, resume: bool = False, verbose: bool = True) -> TrainS
     if remote:
         mirror_run(run_uri, run_dir)
     return TrainSummary(cfg.name, run_dir, dict(result.metrics or {}), best, wall, read_history(run_dir), run_uri)
+
+
+def fit_and_let_go(trainer: TorchTrainer):
+    """trainer.fit(), then let go of the run's controller. On the main thread Ray Train installs a
+    Ctrl-C handler (abort the run) that holds the controller's handle and stays installed after
+    fit returns, so the finished controller and its DatasetManager would live on in this process
+    until its next fit; the process's own handler comes back instead."""
+    handler = signal.getsignal(signal.SIGINT)
+    try:
+        return trainer.fit()
+    finally:
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGINT, handler)
 
 
 def mirror_run(run_uri: str, run_dir: Path) -> None:

@@ -35,3 +35,19 @@ def test_the_process_check_sees_only_this_sessions_ray_processes():
     # This pytest process is no Ray process, and another session's mark matches nothing.
     assert os.getpid() not in leaks.ray_processes(os.environ[leaks.SESSION_ENV])
     assert leaks.ray_processes("no-such-session") == {}
+
+
+def test_a_fit_on_the_main_thread_lets_go_of_its_controller():
+    """Ray Train's Ctrl-C handler holds the run's controller; after the fit ours comes back."""
+    import signal
+
+    from genray.train import fit_and_let_go
+
+    class Trainer:  # installs a handler as TorchTrainer.fit does on the main thread
+        def fit(self):
+            signal.signal(signal.SIGINT, lambda signum, frame: None)
+            return "result"
+
+    ours = signal.getsignal(signal.SIGINT)
+    assert fit_and_let_go(Trainer()) == "result"
+    assert signal.getsignal(signal.SIGINT) is ours
