@@ -17,7 +17,8 @@ import ray
 from genray.config import ConfigError
 from genray.families import get_family
 from genray.submit import load_spec
-from genray.train import fit, load_run_config, run_exists
+from genray.runs import RunDir, load_run_config
+from genray.train import fit
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -29,7 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         spec = load_spec(args.spec, args.overrides)
         cfg = spec.run_config()
-        resume = bool(spec.resume and cfg.name and run_exists(cfg.storage, cfg.name))
+        resume = bool(spec.resume and cfg.name and RunDir(cfg.storage, cfg.name).exists())
         if resume:
             # The stored run keeps its model and data; the spec may change how it trains.
             stored = load_run_config(cfg.name, cfg.storage)

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from genray.checkpoint import read_manifest
-from genray.data import uri
+from genray import storage as uri
 
 # family -> "module:DeploymentClass"; imported on use, like the family registry.
 DEPLOYMENTS: dict[str, str] = {
