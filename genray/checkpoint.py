@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from genray.data import uri
+from genray.storage import Location, ObjectNotFound
 
 FORMAT = 1
 MANIFEST = "manifest.json"
@@ -87,11 +87,11 @@ def save(
     return directory
 
 
-def read_manifest(directory: str | Path) -> dict[str, Any]:
-    path = uri.join(directory, MANIFEST)
+def read_manifest(directory: str | Path | Location) -> dict[str, Any]:
+    path = Location(directory) / MANIFEST
     try:
-        text = uri.read_text(path)
-    except uri.ObjectNotFound:
+        text = path.read_text()
+    except ObjectNotFound:
         raise CheckpointError(f"not a genray checkpoint: {path} is missing") from None
     try:
         manifest = json.loads(text)
@@ -102,18 +102,20 @@ def read_manifest(directory: str | Path) -> dict[str, Any]:
     return manifest
 
 
-def load(directory: str | Path, *, weights: bool = True, map_location: str | torch.device = "cpu") -> Checkpoint:
+def load(directory: str | Path | Location, *, weights: bool = True,
+         map_location: str | torch.device = "cpu") -> Checkpoint:
     """Read and verify a checkpoint; every file's checksum is checked before use. An s3://
     checkpoint is downloaded to a temporary folder first (its path stays the URI)."""
-    if uri.is_s3(directory):
+    where = Location(directory)
+    if where.on_s3:
         if not weights:
-            return _from_manifest(str(directory), read_manifest(directory), None)
-        read_manifest(directory)  # "not a genray checkpoint" before anything is downloaded
-        with tempfile.TemporaryDirectory(prefix="genray-ckpt-") as tmp:
-            local = load(uri.download_folder(str(directory), tmp), map_location=map_location)
-        local.path = str(directory)
+            return _from_manifest(str(where), read_manifest(where), None)
+        read_manifest(where)  # "not a genray checkpoint" before anything is downloaded
+        with where.as_local_folder() as folder:
+            local = load(folder, map_location=map_location)
+        local.path = str(where)
         return local
-    directory = Path(directory)
+    directory = where.path
     manifest = read_manifest(directory)
     state = None
     if weights:

@@ -31,7 +31,7 @@ def run_demo(*, workers: int, epochs: int, out: Path, storage: str, store: Path,
         print(f"== 1/4 training {cfg.family} with {workers} Ray Train workers for {epochs} epochs")
         summary = fit(cfg)
         print(f"== 2/4 exporting the best checkpoint to {store}")
-        model = export(summary.run_dir, store, replace=True)
+        model = export(summary.run, store, replace=True)
         print(f"== 3/4 serving it on http://127.0.0.1:{port}/vae")
         serve.start(http_options={"host": "127.0.0.1", "port": port})
         serve.run(build_app({"model": str(model)}), name="vae", route_prefix="/vae")
@@ -46,7 +46,7 @@ def run_demo(*, workers: int, epochs: int, out: Path, storage: str, store: Path,
         metrics = summary.metrics
         print()
         print(f"run folder:       {summary.run_dir}")
-        print(f"tensorboard:      tensorboard --logdir {summary.run_dir / 'tensorboard'}")
+        print(f"tensorboard:      tensorboard --logdir {summary.run.tensorboard}")
         print(f"exported model:   {model}")
         print(f"samples (PNG):    {samples_png.resolve()}")
         print(f"val -ELBO:        {metrics['val_neg_elbo']:.2f} nats/image after {epochs} epochs "

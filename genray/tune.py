@@ -17,7 +17,7 @@ waits on CPUs that its own stopped trials hold.
 A search lives in <storage>/<name>/ (a folder or an s3:// prefix): Tune's experiment folder,
 `train/` with every trial's Train run (so `tensorboard --logdir <storage>/<name>/train` shows all
 trials together), and results.csv / results.json once it finishes. On S3, Tune and each trial's
-Train run write through the same pyarrow filesystem as `genray train` (genray.data.uri).
+Train run write through the same pyarrow filesystem as `genray train` (genray.storage).
 """
 
 from __future__ import annotations
@@ -37,12 +37,10 @@ from pathlib import Path
 from typing import Any
 
 import ray
-import ray.train
 import ray.tune
 import yaml
 from ray import tune
 from ray.train import CheckpointConfig, UserCallback
-from ray.train.torch import TorchTrainer
 # Ray Train's controller-side hook interface (Ray is pinned): its public UserCallback sees only
 # reports, and a trial needs its run's controller before the first one, to abort it.
 from ray.train.v2._internal.execution.callback import ControllerCallback
@@ -50,11 +48,11 @@ from ray.util.queue import Queue
 
 from genray import checkpoint
 from genray.config import ConfigError, RunConfig, apply_override
-from genray.data import uri
 from genray.families import get_family
 from genray.metrics import store_root
-from genray.train import (collect_reports_promptly, failure_config_for, run_dir_of, scaling_for, start_timeout_s,
-                          train_loop_per_worker)
+from genray.runs import RunDir
+from genray.storage import Location
+from genray.train import LoopConfig, failure_config_for, scaling_for, start_timeout_s, trainer_for
 
 DOMAINS = {
     "loguniform": lambda a: tune.loguniform(*a),
@@ -63,12 +61,12 @@ DOMAINS = {
     "randint": lambda a: tune.randint(*a),
     "grid": lambda a: tune.grid_search(list(a)),  # every value, num_samples times each
 }
-SPEC_FILE = "genray_search.json"
 # A trial is only a driver: its Train workers ask the cluster for their own CPUs/GPUs. Tune
 # refuses an empty request, and any CPU fraction here would leave N trials x 1-CPU workers
 # one fraction short of N CPUs (deadlock at max_concurrent = cores), so the driver reserves
 # 64 MiB of memory instead.
 TRIAL_RESOURCES = {"memory": 64 * 1024 * 1024}
+TRIALS_FOLDER = "train"  # <search>/train/<trial run>: every trial's Train run
 
 
 @dataclass
@@ -104,27 +102,29 @@ def load_space(family: str, spec: str | None) -> SearchSpec:
     )
 
 
+def plan_search(family: str, *, space: str | None, scheduler: str, overrides: list[str], storage: str,
+                name: str | None = None, metric: str | None = None, mode: str | None = None,
+                ) -> tuple[SearchSpec, RunConfig, RunDir]:
+    """A new search, checked before any Ray starts: its space (with `metric`/`mode` in place of
+    the space's), the base config every trial starts from, and its folder (named
+    <family>-<scheduler>-<time> unless `name` is given), which must not hold a search yet."""
+    from genray.config import build_config
+
+    spec = load_space(family, space)
+    if metric:
+        spec.metric, spec.mode = metric, mode or spec.mode
+    base = build_config(family, None, overrides)
+    search = RunDir(storage, name or f"{family}-{scheduler}-{time.strftime('%Y%m%d-%H%M%S')}")
+    if search.search_spec_file.exists():
+        raise ConfigError(f"search {search.name!r} exists in {storage}; continue it with --resume {search.name}")
+    return spec, base, search
+
+
 def to_domain(key: str, value: Any):
     if not isinstance(value, dict) or len(value) != 1 or next(iter(value)) not in DOMAINS:
         raise ConfigError(f"space.{key}: expected one of {{{', '.join(DOMAINS)}: ...}}, got {value!r}")
     kind, args = next(iter(value.items()))
     return DOMAINS[kind](args)
-
-
-def search_location(storage: str | Path, name: str) -> str:
-    """The search's folder: an absolute local path, or an s3:// URI."""
-    if uri.is_s3(storage):
-        return uri.join(str(storage), name)
-    return str(Path(storage).expanduser().resolve() / name)
-
-
-def ray_storage(storage: str | Path, fs=None) -> tuple[str, Any]:
-    """(storage_path, storage_filesystem) for Ray: an S3 prefix goes without its scheme, with a
-    filesystem that knows the endpoint (made here from the AWS settings unless given); a folder
-    goes as its absolute path."""
-    if uri.is_s3(storage):
-        return str(storage)[len("s3://"):].rstrip("/"), fs or uri.s3_filesystem()
-    return str(Path(storage).expanduser().resolve()), None
 
 
 def trial_config(base: dict[str, Any], overrides: dict[str, Any]) -> RunConfig:
@@ -243,27 +243,19 @@ def run_trial(config: dict[str, Any], base: dict[str, Any], train_storage: str, 
     # A fresh Train run per (trial, starting point): Train V2 would otherwise auto-resume the
     # trial's own older checkpoints instead of the one Tune handed over.
     suffix = "" if init_from is None else "-" + hashlib.sha1(f"{init_from}{time.time()}".encode()).hexdigest()[:6]
-    run_name = f"{trial_id}{suffix}"
-    remote = uri.is_s3(train_storage)
-    storage_path, fs = ray_storage(train_storage, fs)
+    run_dir = RunDir(train_storage, f"{trial_id}{suffix}")
+    _, fs = run_dir.storage.ray_storage(fs)
     channel = Queue(maxsize=4, actor_options={"num_cpus": 0})
-    collect_reports_promptly()
     scaling = scaling_for(cfg, min_workers=1)
-    trainer = TorchTrainer(
-        train_loop_per_worker,
-        train_loop_config={"run": cfg.to_dict(), "run_dir": str(run_dir_of(train_storage, run_name)),
-                           "store": store, "init_from": init_from,
-                           "run_uri": uri.join(train_storage, run_name), "run_fs": fs},
-        scaling_config=scaling,
-        run_config=ray.train.RunConfig(
-            name=run_name, storage_path=storage_path, storage_filesystem=fs,
-            checkpoint_config=CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints),
-            failure_config=failure_config_for(cfg, TRIAL_START_TRIES),
-            callbacks=[ToTune(channel), ControllerToTrial(channel)],
-        ),
+    trainer = trainer_for(
+        LoopConfig(run=cfg, run_dir=run_dir, store=store, init_from=init_from, filesystem=fs),
+        scaling=scaling,
+        checkpoint_config=CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints),
+        failure_config=failure_config_for(cfg, TRIAL_START_TRIES),
+        callbacks=[ToTune(channel), ControllerToTrial(channel)],
     )
-    if not remote:
-        (Path(train_storage) / run_name).mkdir(parents=True, exist_ok=True)
+    if not run_dir.on_s3:
+        run_dir.location.path.mkdir(parents=True, exist_ok=True)
     outcome: dict[str, Any] = {}
 
     def fit() -> None:
@@ -277,7 +269,7 @@ def run_trial(config: dict[str, Any], base: dict[str, Any], train_storage: str, 
     run = TrialRun.current = TrialRun(channel, worker)
     try:
         while (item := run.next_report()) is not None:
-            report(*item, fs if remote else None)
+            report(*item, fs)
         worker.join()
     finally:
         run.end()  # this thread failed: the run must not outlive the trial
@@ -384,17 +376,17 @@ def build_tuner(
 
     if scheduler != "fifo":
         require_state_api()
-    search = search_location(storage, name)
-    train_storage = uri.join(search, "train")
-    if not uri.is_s3(search):
-        Path(train_storage).mkdir(parents=True, exist_ok=True)
+    search = RunDir(storage, name)
+    train_storage = search.location / TRIALS_FOLDER
+    if not search.on_s3:
+        train_storage.path.mkdir(parents=True, exist_ok=True)
     keep = max(base.train.keep_checkpoints, 4 if scheduler == "pbt" else 2)  # PBT exploits older ones
     base = base.model_copy(update={"train": base.train.model_copy(update={"keep_checkpoints": keep})})
-    storage_path, fs = ray_storage(storage)
-    trainable = tune.with_parameters(run_trial, base=base.to_dict(), train_storage=train_storage,
+    storage_path, fs = search.storage.ray_storage()
+    trainable = tune.with_parameters(run_trial, base=base.to_dict(), train_storage=str(train_storage),
                                      store=str(store_root()), fs=fs)
     trainable = tune.with_resources(trainable, TRIAL_RESOURCES)
-    uri.write_text(uri.join(search, SPEC_FILE), json.dumps(
+    search.search_spec_file.write_text(json.dumps(
         {"family": family, "metric": spec.metric, "mode": spec.mode, "scheduler": scheduler,
          "base": base.to_dict()}))
     return tune.Tuner(
@@ -422,24 +414,24 @@ def build_tuner(
 
 def restore_tuner(name: str, storage: str | Path):
     """Tuner.restore of an interrupted search: finished trials stay finished, others continue."""
-    search = search_location(storage, name)
-    storage_path, fs = ray_storage(storage)
-    experiment = f"{storage_path}/{name}"
-    if not uri.exists(uri.join(search, SPEC_FILE)) or not tune.Tuner.can_restore(experiment, storage_filesystem=fs):
+    search = RunDir(storage, name)
+    _, fs = search.storage.ray_storage()
+    experiment = search.location.pyarrow_path
+    if not search.search_spec_file.exists() or not tune.Tuner.can_restore(experiment, storage_filesystem=fs):
         raise ConfigError(f"resume: no search {name!r} in {storage}")
-    meta = json.loads(uri.read_text(uri.join(search, SPEC_FILE)))
+    meta = search.search_spec()
     if meta["scheduler"] != "fifo":
         require_state_api()
     # Tune needs the trainable again: the same one, rebuilt from what the search stored.
     trainable = tune.with_resources(
-        tune.with_parameters(run_trial, base=meta["base"], train_storage=uri.join(search, "train"),
+        tune.with_parameters(run_trial, base=meta["base"], train_storage=str(search.location / TRIALS_FOLDER),
                              store=str(store_root()), fs=fs),
         TRIAL_RESOURCES,
     )
     return tune.Tuner.restore(experiment, trainable=trainable, resume_errored=True, storage_filesystem=fs), meta
 
 
-def summarize(results, metric: str, mode: str, search: str | Path) -> list[dict[str, Any]]:
+def summarize(results, metric: str, mode: str, search: str | Path | Location) -> list[dict[str, Any]]:
     """Trials sorted best first; also written to results.csv and results.json."""
     rows = []
     for result in results:
@@ -459,11 +451,12 @@ def summarize(results, metric: str, mode: str, search: str | Path) -> list[dict[
     missing = float("inf") if mode == "min" else float("-inf")
     rows.sort(key=lambda r: r["best_" + metric] if r["best_" + metric] is not None else missing,
               reverse=(mode == "max"))
-    uri.write_text(uri.join(search, "results.json"), json.dumps(rows, indent=2))
+    search = Location(search)
+    (search / "results.json").write_text(json.dumps(rows, indent=2))
     if rows:
         table = io.StringIO()
         writer = csv.DictWriter(table, fieldnames=list(dict.fromkeys(k for r in rows for k in r)))
         writer.writeheader()
         writer.writerows(rows)
-        uri.write_text(uri.join(search, "results.csv"), table.getvalue())
+        (search / "results.csv").write_text(table.getvalue())
     return rows

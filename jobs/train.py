@@ -17,7 +17,9 @@ import ray
 from genray.config import ConfigError
 from genray.families import get_family
 from genray.submit import load_spec
-from genray.train import fit, load_run_config, run_exists
+from genray.runs import RunDir, load_run_config
+from genray.storage import Location
+from genray.train import fit
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -29,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         spec = load_spec(args.spec, args.overrides)
         cfg = spec.run_config()
-        resume = bool(spec.resume and cfg.name and run_exists(cfg.storage, cfg.name))
+        resume = bool(spec.resume and cfg.name and RunDir(cfg.storage, cfg.name).exists())
         if resume:
             # The stored run keeps its model and data; the spec may change how it trains.
             stored = load_run_config(cfg.name, cfg.storage)
@@ -41,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     ray.init()  # inside a Ray job: the cluster that runs it
     print(f"cluster: {ray.cluster_resources()}", flush=True)
     nodes = sum(1 for node in ray.nodes() if node["Alive"])
-    if nodes > 1 and not cfg.storage.startswith("s3://"):
+    if nodes > 1 and not Location(cfg.storage).on_s3:
         # Ray Train's workers on other nodes write their checkpoints to this path on *their* disks.
         print(f"warning: storage {cfg.storage!r} is a local path on a {nodes}-node cluster; "
               "use s3://... or a shared filesystem", flush=True)

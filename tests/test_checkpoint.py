@@ -6,7 +6,8 @@ import torch
 from genray import checkpoint
 from genray.checkpoint import CheckpointError
 from genray.config import build_config
-from genray.store import best_checkpoint, export
+from genray.runs import RunDir
+from genray.store import export
 
 
 def save(path, epoch, value, cfg=None):
@@ -57,8 +58,8 @@ def test_export_picks_the_best_and_keeps_replaced_models(tmp_path):
     run = tmp_path / "run"
     for epoch, value in [(0, 300.0), (1, 250.0), (2, 260.0)]:
         save(run / f"checkpoint_epoch{epoch:05d}", epoch, value)
-    assert best_checkpoint(run).epoch == 1
-    assert best_checkpoint(run, "latest").epoch == 2
+    assert RunDir.at(run).best_checkpoint().epoch == 1
+    assert RunDir.at(run).best_checkpoint("latest").epoch == 2
     dest = export(run, tmp_path / "models" / "vae")
     assert checkpoint.load(dest).epoch == 1
     with pytest.raises(FileExistsError, match="--replace"):

@@ -115,7 +115,6 @@ def test_two_worker_ddp_finetune_with_augmentation(ray_session, tmp_path):
     last block unfrozen from epoch 1 (a rebuilt DDP wrapper), augmented inputs throughout."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    from genray.store import run_checkpoints
     from genray.train import fit
 
     source = trained_checkpoint(tmp_path / "src").state["nets"]["classifier"]
@@ -132,7 +131,7 @@ def test_two_worker_ddp_finetune_with_augmentation(ray_session, tmp_path):
     assert [h["param_rank_spread"] for h in summary.history] == [0.0, 0.0, 0.0]
 
     states = {checkpoint.load(c.path).epoch: checkpoint.load(c.path).state["nets"]["classifier"]
-              for c in run_checkpoints(str(summary.run_dir))}
+              for c in summary.run.checkpoints()}
     assert sorted(states) == [0, 1, 2]
     for k, theirs in source.items():
         frozen_until = {"body.0": 3, "body.3": 2, "body.8": 0, "head": 0}[k.rsplit(".", 1)[0]]

@@ -11,8 +11,8 @@ import requests
 from botocore.exceptions import EndpointConnectionError
 from typer.testing import CliRunner
 
-from genray import checkpoint
-from genray.data import uri
+from genray import checkpoint, storage
+from genray.storage import Location, ObjectNotFound
 
 from conftest import free_port
 
@@ -35,7 +35,7 @@ def s3(tmp_path_factory):
             mp.delenv(key, raising=False)
         for key, value in env.items():
             mp.setenv(key, value)
-        client = uri.s3_client()
+        client = storage.s3_client()
         for bucket in ("runs", "models"):
             client.create_bucket(Bucket=bucket)
         try:
@@ -45,10 +45,10 @@ def s3(tmp_path_factory):
 
 
 def test_missing_objects_are_clear_errors(s3):
-    with pytest.raises(uri.ObjectNotFound, match="s3://models/nothing/here.json does not exist"):
-        uri.read_text("s3://models/nothing/here.json")
-    with pytest.raises(uri.ObjectNotFound, match="s3://no-such-bucket/x does not exist"):
-        uri.read_text("s3://no-such-bucket/x")
+    with pytest.raises(ObjectNotFound, match="s3://models/nothing/here.json does not exist"):
+        Location("s3://models/nothing/here.json").read_text()
+    with pytest.raises(ObjectNotFound, match="s3://no-such-bucket/x does not exist"):
+        Location("s3://no-such-bucket/x").read_text()
     with pytest.raises(checkpoint.CheckpointError, match="s3://models/none/manifest.json is missing"):
         checkpoint.load("s3://models/none")
     from genray.deploy import build_app
@@ -63,7 +63,8 @@ def test_missing_objects_are_clear_errors(s3):
 
 def test_network_errors_are_retried_with_backoff(s3, monkeypatch):
     """The first two attempts fail as if the connection dropped; the third one reads the object."""
-    uri.write_text("s3://models/retry.txt", "still here")
+    retry = Location("s3://models/retry.txt")
+    retry.write_text("still here")
     attempts = []
 
     def flaky(request, **kwargs):
@@ -71,21 +72,21 @@ def test_network_errors_are_retried_with_backoff(s3, monkeypatch):
         if len(attempts) <= 2:
             raise EndpointConnectionError(endpoint_url=request.url)
 
-    make_client = uri.s3_client
+    make_client = storage.s3_client
 
     def client_with_flaky_network():
         client = make_client()
         client.meta.events.register("before-send.s3.GetObject", flaky)
         return client
 
-    monkeypatch.setattr(uri, "s3_client", client_with_flaky_network)
-    assert uri.read_text("s3://models/retry.txt") == "still here"
+    monkeypatch.setattr(storage, "s3_client", client_with_flaky_network)
+    assert retry.read_text() == "still here"
     assert len(attempts) == 3
     # Past the attempt budget the network error reaches the caller.
     monkeypatch.setenv("AWS_MAX_ATTEMPTS", "2")
     attempts.clear()
     with pytest.raises(EndpointConnectionError):
-        uri.read_text("s3://models/retry.txt")
+        retry.read_text()
     assert len(attempts) == 2
 
 
@@ -100,9 +101,70 @@ def test_export_to_s3_refuses_to_overwrite_and_keeps_replaced_models(s3, trained
     with pytest.raises(FileExistsError, match="already exists"):
         export(run, "s3://models/store-test")
     export(run, "s3://models/store-test", replace=True)
-    kept = {k.split("/")[0] for k in uri.list_keys("s3://models") if k.startswith("store-test.replaced-")}
+    kept = {k.split("/")[0] for k in Location("s3://models").list() if k.startswith("store-test.replaced-")}
     assert len(kept) == 1
     assert checkpoint.load("s3://models/store-test").family == "vae"
+
+
+def test_locations_on_s3_read_write_list_and_copy(s3, tmp_path):
+    root = Location("s3://runs/loc/")
+    assert not root.is_folder() and root.list() == [] and not (root / "a.txt").exists()
+    (root / "a.txt").write_text("hello")
+    (root / "sub" / "b.bin").write_bytes(b"\x00\x01")
+    assert (root / "a.txt").read_text() == "hello" and (root / "sub" / "b.bin").read_bytes() == b"\x00\x01"
+    assert root.is_folder() and (root / "a.txt").exists() and not root.exists()  # a prefix is no object
+    assert root.list() == ["a.txt", "sub/b.bin"] and Location("s3://runs").list()[:2] == ["loc/a.txt", "loc/sub/b.bin"]
+    assert root.glob("*.txt") == [root / "a.txt"] and root.glob("sub") == [root / "sub"]
+    assert root.glob("*/b.*") == [root / "sub" / "b.bin"]
+
+    with root.as_local_folder() as folder:
+        assert (folder / "sub" / "b.bin").read_bytes() == b"\x00\x01"
+    with pytest.raises(ObjectNotFound, match="s3://runs/empty does not exist"):
+        with Location("s3://runs/empty").as_local_folder():
+            pass
+    local = tmp_path / "up"
+    (local / "m").mkdir(parents=True)
+    (local / "m" / "manifest.json").write_text("{}")
+    (local / "w.pt").write_text("w")
+    (root / "up").upload_from(local, last=("m/manifest.json",))
+    root.copy_to(Location("s3://models/loc-copy"))
+    assert Location("s3://models/loc-copy").list() == ["a.txt", "sub/b.bin", "up/m/manifest.json", "up/w.pt"]
+    (root / "a.txt").remove()
+    assert not (root / "a.txt").exists()
+
+    path, fs = root.ray_storage()
+    assert path == "runs/loc" and root.from_ray("runs/loc/sub") == root / "sub"
+    with fs.open_input_stream("runs/loc/sub/b.bin") as f:  # pyarrow sees what boto3 wrote
+        assert f.read() == b"\x00\x01"
+    fetched = root.join("sub").fetch(["b."])
+    assert (fetched / "b.bin").read_bytes() == b"\x00\x01" and fetched == root.join("sub").fetch(["b."])
+
+
+def test_a_run_folder_on_s3_keeps_a_local_mirror(s3):
+    from genray.checkpoint import CheckpointError
+    from genray.config import ConfigError, build_config
+    from genray.runs import RunDir, load_run_config, new_run
+    from genray.storage import cache_dir
+
+    cfg = build_config("vae", overrides=["name=mirrored", "storage=s3://runs/mirror", "model.latent_dim=2"])
+    cfg, run = new_run(cfg, resume=False)
+    assert run == RunDir.at("s3://runs/mirror/mirrored") and run.on_s3
+    assert run.mirror == cache_dir() / "runs" / "runs" / "mirror" / "mirrored"
+    assert run.exists() and (run.mirror / "genray.yaml").is_file()  # the config is in both
+    with pytest.raises(ConfigError, match="already exists"):
+        new_run(cfg, resume=False)
+    assert load_run_config("s3://runs/mirror/mirrored", "elsewhere").storage == "s3://runs/mirror"
+    assert load_run_config("mirrored", "s3://runs/mirror/", ["train.epochs=3"]).train.epochs == 3
+
+    assert run.history() == []
+    run.update_mirror()  # no epoch yet: nothing to copy
+    run.history_file.write_text('{"epoch": 0}\n')
+    (run.location / "tensorboard" / "events.out.tfevents.1").write_text("e")
+    run.update_mirror()
+    assert (run.mirror / "history.jsonl").read_text() == '{"epoch": 0}\n'
+    assert (run.tensorboard / "events.out.tfevents.1").read_text() == "e"
+    with pytest.raises(CheckpointError, match="has no checkpoints"):
+        run.best_checkpoint()
 
 
 @pytest.mark.ray
@@ -122,7 +184,7 @@ def test_train_resume_export_and_serve_on_s3(s3, ray_session, serve_url):
     first = fit(cfg, verbose=False)
     run = f"{storage}/on-s3"
     assert first.run_uri == run and first.best_checkpoint == f"{run}/checkpoint_epoch00000"
-    keys = uri.list_keys(run)
+    keys = Location(run).list()
     for key in ("genray.yaml", "history.jsonl", "checkpoint_epoch00000/manifest.json", "checkpoint_epoch00000/weights.pt"):
         assert key in keys, keys
     assert any(k.startswith("tensorboard/events.out.tfevents.") for k in keys)
@@ -169,15 +231,15 @@ def test_search_on_s3_finishes_resumes_and_exports_the_best(s3, ray_session):
     out = CliRunner().invoke(app, ["tune", "vae", "--scheduler", "fifo", "--num-samples", "2", "--max-concurrent", "2",
                                    "--epochs", "1", "--name", "t", "--storage", storage, *fixed])
     assert out.exit_code == 0, out.output
-    rows = json.loads(uri.read_text(f"{storage}/t/results.json"))
+    rows = json.loads(Location(f"{storage}/t/results.json").read_text())
     assert len(rows) == 2 and all(r["status"] == "done" for r in rows)
-    keys = uri.list_keys(f"{storage}/t")
+    keys = Location(f"{storage}/t").list()
     assert "results.csv" in keys and any(k.startswith("train/") and k.endswith("/manifest.json") for k in keys)
     assert any(k.startswith("experiment_state-") for k in keys), "Tune's own state is in the bucket"
 
     again = CliRunner().invoke(app, ["tune", "--resume", "t", "--storage", storage])  # nothing left to run
     assert again.exit_code == 0, again.output
-    assert len(json.loads(uri.read_text(f"{storage}/t/results.json"))) == 2
+    assert len(json.loads(Location(f"{storage}/t/results.json").read_text())) == 2
 
     best = CliRunner().invoke(app, ["export", "t", "--best", "--storage", storage, "--to", "s3://models/tuned"])
     assert best.exit_code == 0, best.output

@@ -4,8 +4,9 @@ Part 1, `ode` against plain torchdiffeq. The same training, twice:
 
     genray  ODEFamily.train_step driven by genray's own Ray Train worker loop
             (genray.train.train_loop_per_worker in a 1-worker TorchTrainer, via genray.train.fit),
-            or, with `path="in-process"` (the --quick smoke test), by the same loop's
-            DataLoader + DistributedSampler in a plain subprocess without Ray
+            or, with `path="in-process"` (the --quick smoke test), by the same loop
+            (genray.train.loop.run_loop) in a plain subprocess, without Ray Train;
+            genray.bench.ode.StepClock times the steps through the loop's hooks
     plain   `plain_torchdiffeq_training` below: a script written directly against torch and
             torchdiffeq (it imports nothing else, and runs in its own `python -c` process, which
             reports whether any genray module got loaded)
@@ -49,6 +50,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from genray.train.loop import Hooks, LoopConfig
+
+CLOCK_FILE = "step_clock.json"  # what StepClock measured in a worker, in the run folder
 WARMUP = 3  # leading iterations of each run left out of the timing (allocator and cache warm-up)
 # Ray starts its worker processes at this niceness (Ray's `worker_niceness`, 15 on Linux); on a busy
 # machine a process at niceness 0 would be handed more CPU, so the plain loop runs at the same one.
@@ -184,9 +188,10 @@ def _rss_status(key: str) -> int:
     return int(re.search(key + r":\s+(\d+)", Path("/proc/self/status").read_text()).group(1))
 
 
-class StepClock:
-    """Wraps ODEFamily.train_step in this process: the start time and evaluations of every step,
-    and the peak memory growth from the first step on."""
+class StepClock(Hooks):
+    """Times the training loop's steps through its hooks, in the process that runs the loop: the
+    start time and evaluations of every step, and the peak memory growth from the first step
+    on. When the loop ends, rank 0 writes what it measured to <run folder>/step_clock.json."""
 
     def __init__(self):
         self.starts: list[tuple[int, float, float]] = []  # (epoch, perf_counter, thread_time) at a step's start
@@ -194,27 +199,22 @@ class StepClock:
         self.nfe_backward: list[float] = []
         self.rss0: int | None = None
 
-    def install(self):
-        from genray.families.ode import ODEFamily
+    def before_step(self, epoch: float) -> None:
+        if self.rss0 is None:
+            try:
+                Path("/proc/self/clear_refs").write_text("5")
+                self.rss0 = _rss_status("VmRSS")
+            except OSError:
+                self.rss0 = -1
+        self.starts.append((int(epoch), time.perf_counter(), time.thread_time()))
 
-        original = ODEFamily.train_step
-        clock = self
+    def after_step(self, metrics: dict[str, float]) -> None:
+        self.nfe_forward.append(metrics["nfe"])
+        self.nfe_backward.append(metrics["nfe_backward"])
 
-        def timed_train_step(family, batch, epoch):
-            if clock.rss0 is None:
-                try:
-                    Path("/proc/self/clear_refs").write_text("5")
-                    clock.rss0 = _rss_status("VmRSS")
-                except OSError:
-                    clock.rss0 = -1
-            clock.starts.append((int(epoch), time.perf_counter(), time.thread_time()))
-            metrics = original(family, batch, epoch)
-            clock.nfe_forward.append(metrics["nfe"])
-            clock.nfe_backward.append(metrics["nfe_backward"])
-            return metrics
-
-        ODEFamily.train_step = timed_train_step
-        return original
+    def on_end(self, config: LoopConfig, rank: int) -> None:
+        if rank == 0 and config.local_run_folder is not None:
+            (config.local_run_folder / CLOCK_FILE).write_text(json.dumps(self.result()))
 
     def result(self) -> dict:
         pairs = [(a, b) for a, b in zip(self.starts, self.starts[1:]) if a[0] == b[0]]  # within an epoch
@@ -222,17 +222,6 @@ class StepClock:
         return {"iter_s": [b[1] - a[1] for a, b in pairs], "iter_cpu_s": [b[2] - a[2] for a, b in pairs],
                 "niceness": os.nice(0), "nfe_forward": self.nfe_forward, "nfe_backward": self.nfe_backward,
                 "peak_rss_growth_mib": peak, "steps": len(self.starts)}
-
-
-def timed_worker_loop(loop_config: dict) -> None:
-    """genray's Ray Train worker loop, unchanged, with its ODEFamily.train_step timed."""
-    from genray.train import train_loop_per_worker
-
-    clock = StepClock()
-    clock.install()
-    train_loop_per_worker(loop_config)
-    out = Path(loop_config["run_dir"]) / "step_clock.json"
-    out.write_text(json.dumps(clock.result()))
 
 
 def run_config(settings: dict, name: str, storage: Path) -> Any:
@@ -253,46 +242,30 @@ def run_config(settings: dict, name: str, storage: Path) -> Any:
 
 def run_genray_ray_train(settings: dict, storage: Path) -> dict:
     """One 1-worker Ray Train run of `ode` through genray.train.fit, timed from inside the worker."""
-    from unittest import mock
-
-    import genray.train
+    from genray.train import fit
 
     name = f"bench-ode-{'adjoint' if settings['adjoint'] else 'backprop'}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
-    cfg = run_config(settings, name, storage)
-    # fit() hands its module-level worker function to the TorchTrainer; this one runs it as is.
-    with mock.patch.object(genray.train, "train_loop_per_worker", timed_worker_loop):
-        summary = genray.train.fit(cfg, verbose=False)
-    result = json.loads((summary.run_dir / "step_clock.json").read_text())
+    summary = fit(run_config(settings, name, storage), verbose=False, hooks=[StepClock()])
+    result = json.loads((summary.run_dir / CLOCK_FILE).read_text())
     result["final_mse"] = summary.metrics["val_mse"]
     return result
 
 
 def genray_in_process_training(s: dict) -> dict:
-    """The worker loop's training part without Ray: seed, family, DistributedSampler, DataLoader,
-    train_step; then the family's own validation. Runs in a subprocess of its own (memory)."""
-    import torch
-    from torch.utils.data import DataLoader, DistributedSampler
+    """genray's training loop (genray.train.loop.run_loop) in this process, one rank, without
+    Ray Train: the same seed, family, DistributedSampler, DataLoader, train step and validation.
+    Runs in a subprocess of its own (memory)."""
+    from genray.metrics import store_root
+    from genray.runs import RunDir
+    from genray.train.loop import Session, run_loop
 
-    from genray.families.ode import ODEFamily
-
-    torch.set_num_threads(s["threads"])
-    cfg = run_config(s, "in-process", Path(tempfile.gettempdir()))
-
-    torch.manual_seed(cfg.train.seed)
-    family = ODEFamily(cfg.model)
-    train_set, val_set = ODEFamily.load_data(cfg.data)
-    sampler = DistributedSampler(train_set, num_replicas=1, rank=0, shuffle=True, seed=cfg.train.seed)
-    loader = DataLoader(train_set, batch_size=cfg.train.batch_size, sampler=sampler, collate_fn=ODEFamily.collate_fn)
-    clock = StepClock()
-    clock.install()
-    for epoch in range(cfg.train.epochs):
-        sampler.set_epoch(epoch)
-        family.train()
-        for i, batch in enumerate(loader):
-            family.train_step(family.to_device(batch), epoch + i / len(loader))
+    clock, session = StepClock(), Session()
+    with tempfile.TemporaryDirectory(prefix="genray-bench-ode-") as tmp:
+        cfg = run_config(s, "in-process", Path(tmp))
+        run_loop(LoopConfig(run=cfg, run_dir=RunDir(tmp, "in-process"), store=str(store_root()), hooks=(clock,)),
+                 session)
     result = clock.result()
-    family.eval()
-    result["final_mse"] = family.eval_batch(val_set.tensors)["val_mse"]
+    result["final_mse"] = session.reports[-1]["val_mse"]  # the last epoch's: the whole trajectory after training
     return result
 
 
@@ -356,7 +329,7 @@ def run_impl(impl: str, path: str, s: dict, storage: Path) -> dict:
 
 def bench_ode(quick: bool, path: str, storage: Path, rounds: int, log=print) -> dict:
     """Interleaved rounds; each runs every implementation for both adjoint settings, rotating the
-    order. On the ray-train path the worker loop's training part also runs without Ray
+    order. On the ray-train path the training loop also runs without Ray Train
     ("genray-in-process"), which splits genray's overhead into its own code and the Ray Train worker."""
     settings = ode_settings(quick)
     impls = IMPLEMENTATIONS[path]
@@ -396,8 +369,8 @@ def bench_ode(quick: bool, path: str, storage: Path, rounds: int, log=print) -> 
         configs.append(config)
     return {"settings": settings, "rounds": rounds, "warmup_iterations_dropped": WARMUP,
             "genray_path": ("genray.train.fit: 1 Ray Train worker running genray.train.train_loop_per_worker"
-                            if path == "ray-train" else "in-process: the worker loop's sampler, loader and "
-                            "ODEFamily.train_step in a subprocess, no Ray"),
+                            if path == "ray-train" else "in-process: genray's training loop "
+                            "(genray.train.loop.run_loop) in a subprocess, no Ray Train"),
             "implementations": list(impls), "configs": configs}
 
 
@@ -601,8 +574,8 @@ def markdown_table(result: dict) -> str:
             f"{s['atol']:g}, MLP width {s['hidden']}, windows of {s['window']} of {s['n_points']} points on "
             f"[0, {s['t_end']:g}], batch {s['batch_size']}, {s['epochs']} epochs, {s['threads']} torch thread; "
             f"{ode['rounds']} interleaved rounds. genray = {ode['genray_path']}"
-            + ("; genray, no Ray = the same worker loop's DataLoader + DistributedSampler + ODEFamily.train_step "
-               "in a plain subprocess, which separates genray's own code from the Ray Train worker"
+            + ("; genray, no Ray = the same training loop (genray.train.loop) in a plain subprocess without "
+               "Ray Train, which separates genray's own code from the Ray Train worker"
                if "genray-in-process" in impls else "")
             + "; process niceness " + ", ".join(f"{LABELS[i]} {_one(ode['configs'][0]['niceness'][i])}" for i in impls)
             + " (Ray runs its workers at 15; the other processes are given the same). ms/iter: median over the "

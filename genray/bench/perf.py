@@ -91,13 +91,13 @@ def plain_training(family: str, epochs: int, batch_size: int, world: int, overri
 
 def genray_training(family: str, epochs: int, batch_size: int, workers: int, overrides: list[str],
                     storage: Path, name: str, log: Callable[[str], None]) -> dict[str, Any]:
-    from genray.train import read_history
+    from genray.runs import RunDir
 
     cmd = [sys.executable, "-m", "genray.cli", "train", family, "--workers", str(workers), "--epochs", str(epochs),
            "--storage", str(storage), "--name", name, "--set", f"train.batch_size={batch_size}",
            *sum((["--set", o] for o in overrides), [])]
     _, launched = _run(cmd, log)
-    history = read_history(storage / name)
+    history = RunDir(storage, name).history()
     per_epoch = [h["train_samples_per_s"] for h in history]
     starts = [h["epoch_started_at"] for h in history]
     epoch_walls = [b - a for a, b in zip(starts[1:], starts[2:])]

@@ -119,7 +119,7 @@ def run(families: list[str], epochs: int, out_dir: Path, storage: Path) -> dict[
             f"train.epochs={epochs}", "train.batch_size=32", "train.quality_every=5",
         ])
         summary = fit(cfg, verbose=False)
-        model = export(summary.run_dir, out_dir / "models" / name, replace=True)
+        model = export(summary.run, out_dir / "models" / name, replace=True)
         row = measure(name, model)
         row["train_s"] = summary.wall_s
         rows.append(row)
@@ -228,7 +228,7 @@ def scientific_rows(rows_to_run: list[str], out_dir: Path, storage: Path, stamp:
         load_before = os.getloadavg()[0]  # the machine is shared: train_s depends on it
         summary = fit(cfg, verbose=False)
         load = [load_before, os.getloadavg()[0]]
-        model = export(summary.run_dir, out_dir / "models" / key, replace=True)
+        model = export(summary.run, out_dir / "models" / key, replace=True)
         row = {"charlm": measure_charlm, "unet": measure_unet}[name](model, summary.history)
         row.update(row=key, train_s=summary.wall_s, load_1min=load, budget=SCIENTIFIC_BUDGET[key], machine=machine())
         rows[key] = row

@@ -41,7 +41,8 @@ def train(
 ) -> None:
     """Train a model family with Ray Train (N workers, DDP, checkpoints)."""
     from genray.config import build_config
-    from genray.train import fit, load_run_config
+    from genray.runs import load_run_config
+    from genray.train import fit
 
     overrides = list(set_)
     if workers is not None:
@@ -69,7 +70,7 @@ def train(
     typer.echo(f"best:        {summary.best_checkpoint}")
     typer.echo(f"{metric}: {summary.metrics.get(metric, float('nan')):.4f} (last epoch)")
     typer.echo(f"wall time:   {summary.wall_s:.1f} s")
-    typer.echo(f"tensorboard: tensorboard --logdir {summary.run_dir / 'tensorboard'}")
+    typer.echo(f"tensorboard: tensorboard --logdir {summary.run.tensorboard}")
     typer.echo(f"export:      genray export {summary.name} --storage {storage} --to models/{cfg.family}")
 
 
@@ -82,31 +83,15 @@ def export(
     replace: bool = typer.Option(False, help="Replace an existing model (the old one is kept beside it)."),
 ) -> None:
     """Copy a run's (or a search's) best checkpoint into the model store that deployments load."""
-    import json
-
     from genray.checkpoint import CheckpointError, read_manifest
-    from genray.data import uri
-    from genray.store import export as export_model
+    from genray.store import export_named
 
-    storage = storage or ("searches" if best else "runs")
-    # RUN is an s3:// URI, a folder, or a name under --storage
-    run_dir = (run if uri.is_s3(run) else Path(run) if Path(run).is_dir()
-               else uri.join(storage, run) if uri.is_s3(storage) else Path(storage) / run)
-    options = {}
-    if best:
-        from genray.tune import SPEC_FILE
-
-        spec = uri.join(run_dir, SPEC_FILE)
-        if not uri.exists(spec):
-            fail(f"{run_dir} is not a genray search (no {SPEC_FILE})")
-        meta = json.loads(uri.read_text(spec))
-        options = {"pattern": "*/checkpoint_*", "metric": meta["metric"], "mode": meta["mode"]}
     try:
-        dest = export_model(run_dir, to, which=which, replace=replace, **options)
+        source, dest = export_named(run, to, storage=storage, which=which, search=best, replace=replace)
     except (CheckpointError, FileExistsError, ValueError) as err:
         fail(str(err))
     manifest = read_manifest(dest)
-    typer.echo(f"exported {manifest['family']} (epoch {manifest['epoch']}) from {run_dir} to {dest}")
+    typer.echo(f"exported {manifest['family']} (epoch {manifest['epoch']}) from {source} to {dest}")
 
 
 def demo(
@@ -146,9 +131,8 @@ def tune(
     address: Optional[str] = typer.Option(None, help="Ray cluster address (default: $RAY_ADDRESS or a local Ray)."),
 ) -> None:
     """Search hyperparameters with Ray Tune (ASHA, PBT) over the same Ray Train trainer."""
-    from genray.config import build_config
-    from genray.data import uri
-    from genray.tune import SPEC_FILE, build_tuner, load_space, restore_tuner, search_location, summarize
+    from genray.runs import RunDir
+    from genray.tune import TRIALS_FOLDER, build_tuner, plan_search, restore_tuner, summarize
 
     try:
         if resume:
@@ -158,23 +142,18 @@ def tune(
         else:
             if family is None:
                 fail("name a FAMILY (e.g. `genray tune vae`) or --resume NAME")
-            spec = load_space(family, space)
-            if metric:
-                spec.metric, spec.mode = metric, mode or spec.mode
             overrides = list(set_) + [f"train.workers={workers}"] + ([f"train.epochs={epochs}"] if epochs else [])
-            base = build_config(family, None, overrides)
-            search_name = name or f"{family}-{scheduler}-{time.strftime('%Y%m%d-%H%M%S')}"
-            if uri.exists(uri.join(search_location(storage, search_name), SPEC_FILE)):
-                fail(f"search {search_name!r} exists in {storage}; continue it with --resume {search_name}")
+            spec, base, planned = plan_search(family, space=space, scheduler=scheduler, overrides=overrides,
+                                              storage=storage, name=name, metric=metric, mode=mode)
             connect(address)
+            search_name, metric_name, metric_mode = planned.name, spec.metric, spec.mode
             tuner = build_tuner(family, name=search_name, storage=storage, spec=spec, base=base,
                                 scheduler=scheduler, num_samples=num_samples, max_concurrent=max_concurrent,
                                 perturbation_interval=perturbation_interval)
-            metric_name, metric_mode = spec.metric, spec.mode
         results = tuner.fit()
     except (ConfigError, ValueError) as err:
         fail(str(err))
-    search = search_location(storage, search_name)
+    search = RunDir(storage, search_name).location
     rows = summarize(results, metric_name, metric_mode, search)
     from rich.console import Console
     from rich.table import Table
@@ -186,8 +165,8 @@ def tune(
     for r in rows:
         table.add_row(*[f"{r.get(k):.4g}" if isinstance(r.get(k), float) else str(r.get(k, "")) for k in keys])
     Console().print(table)
-    typer.echo(f"results:     {uri.join(search, 'results.csv')} and results.json")
-    typer.echo(f"tensorboard: tensorboard --logdir {uri.join(search, 'train')}")
+    typer.echo(f"results:     {search / 'results.csv'} and results.json")
+    typer.echo(f"tensorboard: tensorboard --logdir {search / TRIALS_FOLDER}")
     typer.echo(f"export best: genray export {search_name} --best --storage {storage} --to models/<name>")
 
 

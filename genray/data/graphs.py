@@ -29,6 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch_geometric.data import Data
 
 from genray.data.images import DataError
+from genray.storage import Location
 
 PLANETOID_PARTS = ("x", "tx", "allx", "y", "ty", "ally", "graph", "test.index")
 TARGETS = ("triangles", "avg_shortest_path", "algebraic_connectivity")
@@ -182,7 +183,7 @@ def split_nodes(
 
 def read_node_dataset(source: str, name: str | None) -> Data:
     """The first graph of a Planetoid root or of a saved PyG dataset."""
-    if source.startswith("s3://"):
+    if Location(source).on_s3:
         raise DataError(f"source {source!r}: graph datasets are read from a local folder or file only")
     path = Path(source).expanduser()
     if not path.exists():
@@ -339,7 +340,7 @@ def split_graph_data(cfg: GraphDataConfig) -> tuple[list[Data], list[Data], list
     if cfg.source == "rgg":
         graphs = rgg_graphs(cfg.num_graphs, cfg.min_nodes, cfg.max_nodes, cfg.radius, cfg.seed)
     else:
-        if cfg.source.startswith("s3://") or not Path(cfg.source).expanduser().exists():
+        if Location(cfg.source).on_s3 or not Path(cfg.source).expanduser().exists():
             raise DataError(f"source {cfg.source!r}: expected 'rgg' or a local saved PyG dataset (file or root folder)")
         graphs = [as_regression_graph(g, i, cfg.source) for i, g in enumerate(read_saved_graphs(cfg.source))]
     n_val = max(1, int(round(len(graphs) * cfg.val_fraction)))

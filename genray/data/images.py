@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from torch.utils.data import TensorDataset
 
 from genray.data.augment import AugmentConfig
-from genray.data.uri import fetch_to_local
+from genray.storage import Location
 
 IMAGE_SIZE = 28
 
@@ -190,6 +190,6 @@ def read_mnist(folder: str | Path, part: str = "train") -> tuple[torch.Tensor, t
 
 def mnist_folder(source: str, val_fraction: float, seed: int) -> tuple[TensorDataset, TensorDataset]:
     """MNIST from a folder or s3:// prefix: the train files split into train/val."""
-    folder = fetch_to_local(source, [name for pair in MNIST_FILES.values() for name in pair])
+    folder = Location(source).fetch([name for pair in MNIST_FILES.values() for name in pair])
     x, y = read_mnist(folder, "train")
     return split(x, y, val_fraction, seed)

@@ -21,7 +21,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch.utils.data import Dataset
 
-from genray.data import uri
+from genray.storage import Location, ObjectNotFound
 from genray.data.images import DataError
 
 PYDOC = "pydoc"
@@ -60,8 +60,8 @@ def read_text(source: str, encoding: str = "utf-8") -> str:
 
         return "".join(topics.topics[key] for key in sorted(topics.topics))
     try:
-        raw = uri.read_bytes(source)
-    except uri.ObjectNotFound as err:
+        raw = Location(source).read_bytes()
+    except ObjectNotFound as err:
         raise DataError(f"data.source: no text at {source} ({err}); give a text file, an s3:// object "
                         f"or {PYDOC!r}") from None
     except IsADirectoryError:

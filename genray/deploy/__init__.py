@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from genray.checkpoint import read_manifest
-from genray.data import uri
 from genray.families import FAMILIES, Entry, get_family
+from genray.storage import Location
 
 IMAGE_DEPLOYMENT = "genray.deploy.images:image_deployment"
 
@@ -51,7 +51,7 @@ DEPLOYMENTS = Served(lambda entry: entry.deployment or IMAGE_DEPLOYMENT)
 def resolve_model_path(model: str) -> Path | str:
     """A store path from serve YAML: an s3:// URI, an absolute path, or a path relative to
     $GENRAY_HOME (default: cwd)."""
-    if uri.is_s3(model):
+    if Location(model).on_s3:
         return model.rstrip("/")
     path = Path(model).expanduser()
     if not path.is_absolute():

@@ -1,0 +1,189 @@
+"""The driver side of a training run: the TorchTrainer around genray's worker loop, its workers
+(scaling_for), its failure handling (failure_config_for) and `fit`, which trains one run.
+
+A Tune trial builds its Train run with the same pieces (genray.tune).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import ray
+import ray.train
+from ray.train import CheckpointConfig, FailureConfig, ScalingConfig, UserCallback
+from ray.train.torch import TorchTrainer
+
+from genray.config import RunConfig
+from genray.families import get_family
+from genray.metrics import store_root
+from genray.runs import RunDir, new_run
+from genray.train.loop import Hooks, LoopConfig
+from genray.train.worker import train_loop_per_worker
+
+# Ray Train's controller collects a worker's report only when it polls the workers, every
+# RAY_TRAIN_HEALTH_CHECK_INTERVAL_S (2 s by default), and the worker's next report waits until
+# the last one was collected (its result queue holds one): every epoch shorter than the interval
+# took the whole interval (a 1 s VAE epoch took 2 s). TorchTrainer passes the driver's value on to
+# the controller; a value the user set is kept.
+REPORT_POLL_ENV = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.2"}
+
+
+def collect_reports_promptly() -> None:
+    """Called in the process that builds a TorchTrainer (genray train's driver, a Tune trial)."""
+    for key, value in REPORT_POLL_ENV.items():
+        os.environ.setdefault(key, value)
+
+
+# A Ray that genray starts itself is this machine alone. Ray Train's preemption watcher (one
+# helper actor per run, polling the cluster's nodes for spot-preemption notices) then has no other
+# node to watch; its process start took 1.6-1.9 CPU-s per run here, alongside the first epochs, on
+# 2 cores. The driver's value reaches the controller through TorchTrainer; one the user set is kept.
+LOCAL_RAY_ENV = {"RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}
+
+
+def start_local_ray(**kwargs) -> None:
+    """ray.init(address="local", **kwargs) for an embedded, single-machine Ray."""
+    for key, value in LOCAL_RAY_ENV.items():
+        os.environ.setdefault(key, value)
+    ray.init(address="local", **kwargs)
+
+
+class ProgressCallback(UserCallback):
+    """Prints one line per epoch (on the Train controller; the job's log on a cluster)."""
+
+    def __init__(self, epochs: int, metric: str):
+        self.epochs, self.metric = epochs, metric
+        self.t0 = time.time()
+
+    def after_report(self, run_context, metrics: list[dict[str, Any]], checkpoint) -> None:
+        m = metrics[0]  # rank 0's
+        epoch = int(m["epoch"]) + 1
+        width = 20
+        done = math.floor(width * epoch / self.epochs)
+        loss = m.get("train_loss", float("nan"))
+        print(
+            f"[{'#' * done}{'.' * (width - done)}] epoch {epoch}/{self.epochs} "
+            f"train_loss {loss:.4g}  {self.metric} {m.get(self.metric, float('nan')):.4g}  "
+            f"({m['epoch_s']:.1f}s, {time.time() - self.t0:.0f}s total)",
+            flush=True,
+        )
+
+
+@dataclass
+class TrainSummary:
+    run: RunDir
+    metrics: dict[str, Any]  # the last epoch's
+    best_checkpoint: Path | str | None  # a folder, or an s3:// URI
+    wall_s: float
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        return self.run.name
+
+    @property
+    def run_dir(self) -> Path:
+        """The run folder; for s3:// storage, its local mirror (config, history, tensorboard)."""
+        return self.run.mirror
+
+    @property
+    def run_uri(self) -> str:
+        """Where the run is stored: the run folder's path, or s3://bucket/.../<name>."""
+        return str(self.run.location)
+
+
+def scaling_for(cfg: RunConfig, min_workers: int = 0) -> ScalingConfig:
+    """The run's workers, each with its CPUs and, when the run asks for GPUs (or leaves
+    train.use_gpu unset on a cluster that has them), one GPU. genray train and Tune trials alike."""
+    use_gpu = cfg.train.use_gpu
+    if use_gpu is None:
+        use_gpu = ray.cluster_resources().get("GPU", 0) > 0
+    return ScalingConfig(num_workers=max(min_workers, cfg.train.workers), use_gpu=use_gpu,
+                         resources_per_worker={"CPU": cfg.train.cpus_per_worker, **({"GPU": 1} if use_gpu else {})})
+
+
+# Ray Train's knob for one worker-group start; the process that builds the TorchTrainer passes it
+# on to the run's controller.
+START_TIMEOUT_ENV = "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"
+
+
+def start_timeout_s(cfg: RunConfig) -> float:
+    return cfg.train.worker_start_timeout_s or float(os.environ.get(START_TIMEOUT_ENV, 60.0))
+
+
+def failure_config_for(cfg: RunConfig, start_tries: int | None = None) -> FailureConfig:
+    """Worker-group restarts (train.max_failures) and the bounded wait for workers: at most
+    train.worker_start_tries (else `start_tries`; None: forever) starts of start_timeout_s each.
+    Sets the start timeout in this process's environment, where TorchTrainer reads it."""
+    os.environ[START_TIMEOUT_ENV] = str(start_timeout_s(cfg))
+    tries = cfg.train.worker_start_tries or start_tries
+    return FailureConfig(max_failures=cfg.train.max_failures,
+                         controller_failure_limit=-1 if tries is None else tries - 1)
+
+
+def trainer_for(loop: LoopConfig, *, scaling: ScalingConfig, checkpoint_config: CheckpointConfig,
+                failure_config: FailureConfig, callbacks: list) -> TorchTrainer:
+    """The TorchTrainer of one run of genray's worker loop, stored in loop.run_dir (on S3
+    through loop.filesystem)."""
+    storage_path, fs = loop.run_dir.storage.ray_storage(loop.filesystem)
+    collect_reports_promptly()
+    return TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config=loop.to_dict(),
+        scaling_config=scaling,
+        run_config=ray.train.RunConfig(
+            name=loop.run_dir.name, storage_path=storage_path, storage_filesystem=fs,
+            checkpoint_config=checkpoint_config, failure_config=failure_config, callbacks=callbacks,
+        ),
+    )
+
+
+def fit_and_let_go(trainer: TorchTrainer):
+    """trainer.fit(), then let go of the run's controller. On the main thread Ray Train installs a
+    Ctrl-C handler (abort the run) that holds the controller's handle and stays installed after
+    fit returns, so the finished controller and its DatasetManager would live on in this process
+    until its next fit; the process's own handler comes back instead."""
+    handler = signal.getsignal(signal.SIGINT)
+    try:
+        return trainer.fit()
+    finally:
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGINT, handler)
+
+
+def fit(cfg: RunConfig, *, resume: bool = False, verbose: bool = True, hooks: Sequence[Hooks] = ()) -> TrainSummary:
+    """Train `cfg` on the connected Ray cluster (one is started locally if none is). `hooks`
+    run inside the worker loop, on every worker."""
+    if not ray.is_initialized():
+        ray.init()
+    cfg, run = new_run(cfg, resume)
+    # On S3, Ray Train and rank 0's run log share one filesystem that knows the endpoint.
+    _, fs = run.storage.ray_storage()
+    family = get_family(cfg.family)
+    loop = LoopConfig(run=cfg, run_dir=run, store=str(store_root()), filesystem=fs, hooks=tuple(hooks))
+    trainer = trainer_for(
+        loop,
+        scaling=scaling_for(cfg),
+        checkpoint_config=CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints,
+                                           checkpoint_score_attribute=family.metric,
+                                           checkpoint_score_order=family.mode),
+        failure_config=failure_config_for(cfg),
+        callbacks=[ProgressCallback(cfg.train.epochs, family.metric)] if verbose else [],
+    )
+    t0 = time.perf_counter()
+    result = fit_and_let_go(trainer)
+    wall = time.perf_counter() - t0
+    best = None
+    if result.best_checkpoints:
+        pick = min if family.mode == "min" else max
+        best_ckpt, _ = pick(result.best_checkpoints, key=lambda cm: cm[1][family.metric])
+        best = run.storage.from_ray(best_ckpt.path).native()
+    run.update_mirror()
+    return TrainSummary(run, dict(result.metrics or {}), best, wall, run.history())

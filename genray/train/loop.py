@@ -1,0 +1,365 @@
+"""The training loop: plain PyTorch, no Ray.
+
+The loop is family-agnostic: it builds the family, restores the latest checkpoint if the run
+has one, wraps each network for DDP, shards the training set with a DistributedSampler, and
+after every epoch reports metrics (every rank) and a checkpoint (rank 0 only). What runs it
+is a `Session`: this process's rank and device, the run's checkpoint to resume from, DDP and
+where reports go. genray.train.worker's session is Ray Train's; the base Session here runs
+the loop in one process, without Ray. `Hooks` let a caller watch every step and epoch
+(genray bench ode times the steps with them).
+
+Rank 0 writes history.jsonl and TensorBoard events in the run folder (genray.runs); for a run
+on S3 it writes them to a local folder and copies them to the bucket after every epoch,
+through the pyarrow filesystem the checkpoints are stored with.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gc
+import json
+import shutil
+import tempfile
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import torch
+import torch.distributed as dist
+from torch.utils.data import DataLoader, DistributedSampler, Subset
+
+from genray import checkpoint
+from genray.config import RunConfig
+from genray.data import augment
+from genray.families import get_family
+from genray.metrics import global_throughput
+from genray.runs import HISTORY_FILE, TENSORBOARD, RunDir
+from genray.storage import Location
+
+
+class Hooks:
+    """Callbacks from the loop, on every rank; override the ones you need. They travel to the
+    workers inside the loop config, so a subclass must pickle (a module-level class does)."""
+
+    def on_start(self, config: LoopConfig, rank: int) -> None:
+        """Before the first step; the family, data and run log are ready."""
+
+    def before_step(self, epoch: float) -> None:
+        """Just before a train step; `epoch` is fractional (epoch + step / steps_per_epoch)."""
+
+    def after_step(self, metrics: dict[str, float]) -> None:
+        """After a train step, with the step's metrics."""
+
+    def on_epoch_end(self, epoch: int, metrics: dict[str, Any]) -> None:
+        """After an epoch's metrics are complete, before they are reported."""
+
+    def on_end(self, config: LoopConfig, rank: int) -> None:
+        """After the last epoch has been reported and the run log closed."""
+
+
+@dataclass
+class LoopConfig:
+    """What the loop needs besides the run config. Ray Train hands the worker a dict
+    (to_dict / from_dict): `train_loop_config`."""
+
+    run: RunConfig
+    run_dir: RunDir  # where the run is stored: a local folder or an s3:// prefix
+    store: str  # the driver's model store folder (the metrics classifier is cached there)
+    init_from: str | None = None  # another run's checkpoint to start from (a Tune trial taking one over)
+    filesystem: Any = None  # the driver's pyarrow S3 filesystem, for a run on S3 (endpoint and keys)
+    hooks: tuple[Hooks, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"run": self.run.to_dict(), "run_dir": str(self.run_dir), "store": self.store,
+                "init_from": self.init_from, "filesystem": self.filesystem, "hooks": list(self.hooks)}
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> LoopConfig:
+        names = [f.name for f in dataclasses.fields(cls)]
+        required = {"run", "run_dir", "store"}
+        if set(values) - set(names) or required - set(values):
+            raise ValueError(f"train_loop_config: expected keys {names} ({sorted(required)} required), "
+                             f"got {sorted(values)}")
+        return cls(**{**values, "run": RunConfig.model_validate(values["run"]), "run_dir": RunDir.at(values["run_dir"]),
+                      "hooks": tuple(values.get("hooks") or ())})
+
+    @property
+    def local_run_folder(self) -> Path | None:
+        """The run folder when this machine writes it directly; None for a run on S3."""
+        return None if self.filesystem is not None else self.run_dir.location.path
+
+
+class Session:
+    """What runs the loop. This one: a single process without Ray (rank 0 of 1), which writes
+    its checkpoints into the local run folder and keeps its reports (`reports`)."""
+
+    rank = 0
+    world = 1
+
+    def __init__(self, device: str | torch.device = "cpu"):
+        self.device = torch.device(device)
+        self.reports: list[dict[str, Any]] = []
+
+    @contextmanager
+    def restored_checkpoint(self) -> Iterator[str | None]:
+        """The folder of the run's own latest checkpoint (a resume or a worker restart), or None."""
+        yield None
+
+    def wrap(self, net: torch.nn.Module) -> torch.nn.Module:
+        """A network wrapped for data-parallel training (called only when world > 1)."""
+        return net
+
+    def report(self, metrics: dict[str, Any], run_folder: Path | None = None, checkpoint_name: str | None = None,
+               write: Callable[[Path], Any] | None = None) -> None:
+        """Report an epoch's metrics; with `checkpoint_name`, also the checkpoint `write(folder)` makes."""
+        if checkpoint_name is not None:
+            if run_folder is None:
+                raise ValueError("a run without Ray writes its checkpoints to a local run folder, not to S3")
+            write(run_folder / checkpoint_name)
+        self.reports.append(metrics)
+
+
+def run_loop(config: LoopConfig, session: Session) -> None:
+    """Train config.run from its latest checkpoint (or the start) to its last epoch."""
+    cfg = config.run
+    rank, world, device = session.rank, session.world, session.device
+    torch.set_num_threads(cfg.train.threads_per_worker)
+    # The same seed on every rank gives identical initial weights (DDP also broadcasts rank 0's).
+    torch.manual_seed(cfg.train.seed)
+
+    family_cls = get_family(cfg.family)
+    family = family_cls(cfg.model, device)
+    start_epoch = 0
+    with session.restored_checkpoint() as restored:
+        if restored is not None:  # this run's own latest checkpoint: a resume or a worker restart
+            ckpt = restore(restored, config.run_dir, device)
+        elif config.init_from:  # another run's checkpoint: a Tune/PBT trial taking it over
+            ckpt = checkpoint.load(config.init_from, map_location=device)
+    if restored is not None or config.init_from:
+        family.load_state_dict(ckpt.state)
+        start_epoch = ckpt.epoch + 1
+    finetune = cfg.train.finetune
+    if finetune.init_from and restored is None and not config.init_from:
+        # Fine-tuning starts from another run's weights (a fresh head), at epoch 0.
+        loaded = family.init_finetune(checkpoint.load(finetune.init_from, map_location=device).state, finetune)
+        if rank == 0:
+            print(f"genray: {len(loaded)} tensors from {finetune.init_from}", flush=True)
+    family.apply_finetune(finetune, start_epoch)  # before DDP: it syncs only what requires grad
+    if world > 1:
+        family.wrap(session.wrap)
+
+    train_set, val_set = family_cls.load_data(cfg.data)
+    collate = family_cls.collate_fn
+    # Different ranks draw different noise (dropout, reparameterisation) after this point.
+    torch.manual_seed(cfg.train.seed * 1000 + rank + 7919 * start_epoch)
+    sampler = DistributedSampler(train_set, num_replicas=world, rank=rank, shuffle=True, seed=cfg.train.seed)
+    loader = DataLoader(train_set, batch_size=cfg.train.batch_size, sampler=sampler, collate_fn=collate)
+    # Validation: each rank takes every world-th image; sums are all-reduced, so the mean is exact.
+    val_loader = DataLoader(Subset(val_set, range(rank, len(val_set), world)), batch_size=256, collate_fn=collate)
+    preview_batch = family.to_device(next(iter(DataLoader(val_set, batch_size=64, collate_fn=collate))))
+
+    log = RunLog(config, start_epoch) if rank == 0 else None
+    writer = log.writer if log is not None else None
+    for hook in config.hooks:
+        hook.on_start(config, rank)
+
+    augmenting = getattr(cfg.data, "augment", None) is not None and cfg.data.augment.enabled
+    steps_per_epoch = len(loader)
+    first_step_at = None
+    # A Ray worker holds ~400k long-lived objects (Ray, pyarrow, pydantic, torch): every full
+    # collection walks them all, ~200 ms each, stalling the step it hits. Freeze what setup made,
+    # so collections during training see only what training allocates.
+    gc.collect()
+    gc.freeze()
+    for epoch in range(start_epoch, cfg.train.epochs):
+        t0, started_at = time.perf_counter(), time.time()
+        if family.apply_finetune(finetune, epoch) and world > 1:
+            family.wrap(session.wrap)  # blocks were unfrozen: a new DDP wrapper that syncs their gradients
+        sampler.set_epoch(epoch)
+        family.train()
+        # Training inputs only, transformed on their device; the draws depend on (seed, rank, epoch).
+        augment_gen = augment.generator(cfg.train.seed, rank, epoch) if augmenting else None
+        sums: dict[str, float] = {}
+        samples, t_steps, cpu_steps = 0, time.perf_counter(), time.thread_time()
+        for i, batch in enumerate(loader):
+            batch = family.to_device(batch)
+            if augment_gen is not None:
+                batch = family.augment_batch(batch, cfg.data.augment, augment_gen)
+                if writer is not None and cfg.train.preview_every and epoch == start_epoch and i == 0:
+                    from genray.images import grid
+
+                    writer.add_image("augment/inputs", grid(batch[0][:64].detach().cpu()), epoch)
+            for hook in config.hooks:
+                hook.before_step(epoch + i / steps_per_epoch)
+            step = family.train_step(batch, epoch + i / steps_per_epoch)
+            for hook in config.hooks:
+                hook.after_step(step)
+            for k, v in step.items():
+                sums[k] = sums.get(k, 0.0) + v
+            samples += family.batch_size(batch)
+            if first_step_at is None:
+                first_step_at = time.time()
+        _, cpu_seconds = global_throughput(samples, time.thread_time() - cpu_steps)
+        samples, seconds = global_throughput(samples, time.perf_counter() - t_steps)
+        sums = all_reduce_sums(sums)
+        metrics = {f"train_{k}": v / max(1, steps_per_epoch * world) for k, v in sums.items()}
+        metrics["train_samples_per_s"] = samples / max(seconds, 1e-9)
+        # Per CPU-second of the training thread: what a busy machine disturbs least.
+        metrics["train_samples_per_cpu_s"] = samples / max(cpu_seconds, 1e-9)
+        metrics["epoch_started_at"] = started_at  # unix time; consecutive ones give the full epoch wall
+        if epoch == start_epoch and first_step_at is not None:
+            metrics["first_step_at"] = first_step_at  # unix time this worker finished its first step
+        metrics.update(evaluate(family, val_loader, len(val_set), device))
+        if world > 1 and (finetune.freeze != "none" or finetune.init_from):
+            metrics["param_rank_spread"] = rank_spread(family)  # 0 when DDP kept the ranks in step
+        last = epoch == cfg.train.epochs - 1
+        # A family ranked by sample quality (GANs: classifier-FID) is measured every epoch:
+        # its checkpoints are scored by that metric.
+        ranked_by_quality = family_cls.metric.startswith("sample_")
+        if rank == 0 and (ranked_by_quality or cfg.train.quality_every and (last or epoch % cfg.train.quality_every == 0)):
+            metrics.update(measure_quality(family, cfg.train.quality_samples))
+        metrics.update(epoch=epoch, epoch_s=time.perf_counter() - t0, workers=world)
+        for hook in config.hooks:
+            hook.on_epoch_end(epoch, metrics)
+
+        if writer is not None:
+            for k, v in metrics.items():
+                if not k.endswith("_at"):  # timestamps are for the history, not for plots
+                    writer.add_scalar(k, v, epoch)
+            if cfg.train.preview_every and epoch % cfg.train.preview_every == 0:
+                from genray.images import grid
+
+                for tag, images in family.preview(preview_batch).items():
+                    writer.add_image(tag, grid(images), epoch)
+            writer.flush()
+
+        checkpoint_name = None
+        if rank == 0 and (last or (epoch + 1) % cfg.train.checkpoint_every == 0):
+            checkpoint_name = f"checkpoint_epoch{epoch:05d}"
+            session.report(metrics, config.local_run_folder, checkpoint_name,
+                           lambda folder: checkpoint.save(folder, family=cfg.family, config=cfg.to_dict(),
+                                                          state=family.state_dict(), epoch=epoch, metrics=metrics))
+        else:
+            session.report(metrics)
+        if log is not None:  # after report: the checkpoint it names is stored by now
+            log.append(metrics, checkpoint_name)
+    if log is not None:
+        log.close()
+    for hook in config.hooks:
+        hook.on_end(config, rank)
+
+
+class RunLog:
+    """Rank 0's record of a run: history.jsonl (one line per epoch) and TensorBoard events.
+
+    They are written in the run folder; for a run on s3:// they are written in a local folder
+    and copied to the bucket after every epoch, through the filesystem Ray Train stores the
+    checkpoints with. A restarted or resumed loop drops the history of the epochs it repeats.
+    """
+
+    def __init__(self, config: LoopConfig, start_epoch: int):
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.run = config.run_dir
+        self.fs = config.filesystem  # None: the run folder is local (or shared)
+        if self.fs is None:
+            self.local = self.run.location.path
+        else:
+            self.local = Path(tempfile.mkdtemp(prefix="genray-run-"))
+            self.remote_path = self.run.location.pyarrow_path
+        self.history = [r for r in self.read_history() if r.get("epoch", -1) < start_epoch]
+        self.writer = SummaryWriter(str(self.local / TENSORBOARD), purge_step=start_epoch)
+
+    def read_history(self) -> list[dict[str, Any]]:
+        if self.fs is None:
+            return self.run.history()
+        try:
+            with self.fs.open_input_stream(f"{self.remote_path}/{HISTORY_FILE}") as f:
+                text = f.read().decode()
+        except FileNotFoundError:
+            return []
+        return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+    def append(self, metrics: dict[str, Any], checkpoint_name: str | None) -> None:
+        record = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
+        record["checkpoint"] = str(self.run.location / checkpoint_name) if checkpoint_name else None
+        self.history.append(record)
+        Location(self.local / HISTORY_FILE).write_text("".join(json.dumps(r) + "\n" for r in self.history))
+        self.writer.flush()
+        if self.fs is not None:
+            import pyarrow.fs
+
+            # The whole folder each epoch: a few small files, and a restarted worker on another
+            # node leaves nothing behind.
+            pyarrow.fs.copy_files(str(self.local), self.remote_path, destination_filesystem=self.fs)
+
+    def close(self) -> None:
+        self.writer.close()
+        if self.fs is not None:
+            shutil.rmtree(self.local, ignore_errors=True)  # everything is in the bucket by now
+
+
+def restore(folder: str, run: RunDir, device: torch.device) -> checkpoint.Checkpoint:
+    """The run's latest checkpoint; when it fails verification (truncated, corrupted), the
+    newest earlier checkpoint of the run that passes. Nothing is deleted: the damaged one stays
+    for inspection, and the epochs after the fallback are trained (and logged) again."""
+    try:
+        return checkpoint.load(folder, map_location=device)
+    except checkpoint.CheckpointError as err:
+        damaged = err
+    print(f"genray: the latest checkpoint is unusable: {damaged}; falling back to an earlier one", flush=True)
+    for candidate in reversed(run.checkpoints()):
+        try:
+            return checkpoint.load(candidate.path, map_location=device)
+        except checkpoint.CheckpointError:
+            continue
+    raise checkpoint.CheckpointError(f"no usable checkpoint in {run}; the latest: {damaged}")
+
+
+def measure_quality(family, n: int) -> dict[str, float]:
+    """Classifier-based sample quality (genray.metrics), for families that generate digits."""
+    family.eval()
+    drawn = family.quality_samples(n, seed=0)
+    if drawn is None:
+        return {}
+    from genray.metrics import sample_quality
+
+    images, wanted = drawn
+    return {f"sample_{k}": v for k, v in sample_quality(images.cpu(), wanted).items()}
+
+
+@torch.no_grad()
+def evaluate(family, loader: DataLoader, total: int, device: torch.device) -> dict[str, float]:
+    """Validation means over the whole val set, summed across ranks."""
+    family.eval()
+    sums: dict[str, float] = {}
+    for batch in loader:
+        for k, v in family.eval_batch(family.to_device(batch)).items():
+            sums[k] = sums.get(k, 0.0) + v
+    return {k: v / total for k, v in all_reduce_sums(sums).items()}
+
+
+def rank_spread(family) -> float:
+    """The largest difference between ranks of any network's summed parameters."""
+    total = torch.tensor([float(sum(p.double().sum() for p in net.parameters())) for net in family.nets.values()],
+                         dtype=torch.float64)
+    high, low = total.clone(), -total
+    dist.all_reduce(high, op=dist.ReduceOp.MAX)
+    dist.all_reduce(low, op=dist.ReduceOp.MAX)
+    return float((high + low).max())
+
+
+def all_reduce_sums(sums: dict[str, float]) -> dict[str, float]:
+    """Add up per-rank sums over all ranks (a no-op without a process group)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return sums
+    # Every rank must all-reduce the same keys in the same order; a rank with an empty
+    # shard learns them from rank 0.
+    holder = [sorted(sums)]
+    dist.broadcast_object_list(holder, src=0)
+    keys = holder[0]
+    vec = torch.tensor([sums.get(k, 0.0) for k in keys], dtype=torch.float64)
+    dist.all_reduce(vec)
+    return dict(zip(keys, vec.tolist()))

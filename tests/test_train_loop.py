@@ -1,0 +1,70 @@
+"""The training loop without Ray (genray.train.loop): the loop config Ray Train hands the
+worker, the hooks, and what one in-process run leaves in its run folder."""
+
+import ast
+from pathlib import Path
+
+import pytest
+
+from genray import checkpoint
+from genray.config import build_config
+from genray.runs import RunDir
+from genray.train.loop import Hooks, LoopConfig, Session, run_loop
+
+
+def test_the_loop_module_imports_no_ray():
+    import genray.train.loop as loop
+
+    tree = ast.parse(Path(loop.__file__).read_text())
+    modules = [a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names]
+    modules += [n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)]
+    assert not [m for m in modules if m and m.split(".")[0] == "ray"], modules
+
+
+def test_loop_config_round_trips_through_rays_dict(tmp_path):
+    cfg = build_config("vae", overrides=["model.latent_dim=2"])
+    config = LoopConfig(run=cfg, run_dir=RunDir(tmp_path, "r"), store="models", hooks=(Hooks(),))
+    back = LoopConfig.from_dict(config.to_dict())
+    assert back.run == cfg and back.run_dir == config.run_dir and back.store == "models"
+    assert back.init_from is None and back.filesystem is None and len(back.hooks) == 1
+    assert back.local_run_folder == tmp_path / "r"
+    with pytest.raises(ValueError, match="expected keys"):
+        LoopConfig.from_dict({**config.to_dict(), "run_uri": "x"})
+    with pytest.raises(ValueError, match="required"):
+        LoopConfig.from_dict({"run": cfg.to_dict()})
+
+
+class Counter(Hooks):
+    def __init__(self):
+        self.calls = []
+
+    def on_start(self, config, rank):
+        self.calls.append(("start", rank))
+
+    def before_step(self, epoch):
+        self.calls.append(("step", round(epoch, 3)))
+
+    def after_step(self, metrics):
+        assert "loss" in metrics
+
+    def on_epoch_end(self, epoch, metrics):
+        self.calls.append(("epoch", epoch, "val_neg_elbo" in metrics))
+
+    def on_end(self, config, rank):
+        self.calls.append(("end", rank))
+
+
+def test_an_in_process_run_calls_its_hooks_and_fills_its_folder(tmp_path):
+    cfg = build_config("vae", overrides=["model.latent_dim=2", "data.limit=64", "train.batch_size=32",
+                                         "train.epochs=2", "train.quality_every=0", "train.preview_every=0"])
+    run = RunDir(tmp_path, "r")
+    counter, session = Counter(), Session()
+    run_loop(LoopConfig(run=cfg, run_dir=run, store=str(tmp_path / "models"), hooks=(counter,)), session)
+    steps = [c[1] for c in counter.calls if c[0] == "step"]
+    assert steps == [0.0, 0.5, 1.0, 1.5]  # 64 images * 0.9 train split -> 2 batches of 32 per epoch
+    assert counter.calls[0] == ("start", 0) and counter.calls[-1] == ("end", 0)
+    assert [c for c in counter.calls if c[0] == "epoch"] == [("epoch", 0, True), ("epoch", 1, True)]
+    assert [r["epoch"] for r in session.reports] == [0, 1]
+    assert [h["epoch"] for h in run.history()] == [0, 1]
+    assert [c.epoch for c in run.checkpoints()] == [0, 1] and checkpoint.load(run.history()[1]["checkpoint"]).epoch == 1
+    assert list(run.tensorboard.glob("events.out.tfevents.*"))
