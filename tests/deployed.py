@@ -14,6 +14,7 @@ import threading
 import time
 from pathlib import Path
 
+from genray.deploy import DEPLOYMENTS
 from genray.deploy.examples import untrained_model
 
 
@@ -50,8 +51,8 @@ def delete(names) -> None:
         serve.delete(name, _blocking=False)
 
 
-# Every deployment (test_serve_families checks and fuzzes each one) and the heat app.
-SERVED = ["vae", "ae", "cvae", "gan", "vaegan", "aae", "ode", "latent_ode", "heat", "gcn", "mpnn", "charlm", "unet"]
+# Every deployment the registry declares (test_serve_families checks and fuzzes each one) and heat.
+SERVED = [*DEPLOYMENTS, "heat"]
 _live: dict = {}  # "names": family -> app name, "folder": the models' folder, while deployed
 
 
