@@ -146,11 +146,8 @@ def load_family(directory: str | Path, device: str | torch.device = "cpu"):
     from genray.config import RunConfig
 
     ckpt = load(directory, map_location=device)
-    config = RunConfig.model_validate(ckpt.config)
-    family = config_family(config)(config.model, device)
-    family.load_state_dict(ckpt.state, optimizers=False)
-    family.eval()
-    return family, ckpt
+    config = RunConfig.model_validate(ckpt.config)  # the whole run config, not only its model part
+    return config_family(config).from_checkpoint(ckpt, device), ckpt
 
 
 def config_family(config):
