@@ -21,6 +21,7 @@ THROUGHPUT_ENV = {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1", "RAY_SERVE_ENABLE_HA_PR
 def load(config: Path) -> dict[str, Any]:
     """The parsed config, once every application's local model is exported; a ValueError that
     names the missing file or model and how to make it otherwise."""
+    from genray.checkpoint import MANIFEST
     from genray.deploy import resolve_model_path
 
     if not config.is_file():
@@ -28,7 +29,7 @@ def load(config: Path) -> dict[str, Any]:
     spec = yaml.safe_load(config.read_text()) or {}
     for application in spec.get("applications", []):
         model = (application.get("args") or {}).get("model")
-        if model and not Location(str(model)).on_s3 and not (resolve_model_path(model) / "manifest.json").is_file():
+        if model and not Location(str(model)).on_s3 and not (resolve_model_path(model) / MANIFEST).is_file():
             raise ValueError(
                 f"application {application.get('name')!r}: no exported model at {resolve_model_path(model)}; "
                 f"train and export one first (genray demo, or genray train + genray export --to {model})"

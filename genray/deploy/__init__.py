@@ -51,8 +51,9 @@ DEPLOYMENTS = Served(lambda entry: entry.deployment or IMAGE_DEPLOYMENT)
 def resolve_model_path(model: str) -> Path | str:
     """A store path from serve YAML: an s3:// URI, an absolute path, or a path relative to
     $GENRAY_HOME (default: cwd)."""
-    if Location(model).on_s3:
-        return model.rstrip("/")
+    location = Location(model)
+    if location.on_s3:
+        return str(location)  # without a trailing slash
     path = Path(model).expanduser()
     if not path.is_absolute():
         path = Path(os.environ.get("GENRAY_HOME", os.getcwd())) / path
