@@ -78,7 +78,8 @@ def test_train_export_serve_query_resume(ray_session, serve_url, tmp_path):
 
     from genray.config import build_config
     from genray.store import export
-    from genray.train import fit, load_run_config, read_history
+    from genray.runs import load_run_config, read_history
+    from genray.train import fit
 
     storage = tmp_path / "runs"
     cfg = build_config("vae", overrides=[

@@ -12,7 +12,8 @@ import pytest
 import requests
 
 from genray.config import build_config
-from genray.train import fit, read_history
+from genray.runs import read_history
+from genray.train import fit
 
 FAST = ["data.limit=512", "train.quality_every=0", "train.preview_every=0", "train.workers=1"]
 
@@ -132,7 +133,7 @@ def test_serve_replaces_a_killed_replica_under_traffic(serve_url):
 @pytest.mark.ray
 def test_resume_falls_back_past_a_corrupted_latest_checkpoint(ray_session, tmp_path):
     from genray import checkpoint
-    from genray.train import load_run_config
+    from genray.runs import load_run_config
 
     cfg = build_config("vae", overrides=FAST + ["train.epochs=3", "train.keep_checkpoints=3", f"storage={tmp_path}",
                                                 "name=c"])

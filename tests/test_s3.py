@@ -174,7 +174,8 @@ def test_train_resume_export_and_serve_on_s3(s3, ray_session, serve_url):
     from genray.cli import app
     from genray.config import ConfigError, build_config
     from genray.deploy import deployment_for
-    from genray.train import fit, load_run_config, read_history
+    from genray.runs import load_run_config, read_history
+    from genray.train import fit
 
     storage = "s3://runs/experiments"
     cfg = build_config("vae", overrides=[

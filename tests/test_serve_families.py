@@ -12,7 +12,8 @@ from genray import checkpoint
 from genray.config import build_config
 from genray.deploy import DEPLOYMENTS
 
-from genray.deploy.examples import EXAMPLES, GCN_X, IMAGE
+from genray.deploy.examples import EXAMPLES
+from genray.families import GCN_X, IMAGE
 
 # family -> (path, good body, bad body, field the error must name); the good bodies are the
 # deployments' shared examples.

@@ -9,11 +9,8 @@ from pathlib import Path
 from typing import Any
 
 from genray.deploy import Served
-from genray.families import GCN_X, IMAGE
 
 EXAMPLES: Mapping[str, tuple[str, dict[str, Any]]] = Served(lambda entry: entry.example)
-
-__all__ = ["EXAMPLES", "GCN_X", "IMAGE", "untrained_model"]
 
 
 def untrained_model(family: str, folder: Path) -> str:
