@@ -123,10 +123,9 @@ class RunDir:
     def history(self) -> list[dict[str, Any]]:
         """The run's history.jsonl; [] before its first epoch."""
         try:
-            text = self.history_file.read_text()
+            return parse_history(self.history_file.read_text())
         except ObjectNotFound:
             return []
-        return [json.loads(line) for line in text.splitlines() if line.strip()]
 
     def checkpoints(self, pattern: str = "checkpoint_*") -> list[checkpoint.Checkpoint]:
         """Every readable checkpoint (manifests only), oldest epoch first. A Tune search folder
@@ -184,6 +183,11 @@ class RunDir:
             return json.loads(self.search_spec_file.read_text())
         except ObjectNotFound:
             raise CheckpointError(f"{self} is not a genray search (no {SEARCH_SPEC_FILE})") from None
+
+
+def parse_history(text: str) -> list[dict[str, Any]]:
+    """A history.jsonl's records, one per non-empty line."""
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
 
 
 def new_run(cfg: RunConfig, resume: bool) -> tuple[RunConfig, RunDir]:

@@ -35,7 +35,7 @@ from genray.config import RunConfig
 from genray.data import augment
 from genray.families import get_family
 from genray.metrics import global_throughput
-from genray.runs import HISTORY_FILE, TENSORBOARD, RunDir
+from genray.runs import HISTORY_FILE, TENSORBOARD, RunDir, parse_history
 from genray.storage import Location
 
 
@@ -280,7 +280,7 @@ class RunLog:
                 text = f.read().decode()
         except FileNotFoundError:
             return []
-        return [json.loads(line) for line in text.splitlines() if line.strip()]
+        return parse_history(text)
 
     def append(self, metrics: dict[str, Any], checkpoint_name: str | None) -> None:
         record = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
