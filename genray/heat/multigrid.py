@@ -156,14 +156,14 @@ class Multigrid:
             level.transfer = transfer.to(dtype)
         if dense_fits(n):
             # An explicit inverse: one batched mat-vec per cycle (cholesky_solve re-copies its factor on
-            # every call, which costs ~100x more here).
+            # every call).
             chol = torch.linalg.cholesky(ops[-1].dense())  # float64
             self.levels[-1].inverse = torch.cholesky_inverse(chol).to(dtype)  # (B, M, M)
 
     def __call__(self, r: Tensor) -> Tensor:
         # Scale each member to max |r| = 1 first: CG's late residuals could underflow float32 otherwise.
         # The cycle is linear, so scaling back gives the same z.
-        scale = r.abs().amax(dim=(1, 2), keepdim=True)  # (B, 1, 1); 20x faster than vector_norm(ord=inf)
+        scale = r.abs().amax(dim=(1, 2), keepdim=True)  # (B, 1, 1); cheaper than vector_norm(ord=inf)
         scale = torch.where(scale > 0, scale, torch.ones_like(scale))
         z = self._cycle(0, (r / scale).to(self.dtype))
         return z.to(r.dtype).mul_(scale)

@@ -30,8 +30,8 @@ from genray.train.worker import train_loop_per_worker
 # Ray Train's controller collects a worker's report only when it polls the workers, every
 # RAY_TRAIN_HEALTH_CHECK_INTERVAL_S (2 s by default), and the worker's next report waits until
 # the last one was collected (its result queue holds one): every epoch shorter than the interval
-# took the whole interval (a 1 s VAE epoch took 2 s). TorchTrainer passes the driver's value on to
-# the controller; a value the user set is kept.
+# would take the whole interval. TorchTrainer passes the driver's value on to the controller; a
+# value the user set is kept.
 REPORT_POLL_ENV = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.2"}
 
 
@@ -43,8 +43,8 @@ def collect_reports_promptly() -> None:
 
 # A Ray that genray starts itself is this machine alone. Ray Train's preemption watcher (one
 # helper actor per run, polling the cluster's nodes for spot-preemption notices) then has no other
-# node to watch; its process start took 1.6-1.9 CPU-s per run here, alongside the first epochs, on
-# 2 cores. The driver's value reaches the controller through TorchTrainer; one the user set is kept.
+# node to watch, and its process start competes with the first epochs for the machine's CPUs.
+# The driver's value reaches the controller through TorchTrainer; one the user set is kept.
 LOCAL_RAY_ENV = {"RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}
 
 

@@ -168,9 +168,9 @@ def run_loop(config: LoopConfig, session: Session) -> None:
     augmenting = getattr(cfg.data, "augment", None) is not None and cfg.data.augment.enabled
     steps_per_epoch = len(loader)
     first_step_at = None
-    # A Ray worker holds ~400k long-lived objects (Ray, pyarrow, pydantic, torch): every full
-    # collection walks them all, ~200 ms each, stalling the step it hits. Freeze what setup made,
-    # so collections during training see only what training allocates.
+    # A Ray worker holds hundreds of thousands of long-lived objects (Ray, pyarrow, pydantic,
+    # torch): every full collection walks them all, stalling the step it hits. Freeze what setup
+    # made, so collections during training see only what training allocates.
     gc.collect()
     gc.freeze()
     for epoch in range(start_epoch, cfg.train.epochs):

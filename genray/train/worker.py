@@ -67,7 +67,7 @@ def report_with_checkpoint(metrics: dict[str, Any], name: str, run_dir: Path | N
     stores the run in), the checkpoint is written straight into it and reported where it lies
     (NO_UPLOAD): Ray Train's default would copy it there from a temporary folder after the
     report's barrier, with the other ranks already in their next epoch's first all-reduce,
-    waiting (a VAE's 20 MB checkpoint every epoch). A folder of that name that is there already
+    waiting for the copy. A folder of that name that is there already
     is an earlier attempt at this epoch that never reported (a restart from an older
     checkpoint): it is replaced. On S3, the checkpoint goes through a temporary folder and Ray
     Train uploads it."""
