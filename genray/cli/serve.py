@@ -49,7 +49,7 @@ def query(
     except (ConfigError, ValueError) as err:
         fail(str(err))
     except APIError as err:
-        fail(f"{err.status or 'no answer'}: {err.message}" if err.status else str(err))
+        fail(f"{err.status}: {err.message}" if err.status else str(err))
     pngs = response_images(answer)
     if out is not None:
         try:
