@@ -41,7 +41,6 @@ class RunDir:
     def __init__(self, storage: str | Location, name: str):
         self.storage = Location(storage).resolved()
         self.name = name
-        self.location = self.storage / name
 
     @classmethod
     def at(cls, where: str | Location) -> RunDir:
@@ -71,8 +70,13 @@ class RunDir:
         return hash(self.location)
 
     @property
+    def location(self) -> Location:
+        """The run's own folder or prefix: <storage>/<name>."""
+        return self.storage / self.name
+
+    @property
     def on_s3(self) -> bool:
-        return self.location.on_s3
+        return self.storage.on_s3
 
     @property
     def config_file(self) -> Location:
