@@ -44,6 +44,7 @@ from ray.train import CheckpointConfig, UserCallback
 # Ray Train's controller-side hook interface (Ray is pinned): its public UserCallback sees only
 # reports, and a trial needs its run's controller before the first one, to abort it.
 from ray.train.v2._internal.execution.callback import ControllerCallback
+from ray.train.v2._internal.exceptions import WorkerGroupStartupTimeoutError
 from ray.util.queue import Queue
 
 from genray import checkpoint
@@ -282,8 +283,7 @@ run_trial.__mixins__ = (EndsItsRun,)
 
 def explain_start_failure(err: BaseException, trial_id: str, scaling, cfg: RunConfig) -> BaseException:
     """A run whose workers never started, as an error that says what it waited for and why."""
-    cause = getattr(err, "controller_failure", None)
-    if type(cause).__name__ != "WorkerGroupStartupTimeoutError":
+    if not isinstance(getattr(err, "controller_failure", None), WorkerGroupStartupTimeoutError):
         return err
     total = ray.cluster_resources()
     free = ray.available_resources()
