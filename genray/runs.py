@@ -26,6 +26,7 @@ import yaml
 from genray import checkpoint
 from genray.checkpoint import CheckpointError
 from genray.config import ConfigError, RunConfig, build_config
+from genray.data import DataConfig, resolve
 from genray.storage import Location, ObjectNotFound
 
 RUN_CONFIG_FILE = "genray.yaml"
@@ -198,6 +199,8 @@ def new_run(cfg: RunConfig, resume: bool) -> tuple[RunConfig, RunDir]:
     """Name the run (<family>-<time> unless named), create or check its folder and store its config."""
     if cfg.name is None:
         cfg = cfg.model_copy(update={"name": f"{cfg.family}-{time.strftime('%Y%m%d-%H%M%S')}"})
+    if isinstance(cfg.data, DataConfig):  # an image family: record what its images are
+        cfg = cfg.model_copy(update={"data": resolve(cfg.data)})
     run = RunDir(cfg.storage, cfg.name)
     run.start(cfg, resume)
     return cfg, run

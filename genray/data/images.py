@@ -1,14 +1,19 @@
-"""Image datasets: scikit-learn's digits (ships in the package) and MNIST IDX files.
+"""Image datasets: their config, and the in-memory sets (scikit-learn's digits, which ship in
+the package, and MNIST IDX files).
 
-Both come out the same way: float32 images of shape (N, 1, 28, 28) in [0, 1] and int64
-labels of shape (N,), split deterministically into train and val.
+In-memory sets come out as float32 images (N, C, S, S) in [0, 1] and int64 labels (N,), split
+deterministically into train and val. What a set holds is its `ImageSpec` (channels, side,
+class names): the image families build their networks for it, and a checkpoint records it in
+its run config (data.image_size, data.channels, data.labels).
 """
 
 from __future__ import annotations
 
 import gzip
 import struct
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
@@ -20,17 +25,43 @@ from genray.data.augment import AugmentConfig
 from genray.storage import Location
 
 IMAGE_SIZE = 28
+DIGITS = tuple(str(d) for d in range(10))
 
 
 class DataError(ValueError):
     """A dataset is missing, malformed or asked for with bad arguments."""
 
 
+@dataclass(frozen=True)
+class ImageSpec:
+    """What an image set holds: what an image family builds its networks for."""
+
+    channels: int = 1  # 1 grey, 3 RGB
+    size: int = IMAGE_SIZE  # images are size x size
+    labels: tuple[str, ...] | None = DIGITS  # the class names, label i = labels[i]; None: unlabelled
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return (self.channels, self.size, self.size)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.labels) if self.labels else 0
+
+
 class DataConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    # "digits" (built in) or a folder / s3:// prefix holding MNIST IDX files.
+    # "digits" (built in), or a folder / s3:// prefix holding MNIST IDX files.
     source: str = "digits"
+    # The side the images are brought to, 16 to 256 and a multiple of 4 (each down-sampling
+    # stage of the networks halves it); None: the source's own (28 for digits and MNIST).
+    image_size: int | None = Field(None, ge=16, le=256, multiple_of=4)
+    # 1 (grey) or 3 (RGB); None: the source's own (grey for digits and MNIST).
+    channels: Literal[1, 3] | None = None
+    # The class names, label i being labels[i]; [] for unlabelled images; None: the source's
+    # own (the digits' "0".."9"). Setting it fixes the order of a folder's class subfolders.
+    labels: list[str] | None = None
     val_fraction: float = Field(0.2, gt=0.0, lt=1.0)
     split_seed: int = Field(0, ge=0)
     # Keep only these digits, in train and val (labels keep their values): e.g. [5, 6, 7, 8, 9].
@@ -53,6 +84,26 @@ class DataConfig(BaseModel):
             raise ValueError(f"classes must be distinct digits 0..9, at least one, got {value}")
         return sorted(value)
 
+    @field_validator("labels")
+    @classmethod
+    def _distinct_labels(cls, value: list[str] | None) -> list[str] | None:
+        if value is not None and len(set(value)) != len(value):
+            raise ValueError(f"labels must be distinct class names, got {value}")
+        return value
+
+    def spec(self) -> ImageSpec:
+        """The ImageSpec of this config's images; unset fields take the digits' values."""
+        labels = DIGITS if self.labels is None else (tuple(self.labels) or None)
+        return ImageSpec(channels=self.channels or 1, size=self.image_size or IMAGE_SIZE, labels=labels)
+
+
+def resolve(cfg: DataConfig) -> DataConfig:
+    """The config with image_size, channels and labels filled in from its source, so that a
+    run's stored config (and its checkpoints) say what images the networks were built for."""
+    spec = cfg.spec()
+    return cfg.model_copy(update={"image_size": spec.size, "channels": spec.channels,
+                                  "labels": list(spec.labels or [])})
+
 
 def load_images(cfg: DataConfig) -> tuple[TensorDataset, TensorDataset]:
     """Load the configured images and split them into (train, val) TensorDatasets."""
@@ -67,7 +118,23 @@ def load_images(cfg: DataConfig) -> tuple[TensorDataset, TensorDataset]:
         train = first_per_class(train, cfg.per_class_limit)
     if cfg.limit is not None:
         train = TensorDataset(*(t[: cfg.limit] for t in train.tensors))
-    return train, val
+    spec = cfg.spec()
+    return conform(train, spec), conform(val, spec)
+
+
+def conform(data: TensorDataset, spec: ImageSpec) -> TensorDataset:
+    """Images brought to spec's side (bilinear, antialiased) and channels (grey repeated to RGB,
+    RGB to grey by ITU-R 601 luma, as PIL's convert("L") does)."""
+    images, *rest = data.tensors
+    if images.shape[-1] != spec.size or images.shape[-2] != spec.size:
+        images = F.interpolate(images, size=(spec.size, spec.size), mode="bilinear", antialias=True,
+                               align_corners=False).clamp_(0.0, 1.0)
+    if images.shape[1] != spec.channels:
+        if spec.channels == 3:
+            images = images.expand(-1, 3, -1, -1)
+        else:
+            images = (images * torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)).sum(1, keepdim=True)
+    return TensorDataset(images.contiguous(), *rest)
 
 
 def only_classes(data: TensorDataset, classes: list[int]) -> TensorDataset:

@@ -24,6 +24,7 @@ from torch.utils.data import Dataset
 
 from genray.data import DataConfig as ImageDataConfig
 from genray.data import load_images
+from genray.data.images import ImageSpec
 from genray.data.augment import AugmentConfig, augment
 
 
@@ -141,8 +142,10 @@ class Family(ABC):
     @classmethod
     def from_checkpoint(cls, ckpt: Any, device: str | torch.device = "cpu") -> "Family":
         """The family of a loaded checkpoint (genray.checkpoint.load) with its weights, in eval
-        mode, ready for inference; its model config is validated by this class's Config."""
-        family = cls(ckpt.config.get("model", {}), device)
+        mode, ready for inference; its model config is validated by this class's Config, and
+        an image family is built for the images its run config's data section names."""
+        data = cls.DataConfig.model_validate(ckpt.config.get("data", {}))
+        family = cls(ckpt.config.get("model", {}), device, spec=cls.spec_of(data))
         family.load_state_dict(ckpt.state, optimizers=False)
         family.eval()
         return family
@@ -152,10 +155,23 @@ class Family(ABC):
         """(train, val) datasets for this family."""
         return load_images(data_cfg)
 
-    def __init__(self, cfg: BaseModel, device: str | torch.device = "cpu"):
+    @classmethod
+    def spec_of(cls, data_cfg: BaseModel) -> ImageSpec | None:
+        """The images a data config holds (an image family's data), None for other data."""
+        return data_cfg.spec() if isinstance(data_cfg, ImageDataConfig) else None
+
+    @classmethod
+    def metric_for(cls, data_cfg: BaseModel) -> str:
+        """The metric that ranks this family's checkpoints on this data: `metric`, unless the
+        data cannot give it (sample quality needs labelled images)."""
+        return cls.metric
+
+    def __init__(self, cfg: BaseModel, device: str | torch.device = "cpu", spec: ImageSpec | None = None):
         if not isinstance(cfg, self.Config):
             cfg = self.Config.model_validate(cfg)
         self.cfg = cfg
+        # The images an image family is built for: their channels, side and classes.
+        self.spec = spec or ImageSpec()
         self.device = torch.device(device)
         self.nets: dict[str, nn.Module] = {k: v.to(self.device) for k, v in self.build().items()}
         # What train_step calls: the same modules, or their DDP wrappers after wrap().

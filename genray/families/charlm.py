@@ -100,8 +100,8 @@ class CharLMFamily(Family):
     def load_data(cls, data_cfg: TextDataConfig):
         return load_text(data_cfg)
 
-    def __init__(self, cfg, device="cpu"):
-        super().__init__(cfg, device)
+    def __init__(self, cfg, device="cpu", spec=None):
+        super().__init__(cfg, device, spec)
         # Code point -> index by binary search over the sorted vocabulary (any code point range).
         order = sorted(range(len(self.cfg.vocab)), key=lambda i: ord(self.cfg.vocab[i]))
         self.sorted_codes = torch.tensor([ord(self.cfg.vocab[i]) for i in order], device=self.device)

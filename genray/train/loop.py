@@ -130,7 +130,7 @@ def run_loop(config: LoopConfig, session: Session) -> None:
     torch.manual_seed(cfg.train.seed)
 
     family_cls = get_family(cfg.family)
-    family = family_cls(cfg.model, device)
+    family = family_cls(cfg.model, device, spec=family_cls.spec_of(cfg.data))
     start_epoch = 0
     with session.restored_checkpoint() as restored:
         if restored is not None:  # this run's own latest checkpoint: a resume or a worker restart
