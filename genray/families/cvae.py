@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from genray.data.images import ImageSpec
 from genray.families.base import Family, seeded_normal
 from genray.families.vae import VAEConfig, decoder_net, encoder_trunk, neg_elbo_terms
 
@@ -33,14 +34,14 @@ def one_hot(labels: torch.Tensor) -> torch.Tensor:
 
 
 class CVAE(nn.Module):
-    def __init__(self, cfg: CVAEConfig):
+    def __init__(self, cfg: CVAEConfig, spec: ImageSpec):
         super().__init__()
-        self.trunk, features = encoder_trunk(cfg)  # image -> (B, F); the label joins after it
+        self.trunk, features = encoder_trunk(cfg, spec)  # image -> (B, F); the label joins after it
         self.merge = nn.Sequential(nn.Linear(features + NUM_CLASSES, cfg.hidden), nn.LeakyReLU(0.2))
         self.to_mu = nn.Linear(cfg.hidden, cfg.latent_dim)
         self.to_logvar = nn.Linear(cfg.hidden, cfg.latent_dim)
         # The VAE's decoder, reading [z, one-hot(y)]: latent_dim + 10 inputs.
-        self.decoder = decoder_net(cfg.model_copy(update={"latent_dim": cfg.latent_dim + NUM_CLASSES}))
+        self.decoder = decoder_net(cfg.model_copy(update={"latent_dim": cfg.latent_dim + NUM_CLASSES}), spec)
 
     def encode(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         h = self.merge(torch.cat([self.trunk(x), one_hot(y)], dim=1))  # (B, hidden)
@@ -64,7 +65,7 @@ class CVAEFamily(Family):
     capabilities = ("sample_digit", "style_transfer")
 
     def build(self) -> dict[str, nn.Module]:
-        return {"cvae": CVAE(self.cfg)}
+        return {"cvae": CVAE(self.cfg, self.spec)}
 
     def make_optimizers(self):
         params = self.nets["cvae"].parameters()

@@ -119,7 +119,7 @@ class VAEGANFamily(Family):
         c = self.cfg
         return {
             "encoder": Encoder(c.latent_dim, c.channels, c.hidden),
-            "decoder": Generator(c.latent_dim, c.channels),
+            "decoder": Generator(c.latent_dim, c.channels, self.spec),
             "discriminator": FeatureDiscriminator(c.channels, c.dropout),
         }
 
