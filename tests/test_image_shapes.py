@@ -27,8 +27,12 @@ SMALL = {
     "vae": {"latent_dim": 4, "channels": 8, "hidden": 32},
     "ae": {"latent_dim": 4, "channels": 8, "hidden": 32, "noise": "masking", "noise_level": 0.3},
     "gan": {"latent_dim": 8, "channels": 8},
+    "cvae": {"latent_dim": 4, "channels": 8, "hidden": 32},
+    "vaegan": {"latent_dim": 8, "channels": 8, "hidden": 32},
+    "aae": {"latent_dim": 4, "channels": 8, "hidden": 32, "disc_hidden": 32},
+    "classifier": {"channels": 8, "features": 16},
 }
-NEEDS_LABELS: set[str] = set()
+NEEDS_LABELS = {"cvae", "classifier"}
 CASES = [(name, images) for name in SMALL for images in DATA if not (name in NEEDS_LABELS and "unlabelled" in images)]
 
 
@@ -83,6 +87,10 @@ def check_inference(family, x: torch.Tensor, y: torch.Tensor) -> None:
         assert family.interpolate(x[0], x[1], 4).shape == (4, *shape)
     if "style_transfer" in caps:
         assert family.style_transfer(x, y, (y + 1) % family.spec.num_classes).shape == x.shape
+    if family.name == "classifier":
+        assert family.predict_proba(x).shape == (n, family.spec.num_classes)
+        # Fine-tuning's blocks are the conv stages: four at 64x64, two at 28x28 and 16x16.
+        assert len(family.parts().blocks) == {64: 4, 32: 3, 16: 2}[family.spec.size]
     drawn = family.quality_samples(5, seed=0)
     if drawn is not None:
         assert drawn[0].shape == (5, *shape)
@@ -168,7 +176,25 @@ def test_moment_mse_pools_large_images_and_keeps_small_ones_as_they_are():
     assert moment_mse(big_a, big_a).item() == 0.0
 
 
-@pytest.mark.parametrize("name", ["gan"])
+@pytest.mark.parametrize("name", sorted(NEEDS_LABELS))
+def test_families_that_need_labels_refuse_unlabelled_images(name):
+    with pytest.raises(ValueError, match=f"{name} needs labelled images .* no labels \\(data.labels is empty\\)"):
+        build(name, DATA["rgb32_unlabelled"])
+    with pytest.raises(ValueError, match=r"the data has one class \(data.labels = \['cat'\]\)"):
+        build(name, {"image_size": 32, "channels": 3, "labels": ["cat"]})
+
+
+def test_cvae_draws_the_datas_classes():
+    _, family = build("cvae", DATA["rgb64_labelled"])
+    family.eval()
+    assert family.sample(2, 1, seed=0).shape == (1, 3, 64, 64)
+    with pytest.raises(ValueError, match=r"label must be in 0..2 \(the data's 3 classes\), got 3"):
+        family.sample(3, 1)
+    _, wanted = family.quality_samples(7, seed=0)
+    assert wanted.tolist() == [0, 1, 2, 0, 1, 2, 0]
+
+
+@pytest.mark.parametrize("name", ["gan", "vaegan"])
 def test_sample_quality_families_fall_back_to_a_reported_metric_on_unlabelled_data(name):
     family_cls = get_family(name)
     assert family_cls.metric_for(build_config(name).data) == "sample_fid"

@@ -181,6 +181,14 @@ def moment_mse(fake: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
     return (mean_a - mean_b).pow(2).mean() + (cov_a - cov_b).pow(2).mean()
 
 
+def sample_ranked_metric(family: type[Family], data_cfg) -> str:
+    """What ranks a family whose `metric` measures its samples (sample_fid) on this data: that
+    metric on labelled images; on unlabelled ones, where there is no classifier to measure
+    samples with, val_moment_mse, which the family's eval_batch reports."""
+    spec = family.spec_of(data_cfg)
+    return "val_moment_mse" if spec is not None and spec.num_classes < 2 else family.metric
+
+
 class GANFamily(Family):
     name = "gan"
     Config = GANConfig
@@ -192,10 +200,7 @@ class GANFamily(Family):
 
     @classmethod
     def metric_for(cls, data_cfg) -> str:
-        """sample_fid on labelled data; val_moment_mse where there is no classifier to measure
-        samples with (unlabelled images)."""
-        spec = cls.spec_of(data_cfg)
-        return "val_moment_mse" if spec is not None and spec.num_classes < 2 else cls.metric
+        return sample_ranked_metric(cls, data_cfg)
 
     def build(self) -> dict[str, nn.Module]:
         c = self.cfg
