@@ -36,15 +36,6 @@ NEEDS_LABELS = {"cvae", "classifier"}
 CASES = [(name, images) for name in SMALL for images in DATA if not (name in NEEDS_LABELS and "unlabelled" in images)]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Small nets: a second intra-op thread only adds synchronisation on a shared machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def build(name: str, data: dict, model: dict | None = None):
     """(the run config, the family built for its data) as the training loop builds them."""
     cfg = build_config(name, base={"model": SMALL[name] if model is None else model, "data": data})

@@ -26,6 +26,16 @@ class ClassifierConfig(BaseModel):
     lr: float = Field(2e-3, gt=0.0, le=1.0)
 
 
+def require_classes(spec: ImageSpec, family: str, instead: str = "") -> None:
+    """Refuse images with fewer than 2 classes, naming data.labels, for a family that learns or
+    draws the data's classes; `instead`: what to train on such data."""
+    k = spec.num_classes
+    if k < 2:
+        has = "no labels (data.labels is empty)" if k == 0 else f"one class (data.labels = {list(spec.labels)})"
+        raise ValueError(f"{family} needs labelled images of at least 2 classes: the data has {has}"
+                         + (f"; use {instead}" if instead else ""))
+
+
 # The layers of one conv stage of the body: conv, ReLU, max pooling (Stages.down with pool).
 STAGE_LAYERS = 3
 
@@ -57,11 +67,7 @@ class ClassifierFamily(Family):
     mode = "max"
 
     def build(self):
-        k = self.spec.num_classes
-        if k < 2:
-            has = ("no labels (data.labels is empty)" if k == 0
-                   else f"one class (data.labels = {list(self.spec.labels)})")
-            raise ValueError(f"classifier needs labelled images of at least 2 classes: the data has {has}")
+        require_classes(self.spec, self.name)
         return {"classifier": ImageClassifier(self.cfg, self.spec)}
 
     def make_optimizers(self):

@@ -21,6 +21,7 @@ from torch import nn
 
 from genray.data.images import ImageSpec
 from genray.families.base import Family, seeded_normal
+from genray.families.classifier import require_classes
 from genray.families.vae import VAEConfig, decoder_net, encoder_trunk, neg_elbo_terms
 
 # The preview's grids show at most this many classes (columns), so that they stay readable.
@@ -68,11 +69,7 @@ class CVAEFamily(Family):
     capabilities = ("sample_digit", "style_transfer")
 
     def build(self) -> dict[str, nn.Module]:
-        k = self.spec.num_classes
-        if k < 2:
-            has = ("no labels (data.labels is empty)" if k == 0
-                   else f"one class (data.labels = {list(self.spec.labels)})")
-            raise ValueError(f"cvae needs labelled images of at least 2 classes: the data has {has}; use vae")
+        require_classes(self.spec, self.name, instead="vae")
         return {"cvae": CVAE(self.cfg, self.spec)}
 
     def make_optimizers(self):
