@@ -280,3 +280,6 @@ def test_the_default_digits_networks_keep_their_names_and_shapes(name):
         expected.update({k.replace("generator.", "generator_ema.", 1): v for k, v in expected.items()
                          if k.startswith("generator.")})
     assert state == expected
+    if name == "classifier":  # fine-tuning names the same blocks and head as before
+        assert family.parts().blocks == ["classifier.body.0", "classifier.body.3"]
+        assert family.parts().head == ["classifier.body.8", "classifier.head"]

@@ -36,15 +36,10 @@ def require_classes(spec: ImageSpec, family: str, instead: str = "") -> None:
                          + (f"; use {instead}" if instead else ""))
 
 
-# The layers of one conv stage of the body: conv, ReLU, max pooling (Stages.down with pool).
-STAGE_LAYERS = 3
-
-
 class ImageClassifier(nn.Module):
     def __init__(self, cfg: ClassifierConfig, spec: ImageSpec):
         super().__init__()
         stages = Stages.of(spec, cfg.channels)
-        self.num_stages = len(stages.widths)
         self.body = nn.Sequential(
             *stages.down(nn.ReLU, pool=True),  # (B, *stages.bottom): (B, 2c, 7, 7) on digits
             nn.Flatten(),
@@ -52,6 +47,13 @@ class ImageClassifier(nn.Module):
             nn.Linear(stages.features, cfg.features), nn.ReLU(),
         )
         self.head = nn.Linear(cfg.features, spec.num_classes)
+
+    def blocks(self) -> tuple[list[int], int]:
+        """Where the body's parts sit: the index of each stage's conv (input side first) and of
+        the dense feature layer."""
+        convs = [i for i, m in enumerate(self.body) if isinstance(m, nn.Conv2d)]
+        dense = next(i for i, m in enumerate(self.body) if isinstance(m, nn.Linear))
+        return convs, dense
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         return self.body(x)  # (B, features)
@@ -77,10 +79,10 @@ class ClassifierFamily(Family):
         # As in the course: the convolutional base (one conv block per stage, input side first;
         # two on digits) and the fully connected classifier on top (the dense feature layer and
         # the output layer), which fine-tuning starts afresh: a dense layer trained on other
-        # classes transfers badly. The dense layer follows the stages, Flatten and Dropout.
-        n = self.nets["classifier"].num_stages
-        return Parts(blocks=[f"classifier.body.{STAGE_LAYERS * i}" for i in range(n)],
-                     head=[f"classifier.body.{STAGE_LAYERS * n + 2}", "classifier.head"])
+        # classes transfers badly.
+        convs, dense = self.nets["classifier"].blocks()
+        return Parts(blocks=[f"classifier.body.{i}" for i in convs],
+                     head=[f"classifier.body.{dense}", "classifier.head"])
 
     def train_step(self, batch, epoch: float) -> dict[str, float]:
         x, y = batch
