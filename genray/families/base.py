@@ -82,7 +82,7 @@ class Parts:
 #   sample          POST /sample          prior_codes(n, seed) -> (n, latent) on the CPU; decode(z)
 #   sample_digit    POST /sample          prior_codes(n, seed); decode(z, digits (B,))
 #   encode          POST /encode          encode(x) -> codes (B, latent), or (mu, logvar) of q(z|x)
-#   decode          POST /decode          decode(z (B, latent)) -> images (B, 1, 28, 28) in [0, 1]
+#   decode          POST /decode          decode(z (B, latent)) -> images (B, C, S, S) in [0, 1]
 #   reconstruct     POST /reconstruct     reconstruct(x)
 #   denoise         POST /denoise         denoise(x, add_noise=, seed=, noise=, level=) -> (input, output);
 #                                         cfg.denoising (was it trained on noise)
@@ -201,8 +201,8 @@ class Family(ABC):
         return {}
 
     def quality_samples(self, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor | None] | None:
-        """Digit samples (n, 1, 28, 28) in [0, 1] for genray.metrics, and the labels they were
-        asked to show (conditional families) or None. None: the family does not generate digits."""
+        """Samples (n, C, S, S) in [0, 1] for genray.metrics, and the labels they were
+        asked to show (conditional families) or None. None: the family does not generate images."""
         return None
 
     def parts(self) -> Parts | None:
