@@ -34,7 +34,7 @@ def saved(folder, name: str, overrides=(), steps: int = 0) -> str:
 def vae_2d(tmp_path_factory):
     path = saved(tmp_path_factory.mktemp("pictures"), "vae", ["model.latent_dim=2"], steps=8)
     family, ckpt = checkpoint.load_family(path)
-    return path, family, pictures.validation_digits(ckpt.config)
+    return path, family, pictures.validation_images(ckpt.config)
 
 
 def test_codes_and_manifold_show_the_models_codes_and_decodings(vae_2d):
@@ -60,7 +60,7 @@ def test_codes_and_manifold_show_the_models_codes_and_decodings(vae_2d):
 
 def test_style_portrait_and_heat(tmp_path):
     cvae, _ = checkpoint.load_family(saved(tmp_path, "cvae"))
-    images, labels = pictures.validation_digits(build_config("cvae").to_dict())
+    images, labels = pictures.validation_images(build_config("cvae").to_dict())
     sheet = pictures.style(cvae, images, labels, rows=(2, 7))
     assert len(sheet.axes) == 2 * 11
     seven = images[int((labels == 7).nonzero()[0])]
