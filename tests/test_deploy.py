@@ -204,7 +204,7 @@ def png(image: torch.Tensor) -> str:
 
 
 def test_requests_are_checked_against_the_models_images_and_classes():
-    from genray.deploy.common import BadRequest, class_indices, image_tensor
+    from genray.deploy.common import BadRequest, classes_to_tensor, image_tensor
 
     request = EncodeRequest.for_spec(RGB)
     assert request.for_spec(ImageSpec()) is EncodeRequest and request.spec == RGB
@@ -230,13 +230,13 @@ def test_requests_are_checked_against_the_models_images_and_classes():
     with pytest.raises(ValidationError, match="not valid base64"):
         EncodeRequest.for_spec(None)(images=["not base64!"])
 
-    assert class_indices(["blue", 0, "green"], RGB, "labels").tolist() == [2, 0, 1]
+    assert classes_to_tensor(["blue", 0, "green"], RGB, "labels").tolist() == [2, 0, 1]
     for value, message in [("purple", "labels.0: unknown class 'purple'; this model's classes: red, green, blue"),
                            (3, "labels.0: class index must be in 0..2 (this model has 3 classes), got 3")]:
         with pytest.raises(BadRequest, match=re.escape(message)):
-            class_indices([value], RGB, "labels")
+            classes_to_tensor([value], RGB, "labels")
     with pytest.raises(BadRequest, match="no classes"):
-        class_indices([0], ImageSpec(labels=None), "labels")
+        classes_to_tensor([0], ImageSpec(labels=None), "labels")
 
 
 def call(cls, replica, endpoint: str, body: dict):

@@ -162,7 +162,7 @@ class ImageRequest(StrictModel):
     takes (the digits' 1x28x28 here). `for_spec` gives the same request for another model; for
     spec None, for any model: the image deployment takes those, since its routes exist before a
     replica loads its model, and checks the rest against that model (images_to_tensor,
-    class_of_request), the way it checks a code's size."""
+    class_to_index), the way it checks a code's size."""
 
     spec: ClassVar[Optional[ImageSpec]] = ImageSpec()
 
@@ -206,14 +206,14 @@ def image_to_tensor(image: Union[str, list], spec: ImageSpec, field: str) -> tor
     return _bad_field(field, lambda: image_tensor(image, spec))
 
 
-def class_indices(values: list, spec: ImageSpec, field: str) -> torch.Tensor:
+def classes_to_tensor(values: list, spec: ImageSpec, field: str) -> torch.Tensor:
     """Request classes (indices or names) -> their indices (B,); an unknown one is a 422 naming it."""
     return torch.tensor([_bad_field(f"{field}.{i}", lambda v=v: class_index(v, spec)) for i, v in enumerate(values)],
                         dtype=torch.long)
 
 
-def class_of_request(value: Union[int, str], spec: ImageSpec, field: str) -> int:
-    """One request class (field `field`) -> its index, as class_indices."""
+def class_to_index(value: Union[int, str], spec: ImageSpec, field: str) -> int:
+    """One request class (field `field`) -> its index, as classes_to_tensor."""
     return _bad_field(field, lambda: class_index(value, spec))
 
 

@@ -47,8 +47,8 @@ from genray.deploy.common import (
     ImageIn,
     ImageRequest,
     SampleRequest,
-    class_indices,
-    class_of_request,
+    class_to_index,
+    classes_to_tensor,
     codes_to_tensor,
     deployment,
     encode_images,
@@ -184,18 +184,18 @@ def denoise_images(family, req: DenoiseRequest) -> tuple[torch.Tensor, torch.Ten
 def style_transfer_images(family, req: StyleTransferRequest) -> torch.Tensor:
     """The /style_transfer math: image i's style drawn as its target class, (B, C, S, S)."""
     x = images_to_tensor(req.images, family.spec)
-    labels = class_indices(req.labels, family.spec, "labels")
+    labels = classes_to_tensor(req.labels, family.spec, "labels")
     if req.digits is not None:
-        targets = class_indices(req.digits, family.spec, "digits")
+        targets = classes_to_tensor(req.digits, family.spec, "digits")
     else:
-        targets = torch.full((len(x),), class_of_request(req.digit, family.spec, "digit"), dtype=torch.long)
+        targets = torch.full((len(x),), class_to_index(req.digit, family.spec, "digit"), dtype=torch.long)
     return family.style_transfer(x, labels, targets)
 
 
 def sampled_class(family, req: DigitSampleRequest) -> int:
     """The index of the class a /sample request of a conditional model asks for."""
     field, value = req.wanted()
-    return class_of_request(value, family.spec, field)
+    return class_to_index(value, family.spec, field)
 
 
 # --- the endpoints of each capability -----------------------------------------------------------
