@@ -93,7 +93,8 @@ def test_train_export_serve_query_resume(ray_session, serve_url, tmp_path):
     # The session's Ray is genray's embedded one (start_local_ray): no preemption watcher.
     from ray.util.state import list_actors
 
-    assert list_actors(filters=[("class_name", "=", "PreemptionWatcher")]) == []
+    assert list_actors(address=ray_session.get_runtime_context().gcs_address,
+                       filters=[("class_name", "=", "PreemptionWatcher")]) == []
     assert first.history[0]["workers"] == 2
     # Throughput and timing for `genray bench perf`: both ranks' samples, over the slowest rank.
     assert all(h["train_samples_per_s"] > 0 and h["train_samples_per_cpu_s"] > 0 for h in first.history)
