@@ -4,12 +4,14 @@
     >>> vae = Client("http://127.0.0.1:8000/vae")            # the app's route prefix
     >>> images = vae.sample(n=8, seed=0)                       # (8, 28, 28) float32 in [0, 1]
     >>> vae.sample(n=8, seed=0, output="pil")[0].save("0.png")
+    >>> Client("http://127.0.0.1:8000/shapes").sample(n=8, label="circle").shape   # (8, 3, 64, 64)
     >>> Client("http://127.0.0.1:8000/heat").solve_heat(n=32, t_end=0.05).shape   # (33, 33)
 
 A Client talks to one application (its URL ends in the route prefix); calling a method the app
 does not have is the server's 404, raised as an APIError like any other. Images go up as PNGs
-(8 bits a pixel, the same as an image file) and come back as numpy arrays, torch tensors or
-PIL images. A 503 (Serve sheds load or the app is still starting) and a refused connection are
+(8 bits a channel, the same as an image file) and come back as numpy arrays, torch tensors or
+PIL images, in the model's shape (info()["image_shape"]): channels first, (B, C, S, S), except
+that a grey model's numpy images are (B, S, S). A 503 (Serve sheds load or the app is still starting) and a refused connection are
 retried with backoff: every endpoint is a pure function of its request, so a retry is safe.
 """
 
@@ -78,8 +80,8 @@ class NodePrediction:
 
 
 def png_base64(image: Any) -> str:
-    """One image (numpy / torch (H, W) or (1, H, W) in [0, 1], a PIL image, PNG bytes or a path)
-    -> base64 PNG, the form every image-taking endpoint accepts."""
+    """One image (numpy / torch (H, W), (1, H, W) or (3, H, W) in [0, 1], a PIL image, PNG or
+    JPEG bytes or a path) -> base64, the form every image-taking endpoint accepts."""
     from PIL import Image
 
     if isinstance(image, (bytes, bytearray)):
@@ -91,10 +93,11 @@ def png_base64(image: Any) -> str:
         return str(image)  # already base64; the server says so if it is not
     if not isinstance(image, Image.Image):
         array = image.detach().cpu().numpy() if hasattr(image, "detach") else np.asarray(image, dtype=np.float32)
-        if array.ndim == 3 and array.shape[0] == 1:
-            array = array[0]
-        if array.ndim != 2:
-            raise ValueError(f"an image must be (H, W) or (1, H, W) values in [0, 1], got shape {array.shape}")
+        if array.ndim == 3 and array.shape[0] in (1, 3):
+            array = array[0] if array.shape[0] == 1 else array.transpose(1, 2, 0)  # PIL's (H, W, 3)
+        elif array.ndim != 2:
+            raise ValueError(f"an image must be (H, W), (1, H, W) or (3, H, W) values in [0, 1], got shape "
+                             f"{array.shape}")
         if not np.isfinite(array).all() or array.min() < 0.0 or array.max() > 1.0:
             raise ValueError("image values must be finite and in [0, 1]")
         image = Image.fromarray((array * 255).round().astype(np.uint8))
@@ -104,7 +107,7 @@ def png_base64(image: Any) -> str:
 
 
 def many_png_base64(images: Any) -> list[str]:
-    """A batch (B, H, W) / (B, 1, H, W) array or tensor, or a sequence of single images."""
+    """A batch (B, H, W) / (B, C, H, W) array or tensor, or a sequence of single images."""
     if hasattr(images, "ndim") and images.ndim in (3, 4):
         return [png_base64(img) for img in images]
     if isinstance(images, (str, bytes)) or hasattr(images, "mode"):
@@ -122,21 +125,24 @@ def decode_png(data: str) -> "Any":
 
 
 def as_output(pngs: Sequence[str], output: Output):
-    """Base64 PNGs -> (B, H, W) float32 numpy in [0, 1], (B, C, H, W) torch, or PIL images."""
+    """Base64 PNGs -> float32 in [0, 1]: numpy (B, H, W) grey or (B, 3, H, W) colour, torch
+    (B, C, H, W); or PIL images."""
     if output not in ("numpy", "torch", "pil"):
         raise ValueError(f"output must be 'numpy', 'torch' or 'pil', got {output!r}")
     images = [decode_png(p) for p in pngs]
     if output == "pil":
         return images
-    arrays = [np.asarray(img.convert("L") if img.mode in ("L", "LA", "P", "I") else img.convert("RGB"),
+    arrays = [np.asarray(img.convert("L") if img.mode in ("L", "LA", "I") else img.convert("RGB"),
                          dtype=np.float32) / 255.0 for img in images]
     batch = np.stack(arrays)  # (B, H, W) grey or (B, H, W, 3) colour
+    if batch.ndim == 4:
+        batch = np.ascontiguousarray(batch.transpose(0, 3, 1, 2))  # (B, 3, H, W), the server's layout
     if output == "numpy":
         return batch
     import torch
 
     t = torch.from_numpy(batch)
-    return t.unsqueeze(1) if t.dim() == 3 else t.permute(0, 3, 1, 2)
+    return t.unsqueeze(1) if t.dim() == 3 else t
 
 
 def response_images(answer: dict) -> list[str]:
@@ -151,6 +157,11 @@ def response_images(answer: dict) -> list[str]:
         if isinstance(value, dict):
             found += response_images(value)
     return found
+
+
+def _class(value) -> int | str:
+    """A class as JSON: its name as it is, its index (a Python, numpy or torch integer) as an int."""
+    return value if isinstance(value, str) else int(value)
 
 
 def _plain(x) -> Any:
@@ -237,10 +248,13 @@ class Client:
         return bool(self.request("GET", "/healthz").get("ok"))
 
     # --- image families, by capability (CAPABILITY_METHODS) -------------------------------------
-    def sample(self, n: int = 16, seed: Optional[int] = None, *, digit: Optional[int] = None,
-               output: Output = "numpy"):
-        """n images from the prior (sample), or of `digit` (sample_digit)."""
+    def sample(self, n: int = 16, seed: Optional[int] = None, *, label: Optional[int | str] = None,
+               digit: Optional[int] = None, output: Output = "numpy"):
+        """n images from the prior (sample), or of one class (sample_digit): `label`, its index or
+        its name (info()["labels"]), or `digit`, its index."""
         body = {"n": n, "seed": seed, "format": "png"}
+        if label is not None:
+            body["label"] = _class(label)
         if digit is not None:
             body["digit"] = digit
         return as_output(self.post("/sample", body)["images"], output)
@@ -266,15 +280,15 @@ class Client:
         body = {"a": png_base64(a), "b": png_base64(b), "steps": steps, "format": "png"}
         return as_output(self.post("/interpolate", body)["images"], output)
 
-    def style_transfer(self, images, labels: Sequence[int], digit: Optional[int] = None,
-                       digits: Optional[Sequence[int]] = None, *, output: Output = "numpy"):
-        """Each image's handwriting drawn as `digit` (or image i as digits[i]) (style_transfer); labels
-        are the digits the images show."""
-        body = {"images": many_png_base64(images), "labels": [int(v) for v in labels], "format": "png"}
+    def style_transfer(self, images, labels: Sequence[int | str], digit: Optional[int | str] = None,
+                       digits: Optional[Sequence[int | str]] = None, *, output: Output = "numpy"):
+        """Each image's style drawn as class `digit` (or image i as digits[i]) (style_transfer);
+        labels are the classes the images show. A class is its index or its name."""
+        body = {"images": many_png_base64(images), "labels": [_class(v) for v in labels], "format": "png"}
         if digit is not None:
-            body["digit"] = int(digit)
+            body["digit"] = _class(digit)
         if digits is not None:
-            body["digits"] = [int(v) for v in digits]
+            body["digits"] = [_class(v) for v in digits]
         return as_output(self.post("/style_transfer", body)["images"], output)
 
     def reconstruct(self, images, *, output: Output = "numpy"):

@@ -34,14 +34,16 @@ def to_png(image: torch.Tensor) -> bytes:
     return buf.getvalue()
 
 
-def from_png(data: bytes, size: tuple[int, int] = (28, 28)) -> torch.Tensor:
-    """PNG (or any PIL-readable) bytes -> (1, H, W) grey in [0, 1]; must already be `size`."""
+def from_png(data: bytes, shape: tuple[int, int, int] = (1, 28, 28)) -> torch.Tensor:
+    """PNG, JPEG (any PIL-readable) bytes -> (C, H, W) in [0, 1] for shape (C, H, W): converted to
+    grey (C = 1) or RGB (C = 3), the pixels as they are; a ValueError when it is not H x W."""
+    channels, height, width = shape
     with Image.open(io.BytesIO(data)) as img:
-        img = img.convert("L")
-        if img.size != (size[1], size[0]):
-            raise ValueError(f"image must be {size[1]}x{size[0]} pixels, got {img.size[0]}x{img.size[1]}")
-        array = np.asarray(img, dtype=np.float32) / 255.0
-    return torch.from_numpy(array).unsqueeze(0)
+        if img.size != (width, height):
+            raise ValueError(f"image must be {width}x{height} pixels, got {img.size[0]}x{img.size[1]}")
+        array = np.asarray(img.convert("L" if channels == 1 else "RGB"), dtype=np.float32) / 255.0
+    image = torch.from_numpy(array)  # (H, W) grey or (H, W, 3)
+    return image.unsqueeze(0) if channels == 1 else image.permute(2, 0, 1).contiguous()
 
 
 def to_base64_png(image: torch.Tensor) -> str:

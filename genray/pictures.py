@@ -1,16 +1,18 @@
 """Pictures of trained models that people would rather look at than read.
 
     codes          2-D latent (a family that encodes and decodes, with latent_dim=2): validation codes,
-                   coloured by digit
+                   coloured by class
     manifold       2-D latent: the decoder's images on a grid over the codes' range (the classic picture)
-    interpolation  strips decoded between the codes of two digits (any latent size)
-    style          style transfer (cvae): one row per input, one column per target digit
+    interpolation  strips decoded between the codes of two images of two classes (any latent size)
+    style          style transfer (cvae): one row per input, one column per target class
     portrait       neural ODE: the learned field's streamlines, learned vs true trajectories
     heat           the heat field at a few times, the k_in triangle outlined (a .gif: an animation)
 
 Each is a function of a loaded family (plain tensors in, a matplotlib Figure out), so a test or a
-notebook calls it directly; `draw(kind, model_path)` loads the model and its validation digits.
-An image family gets the pictures its capabilities (genray.families.base.CAPABILITIES) allow.
+notebook calls it directly; `draw(kind, model_path)` loads the model and its validation images.
+An image family gets the pictures its capabilities (genray.families.base.CAPABILITIES) allow; its
+images are drawn at the model's size (family.spec), grey ones dark on light as the digits always
+were, colour ones as they are.
 `genray picture KIND MODEL --out file.png [--logdir DIR]` writes the file and/or a TensorBoard
 figure. Figures are drawn on matplotlib's Agg canvas (no pyplot state), like genray.heat.
 """
@@ -26,7 +28,12 @@ import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from genray.data.images import DIGITS
+
 DIGIT_COLOURS = "tab10"
+# The digits' own pairs and rows: digits that look alike and unalike.
+DIGIT_PAIRS = ((0, 6), (1, 7), (3, 8), (4, 9), (2, 5))
+DIGIT_ROWS = (0, 2, 3, 5, 7, 9)
 
 
 def _figure(width: float, height: float) -> Figure:
@@ -35,8 +42,24 @@ def _figure(width: float, height: float) -> Figure:
     return fig
 
 
+def pixels(image: torch.Tensor) -> np.ndarray:
+    """(C, H, W) in [0, 1] -> what imshow draws: (H, W) for grey (shown with `_show`'s gray_r),
+    (H, W, 3) for colour."""
+    image = image.detach().cpu().clamp(0, 1)
+    return image[0].numpy() if image.shape[0] == 1 else image.permute(1, 2, 0).numpy()
+
+
+def _show(ax, image: torch.Tensor, **options) -> None:
+    """One image (C, H, W) on `ax`: grey dark on light (gray_r), colour as it is."""
+    ax.imshow(pixels(image), **({"cmap": "gray_r"} if image.shape[0] == 1 else {}), vmin=0, vmax=1, **options)
+
+
+def _class_names(family) -> tuple[str, ...]:
+    return family.spec.labels or ()
+
+
 def codes_of(family, images: torch.Tensor) -> torch.Tensor:
-    """(B, 1, 28, 28) -> codes (B, latent): the posterior mean for a VAE-type encoder, z otherwise."""
+    """(B, C, S, S) -> codes (B, latent): the posterior mean for a VAE-type encoder, z otherwise."""
     out = family.encode(images)
     return (out[0] if isinstance(out, tuple) else out).detach().cpu()
 
@@ -49,17 +72,25 @@ def _two_d(family) -> None:
 
 
 def codes(family, images: torch.Tensor, labels: torch.Tensor) -> Figure:
-    """Scatter of the codes of validation images (B, 1, 28, 28), coloured by their digits (B,)."""
+    """Scatter of the codes of validation images (B, C, S, S), coloured by their classes (B,)
+    (one colour for unlabelled images)."""
     _two_d(family)
     z = codes_of(family, images).numpy()
+    names = _class_names(family)
     fig = _figure(6.4, 5.4)
     ax = fig.add_subplot()
-    points = ax.scatter(z[:, 0], z[:, 1], c=labels.numpy(), cmap=DIGIT_COLOURS, vmin=-0.5, vmax=9.5, s=9,
-                        alpha=0.8, linewidths=0)
-    fig.colorbar(points, ax=ax, ticks=range(10), label="digit")
+    if names:
+        cmap = DIGIT_COLOURS if len(names) <= 10 else "turbo"
+        points = ax.scatter(z[:, 0], z[:, 1], c=labels.numpy(), cmap=cmap, vmin=-0.5, vmax=len(names) - 0.5, s=9,
+                            alpha=0.8, linewidths=0)
+        bar = fig.colorbar(points, ax=ax, ticks=range(len(names)), label="digit" if names == DIGITS else "class")
+        if names != DIGITS:
+            bar.ax.set_yticklabels(names)
+    else:
+        ax.scatter(z[:, 0], z[:, 1], s=9, alpha=0.8, linewidths=0)
     ax.set_xlabel("$z_1$")
     ax.set_ylabel("$z_2$")
-    ax.set_title(f"validation codes ({len(z)} digits)")
+    ax.set_title(f"validation codes ({len(z)} {'digits' if names == DIGITS else 'images'})")
     ax.set_aspect("equal", adjustable="datalim")
     return fig
 
@@ -75,71 +106,99 @@ def manifold(family, images: torch.Tensor, labels: Optional[torch.Tensor] = None
     lo, hi = torch.quantile(z, quantile, dim=0), torch.quantile(z, 1 - quantile, dim=0)  # (2,) each
     z1, z2 = (torch.linspace(float(lo[i]), float(hi[i]), n) for i in range(2))
     grid_z = torch.stack(torch.meshgrid(z1, z2.flip(0), indexing="xy"), -1).reshape(-1, 2)  # row-major, top row first
-    tiles = family.decode(grid_z).detach().cpu()[:, 0].reshape(n, n, 28, 28)  # (row, col, H, W)
-    canvas = tiles.permute(0, 2, 1, 3).reshape(n * 28, n * 28).numpy()
+    c, s, _ = family.spec.shape
+    tiles = family.decode(grid_z).detach().cpu().reshape(n, n, c, s, s)  # (row, col, C, H, W)
+    canvas = tiles.permute(2, 0, 3, 1, 4).reshape(c, n * s, n * s)  # (C, rows of tiles, columns of tiles)
     fig = _figure(6.4, 6.4)
     ax = fig.add_subplot()
-    ax.imshow(canvas, cmap="gray_r", extent=(float(lo[0]), float(hi[0]), float(lo[1]), float(hi[1])),
-              aspect="auto", interpolation="nearest")
+    _show(ax, canvas, extent=(float(lo[0]), float(hi[0]), float(lo[1]), float(hi[1])), aspect="auto",
+          interpolation="nearest")
     ax.set_xlabel("$z_1$")
     ax.set_ylabel("$z_2$")
     ax.set_title(f"decoded manifold ({n} x {n} codes)")
     return fig
 
 
-def _first_of_each(labels: torch.Tensor, digits) -> list[int]:
+def _first_of_each(family, labels: torch.Tensor, classes) -> list[int]:
+    """The position of the first validation image of each class (an index or a name); for a model
+    of unlabelled images, `classes` are the images' positions themselves."""
+    names = _class_names(family)
+    if not names:
+        if any(not 0 <= int(i) < len(labels) for i in classes):
+            raise ValueError(f"this model's images are unlabelled: name validation images by position, "
+                             f"0..{len(labels) - 1}, got {list(classes)}")
+        return [int(i) for i in classes]
     index = []
-    for d in digits:
-        found = (labels == d).nonzero()
+    for c in classes:
+        d = names.index(c) if isinstance(c, str) and c in names else c
+        found = (labels == d).nonzero() if isinstance(d, int) else []
         if not len(found):
-            raise ValueError(f"no validation image of digit {d}; digits present: {sorted(set(labels.tolist()))}")
+            present = sorted(set(labels.tolist()))
+            raise ValueError(f"no validation image of class {c!r}; classes present: "
+                             f"{', '.join(f'{i} ({names[i]})' if names[i] != str(i) else str(i) for i in present)}")
         index.append(int(found[0]))
     return index
 
 
-def interpolation(family, images: torch.Tensor, labels: torch.Tensor,
-                  pairs=((0, 6), (1, 7), (3, 8), (4, 9), (2, 5)), steps: int = 10) -> Figure:
-    """One strip per (a, b) digit pair: the decoder's images on the line between the codes of the
-    first validation image of a and of b, the two inputs at the ends."""
+def _default_pairs(family) -> tuple[tuple[int, int], ...]:
+    """The digits' own pairs; other models: up to five pairs of neighbouring classes (or images)."""
+    names = _class_names(family)
+    if names == DIGITS:
+        return DIGIT_PAIRS
+    count = len(names) or 10
+    return tuple((a, (a + 1) % count) for a in range(0, min(count, 10), 2))
+
+
+def interpolation(family, images: torch.Tensor, labels: torch.Tensor, pairs=None, steps: int = 10) -> Figure:
+    """One strip per (a, b) pair of classes (indices or names; default: the digits' (0, 6), (1, 7),
+    (3, 8), (4, 9), (2, 5)): the decoder's images on the line between the codes of the first
+    validation image of a and of b, the two inputs at the ends."""
+    pairs = _default_pairs(family) if pairs is None else pairs
     if not 2 <= steps <= 32 or not pairs:
         raise ValueError(f"need 2 <= steps <= 32 and at least one pair, got steps={steps}, pairs={pairs}")
     fig = _figure(1.0 * (steps + 2), 1.05 * len(pairs))
     axes = fig.subplots(len(pairs), steps + 2, squeeze=False, gridspec_kw={"wspace": 0.02, "hspace": 0.05})
     t = torch.linspace(0.0, 1.0, steps).unsqueeze(1)  # (steps, 1)
     for row, (a, b) in zip(axes, pairs):
-        ia, ib = _first_of_each(labels, (a, b))
+        ia, ib = _first_of_each(family, labels, (a, b))
         z = codes_of(family, images[[ia, ib]])
-        strip = family.decode((1 - t) * z[0] + t * z[1]).detach().cpu()[:, 0]  # (steps, 28, 28)
-        tiles = [images[ia, 0], *strip, images[ib, 0]]
+        strip = family.decode((1 - t) * z[0] + t * z[1]).detach().cpu()  # (steps, C, S, S)
+        tiles = [images[ia], *strip, images[ib]]
         for col, (ax, tile) in enumerate(zip(row, tiles)):
-            ax.imshow(tile.numpy(), cmap="gray_r", vmin=0, vmax=1)
+            _show(ax, tile)
             ax.set_xticks([])
             ax.set_yticks([])
             edge = "tab:blue" if col in (0, len(tiles) - 1) else "0.8"  # the real inputs stand out
             for spine in ax.spines.values():
                 spine.set_edgecolor(edge)
         row[0].set_ylabel(f"{a} to {b}", rotation=0, ha="right", va="center")
-    fig.suptitle("interpolation between the codes of two digits (inputs at the ends)")
+    what = "digits" if _class_names(family) == DIGITS else "images"
+    fig.suptitle(f"interpolation between the codes of two {what} (inputs at the ends)")
     return fig
 
 
-def style(family, images: torch.Tensor, labels: torch.Tensor, rows=(0, 2, 3, 5, 7, 9)) -> Figure:
-    """CVAE style transfer sheet: for the first validation image of each digit in `rows`, the
-    input, then its handwriting (posterior mean) decoded as every digit 0..9."""
-    index = _first_of_each(labels, rows)
-    x, y = images[index], labels[index]  # (R, 1, 28, 28), (R,)
-    fig = _figure(11 * 0.9, len(index) * 0.95 + 0.4)
-    axes = fig.subplots(len(index), 11, squeeze=False, gridspec_kw={"wspace": 0.02, "hspace": 0.05})
+def style(family, images: torch.Tensor, labels: torch.Tensor, rows=None) -> Figure:
+    """CVAE style transfer sheet: for the first validation image of each class in `rows` (indices
+    or names; default: the digits 0, 2, 3, 5, 7, 9, else the first six classes), the input, then
+    its style (posterior mean) decoded as every class."""
+    names = _class_names(family)
+    rows = (DIGIT_ROWS if names == DIGITS else tuple(range(min(len(names), 6)))) if rows is None else rows
+    index = _first_of_each(family, labels, rows)
+    k = len(names)
+    x, y = images[index], labels[index]  # (R, C, S, S), (R,)
+    fig = _figure((k + 1) * 0.9, len(index) * 0.95 + 0.4)
+    axes = fig.subplots(len(index), k + 1, squeeze=False, gridspec_kw={"wspace": 0.02, "hspace": 0.05})
     for r in range(len(index)):
-        sheet = family.style_transfer(x[r : r + 1].expand(10, -1, -1, -1), y[r].expand(10), torch.arange(10))
-        for c, tile in enumerate([x[r, 0], *sheet.detach().cpu()[:, 0]]):
+        sheet = family.style_transfer(x[r : r + 1].expand(k, -1, -1, -1), y[r].expand(k), torch.arange(k))
+        for c, tile in enumerate([x[r], *sheet.detach().cpu()]):
             ax = axes[r, c]
-            ax.imshow(tile.numpy(), cmap="gray_r", vmin=0, vmax=1)
+            _show(ax, tile)
             ax.set_xticks([])
             ax.set_yticks([])
             if r == 0:
-                ax.set_title("input" if c == 0 else str(c - 1), fontsize=10)
-    fig.suptitle("style transfer: each input's handwriting drawn as every digit")
+                ax.set_title("input" if c == 0 else names[c - 1], fontsize=10)
+    what = ("handwriting", "digit") if names == DIGITS else ("style", "class")
+    fig.suptitle(f"style transfer: each input's {what[0]} drawn as every {what[1]}")
     return fig
 
 
@@ -271,7 +330,7 @@ def heat_animation(path: Path | str, **options) -> bytes:
 
 def draw(kind: str, model: Optional[str] = None, **options) -> Figure:
     """The `kind` picture of the model at `model` (a checkpoint or model-store folder or s3:// URI);
-    image families get their validation digits (the split of the model's own data config)."""
+    image families get their validation images (the split of the model's own data config)."""
     if kind not in PICTURES:
         raise ValueError(f"unknown picture {kind!r}; pictures: {', '.join(PICTURES)}")
     function = PICTURES[kind][0]
@@ -290,12 +349,12 @@ def draw(kind: str, model: Optional[str] = None, **options) -> Figure:
                          f"{ckpt.family}")
     if kind == "portrait":
         return function(family, **options)
-    images, labels = validation_digits(ckpt.config)
+    images, labels = validation_images(ckpt.config)
     return function(family, images, labels, **options)
 
 
-def validation_digits(config: dict) -> tuple[torch.Tensor, torch.Tensor]:
-    """The validation images (B, 1, 28, 28) and labels (B,) of a run config, at most MAX_POINTS."""
+def validation_images(config: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """The validation images (B, C, S, S) and labels (B,) of a run config, at most MAX_POINTS."""
     from genray.data.images import DataConfig, load_images
 
     _, val = load_images(DataConfig.model_validate(config.get("data", {})))

@@ -10,7 +10,7 @@ from typing import Any
 
 from genray.config import ConfigError, apply_override, parse_override
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif")
 
 
 def parse_sets(items: list[str]) -> dict:

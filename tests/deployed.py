@@ -19,8 +19,9 @@ from genray.deploy.examples import untrained_model
 
 
 def deploy(families: list[str], folder, prefix: str) -> dict[str, str]:
-    """Deploy each family ("heat" needs no model) as app `<prefix>-<family>` at route
-    `/<prefix>-<family>`; wait until all run. Returns family -> app name."""
+    """Deploy each family ("heat" needs no model; "rgb-<family>" a model of RGB_DATA's images) as
+    app `<prefix>-<family>` at route `/<prefix>-<family>`, its model at folder/<family>; wait
+    until all run. Returns family -> app name."""
     from ray import serve
 
     from genray.deploy import build_app
@@ -31,7 +32,9 @@ def deploy(families: list[str], folder, prefix: str) -> dict[str, str]:
         if family == "heat":
             app = HeatDeployment.options(ray_actor_options={"num_cpus": 0}).bind()
         else:
-            bound = build_app({"model": untrained_model(family, folder)})._bound_deployment
+            model_family, rgb = family.removeprefix("rgb-"), family.startswith("rgb-")
+            model = untrained_model(model_family, folder, RGB_DATA if rgb else None, name=family)
+            bound = build_app({"model": model})._bound_deployment
             app = bound.options(ray_actor_options={"num_cpus": 0}).bind(*bound.init_args)
         serve._run(app, _blocking=False, name=name, route_prefix=f"/{name}")
     deadline = time.monotonic() + 300
@@ -51,8 +54,14 @@ def delete(names) -> None:
         serve.delete(name, _blocking=False)
 
 
-# Every deployment the registry declares (test_serve_families checks and fuzzes each one) and heat.
-SERVED = [*DEPLOYMENTS, "heat"]
+# Images of another shape than the digits' (the run config's data section): 64x64 colour, with
+# classes named. An autoencoder and a cvae of them have every image endpoint but /interpolate and
+# the unconditional /sample, whose math is the same for any shape (test_deploy runs it in-process).
+RGB_DATA = {"image_size": 64, "channels": 3, "labels": ["red", "green", "blue"]}
+RGB_SERVED = ["rgb-ae", "rgb-cvae"]
+# Every deployment the registry declares (test_serve_families checks and fuzzes each one), heat,
+# and the RGB models.
+SERVED = [*DEPLOYMENTS, "heat", *RGB_SERVED]
 _live: dict = {}  # "names": family -> app name, "folder": the models' folder, while deployed
 
 

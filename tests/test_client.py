@@ -233,3 +233,43 @@ def test_genray_query_prints_the_answer_and_writes_its_images(apps, serve_url, t
     result = runner.invoke(app, ["query", apps["heat"][0].url.rsplit("/", 1)[1], "solve", "--url", serve_url,
                                  "--set", "n=8", "--set", "t_end=0.01", "--set", "dt=0.01", "-o", str(tmp_path / "h.png")])
     assert result.exit_code == 2 and "format png" in result.output  # a JSON field is not an image
+
+
+@pytest.mark.ray
+def test_rgb_models_through_the_client_and_genray_query(apps, serve_url, tmp_path):
+    """A 64x64 RGB model's images go up and come back (B, 3, 64, 64), classes by name; `genray
+    query` writes its samples as a colour grid."""
+    from PIL import Image
+    from typer.testing import CliRunner
+
+    from genray.cli import app
+
+    cvae, cvae_family = apps["rgb-cvae"]
+    blue = cvae.sample(n=2, seed=5, label="blue")
+    assert blue.shape == (2, 3, 64, 64) and blue.dtype == np.float32
+    np.testing.assert_allclose(blue, cvae_family.sample(2, 2, seed=5).numpy(), atol=PNG_STEP / 2 + 1e-6)
+    assert cvae.sample(n=2, seed=5, label="blue", output="torch").shape == (2, 3, 64, 64)
+    assert cvae.sample(n=1, seed=5, digit=2, output="pil")[0].mode == "RGB"
+    x = torch.rand(2, 3, 64, 64)
+    moved = cvae.style_transfer(x, ["red", "green"], digit="blue")
+    expected = cvae_family.style_transfer(quantized(x), torch.tensor([0, 1]), 2).numpy()
+    np.testing.assert_allclose(moved, expected, atol=PNG_STEP + 1e-4)
+
+    ae, ae_family = apps["rgb-ae"]
+    codes = ae.encode(x)  # a (B, 3, 64, 64) tensor goes up as RGB PNGs
+    np.testing.assert_allclose(codes, ae_family.encode(quantized(x)).numpy(), atol=1e-4)
+    np.testing.assert_allclose(ae.decode(codes), ae_family.decode(torch.from_numpy(codes)).numpy(), atol=PNG_STEP)
+    np.testing.assert_allclose(ae.reconstruct(x.numpy()), ae_family.reconstruct(quantized(x)).numpy(),
+                               atol=PNG_STEP + 1e-4)
+    with pytest.raises(APIError, match="images.0: image must be 64x64 pixels, got 28x28") as wrong:
+        ae.encode(torch.rand(1, 28, 28))
+    assert wrong.value.status == 422
+
+    name = cvae.url.rsplit("/", 1)[1]
+    result = CliRunner().invoke(app, ["query", name, "sample", "--url", serve_url, "--set", "label=red",
+                                      "--set", "n=4", "--set", "seed=2", "--out", str(tmp_path / "rgb.png")])
+    assert result.exit_code == 0 and "4 images" in result.output, result.output
+    with Image.open(tmp_path / "rgb.png") as grid:
+        assert grid.mode == "RGB" and grid.size == (2 * 66 + 2, 2 * 66 + 2)  # 2 x 2 tiles of 64 px, 2 px apart
+        tile = np.asarray(grid, dtype=np.float32)[2:66, 2:66].transpose(2, 0, 1) / 255
+    np.testing.assert_allclose(tile, cvae_family.sample(0, 4, seed=2)[0].numpy(), atol=PNG_STEP)

@@ -4,6 +4,7 @@ local Ray: 2 Ray Train workers -> checkpoint -> export -> Serve -> HTTP -> resum
 import base64
 import concurrent.futures
 import io
+import re
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +16,7 @@ from PIL import Image
 from pydantic import ValidationError
 
 from genray import checkpoint
+from genray.data.images import ImageSpec
 from genray.deploy import build_app, resolve_model_path
 from genray.deploy.common import (DecodeRequest, EncodeRequest, SampleRequest, encode_images, images_to_tensor,
                                   sample_many)
@@ -91,7 +93,8 @@ def test_train_export_serve_query_resume(ray_session, serve_url, tmp_path):
     # The session's Ray is genray's embedded one (start_local_ray): no preemption watcher.
     from ray.util.state import list_actors
 
-    assert list_actors(filters=[("class_name", "=", "PreemptionWatcher")]) == []
+    assert list_actors(address=ray_session.get_runtime_context().gcs_address,
+                       filters=[("class_name", "=", "PreemptionWatcher")]) == []
     assert first.history[0]["workers"] == 2
     # Throughput and timing for `genray bench perf`: both ranks' samples, over the slowest rank.
     assert all(h["train_samples_per_s"] > 0 and h["train_samples_per_cpu_s"] > 0 for h in first.history)
@@ -187,3 +190,139 @@ def test_the_train_controller_is_told_to_collect_reports_promptly(monkeypatch):
     monkeypatch.setenv(key, "1.5")
     collect_reports_promptly()
     assert get_env_vars_to_propagate()[key] == "1.5"
+
+
+# --- images of any shape: the digits' 1x28x28 is one ImageSpec among others ----------------------
+
+RGB = ImageSpec(channels=3, size=64, labels=("red", "green", "blue"))
+RGB_DATA = {"image_size": 64, "channels": 3, "labels": list(RGB.labels)}
+
+
+def png(image: torch.Tensor) -> str:
+    from genray.images import to_base64_png
+
+    return to_base64_png(image)
+
+
+def test_requests_are_checked_against_the_models_images_and_classes():
+    from genray.deploy.common import BadRequest, classes_to_tensor, image_tensor
+
+    request = EncodeRequest.for_spec(RGB)
+    assert request.for_spec(ImageSpec()) is EncodeRequest and request.spec == RGB
+    colour = torch.rand(3, 64, 64)
+    ok = request(images=[colour.tolist(), png(colour), png(colour[:1])])  # lists, an RGB PNG, a grey PNG
+    back = images_to_tensor(ok.images, RGB)
+    assert back.shape == (3, 3, 64, 64)
+    assert torch.allclose(back[0], colour) and (back[1] - colour).abs().max() <= 0.5 / 255 + 1e-6
+    assert torch.equal(back[2][0], back[2][1]) and torch.equal(back[2][1], back[2][2])  # grey made RGB
+    wanted = "image must be 3x64x64 (channels x rows x columns) values in [0, 1], got"
+    for image, message in [(colour[0].tolist(), f"{wanted} 64x64"),
+                           (torch.rand(3, 28, 28).tolist(), f"{wanted} 3x28x28"),
+                           (png(torch.rand(3, 28, 28)), "image must be 64x64 pixels, got 28x28")]:
+        with pytest.raises(ValidationError, match=re.escape(message)) as err:
+            request(images=[colour.tolist(), image])
+        assert err.value.errors()[0]["loc"] == ("images", 1)
+        # The deployment's route takes any model's images and checks them against its own model.
+        anything = EncodeRequest.for_spec(None)(images=[image])
+        with pytest.raises(BadRequest, match=re.escape(f"images.0: {message}")):
+            images_to_tensor(anything.images, RGB)
+    with pytest.raises(ValueError, match="image must be 28x28 \\(or 1x28x28\\) values in \\[0, 1\\], got 3x64x64"):
+        image_tensor(colour.tolist(), ImageSpec())
+    with pytest.raises(ValidationError, match="not valid base64"):
+        EncodeRequest.for_spec(None)(images=["not base64!"])
+
+    assert classes_to_tensor(["blue", 0, "green"], RGB, "labels").tolist() == [2, 0, 1]
+    for value, message in [("purple", "labels.0: unknown class 'purple'; this model's classes: red, green, blue"),
+                           (3, "labels.0: class index must be in 0..2 (this model has 3 classes), got 3")]:
+        with pytest.raises(BadRequest, match=re.escape(message)):
+            classes_to_tensor([value], RGB, "labels")
+    with pytest.raises(BadRequest, match="no classes"):
+        classes_to_tensor([0], ImageSpec(labels=None), "labels")
+
+
+def call(cls, replica, endpoint: str, body: dict):
+    """An endpoint of the image deployment as its route runs it: the body validated by the route's
+    request model, the method called (awaited when async)."""
+    import asyncio
+    import typing
+
+    method = getattr(cls, endpoint)
+    hints = typing.get_type_hints(method)
+    args = [hints["req"].model_validate(body)] if "req" in hints else []
+    out = method(replica, *args)
+    return asyncio.run(out) if asyncio.iscoroutine(out) else out
+
+
+@pytest.mark.parametrize("family", ["vae", "ae", "cvae"])
+def test_the_image_deployment_serves_a_64x64_rgb_model(family, tmp_path):
+    """Every image endpoint of an RGB model, as its replica runs it (no Serve): the images it
+    answers are the model's own, (B, 3, 64, 64), in colour."""
+    from genray.bench.perf import unbatched, user_class
+    from genray.deploy import deployment_for
+    from genray.deploy.common import BadRequest
+    from genray.deploy.examples import untrained_model
+
+    deployment, path = deployment_for(untrained_model(family, tmp_path, RGB_DATA))
+    cls = user_class(deployment)
+    replica = unbatched(cls(path))
+    model = replica.family
+    info = call(cls, replica, "info", {})
+    assert info["image_shape"] == [3, 64, 64] and info["labels"] == ["red", "green", "blue"]
+    x = torch.rand(2, 3, 64, 64)
+    lists = {"images": x.tolist(), "format": "list"}
+
+    if family == "cvae":
+        by_name = call(cls, replica, "sample", {"label": "blue", "n": 2, "seed": 4, "format": "list"})
+        assert by_name["shape"] == [2, 3, 64, 64]
+        assert torch.allclose(torch.tensor(by_name["images"]), model.sample(2, 2, seed=4), atol=1e-6)
+        by_index = call(cls, replica, "sample", {"digit": 2, "n": 2, "seed": 4, "format": "list"})
+        assert by_index["images"] == by_name["images"]
+        with pytest.raises(BadRequest, match=re.escape("label: unknown class 'cyan'")):
+            call(cls, replica, "sample", {"label": "cyan"})
+        with pytest.raises(ValidationError, match="give the class to draw"):
+            call(cls, replica, "sample", {"n": 2})
+        moved = call(cls, replica, "style_transfer", {**lists, "labels": ["red", 1], "digits": ["green", "blue"]})
+        assert torch.allclose(torch.tensor(moved["images"]),
+                              model.style_transfer(x, torch.tensor([0, 1]), torch.tensor([1, 2])), atol=1e-5)
+        return
+
+    codes = call(cls, replica, "encode", {"images": x.tolist()})
+    mu = torch.tensor(codes["mu"] if "mu" in codes else codes["z"])
+    expected = model.encode(x)
+    assert torch.allclose(mu, expected[0] if isinstance(expected, tuple) else expected, atol=1e-5)
+    decoded = call(cls, replica, "decode", {"z": mu.tolist(), "format": "list"})
+    assert decoded["shape"] == [2, 3, 64, 64]
+    assert torch.allclose(torch.tensor(decoded["images"]), model.decode(mu), atol=1e-5)
+    pngs = call(cls, replica, "decode", {"z": mu.tolist(), "format": "png"})["images"]
+    colours = [Image.open(io.BytesIO(base64.b64decode(p))) for p in pngs]
+    assert [(im.mode, im.size) for im in colours] == [("RGB", (64, 64))] * 2
+    raw = call(cls, replica, "decode", {"z": mu.tolist(), "format": "npy"})
+    assert np.load(io.BytesIO(raw.body)).shape == (2, 3, 64, 64)
+    if family == "ae":
+        again = call(cls, replica, "reconstruct", {"images": [png(x[0]), x[1].tolist()], "format": "list"})
+        assert torch.allclose(torch.tensor(again["images"][1]), model.reconstruct(x[1:])[0], atol=1e-5)
+        noisy = call(cls, replica, "denoise", {**lists, "add_noise": True, "noise": "masking", "noise_level": 0.5,
+                                               "seed": 1})
+        assert torch.tensor(noisy["noisy"]["images"]).shape == (2, 3, 64, 64)
+    else:
+        strip = call(cls, replica, "interpolate", {"a": png(x[0]), "b": x[1].tolist(), "steps": 3, "format": "list"})
+        assert strip["shape"] == [3, 3, 64, 64]
+        sampled = call(cls, replica, "sample", {"n": 2, "seed": 3, "format": "list"})
+        assert torch.allclose(torch.tensor(sampled["images"]), model.sample(2, seed=3), atol=1e-6)
+    with pytest.raises(BadRequest, match=re.escape("images.1: image must be 64x64 pixels, got 28x28")):
+        call(cls, replica, "encode", {"images": [png(x[0]), png(torch.rand(1, 28, 28))]})
+    with pytest.raises(BadRequest, match=re.escape("images.0: image must be 3x64x64 (channels x rows x columns) "
+                                                   "values in [0, 1], got 64x64")):
+        call(cls, replica, "encode", {"images": [x[0, 0].tolist()]})
+
+
+def test_serve_yaml_of_an_image_family_serves_an_rgb_model(tmp_path):
+    """serve/<family>.yaml names the deployment the builder makes of any model of that family, RGB
+    or grey: its settings apply, and its one argument is the model, which the user sets."""
+    from genray.deploy.examples import untrained_model
+
+    for family in ("vae", "cvae", "gan"):
+        spec = yaml.safe_load((REPO / "serve" / f"{family}.yaml").read_text())["applications"][0]
+        assert spec["import_path"] == "genray.deploy:build_app" and set(spec["args"]) == {"model"}
+        app = build_app({**spec["args"], "model": untrained_model(family, tmp_path, RGB_DATA)})
+        assert [d["name"] for d in spec["deployments"]] == [app._bound_deployment.name]

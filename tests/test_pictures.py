@@ -17,10 +17,12 @@ from genray.families import get_family
 
 
 def saved(folder, name: str, overrides=(), steps: int = 0) -> str:
-    """A checkpoint of `name` after `steps` in-process training steps (no Ray)."""
+    """A checkpoint of `name` after `steps` in-process training steps (no Ray), built for the
+    images its data config names."""
     torch.manual_seed(0)
     cfg = build_config(name, overrides=list(overrides))
-    family = get_family(name)(cfg.model)
+    family_cls = get_family(name)
+    family = family_cls(cfg.model, spec=family_cls.spec_of(cfg.data))
     if steps:
         train, _ = load_images(cfg.data)
         for i, batch in zip(range(steps), DataLoader(train, batch_size=64, shuffle=True)):
@@ -34,7 +36,7 @@ def saved(folder, name: str, overrides=(), steps: int = 0) -> str:
 def vae_2d(tmp_path_factory):
     path = saved(tmp_path_factory.mktemp("pictures"), "vae", ["model.latent_dim=2"], steps=8)
     family, ckpt = checkpoint.load_family(path)
-    return path, family, pictures.validation_digits(ckpt.config)
+    return path, family, pictures.validation_images(ckpt.config)
 
 
 def test_codes_and_manifold_show_the_models_codes_and_decodings(vae_2d):
@@ -60,7 +62,7 @@ def test_codes_and_manifold_show_the_models_codes_and_decodings(vae_2d):
 
 def test_style_portrait_and_heat(tmp_path):
     cvae, _ = checkpoint.load_family(saved(tmp_path, "cvae"))
-    images, labels = pictures.validation_digits(build_config("cvae").to_dict())
+    images, labels = pictures.validation_images(build_config("cvae").to_dict())
     sheet = pictures.style(cvae, images, labels, rows=(2, 7))
     assert len(sheet.axes) == 2 * 11
     seven = images[int((labels == 7).nonzero()[0])]
@@ -111,3 +113,33 @@ def test_cli_writes_files_and_tensorboard_and_refuses_bad_requests(vae_2d, train
     ]:
         result = runner.invoke(app, args)
         assert result.exit_code == 2 and message in result.output, (args, result.output)
+
+
+def test_pictures_of_an_rgb_model_show_its_colour_size_and_classes(tmp_path):
+    """A 64x64 RGB model with named classes (the digits brought to that shape): tiles are the
+    model's own images in colour, the style sheet has one column per class, named."""
+    rgb = ["data.image_size=64", "data.channels=3", 'data.labels=["zero","one","two","three","four","five",'
+           '"six","seven","eight","nine"]']
+    vae, ckpt = checkpoint.load_family(saved(tmp_path, "vae", ["model.latent_dim=2", *rgb]))
+    images, labels = pictures.validation_images(ckpt.config)
+    assert images.shape[1:] == (3, 64, 64)
+    fig = pictures.manifold(vae, images, n=3)
+    canvas = fig.axes[0].images[0].get_array()
+    assert canvas.shape == (3 * 64, 3 * 64, 3)
+    z = pictures.codes_of(vae, images)
+    top_left = vae.decode(torch.stack([torch.quantile(z[:, 0], 0.02), torch.quantile(z[:, 1], 0.98)])[None])[0]
+    np.testing.assert_allclose(canvas[:64, :64], top_left.permute(1, 2, 0).numpy(), atol=1e-5)
+    strips = pictures.interpolation(vae, images, labels, pairs=[("three", 8)], steps=3)
+    three = images[int((labels == 3).nonzero()[0])]
+    np.testing.assert_allclose(strips.axes[0].images[0].get_array(), three.permute(1, 2, 0).numpy())
+    scatter = pictures.codes(vae, images, labels)
+    assert [t.get_text() for t in scatter.axes[1].get_yticklabels()][:2] == ["zero", "one"]  # the colour bar
+
+    cvae, ckpt = checkpoint.load_family(saved(tmp_path, "cvae", rgb))
+    sheet = pictures.style(cvae, images, labels, rows=("seven",))
+    assert [ax.get_title() for ax in sheet.axes[:3]] == ["input", "zero", "one"]
+    seven = images[int((labels == 7).nonzero()[0])]
+    as_four = cvae.style_transfer(seven[None], torch.tensor([7]), torch.tensor([4]))[0]
+    np.testing.assert_allclose(sheet.axes[5].images[0].get_array(), as_four.permute(1, 2, 0).numpy(), atol=1e-5)
+    with pytest.raises(ValueError, match="no validation image of class 'ten'"):
+        pictures.style(cvae, images, labels, rows=("ten",))

@@ -1,8 +1,9 @@
 """The playground page end to end in headless Chromium (Playwright driving Debian's chromium):
-it lists the deployments, builds each endpoint's form, shows a heat map, digits and text from
-the real apps, and shows the server's error message for a bad request. The page is open
+it lists the deployments, builds each endpoint's form, shows a heat map, digits, colour images
+and text from the real apps, and shows the server's error message for a bad request. The page is open
 while the API behind it needs a key."""
 
+import base64
 import io
 import shutil
 
@@ -88,9 +89,21 @@ def test_playground_queries_the_deployments_and_shows_errors(apps, serve_url, br
     run(page, "ok")
     assert len(page.inner_text("#text")) >= 40
 
+    # A colour model: its size and classes shown, its samples in colour at its size, its example
+    # images redrawn in its shape (the loop below runs its other endpoints on them).
+    choose(page, f"/{apps['rgb-cvae']}", "/sample")
+    assert page.inner_text("#model") == "images 64x64 RGB; classes: red, green, blue"
+    page.fill("#field-label", '"green"')
+    page.fill("#field-digit", "")
+    run(page, "ok")
+    sizes = page.eval_on_selector_all("#images img", "images => images.map(i => [i.naturalWidth, i.naturalHeight])")
+    assert sizes and all(size == [64, 64] for size in sizes)
+    shown = page.eval_on_selector("#images img", "image => image.src").split(",", 1)[1]
+    assert Image.open(io.BytesIO(base64.b64decode(shown))).mode == "RGB"  # the colour PNG, as it came
+
     # Every other endpoint of every app answers its form as the page builds it (defaults, examples).
     done = {(apps["heat"], "/solve"), (apps["vae"], "/sample"), (apps["cvae"], "/style_transfer"),
-            (apps["charlm"], "/generate")}
+            (apps["charlm"], "/generate"), (apps["rgb-cvae"], "/sample")}
     for name in apps.values():
         page.select_option("#app", f"/{name}")
         page.wait_for_selector("#endpoint option", state="attached")

@@ -3,6 +3,7 @@ error naming the problem, a property-based fuzz of every POST endpoint (tests/fu
 5xx and restarts no replica (the apps are shared with the client and playground tests:
 tests/deployed.py). Also: a two-player family trains under DDP with 2 Ray Train workers."""
 
+import numpy as np
 import pytest
 import requests
 from deployed import served
@@ -125,3 +126,45 @@ def test_two_player_families_train_under_ddp(ray_session, tmp_path, name, extra)
     assert summary.best_checkpoint is not None
     restored, _ = checkpoint.load_family(summary.best_checkpoint)
     assert restored.quality_samples(4, seed=0)[0].shape == (4, 1, 28, 28)
+
+
+@pytest.mark.ray
+def test_rgb_models_answer_in_their_shape_and_name_what_is_wrong(serve_url, apps):
+    """64x64 RGB models with named classes (tests/deployed.py) over HTTP: their shape and classes
+    in GET /, colour images out and in, and a 422 that names the expected and the given shape."""
+    import base64
+    import io
+
+    import torch
+    from PIL import Image
+
+    from genray.images import to_base64_png
+
+    cvae, ae = (f"{serve_url}/{apps[name]}" for name in ("rgb-cvae", "rgb-ae"))
+    info = requests.get(cvae + "/", timeout=60).json()
+    assert info["image_shape"] == [3, 64, 64] and info["labels"] == ["red", "green", "blue"]
+    listed = requests.post(cvae + "/sample", json={"label": "green", "n": 2, "seed": 1, "format": "list"}, timeout=60)
+    assert listed.status_code == 200 and listed.json()["shape"] == [2, 3, 64, 64]
+    pngs = requests.post(cvae + "/sample", json={"digit": 1, "n": 2, "seed": 1}, timeout=60).json()["images"]
+    images = [Image.open(io.BytesIO(base64.b64decode(p))) for p in pngs]
+    assert [(im.mode, im.size) for im in images] == [("RGB", (64, 64))] * 2
+    decoded = torch.tensor(listed.json()["images"])
+    assert (torch.from_numpy(np.stack([np.asarray(im) for im in images])).permute(0, 3, 1, 2) / 255
+            - decoded).abs().max() <= 0.5 / 255 + 1e-6  # the same images, by name or by index
+
+    colour = torch.rand(3, 64, 64)
+    again = requests.post(ae + "/reconstruct", json={"images": [to_base64_png(colour), colour.tolist()]}, timeout=60)
+    assert again.status_code == 200
+    assert {Image.open(io.BytesIO(base64.b64decode(p))).mode for p in again.json()["images"]} == {"RGB"}
+    for url, path, body, message in [
+        (ae, "/encode", {"images": [to_base64_png(torch.rand(3, 28, 28))]},
+         "images.0: image must be 64x64 pixels, got 28x28"),
+        (ae, "/reconstruct", {"images": [colour.tolist(), colour[0].tolist()]},
+         "images.1: image must be 3x64x64 (channels x rows x columns) values in [0, 1], got 64x64"),
+        (cvae, "/sample", {"label": "purple"}, "label: unknown class 'purple'; this model's classes: red, green, blue"),
+        (cvae, "/style_transfer", {"images": [colour.tolist()], "labels": [5], "digit": "red"},
+         "labels.0: class index must be in 0..2 (this model has 3 classes), got 5"),
+    ]:
+        r = requests.post(url + path, json=body, timeout=60)
+        assert r.status_code == 422 and r.json()["error"] == message, r.text
+    assert requests.post(ae + "/encode", json={"images": [colour.tolist()]}, timeout=60).status_code == 200

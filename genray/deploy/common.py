@@ -1,7 +1,9 @@
 """What every deployment shares: request validation, JSON errors, image encoding.
 
 Validation lives in pydantic request models, so a bad request never reaches the model:
-FastAPI answers it with a 4xx whose JSON names the field, and the replica carries on.
+FastAPI answers it with a 4xx whose JSON names the field, and the replica carries on. What only
+the loaded model knows (the size of its codes, the shape of its images, its classes) the replica
+checks before its math, with the same 422 that names the field (BadRequest).
 """
 
 from __future__ import annotations
@@ -9,7 +11,9 @@ from __future__ import annotations
 import base64
 import binascii
 import io
-from typing import Annotated, Any, Callable, Literal, Optional, Union
+import functools
+from contextvars import ContextVar
+from typing import Annotated, Any, Callable, ClassVar, Literal, Optional, Union
 
 import numpy as np
 import torch
@@ -17,63 +21,200 @@ from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from PIL import Image
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PlainValidator, model_validator
 
 from genray.checkpoint import load_family
+from genray.data.images import ImageSpec
 from genray.deploy.guard import Guard
 from genray.deploy.playground import add_playground
 from genray.images import from_png, grid, to_base64_png
 
 MAX_IMAGES = 256  # per request, for every image-taking or image-returning endpoint
-IMAGE_HW = (28, 28)
 
 Finite = Annotated[float, Field(allow_inf_nan=False)]
 Pixel = Annotated[float, Field(ge=0.0, le=1.0, allow_inf_nan=False)]
 ImageFormat = Literal["png", "list", "grid"]
 # The hot paths (sample, decode) also answer in binary, off JSON: "npy" is the float32 array
-# (B, 1, 28, 28) as a .npy file (numpy.load reads it), media type application/x-npy.
+# (B, C, S, S) as a .npy file (numpy.load reads it), media type application/x-npy.
 FastImageFormat = Literal["png", "list", "grid", "npy"]
 NPY_MEDIA_TYPE = "application/x-npy"
 
 
-def _check_image(value: Union[str, list]) -> Union[str, list]:
-    """An image is a base64 PNG string or nested lists of shape 28x28 or 1x28x28."""
+# --- images and classes of a model's ImageSpec -------------------------------------------------
+# An image in a request is a base64 PNG or JPEG (converted to the model's channels) or nested
+# lists of values in [0, 1]: (C, S, S), or (S, S) for a grey model. A class is its index or its
+# name (ImageSpec.labels). The checks that need the model (its size, channels, classes) are the
+# two functions below; a request model runs them against its `spec` (ImageRequest), the image
+# deployment against the model its replica loaded.
+
+def _list_shape(value: list) -> str:
+    """The shape of nested lists as text, e.g. 3x64x64, or 28x27/28 when rows differ in length."""
+    if value and isinstance(value[0], list) and value[0] and isinstance(value[0][0], list):
+        heights = "/".join(sorted({str(len(channel)) for channel in value}))
+        return f"{len(value)}x{heights}x{_widths(row for channel in value for row in channel)}"
+    return f"{len(value)}x{_widths(value)}"
+
+
+def _widths(rows) -> str:
+    return "/".join(sorted({str(len(row)) for row in rows})) or "0"
+
+
+UNREADABLE = "base64 data is not a readable PNG or JPEG image"
+
+
+def _base64(value: str) -> bytes:
+    try:
+        return base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        raise ValueError("not valid base64") from None
+
+
+def image_tensor(value: Union[str, list], spec: ImageSpec) -> torch.Tensor:
+    """One request image -> (C, S, S) float32 for a model of `spec`; a ValueError that names the
+    shape the model takes and the one given."""
+    channels, size, _ = spec.shape
     if isinstance(value, str):
+        raw = _base64(value)
         try:
-            raw = base64.b64decode(value, validate=True)
-        except (binascii.Error, ValueError):
-            raise ValueError("not valid base64") from None
-        try:
-            from_png(raw, IMAGE_HW)
+            return from_png(raw, spec.shape)
         except ValueError:
             raise
         except Exception:
-            raise ValueError("base64 data is not a readable PNG image") from None
-        return value
-    rows = value[0] if len(value) == 1 and isinstance(value[0], list) and len(value[0]) == IMAGE_HW[0] else value
-    if len(rows) != IMAGE_HW[0] or any(len(r) != IMAGE_HW[1] for r in rows):
-        shape = f"{len(rows)}x{'/'.join(sorted({str(len(r)) for r in rows})) or 0}"
-        raise ValueError(f"image must be 28x28 (or 1x28x28) values in [0, 1], got {shape}")
+            raise ValueError(UNREADABLE) from None
+    given = _list_shape(value)
+    wanted = {f"{channels}x{size}x{size}"} | ({f"{size}x{size}"} if channels == 1 else set())
+    if given not in wanted:
+        if channels == 1:
+            raise ValueError(f"image must be {size}x{size} (or 1x{size}x{size}) values in [0, 1], got {given}")
+        raise ValueError(f"image must be {channels}x{size}x{size} (channels x rows x columns) values in [0, 1], "
+                         f"got {given}")
+    return torch.tensor(value, dtype=torch.float32).reshape(spec.shape)
+
+
+def class_index(value: Union[int, str], spec: ImageSpec) -> int:
+    """A request's class (its index, or its name in spec.labels) -> its index; a ValueError that
+    says which classes the model has."""
+    if not spec.labels:
+        raise ValueError("this model has no classes: it was trained on unlabelled images")
+    n = len(spec.labels)
+    if isinstance(value, str):
+        if value in spec.labels:
+            return spec.labels.index(value)
+        names = ", ".join(spec.labels[:20]) + (f", ... ({n} in all)" if n > 20 else "")
+        raise ValueError(f"unknown class {value!r}; this model's classes: {names}")
+    if not 0 <= value < n:
+        raise ValueError(f"class index must be in 0..{n - 1} (this model has {n} classes), got {value}")
+    return value
+
+
+# The spec that ImageIn and ClassIn check against while an ImageRequest is validated (a field's
+# validator cannot see the model class it belongs to; ImageRequest sets this around validation).
+_SPEC: ContextVar[Optional[ImageSpec]] = ContextVar("genray_request_spec", default=ImageSpec())
+
+
+def _check_image(value: Union[str, list]) -> Union[str, list]:
+    spec = _SPEC.get()
+    if spec is not None:
+        image_tensor(value, spec)
+    elif isinstance(value, str):  # for any model, still base64 of a readable image
+        try:
+            with Image.open(io.BytesIO(_base64(value))) as img:
+                img.verify()
+        except ValueError:
+            raise
+        except Exception:
+            raise ValueError(UNREADABLE) from None
+    return value
+
+
+def _check_class(value: Any) -> Union[int, str]:
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        raise ValueError(f"a class is its index (an integer) or its name (a string), got {value!r}")
+    spec = _SPEC.get()
+    if spec is not None:
+        return class_index(value, spec)
+    if isinstance(value, int) and value < 0:
+        raise ValueError(f"a class index is >= 0, got {value}")
     return value
 
 
 ImageIn = Annotated[Union[str, list[list[Pixel]], list[list[list[Pixel]]]], AfterValidator(_check_image)]
+ClassIn = Annotated[Union[int, str], PlainValidator(_check_class, json_schema_input_type=Union[int, str])]
+
+
+def _validated_against(spec: Optional[ImageSpec], data: Any, handler: Any) -> Any:
+    # A module function, not the validator's body: the deployment's request classes travel to
+    # its replicas by value, with the globals their validators name, and a ContextVar does not pickle.
+    token = _SPEC.set(spec)
+    try:
+        return handler(data)
+    finally:
+        _SPEC.reset(token)
 
 
 class StrictModel(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-def images_to_tensor(images: list) -> torch.Tensor:
-    """Validated images (see ImageIn) -> (B, 1, 28, 28) float32."""
-    out = []
-    for value in images:
-        if isinstance(value, str):
-            out.append(from_png(base64.b64decode(value), IMAGE_HW))
-        else:
-            t = torch.tensor(value, dtype=torch.float32)
-            out.append(t.reshape(1, *IMAGE_HW))
-    return torch.stack(out)
+class ImageRequest(StrictModel):
+    """A request whose ImageIn and ClassIn fields are checked against `spec`, the images a model
+    takes (the digits' 1x28x28 here). `for_spec` gives the same request for another model; for
+    spec None, for any model: the image deployment takes those, since its routes exist before a
+    replica loads its model, and checks the rest against that model (images_to_tensor,
+    class_to_index), the way it checks a code's size."""
+
+    spec: ClassVar[Optional[ImageSpec]] = ImageSpec()
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _against_spec(cls, data: Any, handler: Any) -> Any:
+        return _validated_against(cls.spec, data, handler)
+
+    @classmethod
+    def for_spec(cls, spec: Optional[ImageSpec]) -> type["ImageRequest"]:
+        written = _WRITTEN.get(cls, cls)  # the class as defined in code
+        return written if spec == written.spec else _specialised(written, spec)
+
+
+_WRITTEN: dict[type, type] = {}  # a class made by _specialised -> the class it was made from
+
+
+@functools.lru_cache(maxsize=None)
+def _specialised(cls: type[ImageRequest], spec: Optional[ImageSpec]) -> type[ImageRequest]:
+    # Named as the class itself: the name is what a deployment's OpenAPI schema shows.
+    made = type(cls.__name__, (cls,), {"spec": spec, "__module__": cls.__module__, "__qualname__": cls.__qualname__})
+    _WRITTEN[made] = cls
+    return made
+
+
+def _bad_field(field: str, check: Callable[[], Any]) -> Any:
+    try:
+        return check()
+    except ValueError as err:
+        raise BadRequest(f"{field}: {err}") from None
+
+
+def images_to_tensor(images: list, spec: ImageSpec = ImageSpec(), field: str = "images") -> torch.Tensor:
+    """Request images (see ImageIn) -> (B, C, S, S) float32 for a model of `spec`; an image of
+    another shape is a 422 that names it (`field`.i) and both shapes."""
+    return torch.stack([_bad_field(f"{field}.{i}", lambda v=v: image_tensor(v, spec)) for i, v in enumerate(images)])
+
+
+def image_to_tensor(image: Union[str, list], spec: ImageSpec, field: str) -> torch.Tensor:
+    """One request image (field `field`) -> (C, S, S), as images_to_tensor."""
+    return _bad_field(field, lambda: image_tensor(image, spec))
+
+
+def classes_to_tensor(values: list, spec: ImageSpec, field: str) -> torch.Tensor:
+    """Request classes (indices or names) -> their indices (B,); an unknown one is a 422 naming it."""
+    return torch.tensor([_bad_field(f"{field}.{i}", lambda v=v: class_index(v, spec)) for i, v in enumerate(values)],
+                        dtype=torch.long)
+
+
+def class_to_index(value: Union[int, str], spec: ImageSpec, field: str) -> int:
+    """One request class (field `field`) -> its index, as classes_to_tensor."""
+    return _bad_field(field, lambda: class_index(value, spec))
 
 
 def encode_images(images: torch.Tensor, fmt: str) -> Union[dict[str, Any], Response]:
@@ -182,7 +323,7 @@ class SampleRequest(StrictModel):
     format: FastImageFormat = "png"
 
 
-class EncodeRequest(StrictModel):
+class EncodeRequest(ImageRequest):
     images: list[ImageIn] = Field(min_length=1, max_length=MAX_IMAGES)
 
 
@@ -205,5 +346,5 @@ def sample_many(family, requests: list[tuple[int, Optional[int]]]) -> list[torch
     however it was batched."""
     codes = [family.prior_codes(n, seed) for n, seed in requests]
     with torch.inference_mode():
-        images = family.decode(torch.cat(codes))  # (sum n, 1, 28, 28)
+        images = family.decode(torch.cat(codes))  # (sum n, C, S, S)
     return list(images.split([n for n, _ in requests]))

@@ -3,16 +3,22 @@
 Each capability a family declares (Family.capabilities; genray.families.base.CAPABILITIES) is
 one endpoint:
     sample          POST /sample          n images from the prior, optionally seeded (batched)
-    sample_digit    POST /sample          n images of a given digit (batched)
+    sample_digit    POST /sample          n images of a given class, by index or name (batched)
     encode          POST /encode          codes of images: {"z"}, or {"mu", "logvar"} of q(z|x)
     decode          POST /decode          images of codes (batched)
     reconstruct     POST /reconstruct     the images through the autoencoder
     denoise         POST /denoise         noisy images cleaned, or clean ones corrupted first
     interpolate     POST /interpolate     images decoded between the codes of two images
-    style_transfer  POST /style_transfer  each image's handwriting drawn as another digit
-beside GET / (family, epoch, latent_dim, the family's `info_fields`, metrics, endpoints) and
-make_api's GET /healthz. The request models and each endpoint's math are plain functions (here and in
-genray.deploy.common) that tests call without Serve.
+    style_transfer  POST /style_transfer  each image's style drawn as another class
+beside GET / (family, epoch, latent_dim, image_shape, labels, the family's `info_fields`, metrics,
+endpoints) and make_api's GET /healthz. The request models and each endpoint's math are plain
+functions (here and in genray.deploy.common) that tests call without Serve.
+
+Images come and go in the model's shape, family.spec.shape = (C, S, S): in as base64 PNG/JPEG
+(converted to C channels) or nested lists (C, S, S) ((S, S) for grey), out as PNGs (RGB for
+C = 3), lists (B, C, S, S) ((B, S, S) for grey) or .npy arrays (B, C, S, S). The routes exist
+before a replica loads its model, so they take the any-model requests (ImageRequest.for_spec
+(None)) and each endpoint checks the images' shape and the classes against the loaded model.
 
 `image_deployment(name, family class)` builds the Serve deployment: a class with one method per
 endpoint, named as its path, on its own FastAPI app. The class carries the family class to the
@@ -24,7 +30,7 @@ configure it: the family's name in capitals + "Deployment" (VAEDeployment).
 # No `from __future__ import annotations`: the endpoints' request annotations must be the
 # classes themselves, for FastAPI and for `genray bench perf`, which reads them.
 import functools
-from typing import Annotated, Any, Literal, Optional
+from typing import Any, Literal, Optional, Union
 
 import torch
 from pydantic import Field, ValidationInfo, field_validator
@@ -34,15 +40,19 @@ from genray import checkpoint
 from genray.deploy.common import (
     MAX_IMAGES,
     BadRequest,
+    ClassIn,
     DecodeRequest,
     EncodeRequest,
     ImageFormat,
     ImageIn,
+    ImageRequest,
     SampleRequest,
-    StrictModel,
+    class_to_index,
+    classes_to_tensor,
     codes_to_tensor,
     deployment,
     encode_images,
+    image_to_tensor,
     images_to_tensor,
     make_api,
     sample_many,
@@ -52,23 +62,36 @@ from genray.families.base import CAPABILITIES, Family
 # A batch is whatever queued while the previous one ran: a lone request never waits for company.
 BATCH = {"max_batch_size": 32, "batch_wait_timeout_s": 0.0}
 
-# A digit is a JSON integer 0..9: strict, so true or 3.5 is an error rather than 1 or 3.
-Digit = Annotated[int, Field(ge=0, le=9, strict=True)]
+class DigitSampleRequest(ImageRequest):
+    """n images of one class: `label`, its index or its name, or `digit`, its index (the key of
+    the digits models, which name their classes "0".."9")."""
 
-
-class DigitSampleRequest(StrictModel):
-    digit: Digit
+    label: Optional[ClassIn] = None
+    digit: Optional[ClassIn] = Field(None, validate_default=True)
     n: int = Field(16, ge=1, le=MAX_IMAGES)
     seed: Optional[int] = Field(None, ge=0, le=2**63 - 1)
     format: ImageFormat = "png"
 
+    @field_validator("digit")
+    @classmethod
+    def _one_class(cls, digit: Optional[Union[int, str]], info: ValidationInfo) -> Optional[Union[int, str]]:
+        if "label" not in info.data:
+            return digit  # `label` itself was invalid and has its own error
+        if (digit is None) == (info.data["label"] is None):
+            raise ValueError("give the class to draw: `label` (its index or name) or `digit` (its index), one of them")
+        return digit
 
-class ReconstructRequest(StrictModel):
+    def wanted(self) -> tuple[str, Union[int, str]]:
+        """(the field that names the class, its value)."""
+        return ("digit", self.digit) if self.digit is not None else ("label", self.label)
+
+
+class ReconstructRequest(ImageRequest):
     images: list[ImageIn] = Field(min_length=1, max_length=MAX_IMAGES)
     format: ImageFormat = "png"
 
 
-class DenoiseRequest(StrictModel):
+class DenoiseRequest(ImageRequest):
     images: list[ImageIn] = Field(min_length=1, max_length=MAX_IMAGES)
     # False: the images are already noisy, clean them. True: corrupt them first (seeded), to
     # see what the model does with the noise it was trained on, or with the noise named here.
@@ -80,18 +103,20 @@ class DenoiseRequest(StrictModel):
     format: ImageFormat = "png"
 
 
-class InterpolateRequest(StrictModel):
+class InterpolateRequest(ImageRequest):
     a: ImageIn
     b: ImageIn
     steps: int = Field(8, ge=2, le=64)
     format: ImageFormat = "png"
 
 
-class StyleTransferRequest(StrictModel):
+class StyleTransferRequest(ImageRequest):
+    """Classes are indices or names, as in DigitSampleRequest."""
+
     images: list[ImageIn] = Field(min_length=1, max_length=MAX_IMAGES)
-    labels: list[Digit] = Field(min_length=1, max_length=MAX_IMAGES)  # the digit each image shows
-    digit: Optional[Digit] = None  # draw every image as this digit ...
-    digits: Optional[list[Digit]] = Field(None, validate_default=True)  # ... or image i as digits[i]
+    labels: list[ClassIn] = Field(min_length=1, max_length=MAX_IMAGES)  # the class each image shows
+    digit: Optional[ClassIn] = None  # draw every image as this class ...
+    digits: Optional[list[ClassIn]] = Field(None, validate_default=True)  # ... or image i as digits[i]
     format: ImageFormat = "png"
 
     # Field validators run in declaration order, so `images` (and `digit`) are in info.data when
@@ -118,21 +143,15 @@ class StyleTransferRequest(StrictModel):
             raise ValueError(f"expected one target digit per image ({len(images)}), got {len(digits)}")
         return digits
 
-    def targets(self) -> torch.Tensor:
-        """The digit to draw each image as, (B,)."""
-        if self.digits is not None:
-            return torch.tensor(self.digits, dtype=torch.long)
-        return torch.full((len(self.images),), self.digit, dtype=torch.long)
-
 
 # --- each endpoint's math, without HTTP ---------------------------------------------------------
 
 def sample_digits_many(family, requests: list[tuple[int, int, Optional[int]]]) -> list[torch.Tensor]:
-    """Decode all (digit, n, seed) requests in one forward pass. Each request's codes come from
-    its own seed, so a seeded request gets the same images however it was batched."""
+    """Decode all (class index, n, seed) requests in one forward pass. Each request's codes come
+    from its own seed, so a seeded request gets the same images however it was batched."""
     codes = torch.cat([family.prior_codes(n, seed) for _, n, seed in requests])  # (sum n, latent)
     digits = torch.cat([torch.full((n,), digit, dtype=torch.long) for digit, n, _ in requests])
-    images = family.decode(codes, digits)  # (sum n, 1, 28, 28)
+    images = family.decode(codes, digits)  # (sum n, C, S, S)
     return list(images.split([n for _, n, _ in requests]))
 
 
@@ -146,7 +165,7 @@ def decode_many(family, codes: list[torch.Tensor]) -> list[torch.Tensor]:
 
 def encoded(family, req: EncodeRequest) -> dict:
     """The /encode answer: {"z": codes} of a deterministic encoder, {"mu", "logvar"} of q(z|x)."""
-    codes = family.encode(images_to_tensor(req.images))
+    codes = family.encode(images_to_tensor(req.images, family.spec))
     if isinstance(codes, tuple):
         mu, logvar = codes
         return {"mu": mu.tolist(), "logvar": logvar.tolist()}
@@ -154,8 +173,8 @@ def encoded(family, req: EncodeRequest) -> dict:
 
 
 def denoise_images(family, req: DenoiseRequest) -> tuple[torch.Tensor, torch.Tensor]:
-    """(the network's input, its reconstruction), each (B, 1, 28, 28): the /denoise math."""
-    x = images_to_tensor(req.images)
+    """(the network's input, its reconstruction), each (B, C, S, S): the /denoise math."""
+    x = images_to_tensor(req.images, family.spec)
     if req.add_noise and req.noise is None and not family.cfg.denoising:
         raise BadRequest("noise: this model was trained without noise; name the noise to add "
                          "('gaussian' or 'masking') and its noise_level")
@@ -163,12 +182,29 @@ def denoise_images(family, req: DenoiseRequest) -> tuple[torch.Tensor, torch.Ten
 
 
 def style_transfer_images(family, req: StyleTransferRequest) -> torch.Tensor:
-    """The /style_transfer math: image i's handwriting drawn as its target digit, (B, 1, 28, 28)."""
-    x = images_to_tensor(req.images)
-    return family.style_transfer(x, torch.tensor(req.labels, dtype=torch.long), req.targets())
+    """The /style_transfer math: image i's style drawn as its target class, (B, C, S, S)."""
+    x = images_to_tensor(req.images, family.spec)
+    labels = classes_to_tensor(req.labels, family.spec, "labels")
+    if req.digits is not None:
+        targets = classes_to_tensor(req.digits, family.spec, "digits")
+    else:
+        targets = torch.full((len(x),), class_to_index(req.digit, family.spec, "digit"), dtype=torch.long)
+    return family.style_transfer(x, labels, targets)
+
+
+def sampled_class(family, req: DigitSampleRequest) -> int:
+    """The index of the class a /sample request of a conditional model asks for."""
+    field, value = req.wanted()
+    return class_to_index(value, family.spec, field)
 
 
 # --- the endpoints of each capability -----------------------------------------------------------
+
+def any_model(request: type[ImageRequest]) -> type[ImageRequest]:
+    """`request` as a route takes it: for any model's images and classes; the endpoint checks
+    them against the model its replica loaded."""
+    return request.for_spec(None)
+
 # Each function below returns fresh methods (Serve binds a FastAPI route to one class only):
 # the endpoint, named as its path, and the @serve.batch method it awaits, if any.
 
@@ -184,8 +220,8 @@ def _sample() -> dict[str, Any]:
 
 
 def _sample_digit() -> dict[str, Any]:
-    async def sample(self, req: DigitSampleRequest) -> dict:
-        return encode_images(await self.sample_batched((req.digit, req.n, req.seed)), req.format)
+    async def sample(self, req: any_model(DigitSampleRequest)) -> dict:
+        return encode_images(await self.sample_batched((sampled_class(self.family, req), req.n, req.seed)), req.format)
 
     @serve.batch(**BATCH)
     async def sample_batched(self, requests: list[tuple[int, int, Optional[int]]]) -> list[torch.Tensor]:
@@ -195,7 +231,7 @@ def _sample_digit() -> dict[str, Any]:
 
 
 def _encode() -> dict[str, Any]:
-    def encode(self, req: EncodeRequest) -> dict:
+    def encode(self, req: any_model(EncodeRequest)) -> dict:
         return encoded(self.family, req)
 
     return {"encode": encode}
@@ -214,14 +250,14 @@ def _decode() -> dict[str, Any]:
 
 
 def _reconstruct() -> dict[str, Any]:
-    def reconstruct(self, req: ReconstructRequest) -> dict:
-        return encode_images(self.family.reconstruct(images_to_tensor(req.images)), req.format)
+    def reconstruct(self, req: any_model(ReconstructRequest)) -> dict:
+        return encode_images(self.family.reconstruct(images_to_tensor(req.images, self.family.spec)), req.format)
 
     return {"reconstruct": reconstruct}
 
 
 def _denoise() -> dict[str, Any]:
-    def denoise(self, req: DenoiseRequest) -> dict:
+    def denoise(self, req: any_model(DenoiseRequest)) -> dict:
         noisy, clean = denoise_images(self.family, req)
         return {"noisy": encode_images(noisy, req.format), "denoised": encode_images(clean, req.format)}
 
@@ -229,15 +265,15 @@ def _denoise() -> dict[str, Any]:
 
 
 def _interpolate() -> dict[str, Any]:
-    def interpolate(self, req: InterpolateRequest) -> dict:
-        pair = images_to_tensor([req.a, req.b])
-        return encode_images(self.family.interpolate(pair[0], pair[1], req.steps), req.format)
+    def interpolate(self, req: any_model(InterpolateRequest)) -> dict:
+        a, b = (image_to_tensor(image, self.family.spec, field) for image, field in ((req.a, "a"), (req.b, "b")))
+        return encode_images(self.family.interpolate(a, b, req.steps), req.format)
 
     return {"interpolate": interpolate}
 
 
 def _style_transfer() -> dict[str, Any]:
-    def style_transfer(self, req: StyleTransferRequest) -> dict:
+    def style_transfer(self, req: any_model(StyleTransferRequest)) -> dict:
         return encode_images(style_transfer_images(self.family, req), req.format)
 
     return {"style_transfer": style_transfer}
@@ -280,8 +316,9 @@ def image_deployment(name: str, family_cls: type[Family]):
     paths = [ENDPOINTS[c][0] for c in capabilities]
 
     def info(self) -> dict:
-        cfg = self.family.cfg
+        cfg, spec = self.family.cfg, self.family.spec
         return {"family": self.ckpt.family, "epoch": self.ckpt.epoch, "latent_dim": cfg.latent_dim,
+                "image_shape": list(spec.shape), "labels": list(spec.labels) if spec.labels else None,
                 **{field: getattr(cfg, field) for field in family_cls.info_fields},
                 "metrics": self.ckpt.metrics, "endpoints": paths}
 
