@@ -14,8 +14,11 @@ Train worker is handed (`ShardBatches`).
 Every file belongs to the train or the validation split by a seeded hash of its name inside
 the source (a Parquet row: of its image bytes), so the split never changes between epochs,
 runs, workers or copies of the folder. A row is an image (C, S, S) uint8, its label (int64;
--1 for unlabelled images) and `bad`, set for a file that is not a usable image and was
-skipped (data.on_bad_file: skip); batches come out as float32 images in [0, 1].
+-1 for unlabelled images) and `error`: "" for a usable image, else what is wrong with the file.
+The reader of the rows (ShardBatches on a worker, read_source here) raises that error, or with
+data.on_bad_file: skip leaves the row out and counts it. Decoding never raises inside Ray
+Data's tasks, so the error reaches the user as the DataError it is, not as a failed task.
+Batches come out as float32 images in [0, 1].
 """
 
 from __future__ import annotations
@@ -126,13 +129,12 @@ def resolve_source(source: FileSource, cfg: DataConfig) -> DataConfig:
     labels = folder_labels(source, cfg.labels) if source.kind == "images" else parquet_labels(source, cfg)
     if cfg.image_size is not None and cfg.channels is not None and cfg.resize is not None:
         return cfg.model_copy(update={"labels": list(labels or [])})
-    first = source.names[0]
-    image = _open(first_image_bytes(source, cfg), first_name(source, cfg))
+    name, image = first_image(source, cfg)
     size = cfg.image_size
     if size is None:
         w, h = image.size
         if w != h or not (16 <= w <= 256) or w % 4:
-            raise DataError(f"{first_name(source, cfg)} is {w}x{h}; the first image sets the size of a set whose "
+            raise DataError(f"{name} is {w}x{h}; the first image sets the size of a set whose "
                             f"data.image_size is unset, and that must be square, 16 to 256 and a multiple of 4: "
                             f"set data.image_size (e.g. 64) to resize every image")
         size = w
@@ -232,21 +234,31 @@ def parquet_labels(source: FileSource, cfg: DataConfig) -> tuple[str, ...] | Non
     return tuple(sorted(distinct))
 
 
-def first_image_bytes(source: FileSource, cfg: DataConfig) -> bytes:
+def first_image(source: FileSource, cfg: DataConfig):
+    """(name, PIL image) of the source's first image: the first usable one when skipping bad files."""
+    for data, name in _encoded_images(source, cfg):
+        try:
+            return name, _open(data, name)
+        except BadImage as err:
+            if cfg.on_bad_file == "error":
+                raise BadImage(f"{err}; fix or remove it, or set data.on_bad_file: skip") from None
+    raise DataError(f"{source.root}: no usable image (every file was skipped as bad)")
+
+
+def _encoded_images(source: FileSource, cfg: DataConfig) -> Iterator[tuple[bytes, str]]:
+    """The source's encoded images in order, with their names, read one at a time."""
     if source.kind == "images":
-        return source.location(source.names[0]).read_bytes()
+        for name in source.names:
+            yield source.location(name).read_bytes(), str(source.location(name))
+        return
     import pyarrow.parquet as pq
 
-    with source.filesystem().open_input_file(source.arrow_paths()[0]) as f:
-        for batch in pq.ParquetFile(f).iter_batches(batch_size=1, columns=[cfg.image_column]):
-            if batch.num_rows:
-                return _image_bytes(batch.column(0)[0].as_py())
-    raise DataError(f"{source.location(source.names[0])}: no rows in column {cfg.image_column!r}")
-
-
-def first_name(source: FileSource, cfg: DataConfig) -> str:
-    where = source.location(source.names[0])
-    return str(where) if source.kind == "images" else f"{where} (column {cfg.image_column!r}, first row)"
+    fs = source.filesystem()
+    for name, path in zip(source.names, source.arrow_paths()):
+        with fs.open_input_file(path) as f:
+            for batch in pq.ParquetFile(f).iter_batches(batch_size=16, columns=[cfg.image_column]):
+                for cell in batch.column(0).to_pylist():
+                    yield _image_bytes(cell), f"{source.location(name)} (a row of column {cfg.image_column!r})"
 
 
 # --- decoding ------------------------------------------------------------------------------------
@@ -307,23 +319,27 @@ def _image_bytes(value: Any) -> bytes:
     return value.get("bytes") if isinstance(value, dict) else value
 
 
-def in_val(key: bytes, seed: int, val_fraction: float) -> bool:
-    """Whether the file (or row) with this key is a validation one: a seeded hash, uniform in [0, 1)."""
+def seeded_hash(key: bytes, seed: int) -> float:
+    """A file's (or row's) place in a seeded shuffle: uniform in [0, 1)."""
     digest = hashlib.blake2b(key, digest_size=8, salt=seed.to_bytes(8, "little")).digest()
-    return int.from_bytes(digest, "little") / 2.0**64 < val_fraction
+    return int.from_bytes(digest, "little") / 2.0**64
+
+
+def in_val(key: bytes, seed: int, val_fraction: float) -> bool:
+    """Whether the Parquet row with these image bytes is a validation one."""
+    return seeded_hash(key, seed) < val_fraction
 
 
 def split_names(source: FileSource, cfg: DataConfig) -> tuple[list[str], list[str]]:
-    """(train, val) files of an image folder, each in the order of their hash (a seeded
-    shuffle, so data.limit keeps a random subset)."""
-    keyed = sorted((hashlib.blake2b(n.encode(), digest_size=8).digest(), n) for n in source.names)
-    val = [n for _, n in keyed if in_val(n.encode(), cfg.split_seed, cfg.val_fraction)]
-    chosen = set(val)
-    train = [n for _, n in keyed if n not in chosen]
-    if not val or not train:
-        raise DataError(f"data.val_fraction={cfg.val_fraction} puts {len(val)} of the {len(source.names)} files of "
-                        f"{source.root} in the validation split and {len(train)} in the training split; each needs "
-                        f"at least one: add images or change data.val_fraction")
+    """(train, val) files of an image folder: shuffled by a seeded hash of their names, the
+    first val_fraction of them (at least one) are the validation files, as the in-memory sets
+    are split. data.limit keeps the first training files: a random subset."""
+    names = sorted(source.names, key=lambda n: seeded_hash(n.encode(), cfg.split_seed))
+    n_val = max(1, round(len(names) * cfg.val_fraction))
+    if n_val >= len(names):
+        raise DataError(f"data.val_fraction={cfg.val_fraction} leaves no training images out of the "
+                        f"{len(names)} files of {source.root}: add images or lower data.val_fraction")
+    train, val = names[n_val:], names[:n_val]
     return (train[: cfg.limit] if cfg.limit is not None else train), val
 
 
@@ -335,7 +351,6 @@ class Decoder:
 
     spec: ImageSpec
     resize: str
-    skip_bad: bool
     root: str  # the source folder's pyarrow path: a file's class is its first folder below it
     image_column: str = "image"
     label_column: str | None = None
@@ -345,8 +360,7 @@ class Decoder:
     @classmethod
     def of(cls, source: FileSource, cfg: DataConfig) -> Decoder:
         """The decoder of a resolved config."""
-        return cls(spec=cfg.spec(), resize=cfg.resize, skip_bad=cfg.on_bad_file == "skip",
-                   root=source.root.pyarrow_path, image_column=cfg.image_column,
+        return cls(spec=cfg.spec(), resize=cfg.resize, root=source.root.pyarrow_path, image_column=cfg.image_column,
                    label_column=cfg.label_column if cfg.labels else None,
                    val_fraction=cfg.val_fraction, split_seed=cfg.split_seed)
 
@@ -359,22 +373,20 @@ class Decoder:
         return array[None] if array.ndim == 2 else array.transpose(2, 0, 1)
 
     def rows(self, items: list[tuple[Any, str, int | str]]) -> dict[str, np.ndarray]:
-        """(data, name, label) triples as a batch; a bad one raises, or is a `bad` row of zeros
-        when skipping. `label` is the row's label, or a BadImage message to raise."""
+        """(data, name, label) triples as a batch; a bad one is a row of zeros with its error.
+        `label` is the row's label, or the message of a label that is no class."""
         c, s = self.spec.channels, self.spec.size
         images = np.zeros((len(items), c, s, s), dtype=np.uint8)
         labels = np.full(len(items), NO_LABEL, dtype=np.int64)
-        bad = np.zeros(len(items), dtype=bool)
+        errors = np.full(len(items), "", dtype=object)
         for i, (data, name, label) in enumerate(items):
             try:
                 if isinstance(label, str):
                     raise BadImage(label)
                 images[i], labels[i] = self.image(data, name), label
-            except BadImage:
-                if not self.skip_bad:
-                    raise
-                bad[i] = True
-        return {"image": images, "label": labels, "bad": bad}
+            except BadImage as err:
+                errors[i] = str(err)
+        return {"image": images, "label": labels, "error": errors}
 
     def label_of_file(self, path: str) -> int | str:
         """The label of an image-folder file from its class subfolder (or a message: not a class)."""
@@ -456,15 +468,18 @@ def read_source(source: FileSource, cfg: DataConfig) -> tuple[TensorDataset, Ten
             batch["path"] = np.asarray([path] * table.num_rows, dtype=object)
             for split in parts:
                 parts[split].append(decoder.parquet(batch, split))
-        train, val = ({k: np.concatenate([p[k] for p in parts[s]]) for k in ("image", "label", "bad")}
+        train, val = ({k: np.concatenate([p[k] for p in parts[s]]) for k in ("image", "label", "error")}
                       for s in ("train", "val"))
         if cfg.limit is not None:
             train = {k: v[: cfg.limit] for k, v in train.items()}
-    skipped = int(train["bad"].sum() + val["bad"].sum())
-    if skipped:
-        warnings.warn(f"{source.root}: skipped {skipped} files that are not usable images (data.on_bad_file: skip)")
-    sets = tuple(TensorDataset(torch.from_numpy(rows["image"][~rows["bad"]]).float().div_(255.0),
-                               torch.from_numpy(rows["label"][~rows["bad"]])) for rows in (train, val))
+    errors = [e for rows in (train, val) for e in rows["error"] if e]
+    if errors and cfg.on_bad_file == "error":
+        raise BadImage(f"{errors[0]}; fix or remove it, or set data.on_bad_file: skip")
+    if errors:
+        warnings.warn(f"{source.root}: skipped {len(errors)} files that are not usable images "
+                      f"(data.on_bad_file: skip), the first: {errors[0]}")
+    sets = tuple(TensorDataset(torch.from_numpy(rows["image"][rows["error"] == ""]).float().div_(255.0),
+                               torch.from_numpy(rows["label"][rows["error"] == ""])) for rows in (train, val))
     for name, data in zip(("training", "validation"), sets):
         if len(data) == 0:
             raise DataError(f"{source.root}: no usable {name} images (data.val_fraction={cfg.val_fraction})")
@@ -478,16 +493,27 @@ class ShardBatches:
     ray.data.DataIterator) that Ray Train hands the worker, read once per epoch.
 
     `epoch(e)` yields [images (B, C, S, S) float32 in [0, 1], labels (B,)] on the worker's
-    device, bad rows dropped (counted in `skipped`). With a shuffle buffer, rows are mixed anew
-    each epoch, seeded by (seed, epoch, rank). `first` is the first batch of the last epoch.
+    device. A bad file raises its DataError, or when skipping (data.on_bad_file: skip) its row
+    is dropped and counted in `skipped`. With a shuffle buffer, rows are mixed anew each epoch,
+    seeded by (seed, epoch, rank). `first` is the first batch of the last epoch.
     """
 
-    def __init__(self, shard, *, batch_size: int, prefetch_batches: int, shuffle_buffer: int = 0,
-                 seed: int = 0, rank: int = 0):
+    def __init__(self, shard, *, batch_size: int, prefetch_batches: int, skip_bad: bool,
+                 shuffle_buffer: int = 0, seed: int = 0, rank: int = 0):
         self.shard, self.batch_size, self.prefetch_batches = shard, batch_size, prefetch_batches
-        self.shuffle_buffer, self.seed, self.rank = shuffle_buffer, seed, rank
+        self.skip_bad, self.shuffle_buffer, self.seed, self.rank = skip_bad, shuffle_buffer, seed, rank
         self.skipped = 0
         self.first: list[torch.Tensor] | None = None
+        self.error: str | None = None  # what was wrong with the first bad row collated
+
+    def collate(self, columns: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
+        """A numpy batch as tensors, in Ray Data's prefetching thread; the first error message (a
+        string, which no tensor holds) is kept here."""
+        bad = columns["error"] != ""
+        if bad.any() and self.error is None:
+            self.error = str(columns["error"][bad][0])
+        return {"image": torch.from_numpy(columns["image"]), "label": torch.from_numpy(columns["label"]),
+                "bad": torch.from_numpy(np.asarray(bad, dtype=bool))}
 
     def epoch(self, epoch: int) -> Iterator[list[torch.Tensor]]:
         self.skipped, self.first = 0, None
@@ -495,10 +521,12 @@ class ShardBatches:
         if self.shuffle_buffer:
             seed = int(np.random.SeedSequence([self.seed, epoch, self.rank]).generate_state(1)[0])
             shuffle = {"local_shuffle_buffer_size": self.shuffle_buffer, "local_shuffle_seed": seed}
-        for columns in self.shard.iter_torch_batches(batch_size=self.batch_size,
+        for columns in self.shard.iter_torch_batches(batch_size=self.batch_size, collate_fn=self.collate,
                                                      prefetch_batches=self.prefetch_batches, **shuffle):
             images, labels, bad = columns["image"], columns["label"], columns["bad"]
             if bad.any():
+                if not self.skip_bad:
+                    raise BadImage(f"{self.error}; fix or remove it, or set data.on_bad_file: skip")
                 self.skipped += int(bad.sum())
                 images, labels = images[~bad], labels[~bad]
             batch = [images.float().div_(255.0), labels]

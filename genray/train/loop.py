@@ -171,11 +171,11 @@ def run_loop(config: LoopConfig, session: Session) -> None:
     torch.manual_seed(cfg.train.seed * 1000 + rank + 7919 * start_epoch)
     if streamed:
         train_data = ShardBatches(session.dataset_shard("train"), batch_size=cfg.train.batch_size,
-                                  prefetch_batches=cfg.data.prefetch_batches, shuffle_buffer=cfg.data.shuffle_buffer,
-                                  seed=cfg.train.seed, rank=rank)
+                                  prefetch_batches=cfg.data.prefetch_batches, skip_bad=cfg.data.on_bad_file == "skip",
+                                  shuffle_buffer=cfg.data.shuffle_buffer, seed=cfg.train.seed, rank=rank)
         # Each rank evaluates its share of the validation shard; counts and sums are all-reduced.
-        val_data = ShardBatches(session.dataset_shard("val"), batch_size=256,
-                                prefetch_batches=cfg.data.prefetch_batches)
+        val_data = ShardBatches(session.dataset_shard("val"), batch_size=256, prefetch_batches=cfg.data.prefetch_batches,
+                                skip_bad=cfg.data.on_bad_file == "skip")
         val_total = None
         steps_per_epoch = max(1, math.ceil(config.streamed_rows / world / cfg.train.batch_size))  # for fractional epochs
         preview_batch = None  # the first validation batch, once evaluated
