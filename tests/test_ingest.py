@@ -48,11 +48,10 @@ def parquet_file(path, per_class: int = 10, labels: list | None = None, extra_ro
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    images = [png(picture(label, i)) for label in range(2) for i in range(per_class)]
-    names = labels or [CLASSES[label] for label in range(2) for _ in range(per_class)]
-    for image, name in extra_rows or []:
-        images.append(image)
-        names.append(name)
+    # Extra rows go first: Ray Train's equal split may drop a split's last rows (fewer than the workers).
+    extra = extra_rows or []
+    images = [image for image, _ in extra] + [png(picture(label, i)) for label in range(2) for i in range(per_class)]
+    names = [name for _, name in extra] + (labels or [CLASSES[label] for label in range(2) for _ in range(per_class)])
     pq.write_table(pa.table({"image": pa.array(images, pa.binary()), "label": names}), path)
     return path
 

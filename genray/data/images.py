@@ -122,7 +122,10 @@ class DataConfig(BaseModel):
 def resolve(cfg: DataConfig) -> DataConfig:
     """The config with image_size, channels and labels (and for files resize) filled in from
     its source, so that a run's stored config (and its checkpoints) say what images the
-    networks were built for. A resolved config is returned as it is."""
+    networks were built for. A config that names all three is returned as it is: a training
+    worker never lists the source again (nor needs the driver's access to it)."""
+    if cfg.image_size is not None and cfg.channels is not None and cfg.labels is not None:
+        return cfg
     # genray.data.files builds on this module's DataConfig: imported here, not at the top.
     from genray.data import files
 

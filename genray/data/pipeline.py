@@ -39,7 +39,8 @@ class Streams:
 
     def data_config(self) -> ray.train.DataConfig:
         """Every worker gets an equal share of both splits: the same number of training steps
-        (DDP needs it) and a part of the validation set (its sums are all-reduced)."""
+        (DDP needs it) and a part of the validation set (its sums are all-reduced). Equal shares
+        leave out a split's last rows each epoch, fewer than the workers."""
         return ray.train.DataConfig(datasets_to_split=list(self.datasets))
 
 
