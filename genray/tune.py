@@ -81,8 +81,9 @@ class SearchSpec:
 
 
 def load_space(family: str, spec: str | None, data: Any = None) -> SearchSpec:
-    """A YAML search space: a path, or None for the family's packaged default. Its metric, when
-    it names none, is the one that ranks the family on `data` (the search's resolved data config)."""
+    """A YAML search space: a path, or None for the family's packaged default. When it names the
+    family's own metric (or none) and `data` (the search's resolved data config) cannot give
+    that one, the metric that ranks the family on that data."""
     if spec is None:
         packaged = resources.files("genray.spaces") / f"{family}.yaml"
         if not packaged.is_file():
@@ -98,11 +99,14 @@ def load_space(family: str, spec: str | None, data: Any = None) -> SearchSpec:
     if unknown:
         raise ConfigError(f"space: unknown keys {sorted(unknown)}; expected space, mutations, metric, mode")
     fam = get_family(family)
+    metric, mode = raw.get("metric", fam.metric), raw.get("mode", fam.mode)
+    if data is not None and metric == fam.metric and fam.metric_for(data) != metric:
+        metric, mode = fam.metric_for(data), fam.mode  # e.g. no sample quality without labels
     return SearchSpec(
         space={k: to_domain(k, v) for k, v in (raw.get("space") or {}).items()},
         mutations={k: to_domain(k, v) for k, v in (raw.get("mutations") or {}).items()},
-        metric=raw.get("metric", fam.metric if data is None else fam.metric_for(data)),
-        mode=raw.get("mode", fam.mode),
+        metric=metric,
+        mode=mode,
     )
 
 

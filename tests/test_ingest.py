@@ -296,6 +296,19 @@ def test_an_s3_folder_reads_as_the_local_one_and_a_missing_prefix_is_named(s3, t
     assert resolve(DataConfig(source=str(parquet), label_column="label")).labels == list(CLASSES)
 
 
+def test_a_search_on_files_records_their_shape_and_ranks_by_what_the_data_allows(tmp_path):
+    from genray.tune import plan_search
+
+    root = image_folder(tmp_path / "pets", per_class=3)
+    spec, base, _ = plan_search("gan", space=None, scheduler="fifo", storage=str(tmp_path / "searches"),
+                                overrides=[f"data.source={root}", "data.labels=[]"])
+    assert (base.data.image_size, base.data.channels, base.data.labels) == (64, 3, [])
+    assert spec.metric == "val_moment_mse"  # sample quality needs labelled images
+    spec, base, _ = plan_search("gan", space=None, scheduler="fifo", storage=str(tmp_path / "searches"),
+                                overrides=[f"data.source={root}"])
+    assert spec.metric == "sample_fid" and base.data.labels == list(CLASSES)
+
+
 # --- streaming through Ray Data to Ray Train workers ---------------------------------------------------
 
 def streamed_run(family: str, source: str, storage, name: str, *more: str):
