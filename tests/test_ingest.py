@@ -13,7 +13,7 @@ from PIL import Image
 
 from genray.config import ConfigError, build_config
 from genray.data import DataConfig, DataError, load_images, resolve
-from genray.data.files import NO_LABEL, Decoder, ShardBatches, find_source, resolve_source, split_names
+from genray.data.files import NO_LABEL, Decoder, ShardBatches, find_source, split_names
 from genray.storage import Location
 
 from s3server import s3  # noqa: F401  (the fixture)
