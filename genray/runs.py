@@ -147,7 +147,8 @@ class RunDir:
 
     def best_checkpoint(self, which: str = "best", *, pattern: str = "checkpoint_*", metric: str | None = None,
                         mode: str | None = None) -> checkpoint.Checkpoint:
-        """The best checkpoint by `metric` (default: the family's), or the newest ("latest")."""
+        """The best checkpoint by `metric` (default: the one that ranks the family on the run's
+        data), or the newest ("latest")."""
         from genray.families import get_family
 
         found = self.checkpoints(pattern)
@@ -158,7 +159,8 @@ class RunDir:
         if which != "best":
             raise ValueError(f"which must be 'best' or 'latest', got {which!r}")
         family = get_family(found[0].family)
-        metric, mode = metric or family.metric, mode or family.mode
+        data = family.DataConfig.model_validate(found[0].config.get("data", {}))
+        metric, mode = metric or family.metric_for(data), mode or family.mode
         scored = [c for c in found if metric in c.metrics]
         if not scored:
             raise CheckpointError(f"no checkpoint in {self} reports {metric}")

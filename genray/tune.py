@@ -49,11 +49,13 @@ from ray.util.queue import Queue
 
 from genray import checkpoint
 from genray.config import ConfigError, RunConfig, apply_override
+from genray.data import DataConfig, resolve
 from genray.families import get_family
 from genray.metrics import store_root
 from genray.runs import RunDir
 from genray.storage import Location
 from genray.train import LoopConfig, failure_config_for, scaling_for, start_timeout_s, trainer_for
+from genray.train.driver import data_error_in, streams_of
 
 DOMAINS = {
     "loguniform": lambda a: tune.loguniform(*a),
@@ -78,8 +80,10 @@ class SearchSpec:
     mode: str
 
 
-def load_space(family: str, spec: str | None) -> SearchSpec:
-    """A YAML search space: a path, or None for the family's packaged default."""
+def load_space(family: str, spec: str | None, data: Any = None) -> SearchSpec:
+    """A YAML search space: a path, or None for the family's packaged default. When it names the
+    family's own metric (or none) and `data` (the search's resolved data config) cannot give
+    that one, the metric that ranks the family on that data."""
     if spec is None:
         packaged = resources.files("genray.spaces") / f"{family}.yaml"
         if not packaged.is_file():
@@ -95,11 +99,14 @@ def load_space(family: str, spec: str | None) -> SearchSpec:
     if unknown:
         raise ConfigError(f"space: unknown keys {sorted(unknown)}; expected space, mutations, metric, mode")
     fam = get_family(family)
+    metric, mode = raw.get("metric", fam.metric), raw.get("mode", fam.mode)
+    if data is not None and metric == fam.metric and fam.metric_for(data) != metric:
+        metric, mode = fam.metric_for(data), fam.mode  # e.g. no sample quality without labels
     return SearchSpec(
         space={k: to_domain(k, v) for k, v in (raw.get("space") or {}).items()},
         mutations={k: to_domain(k, v) for k, v in (raw.get("mutations") or {}).items()},
-        metric=raw.get("metric", fam.metric),
-        mode=raw.get("mode", fam.mode),
+        metric=metric,
+        mode=mode,
     )
 
 
@@ -111,10 +118,12 @@ def plan_search(family: str, *, space: str | None, scheduler: str, overrides: li
     <family>-<scheduler>-<time> unless `name` is given), which must not hold a search yet."""
     from genray.config import build_config
 
-    spec = load_space(family, space)
+    base = build_config(family, None, overrides)
+    if isinstance(base.data, DataConfig):  # every trial records the images' shape and classes
+        base = base.model_copy(update={"data": resolve(base.data)})
+    spec = load_space(family, space, base.data)
     if metric:
         spec.metric, spec.mode = metric, mode or spec.mode
-    base = build_config(family, None, overrides)
     search = RunDir(storage, name or f"{family}-{scheduler}-{time.strftime('%Y%m%d-%H%M%S')}")
     if search.search_spec_file.exists():
         raise ConfigError(f"search {search.name!r} exists in {storage}; continue it with --resume {search.name}")
@@ -248,12 +257,15 @@ def run_trial(config: dict[str, Any], base: dict[str, Any], train_storage: str, 
     _, fs = run_dir.storage.ray_storage(fs)
     channel = Queue(maxsize=4, actor_options={"num_cpus": 0})
     scaling = scaling_for(cfg, min_workers=1)
+    streams = streams_of(cfg)
     trainer = trainer_for(
-        LoopConfig(run=cfg, run_dir=run_dir, store=store, init_from=init_from, filesystem=fs),
+        LoopConfig(run=cfg, run_dir=run_dir, store=store, init_from=init_from, filesystem=fs,
+                   streamed_rows=streams.train_rows if streams is not None else None),
         scaling=scaling,
         checkpoint_config=CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints),
         failure_config=failure_config_for(cfg, TRIAL_START_TRIES),
         callbacks=[ToTune(channel), ControllerToTrial(channel)],
+        streams=streams,
     )
     if not run_dir.on_s3:
         run_dir.location.path.mkdir(parents=True, exist_ok=True)
@@ -275,7 +287,8 @@ def run_trial(config: dict[str, Any], base: dict[str, Any], train_storage: str, 
     finally:
         run.end()  # this thread failed: the run must not outlive the trial
     if "error" in outcome:
-        raise explain_start_failure(outcome["error"], trial_id, scaling, cfg) from outcome["error"]
+        raise (data_error_in(outcome["error"]) or explain_start_failure(outcome["error"], trial_id, scaling, cfg)) \
+            from outcome["error"]
 
 
 run_trial.__mixins__ = (EndsItsRun,)

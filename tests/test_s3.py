@@ -14,34 +14,7 @@ from typer.testing import CliRunner
 from genray import checkpoint, storage
 from genray.storage import Location, ObjectNotFound
 
-from conftest import free_port
-
-S3_ENV = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
-
-
-@pytest.fixture(scope="module")
-def s3(tmp_path_factory):
-    """moto's S3 on a free loopback port, with buckets `runs` and `models`; yields the env that
-    points the AWS chain at it (set in this process for the module's tests)."""
-    from moto.server import ThreadedMotoServer
-
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    env = {**S3_ENV, "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}"}
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("GENRAY_CACHE", str(tmp_path_factory.mktemp("cache")))  # local mirrors of s3 runs
-        for key in ("AWS_PROFILE", "AWS_ENDPOINT_URL_S3", "AWS_MAX_ATTEMPTS", "AWS_SESSION_TOKEN"):
-            mp.delenv(key, raising=False)
-        for key, value in env.items():
-            mp.setenv(key, value)
-        client = storage.s3_client()
-        for bucket in ("runs", "models"):
-            client.create_bucket(Bucket=bucket)
-        try:
-            yield env
-        finally:
-            server.stop()
+from s3server import s3  # noqa: F401  (the fixture)
 
 
 def test_missing_objects_are_clear_errors(s3):

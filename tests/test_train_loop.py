@@ -27,6 +27,8 @@ def test_loop_config_round_trips_through_rays_dict(tmp_path):
     back = LoopConfig.from_dict(config.to_dict())
     assert back.run == cfg and back.run_dir == config.run_dir and back.store == "models"
     assert back.init_from is None and back.filesystem is None and len(back.hooks) == 1
+    assert back.streamed_rows is None
+    assert LoopConfig.from_dict({**config.to_dict(), "streamed_rows": 40}).streamed_rows == 40
     assert back.local_run_folder == tmp_path / "r"
     with pytest.raises(ValueError, match="expected keys"):
         LoopConfig.from_dict({**config.to_dict(), "run_uri": "x"})
@@ -68,3 +70,23 @@ def test_an_in_process_run_calls_its_hooks_and_fills_its_folder(tmp_path):
     assert [h["epoch"] for h in run.history()] == [0, 1]
     assert [c.epoch for c in run.checkpoints()] == [0, 1] and checkpoint.load(run.history()[1]["checkpoint"]).epoch == 1
     assert list(run.tensorboard.glob("events.out.tfevents.*"))
+
+
+def test_an_in_process_run_reads_an_image_folder_and_records_its_shape(tmp_path):
+    """Without Ray a folder of files is read into memory; the checkpoint records the images' shape."""
+    import numpy as np
+    from PIL import Image
+
+    for label, name in enumerate(("a", "b")):
+        (tmp_path / "pics" / name).mkdir(parents=True)
+        for i in range(6):
+            pixels = np.random.default_rng(10 * label + i).integers(0, 256, (20, 20, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(tmp_path / "pics" / name / f"{i}.png")
+    cfg = build_config("ae", overrides=[f"data.source={tmp_path / 'pics'}", "data.image_size=16", "train.batch_size=4",
+                                        "train.epochs=1", "train.quality_every=0", "train.preview_every=0"])
+    run = RunDir(tmp_path, "files")
+    session = Session()
+    run_loop(LoopConfig(run=cfg, run_dir=run, store=str(tmp_path / "models")), session)
+    assert "data_skipped" not in session.reports[0]  # only streamed sets count skipped files
+    data = checkpoint.load(run.checkpoints()[-1].path, weights=False).config["data"]
+    assert (data["image_size"], data["channels"], data["labels"], data["resize"]) == (16, 3, ["a", "b"], "crop")

@@ -1,5 +1,6 @@
 """Image datasets: their config, and the in-memory sets (scikit-learn's digits, which ship in
-the package, and MNIST IDX files).
+the package, and MNIST IDX files). The user's own files (image folders, Parquet) are read by
+genray.data.files, and streamed to the training workers by genray.data.pipeline.
 
 In-memory sets come out as float32 images (N, C, S, S) in [0, 1] and int64 labels (N,), split
 deterministically into train and val. What a set holds is its `ImageSpec` (channels, side,
@@ -52,16 +53,37 @@ class ImageSpec:
 class DataConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    # "digits" (built in), or a folder / s3:// prefix holding MNIST IDX files.
+    # "digits" (built in); or a folder / s3:// prefix of MNIST IDX files, of images (PNG, JPEG,
+    # WebP; class subfolders give the labels, no subfolders: unlabelled) or of Parquet files; or
+    # one Parquet file. Files other than the built-ins and MNIST stream through Ray Data.
     source: str = "digits"
     # The side the images are brought to, 16 to 256 and a multiple of 4 (each down-sampling
-    # stage of the networks halves it); None: the source's own (28 for digits and MNIST).
+    # stage of the networks halves it); None: the source's own (28 for digits and MNIST, the
+    # first image's side for files).
     image_size: int | None = Field(None, ge=16, le=256, multiple_of=4)
-    # 1 (grey) or 3 (RGB); None: the source's own (grey for digits and MNIST).
+    # 1 (grey) or 3 (RGB); None: the source's own (grey for digits and MNIST; for files, RGB
+    # when the first image is in colour). Other images are converted (RGBA, palette, grey).
     channels: Literal[1, 3] | None = None
     # The class names, label i being labels[i]; [] for unlabelled images; None: the source's
-    # own (the digits' "0".."9"). Setting it fixes the order of a folder's class subfolders.
+    # own (the digits' "0".."9", a folder's subfolder names or a label column's values, sorted).
+    # Setting it fixes their order.
     labels: list[str] | None = None
+    # How a file's image is brought to image_size: "crop" scales its short side to image_size
+    # and keeps the centre, "pad" scales its long side and letterboxes it in black, "none" asks
+    # every image to be image_size x image_size already. None: crop when image_size is given,
+    # else none (every image must have the first one's size). The built-in sets are rescaled.
+    resize: Literal["crop", "pad", "none"] | None = None
+    # Parquet: the column of encoded images (PNG/JPEG/WebP bytes) and the optional column of
+    # labels (integers: the class index; strings: the class name).
+    image_column: str = "image"
+    label_column: str | None = None
+    # A file (or Parquet row) that is not a usable image: "error" stops the run with its name;
+    # "skip" leaves it out and counts it (the data_skipped metric of each epoch).
+    on_bad_file: Literal["error", "skip"] = "error"
+    # Streaming: batches each worker decodes ahead of its training step, and the rows of its
+    # shuffle buffer (mixed anew each epoch; 0: the files' shuffled order only).
+    prefetch_batches: int = Field(2, ge=0, le=64)
+    shuffle_buffer: int = Field(512, ge=0, le=1_000_000)
     val_fraction: float = Field(0.2, gt=0.0, lt=1.0)
     split_seed: int = Field(0, ge=0)
     # Keep only these digits, in train and val (labels keep their values): e.g. [5, 6, 7, 8, 9].
@@ -98,15 +120,31 @@ class DataConfig(BaseModel):
 
 
 def resolve(cfg: DataConfig) -> DataConfig:
-    """The config with image_size, channels and labels filled in from its source, so that a
-    run's stored config (and its checkpoints) say what images the networks were built for."""
+    """The config with image_size, channels and labels (and for files resize) filled in from
+    its source, so that a run's stored config (and its checkpoints) say what images the
+    networks were built for. A config that names all three is returned as it is: a training
+    worker never lists the source again (nor needs the driver's access to it)."""
+    if cfg.image_size is not None and cfg.channels is not None and cfg.labels is not None:
+        return cfg
+    # genray.data.files builds on this module's DataConfig: imported here, not at the top.
+    from genray.data import files
+
+    source = files.find_source(cfg)
+    if source is not None:
+        return files.resolve_source(source, cfg)
     spec = cfg.spec()
     return cfg.model_copy(update={"image_size": spec.size, "channels": spec.channels,
                                   "labels": list(spec.labels or [])})
 
 
 def load_images(cfg: DataConfig) -> tuple[TensorDataset, TensorDataset]:
-    """Load the configured images and split them into (train, val) TensorDatasets."""
+    """Load the configured images and split them into (train, val) TensorDatasets; files are
+    read in this process (genray.data.pipeline streams big sets to the workers instead)."""
+    from genray.data import files
+
+    source = files.find_source(cfg)
+    if source is not None:
+        return files.read_source(source, files.resolve_source(source, cfg))
     if cfg.source == "digits":
         images, labels = digits_28x28()
         train, val = split(images, labels, cfg.val_fraction, cfg.split_seed)

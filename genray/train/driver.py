@@ -1,5 +1,6 @@
 """The driver side of a training run: the TorchTrainer around genray's worker loop, its workers
-(scaling_for), its failure handling (failure_config_for) and `fit`, which trains one run.
+(scaling_for), its failure handling (failure_config_for), its data when files stream through
+Ray Data (genray.data.pipeline), and `fit`, which trains one run.
 
 A Tune trial builds its Train run with the same pieces (genray.tune).
 """
@@ -21,6 +22,8 @@ from ray.train import CheckpointConfig, FailureConfig, ScalingConfig, UserCallba
 from ray.train.torch import TorchTrainer
 
 from genray.config import RunConfig
+from genray.data import DataConfig, DataError
+from genray.data.pipeline import Streams, streams_for
 from genray.families import get_family
 from genray.metrics import store_root
 from genray.runs import RunDir, new_run
@@ -128,16 +131,56 @@ def failure_config_for(cfg: RunConfig, start_tries: int | None = None) -> Failur
                          controller_failure_limit=-1 if tries is None else tries - 1)
 
 
+def streams_of(cfg: RunConfig) -> Streams | None:
+    """The Ray Data datasets of a run whose data.source is files; None for in-memory data."""
+    return streams_for(cfg.data, cfg.train.seed) if isinstance(cfg.data, DataConfig) else None
+
+
+def leave_cpus_for_data(scaling: ScalingConfig) -> None:
+    """Ray Data reads and decodes in tasks of one CPU beside the training workers': a run whose
+    workers take every CPU of the cluster would wait for its first batch forever."""
+    total = ray.cluster_resources().get("CPU", 0.0)
+    taken = scaling.num_workers * (scaling.resources_per_worker or {}).get("CPU", 1.0)
+    if total - taken < 1.0:
+        raise DataError(
+            f"train.workers x train.cpus_per_worker take {taken:g} of the cluster's {total:g} CPUs; streaming "
+            f"data.source through Ray Data needs at least one more for reading and decoding: lower "
+            f"train.cpus_per_worker (e.g. 0.5) or train.workers, or add CPUs")
+
+
+def data_error_in(err: BaseException) -> DataError | None:
+    """The DataError behind a failed run (a bad file found in a Ray Data task, raised again in a
+    worker and wrapped by Ray Train), as the same clear message; None when there is none."""
+    seen, pending = set(), [err]
+    while pending:
+        e = pending.pop()
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        # Ray's task errors derive from the error they carry too; its own `cause` holds the
+        # message alone, without the remote traceback.
+        if isinstance(e, DataError) and not isinstance(e, ray.exceptions.RayError):
+            return DataError(*e.args)
+        pending += [getattr(e, "cause", None), e.__cause__, e.__context__,
+                    *getattr(e, "worker_failures", {}).values(), getattr(e, "controller_failure", None)]
+    return None
+
+
 def trainer_for(loop: LoopConfig, *, scaling: ScalingConfig, checkpoint_config: CheckpointConfig,
-                failure_config: FailureConfig, callbacks: list) -> TorchTrainer:
+                failure_config: FailureConfig, callbacks: list, streams: Streams | None = None) -> TorchTrainer:
     """The TorchTrainer of one run of genray's worker loop, stored in loop.run_dir (on S3
-    through loop.filesystem)."""
+    through loop.filesystem); `streams`: the datasets its workers read their shards of."""
     storage_path, fs = loop.run_dir.storage.ray_storage(loop.filesystem)
     collect_reports_promptly()
+    data = {}
+    if streams is not None:
+        leave_cpus_for_data(scaling)
+        data = {"datasets": streams.datasets, "dataset_config": streams.data_config()}
     return TorchTrainer(
         train_loop_per_worker,
         train_loop_config=loop.to_dict(),
         scaling_config=scaling,
+        **data,
         run_config=ray.train.RunConfig(
             name=loop.run_dir.name, storage_path=storage_path, storage_filesystem=fs,
             checkpoint_config=checkpoint_config, failure_config=failure_config, callbacks=callbacks,
@@ -167,23 +210,33 @@ def fit(cfg: RunConfig, *, resume: bool = False, verbose: bool = True, hooks: Se
     # On S3, Ray Train and rank 0's run log share one filesystem that knows the endpoint.
     _, fs = run.storage.ray_storage()
     family = get_family(cfg.family)
-    loop = LoopConfig(run=cfg, run_dir=run, store=str(store_root()), filesystem=fs, hooks=tuple(hooks))
+    metric = family.metric_for(cfg.data)
+    streams = streams_of(cfg)
+    loop = LoopConfig(run=cfg, run_dir=run, store=str(store_root()), filesystem=fs, hooks=tuple(hooks),
+                      streamed_rows=streams.train_rows if streams is not None else None)
     trainer = trainer_for(
         loop,
         scaling=scaling_for(cfg),
         checkpoint_config=CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints,
-                                           checkpoint_score_attribute=family.metric,
+                                           checkpoint_score_attribute=metric,
                                            checkpoint_score_order=family.mode),
         failure_config=failure_config_for(cfg),
-        callbacks=[ProgressCallback(cfg.train.epochs, family.metric)] if verbose else [],
+        callbacks=[ProgressCallback(cfg.train.epochs, metric)] if verbose else [],
+        streams=streams,
     )
     t0 = time.perf_counter()
-    result = fit_and_let_go(trainer)
+    try:
+        result = fit_and_let_go(trainer)
+    except ray.train.TrainingFailedError as err:
+        data_error = data_error_in(err)
+        if data_error is None:
+            raise
+        raise data_error from None
     wall = time.perf_counter() - t0
     best = None
     if result.best_checkpoints:
         pick = min if family.mode == "min" else max
-        best_ckpt, _ = pick(result.best_checkpoints, key=lambda cm: cm[1][family.metric])
+        best_ckpt, _ = pick(result.best_checkpoints, key=lambda cm: cm[1][metric])
         best = run.storage.from_ray(best_ckpt.path).native()
     run.update_mirror()
     return TrainSummary(run, dict(result.metrics or {}), best, wall, run.history())

@@ -1,7 +1,8 @@
 """The training loop: plain PyTorch, no Ray.
 
 The loop is family-agnostic: it builds the family, restores the latest checkpoint if the run
-has one, wraps each network for DDP, shards the training set with a DistributedSampler, and
+has one, wraps each network for DDP, shards the training set with a DistributedSampler (or, for
+files streamed through Ray Data, reads the shard its session hands it: genray.data.files), and
 after every epoch reports metrics (every rank) and a checkpoint (rank 0 only). What runs it
 is a `Session`: this process's rank and device, the run's checkpoint to resume from, DDP and
 where reports go. genray.train.worker's session is Ray Train's; the base Session here runs
@@ -18,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import gc
 import json
+import math
 import shutil
 import tempfile
 import time
@@ -32,7 +34,8 @@ from torch.utils.data import DataLoader, DistributedSampler, Subset
 
 from genray import checkpoint
 from genray.config import RunConfig
-from genray.data import augment
+from genray.data import DataConfig, DataError, augment, resolve
+from genray.data.files import ShardBatches
 from genray.families import get_family
 from genray.metrics import global_throughput
 from genray.runs import HISTORY_FILE, TENSORBOARD, RunDir, parse_history
@@ -70,10 +73,14 @@ class LoopConfig:
     init_from: str | None = None  # another run's checkpoint to start from (a Tune trial taking one over)
     filesystem: Any = None  # the driver's pyarrow S3 filesystem, for a run on S3 (endpoint and keys)
     hooks: tuple[Hooks, ...] = ()
+    # The training rows the driver streams through Ray Data (the session's dataset shards "train"
+    # and "val"); None: the family loads its data in memory.
+    streamed_rows: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {"run": self.run.to_dict(), "run_dir": str(self.run_dir), "store": self.store,
-                "init_from": self.init_from, "filesystem": self.filesystem, "hooks": list(self.hooks)}
+                "init_from": self.init_from, "filesystem": self.filesystem, "hooks": list(self.hooks),
+                "streamed_rows": self.streamed_rows}
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> LoopConfig:
@@ -107,6 +114,11 @@ class Session:
         """The folder of the run's own latest checkpoint (a resume or a worker restart), or None."""
         yield None
 
+    def dataset_shard(self, name: str):
+        """This rank's shard (a ray.data.DataIterator) of the streamed dataset `name`."""
+        raise ValueError(f"a run without Ray has no streamed datasets (asked for {name!r}); "
+                         "leave LoopConfig.streamed_rows unset to load the data in memory")
+
     def wrap(self, net: torch.nn.Module) -> torch.nn.Module:
         """A network wrapped for data-parallel training (called only when world > 1)."""
         return net
@@ -124,6 +136,8 @@ class Session:
 def run_loop(config: LoopConfig, session: Session) -> None:
     """Train config.run from its latest checkpoint (or the start) to its last epoch."""
     cfg = config.run
+    if isinstance(cfg.data, DataConfig):  # the images' shape and classes, as the checkpoints record them
+        cfg = cfg.model_copy(update={"data": resolve(cfg.data)})
     rank, world, device = session.rank, session.world, session.device
     torch.set_num_threads(cfg.train.threads_per_worker)
     # The same seed on every rank gives identical initial weights (DDP also broadcasts rank 0's).
@@ -150,15 +164,34 @@ def run_loop(config: LoopConfig, session: Session) -> None:
     if world > 1:
         family.wrap(session.wrap)
 
-    train_set, val_set = family_cls.load_data(cfg.data)
-    collate = family_cls.collate_fn
+    streamed = config.streamed_rows is not None
+    if not streamed:
+        train_set, val_set = family_cls.load_data(cfg.data)
     # Different ranks draw different noise (dropout, reparameterisation) after this point.
     torch.manual_seed(cfg.train.seed * 1000 + rank + 7919 * start_epoch)
-    sampler = DistributedSampler(train_set, num_replicas=world, rank=rank, shuffle=True, seed=cfg.train.seed)
-    loader = DataLoader(train_set, batch_size=cfg.train.batch_size, sampler=sampler, collate_fn=collate)
-    # Validation: each rank takes every world-th image; sums are all-reduced, so the mean is exact.
-    val_loader = DataLoader(Subset(val_set, range(rank, len(val_set), world)), batch_size=256, collate_fn=collate)
-    preview_batch = family.to_device(next(iter(DataLoader(val_set, batch_size=64, collate_fn=collate))))
+    if streamed:
+        train_data = ShardBatches(session.dataset_shard("train"), batch_size=cfg.train.batch_size,
+                                  prefetch_batches=cfg.data.prefetch_batches, skip_bad=cfg.data.on_bad_file == "skip",
+                                  shuffle_buffer=cfg.data.shuffle_buffer, seed=cfg.train.seed, rank=rank)
+        # Each rank evaluates its share of the validation shard; counts and sums are all-reduced.
+        val_data = ShardBatches(session.dataset_shard("val"), batch_size=256, prefetch_batches=cfg.data.prefetch_batches,
+                                skip_bad=cfg.data.on_bad_file == "skip")
+        val_total = None
+        steps_per_epoch = max(1, math.ceil(config.streamed_rows / world / cfg.train.batch_size))  # for fractional epochs
+        preview_batch = None  # the first validation batch, once evaluated
+    else:
+        collate = family_cls.collate_fn
+        sampler = DistributedSampler(train_set, num_replicas=world, rank=rank, shuffle=True, seed=cfg.train.seed)
+        train_data = SampledBatches(DataLoader(train_set, batch_size=cfg.train.batch_size, sampler=sampler,
+                                               collate_fn=collate), sampler)
+        # Validation: each rank takes every world-th image; sums are all-reduced, so the mean is exact.
+        val_data = SampledBatches(DataLoader(Subset(val_set, range(rank, len(val_set), world)), batch_size=256,
+                                             collate_fn=collate))
+        val_total = len(val_set)
+        steps_per_epoch = len(train_data.loader)
+        preview_batch = family.to_device(next(iter(DataLoader(val_set, batch_size=64, collate_fn=collate))))
+    # Skipping bad files can empty one rank's batch: every rank then skips that step (DDP steps together).
+    steps_agree = streamed and world > 1 and cfg.data.on_bad_file == "skip"
 
     log = RunLog(config, start_epoch) if rank == 0 else None
     writer = log.writer if log is not None else None
@@ -166,7 +199,6 @@ def run_loop(config: LoopConfig, session: Session) -> None:
         hook.on_start(config, rank)
 
     augmenting = getattr(cfg.data, "augment", None) is not None and cfg.data.augment.enabled
-    steps_per_epoch = len(loader)
     first_step_at = None
     # A Ray worker holds hundreds of thousands of long-lived objects (Ray, pyarrow, pydantic,
     # torch): every full collection walks them all, stalling the step it hits. Freeze what setup
@@ -177,13 +209,15 @@ def run_loop(config: LoopConfig, session: Session) -> None:
         t0, started_at = time.perf_counter(), time.time()
         if family.apply_finetune(finetune, epoch) and world > 1:
             family.wrap(session.wrap)  # blocks were unfrozen: a new DDP wrapper that syncs their gradients
-        sampler.set_epoch(epoch)
         family.train()
         # Training inputs only, transformed on their device; the draws depend on (seed, rank, epoch).
         augment_gen = augment.generator(cfg.train.seed, rank, epoch) if augmenting else None
         sums: dict[str, float] = {}
-        samples, t_steps, cpu_steps = 0, time.perf_counter(), time.thread_time()
-        for i, batch in enumerate(loader):
+        samples, steps, t_steps, cpu_steps = 0, 0, time.perf_counter(), time.thread_time()
+        batches = train_data.epoch(epoch)
+        if steps_agree:
+            batches = nonempty_on_every_rank(batches)
+        for i, batch in enumerate(batches):
             batch = family.to_device(batch)
             if augment_gen is not None:
                 batch = family.augment_batch(batch, cfg.data.augment, augment_gen)
@@ -199,26 +233,34 @@ def run_loop(config: LoopConfig, session: Session) -> None:
             for k, v in step.items():
                 sums[k] = sums.get(k, 0.0) + v
             samples += family.batch_size(batch)
+            steps += 1
             if first_step_at is None:
                 first_step_at = time.time()
         _, cpu_seconds = global_throughput(samples, time.thread_time() - cpu_steps)
         samples, seconds = global_throughput(samples, time.perf_counter() - t_steps)
-        sums = all_reduce_sums(sums)
-        metrics = {f"train_{k}": v / max(1, steps_per_epoch * world) for k, v in sums.items()}
+        sums = all_reduce_sums({**sums, STEPS: steps, SKIPPED: train_data.skipped})
+        steps, skipped = sums.pop(STEPS), sums.pop(SKIPPED)
+        metrics = {f"train_{k}": v / max(1, steps) for k, v in sums.items()}
         metrics["train_samples_per_s"] = samples / max(seconds, 1e-9)
         # Per CPU-second of the training thread: what a busy machine disturbs least.
         metrics["train_samples_per_cpu_s"] = samples / max(cpu_seconds, 1e-9)
         metrics["epoch_started_at"] = started_at  # unix time; consecutive ones give the full epoch wall
         if epoch == start_epoch and first_step_at is not None:
             metrics["first_step_at"] = first_step_at  # unix time this worker finished its first step
-        metrics.update(evaluate(family, val_loader, len(val_set), device))
+        metrics.update(evaluate(family, val_data, epoch, val_total))
+        if streamed:
+            metrics["data_skipped"] = skipped + metrics.pop(SKIPPED)  # bad files left out this epoch
+            if preview_batch is None and val_data.first is not None:
+                preview_batch = [t[:64] for t in val_data.first]
         if world > 1 and (finetune.freeze != "none" or finetune.init_from):
             metrics["param_rank_spread"] = rank_spread(family)  # 0 when DDP kept the ranks in step
         last = epoch == cfg.train.epochs - 1
         # A family ranked by sample quality (GANs: classifier-FID) is measured every epoch:
-        # its checkpoints are scored by that metric.
-        ranked_by_quality = family_cls.metric.startswith("sample_")
-        if rank == 0 and (ranked_by_quality or cfg.train.quality_every and (last or epoch % cfg.train.quality_every == 0)):
+        # its checkpoints are scored by that metric. Sample quality needs labelled images.
+        ranked_by_quality = family_cls.metric_for(cfg.data).startswith("sample_")
+        labelled = family.spec.num_classes >= 2
+        if rank == 0 and labelled and (ranked_by_quality or cfg.train.quality_every
+                                       and (last or epoch % cfg.train.quality_every == 0)):
             metrics.update(measure_quality(family, cfg.train.quality_samples))
         metrics.update(epoch=epoch, epoch_s=time.perf_counter() - t0, workers=world)
         for hook in config.hooks:
@@ -228,7 +270,7 @@ def run_loop(config: LoopConfig, session: Session) -> None:
             for k, v in metrics.items():
                 if not k.endswith("_at"):  # timestamps are for the history, not for plots
                     writer.add_scalar(k, v, epoch)
-            if cfg.train.preview_every and epoch % cfg.train.preview_every == 0:
+            if cfg.train.preview_every and epoch % cfg.train.preview_every == 0 and preview_batch is not None:
                 from genray.images import grid
 
                 for tag, images in family.preview(preview_batch).items():
@@ -330,15 +372,57 @@ def measure_quality(family, n: int) -> dict[str, float]:
     return {f"sample_{k}": v for k, v in sample_quality(images.cpu(), wanted).items()}
 
 
+# Keys of the per-epoch sums that are counts, not metrics.
+STEPS, ROWS, SKIPPED = "_steps", "_rows", "_skipped"
+
+
+class SampledBatches:
+    """An in-memory set's batches: this rank's share, reshuffled every epoch by a sampler."""
+
+    skipped = 0
+
+    def __init__(self, loader: DataLoader, sampler: DistributedSampler | None = None):
+        self.loader, self.sampler = loader, sampler
+
+    def epoch(self, epoch: int) -> DataLoader:
+        if self.sampler is not None:
+            self.sampler.set_epoch(epoch)
+        return self.loader
+
+
+def nonempty_on_every_rank(batches: Iterator[list[torch.Tensor]]) -> Iterator[list[torch.Tensor]]:
+    """The batches of a streamed shard whose counterparts on every rank kept rows (a skipped bad
+    file leaves a batch short): a step that one rank skips, every rank skips. Streamed shards
+    are equal, so every rank sees as many batches."""
+    for batch in batches:
+        kept = torch.tensor([len(batch[0])], dtype=torch.int64)
+        dist.all_reduce(kept, op=dist.ReduceOp.MIN)
+        if kept.item() > 0:
+            yield batch
+
+
 @torch.no_grad()
-def evaluate(family, loader: DataLoader, total: int, device: torch.device) -> dict[str, float]:
-    """Validation means over the whole val set, summed across ranks."""
+def evaluate(family, data: SampledBatches | ShardBatches, epoch: int, total: int | None) -> dict[str, float]:
+    """Validation means over the whole val set, summed across ranks. `total`: the set's size,
+    or None to count the rows of a streamed one (whose skipped files come back as SKIPPED)."""
     family.eval()
     sums: dict[str, float] = {}
-    for batch in loader:
+    rows = 0
+    for batch in data.epoch(epoch):
+        if total is None and len(batch[0]) == 0:
+            continue  # every file of the batch was skipped
         for k, v in family.eval_batch(family.to_device(batch)).items():
             sums[k] = sums.get(k, 0.0) + v
-    return {k: v / total for k, v in all_reduce_sums(sums).items()}
+        if total is None:
+            rows += family.batch_size(batch)
+    if total is not None:
+        return {k: v / total for k, v in all_reduce_sums(sums).items()}
+    sums = all_reduce_sums({**sums, ROWS: rows, SKIPPED: data.skipped})
+    rows, skipped = sums.pop(ROWS), sums.pop(SKIPPED)
+    if rows == 0:
+        raise DataError(f"the validation split holds no usable images ({int(skipped)} skipped); "
+                        "add images or raise data.val_fraction")
+    return {**{k: v / rows for k, v in sums.items()}, SKIPPED: skipped}
 
 
 def rank_spread(family) -> float:

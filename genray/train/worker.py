@@ -47,6 +47,9 @@ class RayTrainSession(Session):
         with restored.as_directory() as folder:
             yield folder
 
+    def dataset_shard(self, name: str):
+        return ray.train.get_dataset_shard(name)
+
     def wrap(self, net: torch.nn.Module) -> torch.nn.Module:
         return ray.train.torch.prepare_model(net, move_to_device=False)
 
