@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import psutil
 
 # Ray's own session-wide actors, started on first use and meant to outlive any one test.
-SYSTEM_ACTORS = {"ServeController", "ProxyActor", "_AutoscalingCoordinatorActor"}
+SYSTEM_ACTORS = {"ServeController", "ProxyActor", "_AutoscalingCoordinatorActor", "_StatsActor"}
 GRACE_S = 30.0
 
 

@@ -63,9 +63,7 @@ def train(
         summary = fit(cfg, resume=bool(resume))
     except (ConfigError, ValueError, FileExistsError) as err:
         fail(str(err))
-    from genray.families import get_family
-
-    metric = get_family(cfg.family).metric
+    metric = summary.metric
     typer.echo(f"run:         {summary.run_dir}")
     typer.echo(f"best:        {summary.best_checkpoint}")
     typer.echo(f"{metric}: {summary.metrics.get(metric, float('nan')):.4f} (last epoch)")

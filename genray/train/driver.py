@@ -86,6 +86,7 @@ class TrainSummary:
     best_checkpoint: Path | str | None  # a folder, or an s3:// URI
     wall_s: float
     history: list[dict[str, Any]] = field(default_factory=list)
+    metric: str = ""  # what ranked the checkpoints: the family's metric for the run's data
 
     @property
     def name(self) -> str:
@@ -239,4 +240,4 @@ def fit(cfg: RunConfig, *, resume: bool = False, verbose: bool = True, hooks: Se
         best_ckpt, _ = pick(result.best_checkpoints, key=lambda cm: cm[1][metric])
         best = run.storage.from_ray(best_ckpt.path).native()
     run.update_mirror()
-    return TrainSummary(run, dict(result.metrics or {}), best, wall, run.history())
+    return TrainSummary(run, dict(result.metrics or {}), best, wall, run.history(), metric)
