@@ -151,7 +151,7 @@ def test_cvae_shapes_sampling_and_style_transfer():
     assert torch.equal(one, family.sample(7, 5, seed=1))
     assert not torch.equal(one, family.sample(7, 5, seed=2))
     assert not torch.equal(one, family.sample(3, 5, seed=1)), "the decoder reads the label"
-    with pytest.raises(ValueError, match="digit must be in 0..9"):
+    with pytest.raises(ValueError, match=r"label must be in 0..9 \(the data's 10 classes\)"):
         family.sample(10, 1)
 
     as_five = family.style_transfer(x, y, 5)

@@ -58,7 +58,7 @@ def test_digits_and_photo_patches_load_with_fresh_train_and_fixed_val_masks():
     assert torch.equal(val.masks, again.masks)  # the same holes every epoch and every run
 
     parts, pval = photo_parts()
-    assert [p.shape for p in parts] == [(427, 512), (427, 512)]  # the left 80% of each photo
+    assert [p.shape for p in parts] == [(1, 427, 512), (1, 427, 512)]  # the left 80% of each photo
     assert pval.shape == (464, 1, 28, 28) and 0.0 <= pval.min() and pval.max() <= 1.0
     photos, _ = load_inpaint(InpaintDataConfig(source="photos", photo_crops=64))
     crops = torch.stack([photos[i][0] for i in range(64)])
@@ -70,6 +70,60 @@ def test_digits_and_photo_patches_load_with_fresh_train_and_fixed_val_masks():
     assert len(limited) == 100
     with pytest.raises(ConfigError, match="min_size must be <= max_size"):
         build_config("unet", overrides=["data.min_size=0.6", "data.max_size=0.5"])
+
+
+def test_colour_photos_and_digits_load_in_three_channels():
+    parts, pval = photo_parts(channels=3)
+    assert [p.shape for p in parts] == [(3, 427, 512), (3, 427, 512)] and pval.shape == (464, 3, 28, 28)
+    luma = (pval * torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)).sum(1, keepdim=True)
+    assert torch.allclose(luma, photo_parts()[1], atol=1e-5)  # the grey patches are the colour ones' luma
+    train, val = load_inpaint(InpaintDataConfig(source="both", channels=3, photo_crops=8, limit=16, val_limit=8))
+    digit, crop = train[0][0], train[len(train) - 1][0]
+    assert digit.shape == crop.shape == (3, 28, 28) and train[0][1].shape == (1, 28, 28)
+    assert torch.equal(digit[0], digit[2])  # a digit is grey in three channels
+    assert val.images.shape == (8, 3, 28, 28) and val.masks.shape == (8, 1, 28, 28)
+    with pytest.raises(ConfigError, match="source shapes makes grey images for segmentation: channels must be 1"):
+        build_config("unet", overrides=["data.source=shapes", "data.channels=3"])
+
+
+def test_rgb_inpainting_trains_keeps_known_pixels_and_round_trips(tmp_path):
+    from genray import checkpoint
+
+    torch.manual_seed(0)
+    cfg = build_config("unet", overrides=["data.source=both", "data.channels=3", "data.limit=16",
+                                          "data.val_limit=8", "data.photo_crops=8", "model.channels=4"])
+    family_cls = get_family("unet")
+    family = family_cls(cfg.model, spec=family_cls.spec_of(cfg.data))
+    net = family.nets["unet"]
+    assert net.down[0][0].in_channels == 4 and net.head.out_channels == 3  # [R, G, B, mask] -> RGB
+    train, val = family.load_data(cfg.data)
+    batch = next(iter(torch.utils.data.DataLoader(train, batch_size=8, shuffle=True)))
+    assert torch.isfinite(torch.tensor(family.train_step(batch, 0.0)["loss"]))
+    family.eval()
+    image, mask = next(iter(torch.utils.data.DataLoader(val, batch_size=8)))
+    metrics = family.eval_batch((image, mask))
+    assert metrics["val_loss"] == metrics["val_masked_mse"] and all(v == v for v in metrics.values())
+    filled = family.inpaint(image, mask)
+    assert filled.shape == image.shape
+    known = (mask == 0).expand_as(image)
+    assert torch.equal(filled[known], image[known])
+    assert family.preview((image, mask))["inpainting"].shape == (24, 3, 28, 28)
+    path = checkpoint.save(tmp_path / "ckpt", family="unet", config=cfg.to_dict(), state=family.state_dict(),
+                           epoch=1, metrics=metrics)
+    restored, _ = checkpoint.load_family(path)
+    assert restored.spec.channels == 3 and torch.equal(restored.inpaint(image, mask), filled)
+
+
+def test_baselines_fill_each_channel_and_count_every_channel_of_the_hole():
+    image = torch.stack([torch.full((4, 4), v) for v in (0.2, 0.5, 0.9)])[None]  # (1, 3, 4, 4)
+    mask = torch.zeros(1, 1, 4, 4)
+    mask[..., :2, :2] = 1.0
+    assert torch.allclose(mean_fill(image, mask), image)  # each channel takes its own mean
+    assert torch.allclose(blur_fill(image, mask), image)
+    # Error 1 in the 4 hole pixels of one channel, 0 in the other two: 4 / (4 * 3).
+    pred = image.clone()
+    pred[0, 1, :2, :2] += 1.0
+    assert masked_mse(pred, image, mask).item() == pytest.approx(1 / 3)
 
 
 # --- baselines and the network ---------------------------------------------------------------

@@ -1,16 +1,17 @@
 """Images with holes for the inpainting UNet: digits and patches of scikit-learn's sample photos;
 and, for its segmentation task, generated shapes with their masks (genray.data.shapes).
 
-The inpainting sources ship in packages (no download) and come out the same way: grey images
-(1, 28, 28) in [0, 1]. "photos" uses the two sample photos (`sklearn.datasets.load_sample_images`,
+The inpainting sources ship in packages (no download) and come out the same way: images
+(C, 28, 28) in [0, 1], grey (C = 1) or in colour (`channels: 3`: the photos in their own colours,
+the digits grey in three channels). "photos" uses the two sample photos (`sklearn.datasets.load_sample_images`,
 china and flower, 427x640): the left 80% of each photo trains, the right 20% validates, so no
 validation pixel is ever in a training image. Training reads random 28x28 crops of the left
 parts (`photo_crops` a epoch, each turned by a random multiple of 90 degrees and mirrored at
 random: a photo has no preferred orientation at this scale); validation is the fixed grid of
 patches every 14 pixels over the right parts (464 patches).
 
-Masks are (1, H, W) with 1 where the image is missing (what the model must fill, and what the
-loss and the metric count) and 0 where it is known. Training masks are drawn afresh each time an
+Masks are (1, H, W) with 1 where the image is missing, in every channel (what the model must
+fill, and what the loss and the metric count) and 0 where it is known. Training masks are drawn afresh each time an
 image is read (from torch's global generator, which the training loop seeds per rank);
 validation masks are drawn once from `mask_seed`, so every epoch and every baseline is scored on
 the same holes, with the same mask sizes as training.
@@ -27,7 +28,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch.utils.data import ConcatDataset, Dataset
 
-from genray.data.images import digits_28x28, split
+from genray.data.images import ImageSpec, conform, digits_28x28, split
 from genray.data.shapes import ShapesConfig, load_shapes
 
 PATCH = 28
@@ -40,6 +41,7 @@ class InpaintDataConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     source: Literal["digits", "photos", "both", "shapes"] = "digits"
+    channels: Literal[1, 3] = 1  # 1 grey, 3 RGB: the inpainting sources only (shapes are grey)
     val_fraction: float = Field(0.2, gt=0.0, lt=1.0)  # of the digits (photos split by columns)
     split_seed: int = Field(0, ge=0)
     photo_crops: int = Field(4096, ge=1, le=1_000_000)  # random training crops of the photos a epoch
@@ -56,7 +58,14 @@ class InpaintDataConfig(BaseModel):
     def _sizes(self) -> "InpaintDataConfig":
         if self.min_size > self.max_size:
             raise ValueError(f"min_size must be <= max_size = {self.max_size}, got {self.min_size}")
+        if self.source == "shapes" and self.channels != 1:
+            raise ValueError(f"source shapes makes grey images for segmentation: channels must be 1, "
+                             f"got {self.channels} (colour is for the inpainting sources digits, photos, both)")
         return self
+
+    def spec(self) -> ImageSpec:
+        """The images this config gives (unlabelled; the UNet takes any side, 28 is the sources')."""
+        return ImageSpec(channels=self.channels, size=PATCH, labels=None)
 
 
 def random_mask(h: int, w: int, kind: str, min_size: float, max_size: float,
@@ -95,7 +104,7 @@ def random_mask(h: int, w: int, kind: str, min_size: float, max_size: float,
 
 
 class MaskedImages(Dataset):
-    """(image (1, H, W), mask (1, H, W)) pairs; fixed masks when `masks` is given, else a fresh
+    """(image (C, H, W), mask (1, H, W)) pairs; fixed masks when `masks` is given, else a fresh
     mask per read."""
 
     def __init__(self, images: torch.Tensor, cfg: InpaintDataConfig, masks: torch.Tensor | None = None):
@@ -117,7 +126,7 @@ def fixed_masks(n: int, h: int, w: int, cfg: InpaintDataConfig) -> torch.Tensor:
 
 
 class PhotoCrops(Dataset):
-    """`n` random (crop (1, 28, 28), mask) pairs of the photos' training parts, drawn afresh on
+    """`n` random (crop (C, 28, 28), mask) pairs of the photos' training parts, drawn afresh on
     every read: a random part (by area), place, quarter turn and mirror image, and a fresh mask."""
 
     def __init__(self, parts: list[torch.Tensor], n: int, cfg: InpaintDataConfig):
@@ -129,28 +138,31 @@ class PhotoCrops(Dataset):
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         part = self.parts[int(torch.multinomial(self.weights, 1))]
-        top = int(torch.randint(0, part.shape[0] - PATCH + 1, ()))
-        left = int(torch.randint(0, part.shape[1] - PATCH + 1, ()))
-        crop = torch.rot90(part[top : top + PATCH, left : left + PATCH], int(torch.randint(0, 4, ())))
+        top = int(torch.randint(0, part.shape[1] - PATCH + 1, ()))
+        left = int(torch.randint(0, part.shape[2] - PATCH + 1, ()))
+        crop = torch.rot90(part[:, top : top + PATCH, left : left + PATCH], int(torch.randint(0, 4, ())), dims=(1, 2))
         if float(torch.rand(())) < 0.5:
-            crop = crop.flip(1)
-        return crop[None].contiguous(), random_mask(PATCH, PATCH, self.cfg.masks, self.cfg.min_size, self.cfg.max_size)
+            crop = crop.flip(2)
+        return crop.contiguous(), random_mask(PATCH, PATCH, self.cfg.masks, self.cfg.min_size, self.cfg.max_size)
 
 
-@lru_cache(maxsize=1)  # decoding the two JPEGs takes seconds; nothing here is ever modified
-def photo_parts(val_stride: int = 14) -> tuple[list[torch.Tensor], torch.Tensor]:
-    """The grey sample photos split by columns: (the left 80% of each, (H, W) in [0, 1]; the
-    val patches (N, 1, 28, 28) every `val_stride` pixels over the right 20% of each)."""
+@lru_cache(maxsize=2)  # grey and RGB: decoding the two JPEGs takes seconds; nothing here is ever modified
+def photo_parts(val_stride: int = 14, channels: int = 1) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """The sample photos, grey (ITU-R 601 luma) or RGB (`channels` 3), split by columns: (the
+    left 80% of each, (C, H, W) in [0, 1]; the val patches (N, C, 28, 28) every `val_stride`
+    pixels over the right 20% of each)."""
     from sklearn.datasets import load_sample_images
 
     train, val = [], []
     for photo in load_sample_images().images:  # (427, 640, 3) uint8 each
-        grey = torch.from_numpy(np.asarray(photo, dtype=np.float32) @ np.array([0.299, 0.587, 0.114],
-                                                                                 dtype=np.float32)) / 255.0
-        cut = int(grey.shape[1] * 0.8)
-        train.append(grey[:, :cut].contiguous())
-        tiles = grey[:, cut:].unfold(0, PATCH, val_stride).unfold(1, PATCH, val_stride)  # (rows, cols, 28, 28)
-        val.append(tiles.reshape(-1, 1, PATCH, PATCH))
+        pixels = np.asarray(photo, dtype=np.float32)
+        if channels == 1:
+            pixels = (pixels @ np.array([0.299, 0.587, 0.114], dtype=np.float32))[..., None]
+        image = torch.from_numpy(pixels).permute(2, 0, 1) / 255.0  # (C, H, W)
+        cut = int(image.shape[2] * 0.8)
+        train.append(image[:, :, :cut].contiguous())
+        tiles = image[:, :, cut:].unfold(1, PATCH, val_stride).unfold(2, PATCH, val_stride)  # (C, rows, cols, 28, 28)
+        val.append(tiles.permute(1, 2, 0, 3, 4).reshape(-1, channels, PATCH, PATCH))
     return train, torch.cat(val).contiguous()
 
 
@@ -171,11 +183,11 @@ def load_inpaint(cfg: InpaintDataConfig) -> tuple[Dataset, Dataset]:
     digits = photos = None
     if cfg.source in ("digits", "both"):
         images, labels = digits_28x28()
-        train, val = split(images, labels, cfg.val_fraction, cfg.split_seed)
+        train, val = (conform(part, cfg.spec()) for part in split(images, labels, cfg.val_fraction, cfg.split_seed))
         digits = train.tensors[0]
         val_images.append(val.tensors[0])
     if cfg.source in ("photos", "both"):
-        photos, val = photo_parts()
+        photos, val = photo_parts(channels=cfg.channels)
         val_images.append(val)
     crops = cfg.photo_crops if photos is not None else 0
     if cfg.limit is not None:  # a smoke test: the digits and the crops cut in proportion

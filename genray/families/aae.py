@@ -1,4 +1,4 @@
-"""Adversarial autoencoder (Makhzani et al. 2016) for 1x28x28 images in [0, 1].
+"""Adversarial autoencoder (Makhzani et al. 2016) for (C, S, S) images in [0, 1].
 
 A deterministic autoencoder whose code distribution q(z) is pushed towards a chosen prior
 p(z) by a discriminator on codes, instead of a KL term:
@@ -8,7 +8,8 @@ p(z) by a discriminator on codes, instead of a KL term:
   2-D mixture of 10), zero in the others.
 
 Each `train_step` runs the paper's two phases on the same batch:
-1. reconstruction: encoder and decoder minimise the Bernoulli NLL of x given Dec(Enc(x));
+1. reconstruction: encoder and decoder minimise the Bernoulli NLL of x given Dec(Enc(x)),
+   summed over the image's C*S*S values;
 2. regularisation: the discriminator learns to tell prior samples (real) from codes Enc(x)
    (fake), then the encoder, as the generator, learns to fool it (non-saturating loss).
 Three networks and three optimizers: "autoencoder" (encoder + decoder, phase 1),
@@ -27,7 +28,9 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
 
+from genray.data.images import ImageSpec
 from genray.families.base import Family, seeded_generator
+from genray.families.convnets import Stages, leaky_relu
 from genray.families.gan import moment_mse
 
 Beta = Annotated[float, Field(ge=0.0, lt=1.0)]
@@ -37,7 +40,7 @@ class AAEConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     latent_dim: int = Field(8, ge=1, le=1024)
-    channels: int = Field(32, ge=4, le=512)  # conv width at 14x14; 2x at 7x7
+    channels: int = Field(32, ge=4, le=512)  # width of the stage at S/2; 2x per stage down
     hidden: int = Field(256, ge=8, le=8192)  # dense layer of encoder and decoder
     disc_hidden: int = Field(256, ge=8, le=8192)  # the code discriminator's MLP width
     prior: Literal["gaussian", "mixture"] = "gaussian"
@@ -59,36 +62,22 @@ class AAEConfig(BaseModel):
 
 
 class Encoder(nn.Module):
-    """Image (B, 1, 28, 28) in [0, 1] -> code (B, latent); deterministic."""
+    """Image (B, C, S, S) in [0, 1] -> code (B, latent); deterministic."""
 
-    def __init__(self, latent_dim: int, channels: int, hidden: int):
+    def __init__(self, latent_dim: int, channels: int, hidden: int, spec: ImageSpec):
         super().__init__()
-        c = channels
-        self.net = nn.Sequential(
-            nn.Conv2d(1, c, 4, 2, 1), nn.LeakyReLU(0.2),  # (B, c, 14, 14)
-            nn.Conv2d(c, 2 * c, 4, 2, 1), nn.LeakyReLU(0.2),  # (B, 2c, 7, 7)
-            nn.Flatten(),
-            nn.Linear(2 * c * 7 * 7, hidden), nn.LeakyReLU(0.2),
-            nn.Linear(hidden, latent_dim),
-        )
+        self.net = nn.Sequential(*Stages.of(spec, channels).encoder(hidden), nn.Linear(hidden, latent_dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
 
 
 class Decoder(nn.Module):
-    """Code (B, latent) -> pixel logits (B, 1, 28, 28)."""
+    """Code (B, latent) -> logits (B, C, S, S)."""
 
-    def __init__(self, latent_dim: int, channels: int, hidden: int):
+    def __init__(self, latent_dim: int, channels: int, hidden: int, spec: ImageSpec):
         super().__init__()
-        c = channels
-        self.net = nn.Sequential(
-            nn.Linear(latent_dim, hidden), nn.LeakyReLU(0.2),
-            nn.Linear(hidden, 2 * c * 7 * 7), nn.LeakyReLU(0.2),
-            nn.Unflatten(1, (2 * c, 7, 7)),
-            nn.ConvTranspose2d(2 * c, c, 4, 2, 1), nn.LeakyReLU(0.2),  # (B, c, 14, 14)
-            nn.ConvTranspose2d(c, 1, 4, 2, 1),  # (B, 1, 28, 28) logits
-        )
+        self.net = nn.Sequential(*Stages.of(spec, channels).decoder(latent_dim, hidden, leaky_relu))
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         return self.net(z)
@@ -138,8 +127,8 @@ class AAEFamily(Family):
     def build(self) -> dict[str, nn.Module]:
         c = self.cfg
         return {
-            "encoder": Encoder(c.latent_dim, c.channels, c.hidden),
-            "decoder": Decoder(c.latent_dim, c.channels, c.hidden),
+            "encoder": Encoder(c.latent_dim, c.channels, c.hidden, self.spec),
+            "decoder": Decoder(c.latent_dim, c.channels, c.hidden, self.spec),
             "discriminator": CodeDiscriminator(c.latent_dim, c.disc_hidden),
         }
 
@@ -218,12 +207,12 @@ class AAEFamily(Family):
     # --- inference (used by the deployment; plain tensors in, plain tensors out) ----------
     @torch.no_grad()
     def encode(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, 1, 28, 28) in [0, 1] -> codes (B, latent)."""
+        """(B, C, S, S) in [0, 1] -> codes (B, latent)."""
         return self.nets["encoder"](x.to(self.device))
 
     @torch.no_grad()
     def decode(self, z: torch.Tensor) -> torch.Tensor:
-        """(B, latent) -> images (B, 1, 28, 28) in [0, 1] (Bernoulli means)."""
+        """(B, latent) -> images (B, C, S, S) in [0, 1] (Bernoulli means)."""
         return torch.sigmoid(self.nets["decoder"](z.to(self.device)))
 
     @torch.no_grad()

@@ -1,13 +1,13 @@
-"""Autoencoder, dense or convolutional, optionally denoising, for 1x28x28 images in [0, 1].
+"""Autoencoder, dense or convolutional, optionally denoising, for (C, S, S) images in [0, 1].
 
 A deterministic code of `latent_dim` numbers per image. With `noise` set, the encoder sees a
 corrupted image and the loss compares the reconstruction with the *clean* one (Vincent et al.
-2008): `gaussian` adds N(0, noise_level^2) to every pixel (then clips to [0, 1], so a noisy
-image is still an image), `masking` zeroes exactly round(noise_level * 784) pixels per image.
-The training loss is the pixel BCE (summed over pixels, like the VAE's likelihood) or the pixel
-MSE; the family metric is always `val_mse`, the mean squared error per pixel of the
-reconstructions of *clean* val images, so every setting is ranked on the same scale (and
-against PCA at the same code size).
+2008): `gaussian` adds N(0, noise_level^2) to every value (then clips to [0, 1], so a noisy
+image is still an image), `masking` zeroes exactly round(noise_level * S * S) pixels per image,
+every channel of each. The training loss is the BCE (summed over the image's values, like the
+VAE's likelihood) or the MSE; the family metric is always `val_mse`, the mean squared error per
+value of the reconstructions of *clean* val images, so every setting is ranked on the same
+scale (and against PCA at the same code size).
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
+from genray.data.images import ImageSpec
 from genray.families.base import Family, seeded_generator
 from genray.families.vae import VAEConfig, decoder_net, encoder_trunk
 
@@ -31,7 +32,7 @@ class AEConfig(BaseModel):
     latent_dim: int = Field(16, ge=1, le=512)
     arch: Literal["conv", "dense"] = "conv"
     hidden: int = Field(256, ge=8, le=8192)
-    channels: int = Field(32, ge=4, le=512)  # width of the first conv layer (conv arch)
+    channels: int = Field(32, ge=4, le=512)  # width of the first conv stage (conv arch)
     # Denoising: what corrupts the encoder's input during training ("none": a plain AE).
     noise: NoiseKind = "none"
     noise_level: float = Field(0.3, ge=0.0, le=1.0)  # gaussian: std; masking: fraction zeroed
@@ -47,7 +48,7 @@ class AEConfig(BaseModel):
 def corrupt(
     x: torch.Tensor, noise: str, level: float, generator: torch.Generator | None = None
 ) -> torch.Tensor:
-    """A noisy copy of images x (B, 1, 28, 28) in [0, 1]; a CPU `generator` makes it reproducible."""
+    """A noisy copy of images x (B, C, H, W) in [0, 1]; a CPU `generator` makes it reproducible."""
     if noise == "none" or level == 0:
         return x
     if noise == "gaussian":
@@ -57,47 +58,48 @@ def corrupt(
             eps = torch.randn(x.shape, generator=generator).to(x.device)
         return (x + level * eps).clamp(0.0, 1.0)
     if noise == "masking":
-        flat = x.flatten(1)  # (B, 784)
-        k = round(level * flat.shape[1])
+        b, _, h, w = x.shape
+        k = round(level * h * w)
         if generator is None:
-            scores = torch.rand(flat.shape, device=x.device)
+            scores = torch.rand(b, h * w, device=x.device)
         else:
-            scores = torch.rand(flat.shape, generator=generator).to(x.device)
-        # The k pixels with the lowest scores: a uniformly random subset of exactly k per image.
+            scores = torch.rand(b, h * w, generator=generator).to(x.device)
+        # The k pixels with the lowest scores: a uniformly random subset of exactly k per image,
+        # each zeroed in every channel.
         dropped = scores.argsort(dim=1)[:, :k]
-        keep = torch.ones_like(flat).scatter_(1, dropped, 0.0)
-        return (flat * keep).view_as(x)
+        keep = torch.ones(b, h * w, dtype=x.dtype, device=x.device).scatter_(1, dropped, 0.0)
+        return x * keep.view(b, 1, h, w)
     raise ValueError(f"noise must be 'none', 'gaussian' or 'masking', got {noise!r}")
 
 
 class AE(nn.Module):
-    def __init__(self, cfg: AEConfig):
+    def __init__(self, cfg: AEConfig, spec: ImageSpec):
         super().__init__()
         # The same encoder trunk and decoder as the VAE, so the two compare like for like.
         shape = VAEConfig(latent_dim=cfg.latent_dim, arch=cfg.arch, hidden=cfg.hidden, channels=cfg.channels)
-        self.trunk, features = encoder_trunk(shape)
+        self.trunk, features = encoder_trunk(shape, spec)
         self.to_code = nn.Linear(features, cfg.latent_dim)
-        self.decoder = decoder_net(shape)
+        self.decoder = decoder_net(shape, spec)
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         return self.to_code(self.trunk(x))  # (B, latent)
 
     def decode_logits(self, z: torch.Tensor) -> torch.Tensor:
-        return self.decoder(z)  # (B, 1, 28, 28)
+        return self.decoder(z)  # (B, C, S, S)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.decode_logits(self.encode(x))
 
 
 def reconstruction_loss(logits: torch.Tensor, target: torch.Tensor, kind: str) -> torch.Tensor:
-    """Per-image loss (B,): BCE summed over pixels (nats), or MSE averaged over pixels."""
+    """Per-image loss (B,): BCE summed over the image's values (nats), or MSE averaged over them."""
     if kind == "bce":
         return F.binary_cross_entropy_with_logits(logits, target, reduction="none").flatten(1).sum(1)
     return (torch.sigmoid(logits) - target).pow(2).flatten(1).mean(1)
 
 
 def pixel_mse(images: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Mean squared error per pixel, per image (B,)."""
+    """Mean squared error per value (pixel and channel), per image (B,)."""
     return (images - target).pow(2).flatten(1).mean(1)
 
 
@@ -113,7 +115,7 @@ class AEFamily(Family):
     EVAL_NOISE_SEED = 0
 
     def build(self) -> dict[str, nn.Module]:
-        return {"ae": AE(self.cfg)}
+        return {"ae": AE(self.cfg, self.spec)}
 
     def make_optimizers(self):
         params = self.nets["ae"].parameters()
@@ -155,12 +157,12 @@ class AEFamily(Family):
     # --- inference (used by the deployment; plain tensors in, plain tensors out) ----------
     @torch.no_grad()
     def encode(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, 1, 28, 28) -> codes (B, latent)."""
+        """(B, C, S, S) -> codes (B, latent)."""
         return self.nets["ae"].encode(x.to(self.device))
 
     @torch.no_grad()
     def decode(self, z: torch.Tensor) -> torch.Tensor:
-        """(B, latent) -> images (B, 1, 28, 28) in [0, 1]."""
+        """(B, latent) -> images (B, C, S, S) in [0, 1]."""
         return torch.sigmoid(self.nets["ae"].decode_logits(z.to(self.device)))
 
     @torch.no_grad()
@@ -186,6 +188,6 @@ class AEFamily(Family):
         level: float | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Reconstruct x as given (already noisy), or first corrupt it (add_noise=True).
-        Returns (the network's input, its reconstruction), each (B, 1, 28, 28)."""
+        Returns (the network's input, its reconstruction), each (B, C, S, S)."""
         noisy = self.add_noise(x, seed, noise, level) if add_noise else x.to(self.device)
         return noisy, self.reconstruct(noisy)

@@ -1,8 +1,8 @@
-"""A small CNN digit classifier.
+"""A small CNN image classifier: (C, S, S) images -> the data's K classes (the digits by default).
 
 genray trains it for its own sample-quality metrics (genray.metrics: classifier-IS and
 classifier-FID in its feature space); as a family it trains, checkpoints and serves like
-the others.
+the others. It needs labelled images of at least two classes.
 """
 
 from __future__ import annotations
@@ -12,38 +12,42 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
+from genray.data.images import ImageSpec
 from genray.families.base import Family, Parts
-
-NUM_CLASSES = 10
+from genray.families.convnets import Stages
 
 
 class ClassifierConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    channels: int = Field(32, ge=4, le=512)
+    channels: int = Field(32, ge=4, le=512)  # width of the first conv stage; 2x per stage down
     features: int = Field(64, ge=8, le=4096)  # width of the penultimate layer: the FID feature space
     dropout: float = Field(0.25, ge=0.0, lt=1.0)
     lr: float = Field(2e-3, gt=0.0, le=1.0)
 
 
-class DigitClassifier(nn.Module):
-    def __init__(self, cfg: ClassifierConfig):
+# The layers of one conv stage of the body: conv, ReLU, max pooling (Stages.down with pool).
+STAGE_LAYERS = 3
+
+
+class ImageClassifier(nn.Module):
+    def __init__(self, cfg: ClassifierConfig, spec: ImageSpec):
         super().__init__()
-        c = cfg.channels
+        stages = Stages.of(spec, cfg.channels)
+        self.num_stages = len(stages.widths)
         self.body = nn.Sequential(
-            nn.Conv2d(1, c, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),  # (B, c, 14, 14)
-            nn.Conv2d(c, 2 * c, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),  # (B, 2c, 7, 7)
+            *stages.down(nn.ReLU, pool=True),  # (B, *stages.bottom): (B, 2c, 7, 7) on digits
             nn.Flatten(),
             nn.Dropout(cfg.dropout),
-            nn.Linear(2 * c * 7 * 7, cfg.features), nn.ReLU(),
+            nn.Linear(stages.features, cfg.features), nn.ReLU(),
         )
-        self.head = nn.Linear(cfg.features, NUM_CLASSES)
+        self.head = nn.Linear(cfg.features, spec.num_classes)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         return self.body(x)  # (B, features)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.body(x))  # (B, 10) logits
+        return self.head(self.body(x))  # (B, K) logits
 
 
 class ClassifierFamily(Family):
@@ -53,17 +57,24 @@ class ClassifierFamily(Family):
     mode = "max"
 
     def build(self):
-        return {"classifier": DigitClassifier(self.cfg)}
+        k = self.spec.num_classes
+        if k < 2:
+            has = ("no labels (data.labels is empty)" if k == 0
+                   else f"one class (data.labels = {list(self.spec.labels)})")
+            raise ValueError(f"classifier needs labelled images of at least 2 classes: the data has {has}")
+        return {"classifier": ImageClassifier(self.cfg, self.spec)}
 
     def make_optimizers(self):
         return {"classifier": torch.optim.Adam(self.nets["classifier"].parameters(), lr=self.cfg.lr)}
 
     def parts(self) -> Parts:
-        # As in the course: the convolutional base (two conv blocks, input side first) and the
-        # fully connected classifier on top (the dense feature layer and the output layer), which
-        # fine-tuning starts afresh: a dense layer trained on other classes transfers badly.
-        return Parts(blocks=["classifier.body.0", "classifier.body.3"],
-                     head=["classifier.body.8", "classifier.head"])
+        # As in the course: the convolutional base (one conv block per stage, input side first;
+        # two on digits) and the fully connected classifier on top (the dense feature layer and
+        # the output layer), which fine-tuning starts afresh: a dense layer trained on other
+        # classes transfers badly. The dense layer follows the stages, Flatten and Dropout.
+        n = self.nets["classifier"].num_stages
+        return Parts(blocks=[f"classifier.body.{STAGE_LAYERS * i}" for i in range(n)],
+                     head=[f"classifier.body.{STAGE_LAYERS * n + 2}", "classifier.head"])
 
     def train_step(self, batch, epoch: float) -> dict[str, float]:
         x, y = batch
@@ -91,7 +102,7 @@ class ClassifierFamily(Family):
 
     @torch.no_grad()
     def features_and_proba(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """features(x) and predict_proba(x) from one pass of the body: (B, features), (B, 10)."""
+        """features(x) and predict_proba(x) from one pass of the body: (B, features), (B, K)."""
         net = self.nets["classifier"]
         features = net.features(x.to(self.device))
         return features, F.softmax(net.head(features), dim=1)

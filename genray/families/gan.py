@@ -1,4 +1,4 @@
-"""DCGAN (Radford et al. 2016) with the usual stabilising tricks, for 1x28x28 images in [0, 1].
+"""DCGAN (Radford et al. 2016) with the usual stabilising tricks, for (C, S, S) images in [0, 1].
 
 The tricks (the course's list, and Soumith Chintala's "ganhacks"):
 - codes from a normal N(0, I), not a uniform;
@@ -26,11 +26,15 @@ then one G step. Every DDP-wrapped forward that needs gradients gets exactly one
 fakes for D steps are drawn under no_grad, and the D step scores real, fake (and for wgan-gp
 the interpolates) in one forward, so the gradient penalty's create_graph pass and the loss'
 backward go through a single DDP forward.
+
+Checkpoints are ranked by sample_fid, which needs a classifier trained on labelled images; on
+unlabelled data they are ranked by val_moment_mse instead (`metric_for`).
 """
 
 from __future__ import annotations
 
 import copy
+import math
 from typing import Annotated, Literal, Optional
 
 import torch
@@ -38,7 +42,9 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
+from genray.data.images import ImageSpec
 from genray.families.base import Family, seeded_normal
+from genray.families.convnets import Stages, leaky_relu
 
 LOSSES = ("bce", "hinge", "lsgan", "wgan-gp")
 Beta = Annotated[float, Field(ge=0.0, lt=1.0)]
@@ -48,7 +54,7 @@ class GANConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     latent_dim: int = Field(32, ge=1, le=1024)
-    channels: int = Field(32, ge=4, le=512)  # width at 14x14; 2x at 7x7 (G and D)
+    channels: int = Field(32, ge=4, le=512)  # width of the stage at S/2; 2x per stage down (G and D)
     loss: Literal["bce", "hinge", "lsgan", "wgan-gp"] = "bce"
     # Critic steps per generator step; None: 5 for wgan-gp (as in the paper), else 1.
     n_critic: Optional[int] = Field(None, ge=1, le=100)
@@ -73,16 +79,15 @@ class GANConfig(BaseModel):
 
 
 class Generator(nn.Module):
-    """Code (B, latent) -> image (B, 1, 28, 28) in [-1, 1]."""
+    """Code (B, latent) -> image (B, C, S, S) in [-1, 1]."""
 
-    def __init__(self, latent_dim: int, channels: int):
+    def __init__(self, latent_dim: int, channels: int, spec: ImageSpec):
         super().__init__()
-        c = channels
+        stages = Stages.of(spec, channels)
         self.net = nn.Sequential(
-            nn.Linear(latent_dim, 2 * c * 7 * 7, bias=False),
-            nn.Unflatten(1, (2 * c, 7, 7)), nn.BatchNorm2d(2 * c), nn.LeakyReLU(0.2),
-            nn.ConvTranspose2d(2 * c, c, 4, 2, 1, bias=False), nn.BatchNorm2d(c), nn.LeakyReLU(0.2),  # (B, c, 14, 14)
-            nn.ConvTranspose2d(c, 1, 4, 2, 1), nn.Tanh(),  # (B, 1, 28, 28)
+            nn.Linear(latent_dim, stages.features, bias=False),
+            nn.Unflatten(1, stages.bottom), nn.BatchNorm2d(stages.bottom[0]), nn.LeakyReLU(0.2),
+            *stages.up(leaky_relu, batch_norm=True), nn.Tanh(),  # (B, C, S, S)
         )
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
@@ -90,18 +95,17 @@ class Generator(nn.Module):
 
 
 class Discriminator(nn.Module):
-    """Image (B, 1, 28, 28) in [-1, 1] -> one raw score per image (B,); no batch norm."""
+    """Image (B, C, S, S) in [-1, 1] -> one raw score per image (B,); no batch norm."""
 
-    def __init__(self, channels: int, dropout: float, norm: str = "none"):
+    def __init__(self, channels: int, dropout: float, spec: ImageSpec, norm: str = "none"):
         super().__init__()
-        c = channels
+        stages = Stages.of(spec, channels)
         # GroupNorm with one group = layer norm over (C, H, W) of each sample, on its own.
         norm_layer = (lambda ch: nn.GroupNorm(1, ch)) if norm == "layer" else (lambda ch: nn.Identity())
         self.net = nn.Sequential(
-            nn.Conv2d(1, c, 4, 2, 1), nn.LeakyReLU(0.2), nn.Dropout(dropout),  # (B, c, 14, 14)
-            nn.Conv2d(c, 2 * c, 4, 2, 1), norm_layer(2 * c), nn.LeakyReLU(0.2), nn.Dropout(dropout),  # (B, 2c, 7, 7)
+            *stages.down(leaky_relu, norm=norm_layer, dropout=dropout),  # (B, *stages.bottom)
             nn.Flatten(),
-            nn.Linear(2 * c * 7 * 7, 1),
+            nn.Linear(stages.features, 1),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -158,14 +162,31 @@ def gradient_penalty(scores: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor
     return (grads.flatten(1).norm(2, dim=1) - 1.0).pow(2).mean()
 
 
+MOMENT_VALUES = 1024  # moment_mse's covariance is at most this square: 8 MiB in float64
+
+
 def moment_mse(fake: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
-    """MSE of the pixel means plus MSE of the pixel covariances of two image batches (N, ...).
-    A classifier-free, per-batch stand-in for FID: 0 when the first two moments agree."""
+    """MSE of the value means plus MSE of the value covariances of two batches (N, ...).
+    A classifier-free, per-batch stand-in for FID: 0 when the first two moments agree.
+    Images (N, C, S, S) of more than MOMENT_VALUES values are first average-pooled to the
+    largest side s with C*s*s <= MOMENT_VALUES (3x64x64 -> 3x18x18), so the covariance of
+    large colour images stays (D, D) with D <= 1024; smaller batches are compared as they are."""
+    if fake.dim() == 4 and fake[0].numel() > MOMENT_VALUES:
+        side = math.isqrt(MOMENT_VALUES // fake.shape[1])
+        fake, real = F.adaptive_avg_pool2d(fake, side), F.adaptive_avg_pool2d(real, side)
     a, b = fake.flatten(1).double(), real.flatten(1).double()
     mean_a, mean_b = a.mean(0), b.mean(0)
-    cov_a = (a - mean_a).T @ (a - mean_a) / max(1, len(a) - 1)  # (784, 784)
+    cov_a = (a - mean_a).T @ (a - mean_a) / max(1, len(a) - 1)  # (D, D)
     cov_b = (b - mean_b).T @ (b - mean_b) / max(1, len(b) - 1)
     return (mean_a - mean_b).pow(2).mean() + (cov_a - cov_b).pow(2).mean()
+
+
+def sample_ranked_metric(family: type[Family], data_cfg) -> str:
+    """What ranks a family whose `metric` measures its samples (sample_fid) on this data: that
+    metric on labelled images; on unlabelled ones, where there is no classifier to measure
+    samples with, val_moment_mse, which the family's eval_batch reports."""
+    spec = family.spec_of(data_cfg)
+    return "val_moment_mse" if spec is not None and spec.num_classes < 2 else family.metric
 
 
 class GANFamily(Family):
@@ -177,11 +198,15 @@ class GANFamily(Family):
     capabilities = ("sample",)
     info_fields = ("loss",)
 
+    @classmethod
+    def metric_for(cls, data_cfg) -> str:
+        return sample_ranked_metric(cls, data_cfg)
+
     def build(self) -> dict[str, nn.Module]:
         c = self.cfg
         nets = {
-            "generator": Generator(c.latent_dim, c.channels),
-            "discriminator": Discriminator(c.channels, c.dropout, c.d_norm),
+            "generator": Generator(c.latent_dim, c.channels, self.spec),
+            "discriminator": Discriminator(c.channels, c.dropout, self.spec, c.d_norm),
         }
         if c.ema > 0:
             nets["generator_ema"] = copy.deepcopy(nets["generator"]).requires_grad_(False)
@@ -207,7 +232,7 @@ class GANFamily(Family):
         c, gen, disc = self.cfg, self.train_nets["generator"], self.train_nets["discriminator"]
         n = real.shape[0]
         with torch.no_grad():
-            fake = gen(self.noise(n))  # (B, 1, 28, 28); no graph, so no G backward is owed
+            fake = gen(self.noise(n))  # (B, C, S, S); no graph, so no G backward is owed
         out: dict[str, float] = {}
         if c.loss == "wgan-gp":
             x_hat = interpolates(real, fake)
@@ -246,7 +271,7 @@ class GANFamily(Family):
 
     def train_step(self, batch, epoch: float) -> dict[str, float]:
         x, _ = batch
-        real = x * 2.0 - 1.0  # (B, 1, 28, 28) in [-1, 1], the range of the tanh output
+        real = x * 2.0 - 1.0  # (B, C, S, S) in [-1, 1], the range of the tanh output
         sums: dict[str, float] = {}
         for _ in range(self.cfg.critic_steps):
             for k, v in self.d_step(real).items():
@@ -286,7 +311,7 @@ class GANFamily(Family):
         return self.generate(z)
 
     def generate(self, z: torch.Tensor) -> torch.Tensor:
-        """(B, latent) -> images (B, 1, 28, 28) in [0, 1], from the averaged generator when there
+        """(B, latent) -> images (B, C, S, S) in [0, 1], from the averaged generator when there
         is one. Needs eval mode for batch-independent output (batch norm on running statistics)."""
         gen = self.nets.get("generator_ema", self.nets["generator"])
         return (gen(z.to(self.device)) + 1.0) / 2.0

@@ -2,8 +2,9 @@
 encoder-decoder whose decoder sees, at every scale, the encoder's features of that scale (skip
 connections), so fine detail is not lost in the bottleneck. One network, two tasks (`task`):
 
-inpaint  Input: the image with its hole pre-filled, and the mask itself (2 channels), so the
-         network knows which pixels are missing. `prefill`:
+inpaint  Input: the image (C channels, grey or RGB: data.channels) with its hole pre-filled,
+         and the mask itself (C + 1 channels), so the network knows which pixels are missing;
+         output: the C channels of the image. `prefill`:
            blur  the hole holds the blur baseline below, and the network's output is a residual
                  added to it inside the hole (its last layer starts at zero: an untrained UNet
                  *is* the blur baseline, and training only has to learn what blur gets wrong:
@@ -11,13 +12,14 @@ inpaint  Input: the image with its hole pre-filled, and the mask itself (2 chann
                  beats blur; a network that must rebuild the grey levels from zeros does not.
            zero  the hole is zeroed and the output is a sigmoid image (the plain formulation).
          The inpainted image keeps the known pixels and takes the network's only inside the hole.
-         Loss and metric: MSE over the masked pixels only (`val_masked_mse`: each image's mean
-         over its hole, averaged over images). Two baselines are scored on the same holes:
-           val_mean_fill_mse  the hole filled with the mean of the image's known pixels
+         Loss and metric: MSE over the masked pixels only, every channel of each
+         (`val_masked_mse`: each image's mean over its hole, averaged over images). Two
+         baselines are scored on the same holes:
+           val_mean_fill_mse  the hole filled with the mean of the image's known pixels (per channel)
            val_blur_fill_mse  normalized convolution: a Gaussian blur of the known pixels divided
                               by the blur of the known-pixel indicator, widening until every
                               hole pixel is reached
-segment  Input: the image (1 channel); output: the logit of "inside a shape" per pixel.
+segment  Input: the grey image (1 channel); output: the logit of "inside a shape" per pixel.
          Loss: binary cross-entropy plus soft Dice (Dice keeps small shapes from drowning in
          background pixels). Metric: `val_iou`, each image's intersection over union of the
          thresholded mask (0.5) with the true one, averaged; baseline `val_otsu_iou`: Otsu's
@@ -38,6 +40,7 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
+from genray.data.images import ImageSpec
 from genray.data.inpaint import InpaintDataConfig, load_inpaint
 from genray.families.base import Family
 
@@ -102,17 +105,19 @@ class UNet(nn.Module):
 
 
 def masked_mse(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Per-image MSE over the masked pixels, (B,); an image without a hole scores 0."""
+    """Per-image MSE over the masked values, (B,): images (B, C, H, W), the mask (B, 1, H, W)
+    covering every channel; an image without a hole scores 0."""
     err = ((pred - target) ** 2 * mask).flatten(1).sum(1)
-    return err / mask.flatten(1).sum(1).clamp(min=1.0)
+    return err / mask.expand_as(pred).flatten(1).sum(1).clamp(min=1.0)
 
 
 def mean_fill(image: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Baseline: the hole filled with the mean of the image's known pixels (0.5 if none)."""
+    """Baseline: each channel of the hole filled with the mean of that channel's known pixels
+    (0.5 if none); image (B, C, H, W), mask (B, 1, H, W)."""
     known = 1.0 - mask
-    count = known.flatten(1).sum(1)
-    mean = torch.where(count > 0, (image * known).flatten(1).sum(1) / count.clamp(min=1.0), 0.5)
-    return image * known + mean.view(-1, *[1] * (image.dim() - 1)) * mask
+    count = known.sum((2, 3))  # (B, 1)
+    mean = torch.where(count > 0, (image * known).sum((2, 3)) / count.clamp(min=1.0), 0.5)  # (B, C)
+    return image * known + mean[:, :, None, None] * mask
 
 
 def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
@@ -202,8 +207,16 @@ class UNetFamily(Family):
     def load_data(cls, data_cfg: InpaintDataConfig):
         return load_inpaint(data_cfg)
 
+    @classmethod
+    def spec_of(cls, data_cfg: InpaintDataConfig) -> ImageSpec:
+        return data_cfg.spec()
+
     def build(self) -> dict[str, nn.Module]:
-        unet = UNet(self.cfg, in_channels=1 if self.cfg.task == "segment" else 2)
+        c = self.spec.channels
+        if self.cfg.task == "segment":
+            unet = UNet(self.cfg, in_channels=c, out_channels=1)
+        else:
+            unet = UNet(self.cfg, in_channels=c + 1, out_channels=c)  # [image, mask] -> image
         if self.cfg.task == "inpaint" and self.cfg.prefill == "blur":
             # The residual over the blur starts at zero: training starts from the baseline.
             nn.init.zeros_(unet.head.weight)
@@ -227,7 +240,7 @@ class UNetFamily(Family):
         return batch[0], batch[1]
 
     def predict(self, net: nn.Module, image: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """inpaint: the network's full image (B, 1, H, W) from the image and its mask (1 = missing);
+        """inpaint: the network's full image (B, C, H, W) from the image and its mask (B, 1, H, W), 1 = missing;
         unclamped with prefill blur (the loss sees the residual's overshoot), in [0, 1] with zero."""
         if self.cfg.prefill == "blur":
             base = blur_fill(image, mask)
@@ -241,8 +254,8 @@ class UNetFamily(Family):
             loss = segment_loss(net(image), target).mean()
         else:
             pred = self.predict(net, image, target)
-            # Mean over every masked pixel of the batch: only the hole is learned from.
-            loss = ((pred - image) ** 2 * target).sum() / target.sum().clamp(min=1.0)
+            # Mean over every masked value of the batch: only the hole is learned from.
+            loss = ((pred - image) ** 2 * target).sum() / target.expand_as(pred).sum().clamp(min=1.0)
         if self.cfg.lr_halflife is not None:
             for group in self.optimizers["unet"].param_groups:
                 group["lr"] = self.cfg.lr * 0.5 ** (epoch / self.cfg.lr_halflife)
@@ -278,7 +291,7 @@ class UNetFamily(Family):
     # --- inference (used by the deployment; plain tensors in, plain tensors out) ----------
     @torch.no_grad()
     def inpaint(self, image: torch.Tensor, mask: torch.Tensor, method: str = "unet") -> torch.Tensor:
-        """image, mask (B, 1, H, W), mask 1 = missing -> the image with its hole filled by the
+        """image (B, C, H, W), mask (B, 1, H, W), 1 = missing -> the image with its hole filled by the
         UNet, or by a baseline ("mean", "blur"); known pixels are returned unchanged."""
         image, mask = image.to(self.device), mask.to(self.device)
         if method == "mean":

@@ -1,13 +1,14 @@
-"""Variational autoencoder (Kingma & Welling 2014) for 1x28x28 images in [0, 1].
+"""Variational autoencoder (Kingma & Welling 2014) for (C, S, S) images in [0, 1].
 
-Loss: the negative ELBO in nats per image, with a Bernoulli likelihood summed over the 784
-pixels and the analytic KL of the diagonal Gaussian posterior from N(0, I). During training
-the KL term is scaled by a warm-up factor that grows linearly from 0 to 1 over
+Loss: the negative ELBO in nats per image, with a Bernoulli likelihood summed over the C*S*S
+values of an image and the analytic KL of the diagonal Gaussian posterior from N(0, I). During
+training the KL term is scaled by a warm-up factor that grows linearly from 0 to 1 over
 `kl_warmup_epochs`; validation always reports the true ELBO (factor 1).
 """
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
 import torch
@@ -15,10 +16,9 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
+from genray.data.images import ImageSpec
 from genray.families.base import Family, seeded_normal
-
-IMAGE_SHAPE = (1, 28, 28)
-PIXELS = 28 * 28
+from genray.families.convnets import Stages
 
 
 class VAEConfig(BaseModel):
@@ -27,52 +27,37 @@ class VAEConfig(BaseModel):
     latent_dim: int = Field(8, ge=1, le=512)
     arch: Literal["conv", "dense"] = "conv"
     hidden: int = Field(256, ge=8, le=8192)
-    channels: int = Field(32, ge=4, le=512)  # width of the first conv layer (conv arch)
+    channels: int = Field(32, ge=4, le=512)  # width of the first conv stage (conv arch)
     kl_warmup_epochs: float = Field(1.0, ge=0.0)
     lr: float = Field(1e-3, gt=0.0, le=1.0)
     weight_decay: float = Field(0.0, ge=0.0)
 
 
-def encoder_trunk(cfg: VAEConfig) -> tuple[nn.Module, int]:
-    """Image (B, 1, 28, 28) -> features (B, F); returns the module and F."""
+def encoder_trunk(cfg: VAEConfig, spec: ImageSpec) -> tuple[nn.Module, int]:
+    """Images (B, C, S, S) -> features (B, F); returns the module and F."""
     if cfg.arch == "dense":
-        return nn.Sequential(nn.Flatten(), nn.Linear(PIXELS, cfg.hidden), nn.ReLU()), cfg.hidden
-    c = cfg.channels
-    return (
-        nn.Sequential(
-            nn.Conv2d(1, c, 4, 2, 1), nn.LeakyReLU(0.2),  # (B, c, 14, 14)
-            nn.Conv2d(c, 2 * c, 4, 2, 1), nn.LeakyReLU(0.2),  # (B, 2c, 7, 7)
-            nn.Flatten(),
-            nn.Linear(2 * c * 7 * 7, cfg.hidden), nn.LeakyReLU(0.2),
-        ),
-        cfg.hidden,
-    )
+        values = math.prod(spec.shape)
+        return nn.Sequential(nn.Flatten(), nn.Linear(values, cfg.hidden), nn.ReLU()), cfg.hidden
+    return nn.Sequential(*Stages.of(spec, cfg.channels).encoder(cfg.hidden)), cfg.hidden
 
 
-def decoder_net(cfg: VAEConfig) -> nn.Module:
-    """Code (B, latent) -> pixel logits (B, 1, 28, 28)."""
+def decoder_net(cfg: VAEConfig, spec: ImageSpec) -> nn.Module:
+    """Codes (B, latent) -> logits (B, C, S, S)."""
     if cfg.arch == "dense":
         return nn.Sequential(
             nn.Linear(cfg.latent_dim, cfg.hidden), nn.ReLU(),
-            nn.Linear(cfg.hidden, PIXELS), nn.Unflatten(1, IMAGE_SHAPE),
+            nn.Linear(cfg.hidden, math.prod(spec.shape)), nn.Unflatten(1, spec.shape),
         )
-    c = cfg.channels
-    return nn.Sequential(
-        nn.Linear(cfg.latent_dim, cfg.hidden), nn.ReLU(),
-        nn.Linear(cfg.hidden, 2 * c * 7 * 7), nn.ReLU(),
-        nn.Unflatten(1, (2 * c, 7, 7)),
-        nn.ConvTranspose2d(2 * c, c, 4, 2, 1), nn.ReLU(),  # (B, c, 14, 14)
-        nn.ConvTranspose2d(c, 1, 4, 2, 1),  # (B, 1, 28, 28) logits
-    )
+    return nn.Sequential(*Stages.of(spec, cfg.channels).decoder(cfg.latent_dim, cfg.hidden, nn.ReLU))
 
 
 class VAE(nn.Module):
-    def __init__(self, cfg: VAEConfig):
+    def __init__(self, cfg: VAEConfig, spec: ImageSpec):
         super().__init__()
-        self.trunk, features = encoder_trunk(cfg)
+        self.trunk, features = encoder_trunk(cfg, spec)
         self.to_mu = nn.Linear(features, cfg.latent_dim)
         self.to_logvar = nn.Linear(features, cfg.latent_dim)
-        self.decoder = decoder_net(cfg)
+        self.decoder = decoder_net(cfg, spec)
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         h = self.trunk(x)
@@ -89,7 +74,7 @@ class VAE(nn.Module):
 
 
 def neg_elbo_terms(x, logits, mu, logvar) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-image reconstruction NLL and KL, both in nats, shape (B,)."""
+    """Per-image reconstruction NLL (summed over every value of an image) and KL, both in nats, (B,)."""
     recon = F.binary_cross_entropy_with_logits(logits, x, reduction="none").flatten(1).sum(1)
     kl = 0.5 * (mu.pow(2) + logvar.exp() - 1.0 - logvar).sum(1)
     return recon, kl
@@ -103,7 +88,7 @@ class VAEFamily(Family):
     capabilities = ("sample", "encode", "decode", "interpolate")
 
     def build(self) -> dict[str, nn.Module]:
-        return {"vae": VAE(self.cfg)}
+        return {"vae": VAE(self.cfg, self.spec)}
 
     def make_optimizers(self):
         params = self.nets["vae"].parameters()
@@ -156,12 +141,12 @@ class VAEFamily(Family):
     # --- inference (used by the deployment; plain tensors in, plain tensors out) ----------
     @torch.no_grad()
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B, 1, 28, 28) -> mu, logvar, each (B, latent)."""
+        """(B, C, S, S) -> mu, logvar, each (B, latent)."""
         return self.nets["vae"].encode(x.to(self.device))
 
     @torch.no_grad()
     def decode(self, z: torch.Tensor) -> torch.Tensor:
-        """(B, latent) -> images (B, 1, 28, 28) in [0, 1] (Bernoulli means)."""
+        """(B, latent) -> images (B, C, S, S) in [0, 1] (Bernoulli means)."""
         return torch.sigmoid(self.nets["vae"].decode_logits(z.to(self.device)))
 
     @torch.no_grad()

@@ -21,6 +21,10 @@ the decoder sees z twice, once as is (for L_llike) and once detached (for L_GAN)
 gradient reaches the decoder but not the encoder, as the algorithm says; and the gradient
 flowing from the decoder into z is scaled by 1/gamma, so the encoder's share of gamma * L_llike
 is L_llike. Each DDP-wrapped forward gets exactly one backward.
+
+The networks take (C, S, S) images (genray.families.convnets sets their stages). Checkpoints are
+ranked by sample_fid, which needs a classifier trained on labelled images; on unlabelled data
+they are ranked by val_moment_mse instead (`metric_for`).
 """
 
 from __future__ import annotations
@@ -32,8 +36,10 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
+from genray.data.images import ImageSpec
 from genray.families.base import Family, seeded_normal
-from genray.families.gan import Generator, moment_mse
+from genray.families.convnets import Stages, leaky_relu
+from genray.families.gan import Generator, moment_mse, sample_ranked_metric
 
 Beta = Annotated[float, Field(ge=0.0, lt=1.0)]
 
@@ -42,10 +48,11 @@ class VAEGANConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     latent_dim: int = Field(16, ge=1, le=1024)
-    channels: int = Field(32, ge=4, le=512)  # conv width at 14x14; 2x at 7x7 (all three nets)
+    channels: int = Field(32, ge=4, le=512)  # width of the stage at S/2; 2x per stage down (all three nets)
     hidden: int = Field(256, ge=8, le=8192)  # encoder's dense layer
-    # Decoder: gamma * L_llike + L_GAN. L_llike sums over D's 2c*7*7 features (tens of nats)
-    # while the GAN loss is a few nats; a small gamma lets the GAN shape the samples.
+    # Decoder: gamma * L_llike + L_GAN. L_llike sums over D's bottom feature map (2c*7*7 values
+    # on digits, tens of nats) while the GAN loss is a few nats; a small gamma lets the GAN
+    # shape the samples.
     gamma: float = Field(0.05, gt=0.0)
     kl_weight: float = Field(1.0, ge=0.0)  # encoder: kl_weight * L_prior + L_llike
     label_smoothing: float = Field(0.1, ge=0.0, lt=0.5)  # D's target for real images: 1 - this
@@ -57,17 +64,11 @@ class VAEGANConfig(BaseModel):
 
 
 class Encoder(nn.Module):
-    """Image (B, 1, 28, 28) in [-1, 1] -> mu, logvar, each (B, latent)."""
+    """Image (B, C, S, S) in [-1, 1] -> mu, logvar, each (B, latent)."""
 
-    def __init__(self, latent_dim: int, channels: int, hidden: int):
+    def __init__(self, latent_dim: int, channels: int, hidden: int, spec: ImageSpec):
         super().__init__()
-        c = channels
-        self.trunk = nn.Sequential(
-            nn.Conv2d(1, c, 4, 2, 1), nn.LeakyReLU(0.2),  # (B, c, 14, 14)
-            nn.Conv2d(c, 2 * c, 4, 2, 1), nn.LeakyReLU(0.2),  # (B, 2c, 7, 7)
-            nn.Flatten(),
-            nn.Linear(2 * c * 7 * 7, hidden), nn.LeakyReLU(0.2),
-        )
+        self.trunk = nn.Sequential(*Stages.of(spec, channels).encoder(hidden))  # (B, hidden)
         self.to_mu = nn.Linear(hidden, latent_dim)
         self.to_logvar = nn.Linear(hidden, latent_dim)
 
@@ -77,20 +78,17 @@ class Encoder(nn.Module):
 
 
 class FeatureDiscriminator(nn.Module):
-    """Image (B, 1, 28, 28) in [-1, 1] -> (Dis_l features (B, 2c*7*7), raw score (B,)).
+    """Image (B, C, S, S) in [-1, 1] -> (Dis_l features (B, F), raw score (B,)), F the values of
+    the bottom feature map (2c*7*7 on digits).
 
     Dis_l is the last conv layer's activation, taken before any dropout so that the learned
     similarity is not noise; dropout regularises only the score head."""
 
-    def __init__(self, channels: int, dropout: float):
+    def __init__(self, channels: int, dropout: float, spec: ImageSpec):
         super().__init__()
-        c = channels
-        self.features = nn.Sequential(
-            nn.Conv2d(1, c, 4, 2, 1), nn.LeakyReLU(0.2),  # (B, c, 14, 14)
-            nn.Conv2d(c, 2 * c, 4, 2, 1), nn.LeakyReLU(0.2),  # (B, 2c, 7, 7)
-            nn.Flatten(),
-        )
-        self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(2 * c * 7 * 7, 1))
+        stages = Stages.of(spec, channels)
+        self.features = nn.Sequential(*stages.down(leaky_relu), nn.Flatten())
+        self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(stages.features, 1))
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         h = self.features(x)
@@ -115,12 +113,16 @@ class VAEGANFamily(Family):
     adversarial = True
     capabilities = ("sample", "encode", "decode")
 
+    @classmethod
+    def metric_for(cls, data_cfg) -> str:
+        return sample_ranked_metric(cls, data_cfg)
+
     def build(self) -> dict[str, nn.Module]:
         c = self.cfg
         return {
-            "encoder": Encoder(c.latent_dim, c.channels, c.hidden),
-            "decoder": Generator(c.latent_dim, c.channels),
-            "discriminator": FeatureDiscriminator(c.channels, c.dropout),
+            "encoder": Encoder(c.latent_dim, c.channels, c.hidden, self.spec),
+            "decoder": Generator(c.latent_dim, c.channels, self.spec),
+            "discriminator": FeatureDiscriminator(c.channels, c.dropout, self.spec),
         }
 
     def make_optimizers(self):
@@ -132,7 +134,7 @@ class VAEGANFamily(Family):
         c = self.cfg
         enc, dec, disc = (self.train_nets[k] for k in ("encoder", "decoder", "discriminator"))
         x, _ = batch
-        real = x * 2.0 - 1.0  # (B, 1, 28, 28) in [-1, 1], the decoder's tanh range
+        real = x * 2.0 - 1.0  # (B, C, S, S) in [-1, 1], the decoder's tanh range
         n = real.shape[0]
 
         mu, logvar = enc(real)  # (B, latent) each
@@ -197,12 +199,12 @@ class VAEGANFamily(Family):
     # --- inference (used by the deployment; plain tensors in, plain tensors out) ----------
     @torch.no_grad()
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B, 1, 28, 28) in [0, 1] -> mu, logvar, each (B, latent)."""
+        """(B, C, S, S) in [0, 1] -> mu, logvar, each (B, latent)."""
         return self.nets["encoder"](x.to(self.device) * 2.0 - 1.0)
 
     @torch.no_grad()
     def decode(self, z: torch.Tensor) -> torch.Tensor:
-        """(B, latent) -> images (B, 1, 28, 28) in [0, 1]."""
+        """(B, latent) -> images (B, C, S, S) in [0, 1]."""
         return (self.nets["decoder"](z.to(self.device)) + 1.0) / 2.0
 
     @torch.no_grad()
