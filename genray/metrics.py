@@ -59,7 +59,8 @@ def judge_data(data: DataConfig | None = None) -> DataConfig:
 
 @lru_cache(maxsize=16)
 def _judge_of(data_json: str) -> DataConfig:
-    # Resolving may look at the source (a folder's class subfolders): once per data config.
+    # Cached by the config's JSON (a DataConfig is not hashable): resolving may look at the
+    # source (a folder's class subfolders), which a call per epoch should not repeat.
     return resolve(DataConfig.model_validate_json(data_json)).model_copy(
         update={"classes": None, "per_class_limit": None, "limit": None, "augment": AugmentConfig()})
 
@@ -99,10 +100,7 @@ def train_classifier(data: DataConfig | None = None, seed: int = 0):
 
     judge = judge_data(data)
     spec = labelled_spec(judge)
-    if judge == judge_data(None):
-        cfg = build_config("classifier")
-    else:
-        cfg = build_config("classifier", base={"data": judge.model_dump(mode="json")})
+    cfg = build_config("classifier", base={"data": judge.model_dump(mode="json")})
     torch.manual_seed(seed)
     train, val = load_images(cfg.data)
     epochs = max(1, min(CLASSIFIER_EPOCHS, CLASSIFIER_IMAGES // len(train)))
@@ -141,7 +139,7 @@ def get_classifier(data: DataConfig | None = None):
 def features_and_proba(classifier, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """The classifier's features (N, F) and class probabilities (N, K) of images (N, C, S, S),
     in passes of at most PASS_VALUES input values."""
-    step = max(1, PASS_VALUES // images[0].numel()) if len(images) else 1
+    step = max(1, PASS_VALUES // math.prod(images.shape[1:]))
     parts = [classifier.features_and_proba(images[i:i + step]) for i in range(0, len(images), step)]
     if len(parts) == 1:
         return parts[0]
@@ -168,6 +166,13 @@ def frechet_distance(mu1: np.ndarray, cov1: np.ndarray, mu2: np.ndarray, cov2: n
 def gaussian(features: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
     f = features.double().cpu().numpy()
     return f.mean(0), np.cov(f, rowvar=False)
+
+
+def coverage(predicted: torch.Tensor, k: int) -> tuple[float, float]:
+    """(classes_covered, max_class_share) of predicted labels (N,) among k classes: the classes
+    given at least COVERED_SHARE of their fair share 1/k, and the largest class's share."""
+    share = torch.bincount(predicted, minlength=k).double() / len(predicted)
+    return float((share >= COVERED_SHARE / k).sum().item()), share.max().item()
 
 
 def reference_stats(data: DataConfig | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -209,12 +214,12 @@ def sample_quality(images: torch.Tensor, wanted: torch.Tensor | None = None,
     probs = probs.double().cpu()  # (N, K)
     marginal = probs.mean(0)
     kl = (probs * (probs.clamp_min(1e-12).log() - marginal.clamp_min(1e-12).log())).sum(1)
-    share = torch.bincount(probs.argmax(1), minlength=k).double() / len(images)
+    covered, max_share = coverage(probs.argmax(1), k)
     out = {
         "is": math.exp(kl.mean().item()),
         "fid": frechet_distance(*gaussian(features), *reference_stats(judge)),
-        "classes_covered": float((share >= COVERED_SHARE / k).sum().item()),
-        "max_class_share": share.max().item(),
+        "classes_covered": covered,
+        "max_class_share": max_share,
     }
     if wanted is not None:
         out["cond_acc"] = (probs.argmax(1) == wanted.cpu()).double().mean().item()

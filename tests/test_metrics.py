@@ -4,6 +4,8 @@ import torch
 
 from genray import metrics
 from genray.data import DataConfig, load_images, resolve
+from genray.data.images import conform, split
+from genray.data.shapes import SHAPE_LABELS, colour_shapes
 
 
 def test_frechet_distance_of_known_gaussians():
@@ -104,3 +106,50 @@ def test_images_must_have_the_shape_of_the_data():
         metrics.sample_quality(torch.rand(30, 1, 28, 28), data=data)
     with pytest.raises(ValueError, match=r"wanted must hold one label in 0..9 per image \(30\)"):
         metrics.sample_quality(torch.rand(30, 1, 28, 28), torch.full((30,), 10))
+
+
+def test_coverage_counts_classes_with_a_fifth_of_their_fair_share():
+    # 4 classes: a fair share is 25%, a fifth of it 5%; 10 classes: 2%.
+    four = torch.tensor([0] * 60 + [1] * 29 + [2] * 6 + [3] * 5)
+    assert metrics.coverage(four, 4) == (4.0, 0.6)
+    assert metrics.coverage(torch.tensor([0] * 60 + [1] * 36 + [2] * 4), 4) == (2.0, 0.6)
+    ten = torch.tensor([0] * 85 + [1] * 2 + [2] * 2 + [3] * 2 + list(range(4, 10)) + [9] * 3)  # 4..8: 1% each
+    assert metrics.coverage(ten, 10) == (5.0, 0.85)
+
+
+# A labelled RGB set: coloured shapes at 32x32, 2400 train and 600 val images, with a split seed
+# no run uses, so that its judge is this set's own.
+SHAPES = DataConfig(source="shapes", image_size=32, channels=3, labels=list(SHAPE_LABELS), split_seed=7)
+
+
+@pytest.fixture
+def shapes(monkeypatch):
+    """metrics reads a set through load_images: here the coloured shapes drawn for this test,
+    small enough that its judge trains in seconds."""
+    load = metrics.load_images
+
+    def load_shapes(data):
+        if data.source != "shapes":
+            return load(data)
+        images, labels = colour_shapes(3000, data.image_size, seed=0)
+        train, val = split(images, labels, data.val_fraction, data.split_seed)
+        return conform(train, data.spec()), conform(val, data.spec())
+
+    monkeypatch.setattr(metrics, "load_images", load_shapes)
+    return load_shapes(SHAPES)[1].tensors
+
+
+def test_an_rgb_set_is_judged_by_a_classifier_trained_on_it(shapes):
+    """Bars set before measuring: held-out real shapes are classified >= 90% right, cover all 4
+    classes with an IS above 3 (at most 4); uniform noise scores an IS below 2 and an FID at
+    least 5x the real images'; images of one kind give one class >= 80% of the samples."""
+    x, y = shapes
+    real = metrics.real_ceiling(SHAPES)
+    noise = metrics.sample_quality(torch.rand(len(x), 3, 32, 32), data=SHAPES)
+    circles = metrics.sample_quality(x[y == 0], data=SHAPES)
+    assert metrics.classifier_path(SHAPES).name.startswith("shapes-3x32x32-classifier-")
+    assert real["cond_acc"] >= 0.9 and real["classes_covered"] == 4 and real["is"] > 3.0, real
+    assert noise["is"] < 2.0 and noise["fid"] > 5 * real["fid"], (noise, real)
+    assert circles["max_class_share"] >= 0.8 and circles["is"] < 1.6, circles
+    with pytest.raises(ValueError, match=r"shape \(N, 3, 32, 32\)"):
+        metrics.sample_quality(torch.rand(30, 1, 28, 28), data=SHAPES)
