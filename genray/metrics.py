@@ -1,22 +1,32 @@
-"""Sample quality measured with a digits classifier that genray trains itself.
+"""Sample quality measured with a classifier that genray trains on the labelled images themselves.
 
-No Inception network can be downloaded here, and on 28x28 digits a small classifier is the
-better judge anyway (as in many GAN papers on MNIST):
-- classifier-IS: exp(E_x KL(p(y|x) || p(y))); 10 is the maximum (confident and balanced).
+No Inception network can be downloaded here, and on small labelled sets (28x28 digits, 64x64
+coloured shapes) a small classifier trained on the same images is the better judge anyway (as in
+many GAN papers on MNIST). With K the number of classes:
+- classifier-IS: exp(E_x KL(p(y|x) || p(y))); K is the maximum (confident and balanced).
 - classifier-FID: the Fréchet distance between Gaussians fitted to the classifier's penultimate
-  features of the samples and of the real training digits.
+  features of the samples and of the real training images.
 - coverage: the share of samples given to each class; `classes_covered` counts the classes
-  that get at least a fifth of their fair share (2% of samples for 10 classes).
-The classifier is trained once (seeded, a few seconds on a CPU) and cached in the model store
-at <store>/_metrics/digits-classifier; held-out real digits give the ceiling.
+  that get at least a fifth of their fair share 1/K (2% of samples for 10 classes, 5% for 4).
+
+One classifier judges each image set: what defines the images (source, side, channels, class
+names, the train/val split) keys it. It is trained once (seeded, in-process) on the set's train
+split and cached in the model store at <store>/_metrics/<key>, the digits' at
+<store>/_metrics/digits-classifier; held-out real images (the val split) give the ceiling. Which
+of the set's images a run trains on (data.classes, per_class_limit, limit) and its augmentation
+do not change the judge: every run on one set is measured by the same classifier against the
+same reference, so their numbers compare. Unlabelled images have no classes to judge by: their
+runs report reconstruction, ELBO or loss instead.
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
+import re
 from functools import lru_cache
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import numpy as np
 import torch
@@ -24,9 +34,16 @@ from torch.utils.data import DataLoader
 
 from genray import checkpoint
 from genray.checkpoint import CheckpointError
+from genray.data import DataConfig, ImageSpec, load_images, resolve
+from genray.data.augment import AugmentConfig
 
 CLASSIFIER_EPOCHS = 8
-COVERED_SHARE = 0.2  # of the uniform share 1/10
+# Larger sets train the classifier for fewer epochs, down to one: it sees at most this many images.
+CLASSIFIER_IMAGES = 100_000
+COVERED_SHARE = 0.2  # of the uniform share 1/K
+# Input values per pass of the classifier: bounds its activations' memory on large images and
+# sets, while a set of digits (or a few hundred samples of them) still goes through in one pass.
+PASS_VALUES = 1 << 22
 
 
 def store_root() -> Path:
@@ -34,21 +51,60 @@ def store_root() -> Path:
     return Path(os.environ.get("GENRAY_STORE", "models")).expanduser().resolve()
 
 
-def classifier_path() -> Path:
-    return store_root() / "_metrics" / "digits-classifier"
+def judge_data(data: DataConfig | None = None) -> DataConfig:
+    """The data the classifier that judges samples of `data` is trained on: its whole image set,
+    with the shape and classes filled in from the source (None: the digits)."""
+    return _judge_of((data or DataConfig()).model_dump_json())
 
 
-def train_classifier(epochs: int = CLASSIFIER_EPOCHS, seed: int = 0):
-    """Train the metrics classifier on the digits train split, in-process."""
+@lru_cache(maxsize=16)
+def _judge_of(data_json: str) -> DataConfig:
+    # Cached by the config's JSON (a DataConfig is not hashable): resolving may look at the
+    # source (a folder's class subfolders), which a call per epoch should not repeat.
+    return resolve(DataConfig.model_validate_json(data_json)).model_copy(
+        update={"classes": None, "per_class_limit": None, "limit": None, "augment": AugmentConfig()})
+
+
+def classifier_name(data: DataConfig | None = None) -> str:
+    """The store key of the classifier that judges `data`: readable at a glance (source, shape)
+    and unique through a digest of everything its training images depend on."""
+    judge = judge_data(data)
+    if judge == judge_data(None):
+        return "digits-classifier"
+    digest = hashlib.sha256(judge.model_dump_json().encode()).hexdigest()[:16]
+    source = re.sub(r"[^A-Za-z0-9_.-]+", "-", PurePosixPath(judge.source.rstrip("/")).name).strip("-.") or "data"
+    return f"{source}-{judge.channels}x{judge.image_size}x{judge.image_size}-classifier-{digest}"
+
+
+def classifier_path(data: DataConfig | None = None) -> Path:
+    return store_root() / "_metrics" / classifier_name(data)
+
+
+def labelled_spec(judge: DataConfig) -> ImageSpec:
+    """The images a judge is trained on; an error for a set without at least two classes."""
+    spec = judge.spec()
+    if spec.num_classes < 2:
+        held = "no labels" if spec.num_classes == 0 else f"one class ({spec.labels[0]!r})"
+        raise ValueError(
+            f"sample quality needs labelled images of at least 2 classes, but data.source={judge.source!r} "
+            f"has {held}: rank its runs by a val_* metric, or give the images labels (class subfolders, "
+            f"data.label_column or data.labels)")
+    return spec
+
+
+def train_classifier(data: DataConfig | None = None, seed: int = 0):
+    """Train the metrics classifier on the train split of `data`'s image set (None: the digits),
+    in-process: (family, run config, {"val_acc": ...}, epochs trained)."""
     from genray.config import build_config
     from genray.families import get_family
 
-    cfg = build_config("classifier")
+    judge = judge_data(data)
+    spec = labelled_spec(judge)
+    cfg = build_config("classifier", base={"data": judge.model_dump(mode="json")})
     torch.manual_seed(seed)
-    from genray.data import load_images
-
     train, val = load_images(cfg.data)
-    family = get_family("classifier")(cfg.model)
+    epochs = max(1, min(CLASSIFIER_EPOCHS, CLASSIFIER_IMAGES // len(train)))
+    family = get_family("classifier")(cfg.model, spec=spec)
     loader = DataLoader(train, batch_size=64, shuffle=True, generator=torch.Generator().manual_seed(seed))
     with torch.enable_grad():  # callers may be inside no_grad (sample_quality is)
         for epoch in range(epochs):
@@ -57,7 +113,7 @@ def train_classifier(epochs: int = CLASSIFIER_EPOCHS, seed: int = 0):
                 family.train_step(batch, epoch)
     family.eval()
     correct = sum(family.eval_batch(b)["val_acc"] for b in DataLoader(val, batch_size=256))
-    return family, cfg, {"val_acc": correct / len(val)}
+    return family, cfg, {"val_acc": correct / len(val)}, epochs
 
 
 @lru_cache(maxsize=4)
@@ -66,17 +122,28 @@ def _load_cached(path: str):
     return family
 
 
-def get_classifier():
-    """The cached metrics classifier; trained and stored on first use."""
-    path = classifier_path()
+def get_classifier(data: DataConfig | None = None):
+    """The cached metrics classifier of `data`'s image set (None: the digits); trained and
+    stored on first use."""
+    path = classifier_path(data)
     if not (path / checkpoint.MANIFEST).is_file():
-        family, cfg, metrics = train_classifier()
+        family, cfg, metrics, epochs = train_classifier(data)
         try:
             checkpoint.save(path, family="classifier", config=cfg.to_dict(), state=family.state_dict(),
-                            epoch=CLASSIFIER_EPOCHS - 1, metrics=metrics)
+                            epoch=epochs - 1, metrics=metrics)
         except CheckpointError:
             pass  # another process stored it first; use that one
     return _load_cached(str(path))
+
+
+def features_and_proba(classifier, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The classifier's features (N, F) and class probabilities (N, K) of images (N, C, S, S),
+    in passes of at most PASS_VALUES input values."""
+    step = max(1, PASS_VALUES // math.prod(images.shape[1:]))
+    parts = [classifier.features_and_proba(images[i:i + step]) for i in range(0, len(images), step)]
+    if len(parts) == 1:
+        return parts[0]
+    return torch.cat([f for f, _ in parts]), torch.cat([p for _, p in parts])
 
 
 def _sqrt_psd(c: np.ndarray) -> np.ndarray:
@@ -101,48 +168,72 @@ def gaussian(features: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
     return f.mean(0), np.cov(f, rowvar=False)
 
 
-@lru_cache(maxsize=1)
-def reference_stats() -> tuple[np.ndarray, np.ndarray]:
-    """Feature statistics of the real training digits: what samples are compared with."""
-    from genray.data import DataConfig, load_images
+def coverage(predicted: torch.Tensor, k: int) -> tuple[float, float]:
+    """(classes_covered, max_class_share) of predicted labels (N,) among k classes: the classes
+    given at least COVERED_SHARE of their fair share 1/k, and the largest class's share."""
+    share = torch.bincount(predicted, minlength=k).double() / len(predicted)
+    return float((share >= COVERED_SHARE / k).sum().item()), share.max().item()
 
-    train, _ = load_images(DataConfig())
-    return gaussian(get_classifier().features(train.tensors[0]))
+
+def reference_stats(data: DataConfig | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Feature statistics of the real training images of `data`'s set (None: the digits): what
+    samples are compared with."""
+    return _reference_stats(judge_data(data).model_dump_json())
+
+
+@lru_cache(maxsize=4)
+def _reference_stats(judge_json: str) -> tuple[np.ndarray, np.ndarray]:
+    judge = DataConfig.model_validate_json(judge_json)
+    train, _ = load_images(judge)
+    features, _ = features_and_proba(get_classifier(judge), train.tensors[0])
+    return gaussian(features)
 
 
 @torch.no_grad()
-def sample_quality(images: torch.Tensor, wanted: torch.Tensor | None = None) -> dict[str, float]:
-    """Quality of (N, 1, 28, 28) images in [0, 1]; `wanted` labels (N,) add a conditional accuracy."""
-    if images.dim() != 4 or images.shape[1:] != (1, 28, 28):
-        raise ValueError(f"images must have shape (N, 1, 28, 28), got {tuple(images.shape)}")
+def sample_quality(images: torch.Tensor, wanted: torch.Tensor | None = None,
+                   data: DataConfig | None = None) -> dict[str, float]:
+    """Quality of images (N, C, S, S) in [0, 1] of the shape `data` holds (None: the digits,
+    (N, 1, 28, 28)), judged by the classifier of its image set; `wanted` labels (N,) add a
+    conditional accuracy."""
+    judge = judge_data(data)
+    spec = labelled_spec(judge)
+    if images.dim() != 4 or tuple(images.shape[1:]) != spec.shape:
+        shape = "(N, {}, {}, {})".format(*spec.shape)
+        raise ValueError(f"images must have shape {shape} (the images of data.source={judge.source!r}), "
+                         f"got {tuple(images.shape)}")
     if len(images) < 20:
         raise ValueError(f"need at least 20 images for stable statistics, got {len(images)}")
-    classifier = get_classifier()
+    k = spec.num_classes
+    if wanted is not None and (wanted.shape != (len(images),) or wanted.min() < 0 or wanted.max() >= k):
+        raise ValueError(f"wanted must hold one label in 0..{k - 1} per image ({len(images)}), "
+                         f"got shape {tuple(wanted.shape)} with values {wanted.min().item()}..{wanted.max().item()}")
+    classifier = get_classifier(judge)
     images = images.float().clamp(0, 1)
-    # One pass of the classifier for both (two took 0.49 s of a 0.50 s call for 500 images, 1 thread).
-    features, probs = classifier.features_and_proba(images)
-    probs = probs.double().cpu()  # (N, 10)
+    # One pass of the classifier gives both: it is nearly all of this call's time.
+    features, probs = features_and_proba(classifier, images)
+    probs = probs.double().cpu()  # (N, K)
     marginal = probs.mean(0)
     kl = (probs * (probs.clamp_min(1e-12).log() - marginal.clamp_min(1e-12).log())).sum(1)
-    share = torch.bincount(probs.argmax(1), minlength=10).double() / len(images)
+    covered, max_share = coverage(probs.argmax(1), k)
     out = {
         "is": math.exp(kl.mean().item()),
-        "fid": frechet_distance(*gaussian(features), *reference_stats()),
-        "classes_covered": float((share >= COVERED_SHARE / 10).sum().item()),
-        "max_class_share": share.max().item(),
+        "fid": frechet_distance(*gaussian(features), *reference_stats(judge)),
+        "classes_covered": covered,
+        "max_class_share": max_share,
     }
     if wanted is not None:
         out["cond_acc"] = (probs.argmax(1) == wanted.cpu()).double().mean().item()
     return out
 
 
-def real_ceiling() -> dict[str, float]:
-    """The metrics of real held-out digits (the val split): the best a model can hope for."""
-    from genray.data import DataConfig, load_images
-
-    _, val = load_images(DataConfig())
+def real_ceiling(data: DataConfig | None = None) -> dict[str, float]:
+    """The metrics of real held-out images of `data`'s set (its val split; None: the digits):
+    the best a model can hope for."""
+    judge = judge_data(data)
+    labelled_spec(judge)
+    _, val = load_images(judge)
     x, y = val.tensors
-    return sample_quality(x, y)
+    return sample_quality(x, y, judge)
 
 
 def global_throughput(samples: int, seconds: float) -> tuple[int, float]:

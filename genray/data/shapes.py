@@ -1,7 +1,9 @@
-"""Generated shapes with their masks, for the UNet's segmentation task (no download).
+"""Generated shapes (no download): grey shapes with their masks for the UNet's segmentation
+task, and coloured shapes labelled by their kind, a labelled RGB set for the image families.
 
-Each image (1, S, S) in [0, 1] holds 1 to `max_shapes` filled circles, axis-aligned rectangles
-and triangles on a background with a random linear gradient, all under Gaussian pixel noise.
+Grey shapes (`draw_shapes`, `load_shapes`): each image (1, S, S) in [0, 1] holds 1 to
+`max_shapes` filled circles, axis-aligned rectangles and triangles on a background with a random
+linear gradient, all under Gaussian pixel noise.
 The shapes of an image are all `contrast` brighter than the background's mean, or all darker
 (at random): a global threshold (Otsu, the baseline) can find them, but it fights the gradient
 and the noise, while the shapes' outlines stay plain to see. The mask (1, S, S) is 1 inside any shape.
@@ -10,6 +12,10 @@ Items are (image, mask, shapes): the number of shapes drawn in the image is the 
 which also tells the UNet family that a batch is for segmentation, not images with holes.
 Train and val images are drawn from different seeds (`seed`, `seed + 1`), so no val image is a
 training image; both are fixed, drawn once.
+
+Coloured shapes (`colour_shapes`): each RGB image (3, S, S) holds one filled shape, its class
+the shape's kind (SHAPE_LABELS), in a random colour, size, place and rotation on a two-colour
+gradient, at any side 16..256.
 """
 
 from __future__ import annotations
@@ -113,3 +119,100 @@ def load_shapes(cfg: ShapesConfig, limit: int | None = None, val_limit: int | No
     n_val = cfg.val_images if val_limit is None else min(val_limit, cfg.val_images)
     return (ShapeImages(*draw_shapes(n_train, cfg, cfg.seed)),
             ShapeImages(*draw_shapes(n_val, cfg, cfg.seed + 1)))
+
+
+# --- coloured shapes: a labelled RGB set -----------------------------------------------------
+
+# The class of a coloured-shapes image is the kind of the one shape it shows: label i = SHAPE_LABELS[i].
+SHAPE_LABELS = ("circle", "square", "triangle", "cross")
+
+
+def _colours(value: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """(n, 3) RGB colours of random hue and saturation at the given HSV value (n,)."""
+    n = len(value)
+    hue = torch.rand(n, generator=gen)
+    saturation = 0.3 + 0.7 * torch.rand(n, generator=gen)
+    # A fully saturated colour of this hue: each channel's distance from the hue on the colour
+    # wheel, as a triangle wave (R at 0, G at 1/3, B at 2/3).
+    offsets = torch.tensor([0.0, 1.0 / 3.0, 2.0 / 3.0])
+    pure = (2.0 - 6.0 * ((hue[:, None] - offsets + 0.5) % 1.0 - 0.5).abs()).clamp(0.0, 1.0)  # (n, 3)
+    return value[:, None] * (1.0 - saturation[:, None] + saturation[:, None] * pure)
+
+
+def _signed_distance(kind: str, u: torch.Tensor, v: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
+    """Distance in pixels from the outline of a shape of bounding radius r (B, 1, 1), in its own
+    rotated frame (u, v) (B, S, S): negative inside. Every kind reaches out to r at most, so a
+    centre at least r from each edge keeps the shape wholly in the image."""
+    if kind == "circle":
+        return torch.sqrt(u * u + v * v) - r
+    if kind == "square":  # corners on the circle of radius r
+        return torch.maximum(u.abs(), v.abs()) - r / math.sqrt(2.0)
+    if kind == "triangle":  # equilateral, corners on the circle of radius r: the edges lie r/2 from the centre
+        edges = [u * math.cos(a) + v * math.sin(a) for a in (math.pi / 2, math.pi * 7 / 6, math.pi * 11 / 6)]
+        return torch.stack(edges).amax(0) - r / 2
+    if kind == "cross":  # two bars of half-width 0.3 r, their corners on the circle of radius r
+        half_length, half_width = r * math.sqrt(1.0 - 0.09), 0.3 * r
+        bar = lambda a, b: torch.maximum(a.abs() - half_length, b.abs() - half_width)  # noqa: E731
+        return torch.minimum(bar(u, v), bar(v, u))
+    raise ValueError(f"kind must be one of {SHAPE_LABELS}, got {kind!r}")
+
+
+def colour_shapes(n: int, size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """n RGB images (n, 3, size, size) in [0, 1], each of one filled shape, and their labels (n,),
+    the shape's kind (SHAPE_LABELS); the same seed always draws the same images.
+
+    A shape has a random colour, bounding radius (a fifth to two fifths of the side), centre
+    (wholly inside the image) and rotation; the background is a linear gradient between two
+    colours at a random angle. Shape and background differ in brightness (one dark, one light,
+    at random), so the outline stays plain at any hue. Edges are anti-aliased (a pixel's
+    coverage is its centre's signed distance, clipped), so the kinds stay apart down to 16x16.
+    The labels are balanced: each kind n // 4 or n // 4 + 1 times, in random order.
+    """
+    if not 16 <= size <= 256:
+        raise ValueError(f"size must be 16..256, got {size}")
+    if n < 0:
+        raise ValueError(f"n must be >= 0, got {n}")
+    gen = torch.Generator().manual_seed(seed)
+    kinds = len(SHAPE_LABELS)
+    labels = (torch.arange(n) % kinds)[torch.randperm(n, generator=gen)]
+    # Every random number is drawn here, for all n images at once, so the images do not depend
+    # on how the drawing below is chunked.
+    light_shape = torch.rand(n, generator=gen) < 0.5
+    shape_value = torch.where(light_shape, 0.65 + 0.35 * torch.rand(n, generator=gen),
+                              0.1 + 0.3 * torch.rand(n, generator=gen))
+    background_value = torch.where(light_shape, 0.1 + 0.3 * torch.rand(n, generator=gen),
+                                   0.65 + 0.35 * torch.rand(n, generator=gen))
+    shape_colour = _colours(shape_value, gen)  # (n, 3)
+    background_from = _colours(background_value, gen)
+    background_to = _colours(background_value, gen)
+    gradient_angle = 2 * math.pi * torch.rand(n, generator=gen)
+    radius = size * (0.2 + 0.2 * torch.rand(n, generator=gen))  # pixels
+    centre = radius[:, None] + (size - 2 * radius[:, None]) * torch.rand(n, 2, generator=gen)  # (n, 2): y, x
+    rotation = 2 * math.pi * torch.rand(n, generator=gen)
+
+    # Pixel centres, in pixels: (S, S) each.
+    yy, xx = torch.meshgrid(torch.arange(size, dtype=torch.float32) + 0.5,
+                            torch.arange(size, dtype=torch.float32) + 0.5, indexing="ij")
+    images = torch.empty(n, 3, size, size)
+    chunk = max(1, (1 << 20) // (size * size))  # images drawn at once: bounds the temporaries' memory
+    for start in range(0, n, chunk):
+        part = slice(start, min(n, start + chunk))
+        # Background: from one colour to the other along the gradient's direction, 0..1 across.
+        angle = gradient_angle[part].view(-1, 1, 1)
+        along = ((yy - size / 2) * torch.sin(angle) + (xx - size / 2) * torch.cos(angle)) / (size * math.sqrt(2.0)) + 0.5
+        a, b = background_from[part].view(-1, 3, 1, 1), background_to[part].view(-1, 3, 1, 1)
+        background = a + (b - a) * along.unsqueeze(1)  # (B, 3, S, S)
+        # The pixel grid in each shape's own frame: centred on it and turned back by its rotation.
+        dy = yy - centre[part, 0].view(-1, 1, 1)
+        dx = xx - centre[part, 1].view(-1, 1, 1)
+        cos, sin = torch.cos(rotation[part]).view(-1, 1, 1), torch.sin(rotation[part]).view(-1, 1, 1)
+        u, v = dx * cos + dy * sin, dy * cos - dx * sin  # (B, S, S)
+        r = radius[part].view(-1, 1, 1)
+        distance = torch.empty_like(u)
+        for k, kind in enumerate(SHAPE_LABELS):
+            mine = labels[part] == k
+            if mine.any():
+                distance[mine] = _signed_distance(kind, u[mine], v[mine], r[mine])
+        coverage = (0.5 - distance).clamp(0.0, 1.0).unsqueeze(1)  # (B, 1, S, S): 1 inside, 0 outside
+        images[part] = background + (shape_colour[part].view(-1, 3, 1, 1) - background) * coverage
+    return images.clamp_(0.0, 1.0), labels
