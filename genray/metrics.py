@@ -35,12 +35,15 @@ from torch.utils.data import DataLoader
 from genray import checkpoint
 from genray.checkpoint import CheckpointError
 from genray.data import DataConfig, ImageSpec, load_images, resolve
+from genray.data.files import find_source
 from genray.data.augment import AugmentConfig
 
 CLASSIFIER_EPOCHS = 8
 # Larger sets train the classifier for fewer epochs, down to one: it sees at most this many images.
 CLASSIFIER_IMAGES = 100_000
 COVERED_SHARE = 0.2  # of the uniform share 1/K
+# The training images of a user's files (a folder, Parquet, a bucket) the judge learns from, at most.
+JUDGE_FILE_IMAGES = 8000
 # Input values per pass of the classifier: bounds its activations' memory on large images and
 # sets, while a set of digits (or a few hundred samples of them) still goes through in one pass.
 PASS_VALUES = 1 << 22
@@ -61,8 +64,11 @@ def judge_data(data: DataConfig | None = None) -> DataConfig:
 def _judge_of(data_json: str) -> DataConfig:
     # Cached by the config's JSON (a DataConfig is not hashable): resolving may look at the
     # source (a folder's class subfolders), which a call per epoch should not repeat.
-    return resolve(DataConfig.model_validate_json(data_json)).model_copy(
-        update={"classes": None, "per_class_limit": None, "limit": None, "augment": AugmentConfig()})
+    data = resolve(DataConfig.model_validate_json(data_json))
+    # A user's files may be any number: the judge learns from a bounded share of them.
+    limit = JUDGE_FILE_IMAGES if find_source(data) is not None else None
+    return data.model_copy(update={"classes": None, "per_class_limit": None, "limit": limit,
+                                   "augment": AugmentConfig()})
 
 
 def classifier_name(data: DataConfig | None = None) -> str:

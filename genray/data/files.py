@@ -42,6 +42,7 @@ PARQUET_EXTENSION = ".parquet"
 NO_LABEL = -1  # the label of an image in an unlabelled set
 # Sources that are not files: the built-in sets (held in memory by genray.data.images).
 BUILT_IN = ("digits", "shapes")
+IN_PROCESS_VAL_IMAGES = 10_000  # read_source's validation images of an image folder, at most
 GREY_MODES = ("1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "I;16N", "F")
 
 
@@ -439,9 +440,11 @@ class Decoder:
 
 
 def read_source(source: FileSource, cfg: DataConfig) -> tuple[TensorDataset, TensorDataset]:
-    """The whole (resolved) source in this process as (train, val) TensorDatasets of float32
-    images in [0, 1] and labels; for small sets (the metrics classifier, tests, in-process runs).
-    Skipped files are left out with a warning that counts them."""
+    """The (resolved) source in this process as (train, val) TensorDatasets of float32 images in
+    [0, 1] and labels; for small sets (the metrics classifier, tests, in-process runs). An image
+    folder gives at most data.limit training and IN_PROCESS_VAL_IMAGES validation images, read
+    file by file, so a big bucket is never pulled in whole. Skipped files are left out with a
+    warning that counts them."""
     decoder = Decoder.of(source, cfg)
     fs = source.filesystem()
     if source.kind == "images":
@@ -456,7 +459,9 @@ def read_source(source: FileSource, cfg: DataConfig) -> tuple[TensorDataset, Ten
             with ThreadPoolExecutor(8) as pool:  # S3 round trips overlap
                 return decoder.files({"bytes": list(pool.map(read_file, paths)), "path": paths})
 
-        train, val = read(train_names), read(val_names)
+        if cfg.limit is not None:
+            train_names = train_names[: cfg.limit]
+        train, val = read(train_names), read(val_names[:IN_PROCESS_VAL_IMAGES])
     else:
         import pyarrow.parquet as pq
 

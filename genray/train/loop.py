@@ -261,7 +261,7 @@ def run_loop(config: LoopConfig, session: Session) -> None:
         labelled = family.spec.num_classes >= 2
         if rank == 0 and labelled and (ranked_by_quality or cfg.train.quality_every
                                        and (last or epoch % cfg.train.quality_every == 0)):
-            metrics.update(measure_quality(family, cfg.train.quality_samples))
+            metrics.update(measure_quality(family, cfg.train.quality_samples, cfg.data))
         metrics.update(epoch=epoch, epoch_s=time.perf_counter() - t0, workers=world)
         for hook in config.hooks:
             hook.on_epoch_end(epoch, metrics)
@@ -360,7 +360,7 @@ def restore(folder: str, run: RunDir, device: torch.device) -> checkpoint.Checkp
     raise checkpoint.CheckpointError(f"no usable checkpoint in {run}; the latest: {damaged}")
 
 
-def measure_quality(family, n: int) -> dict[str, float]:
+def measure_quality(family, n: int, data) -> dict[str, float]:
     """Classifier-based sample quality (genray.metrics), for families that generate digits."""
     family.eval()
     drawn = family.quality_samples(n, seed=0)
@@ -369,7 +369,7 @@ def measure_quality(family, n: int) -> dict[str, float]:
     from genray.metrics import sample_quality
 
     images, wanted = drawn
-    return {f"sample_{k}": v for k, v in sample_quality(images.cpu(), wanted).items()}
+    return {f"sample_{k}": v for k, v in sample_quality(images.cpu(), wanted, data=data).items()}
 
 
 # Keys of the per-epoch sums that are counts, not metrics.
