@@ -1,10 +1,12 @@
 """The user's own files as data (genray.data.files, genray.data.pipeline): image folders and
 Parquet files, local and on the moto S3 server, read in this process and streamed to Ray Train
-workers through Ray Data; every bad input is an error that names the file or the key. The data
-is made here: coloured PNGs in class subfolders, a Parquet file of PNG bytes."""
+workers through Ray Data, exported to S3 and served as serve/<app>.yaml declares; every bad input
+is an error that names the file or the key. The data is made here: coloured PNGs in class
+subfolders, a Parquet file of PNG bytes."""
 
 import io
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,6 +19,8 @@ from genray.data.files import NO_LABEL, Decoder, ShardBatches, find_source, spli
 from genray.storage import Location
 
 from s3server import s3  # noqa: F401  (the fixture)
+
+REPO = Path(__file__).resolve().parents[1]
 
 CLASSES = ("blue", "red")  # the colour of each class's images
 
@@ -319,15 +323,32 @@ def streamed_run(family: str, source: str, storage, name: str, *more: str):
         f"storage={storage}", f"name={name}", "model.latent_dim=4", *more])
 
 
-def samples_of(checkpoint_path: str, n: int = 3) -> torch.Tensor:
-    from genray.checkpoint import load_family
+def served_samples(app: str, run_dir, model_uri: str, serve_url: str, n: int = 3) -> np.ndarray:
+    """Export the run's best checkpoint to `model_uri`, deploy what serve/<app>.yaml declares
+    pointed at it (as `serve run serve/<app>.yaml` would), and sample n images from it over HTTP."""
+    import requests
+    import yaml
+    from ray import serve
 
-    family, _ = load_family(checkpoint_path)
-    return family.sample(n, seed=0)
+    from genray.deploy import build_app
+    from genray.store import export
+
+    model = export(run_dir, model_uri)
+    spec = yaml.safe_load((REPO / "serve" / f"{app}.yaml").read_text())["applications"][0]
+    serve.run(build_app({**spec["args"], "model": str(model)}), name=spec["name"], route_prefix=spec["route_prefix"])
+    try:
+        url = serve_url + spec["route_prefix"]
+        info = requests.get(url + "/", timeout=30).json()
+        assert info["image_shape"] == [3, 64, 64]
+        answer = requests.post(url + "/sample", json={"n": n, "seed": 1, "format": "npy"}, timeout=60)
+        assert answer.status_code == 200, answer.text
+        return np.load(io.BytesIO(answer.content))
+    finally:
+        serve.delete(spec["name"])
 
 
 @pytest.mark.ray
-def test_a_vae_trains_on_an_s3_image_folder_through_ray_data(s3, ray_session, tmp_path):
+def test_a_vae_trains_on_an_s3_image_folder_through_ray_data(s3, ray_session, serve_url, tmp_path):
     from genray.train import fit
 
     source = upload(image_folder(tmp_path / "pets", per_class=12), "s3://data/vae/pets")
@@ -342,11 +363,12 @@ def test_a_vae_trains_on_an_s3_image_folder_through_ray_data(s3, ray_session, tm
     torch.manual_seed(0)
     initial = VAEFamily(ckpt.config["model"], spec=trained.spec)
     assert not torch.equal(trained.nets["vae"].to_mu.weight, initial.nets["vae"].to_mu.weight)
-    assert samples_of(summary.best_checkpoint).shape == (3, 3, 64, 64)
+    images = served_samples("vae", summary.run_uri, "s3://models/pets-vae", serve_url)
+    assert images.shape == (3, 3, 64, 64) and images.dtype == np.float32
 
 
 @pytest.mark.ray
-def test_a_gan_trains_on_an_s3_image_folder_and_resumes_at_its_next_epoch(s3, ray_session, tmp_path):
+def test_a_gan_trains_on_an_s3_image_folder_and_resumes_at_its_next_epoch(s3, ray_session, serve_url, tmp_path):
     from genray.checkpoint import load
     from genray.runs import load_run_config
     from genray.train import fit
@@ -359,11 +381,12 @@ def test_a_gan_trains_on_an_s3_image_folder_and_resumes_at_its_next_epoch(s3, ra
     resumed = fit(load_run_config("gan-s3", str(tmp_path / "runs"), ["train.epochs=2"]), resume=True, verbose=False)
     assert [h["epoch"] for h in resumed.history] == [0, 1] and resumed.metrics["epoch"] == 1
     assert np.isfinite(resumed.history[1]["val_moment_mse"])
-    assert samples_of(resumed.best_checkpoint).shape == (3, 3, 64, 64)
+    images = served_samples("gan", resumed.run_uri, "s3://models/pets-gan", serve_url)
+    assert images.shape == (3, 3, 64, 64) and 0.0 <= images.min() <= images.max() <= 1.0
 
 
 @pytest.mark.ray
-def test_a_gan_trains_on_parquet_on_s3_skipping_and_counting_a_bad_row(s3, ray_session, tmp_path):
+def test_a_gan_trains_on_parquet_on_s3_skipping_and_counting_a_bad_row(s3, ray_session, serve_url, tmp_path):
     from genray.train import fit
 
     path = parquet_file(tmp_path / "pets.parquet", per_class=12, extra_rows=[(b"not a png", "red")])
@@ -373,7 +396,7 @@ def test_a_gan_trains_on_parquet_on_s3_skipping_and_counting_a_bad_row(s3, ray_s
                                "data.labels=[]", "data.on_bad_file=skip"), verbose=False)
     # The bad row is in one split, read once each epoch.
     assert [h["data_skipped"] for h in summary.history] == [1, 1]
-    assert samples_of(summary.best_checkpoint).shape == (3, 3, 64, 64)
+    assert served_samples("gan", summary.run_uri, "s3://models/parquet-gan", serve_url).shape == (3, 3, 64, 64)
 
 
 @pytest.mark.ray

@@ -101,6 +101,30 @@ def bench_tune(
     publish("tune", result, markdown_table(result), out, readme, log=typer.echo)
 
 
+@bench_app.command("data")
+def bench_data(
+    quick: bool = typer.Option(False, "--quick", help="Tiny sets and one round: a smoke test, not figures."),
+    out: Path = typer.Option(Path("bench_results"), help="Folder for data.json and data.md."),
+    storage: Path = typer.Option(Path("runs"), help="Where the bench's Ray Train runs go."),
+    work: Optional[Path] = typer.Option(None, help="Where the bench writes its image files (default: a "
+                                                   "temporary folder, removed afterwards)."),
+    readme: Optional[Path] = typer.Option(None, help="Also replace the table between <!-- bench:data --> markers."),
+) -> None:
+    """Ray Data ingest of 64x64 RGB image files: images/s per CPU, streamed vs in-memory step time, peak memory."""
+    import shutil
+    import tempfile
+
+    from genray.bench.data import markdown_table, run
+
+    folder = work or Path(tempfile.mkdtemp(prefix="genray-bench-data-"))
+    try:
+        result = run(storage.resolve(), folder.resolve(), quick=quick, log=typer.echo)
+    finally:
+        if work is None:
+            shutil.rmtree(folder, ignore_errors=True)
+    publish("data", result, markdown_table(result), out, readme, log=typer.echo)
+
+
 @bench_app.command("gnn")
 def bench_gnn(
     quick: bool = typer.Option(False, "--quick", help="Tiny budgets, all runs at once: a smoke test, not figures."),
