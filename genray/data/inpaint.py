@@ -1,7 +1,8 @@
-"""Images with holes for the inpainting UNet: digits and patches of scikit-learn's sample photos;
-and, for its segmentation task, generated shapes with their masks (genray.data.shapes).
+"""Images with holes for the inpainting UNet: digits, patches of scikit-learn's sample photos, or
+the user's own images; and, for its segmentation task, generated shapes with their masks
+(genray.data.shapes).
 
-The inpainting sources ship in packages (no download) and come out the same way: images
+The built-in inpainting sources ship in packages (no download) and come out the same way: images
 (C, 28, 28) in [0, 1], grey (C = 1) or in colour (`channels: 3`: the photos in their own colours,
 the digits grey in three channels). "photos" uses the two sample photos (`sklearn.datasets.load_sample_images`,
 china and flower, 427x640): the left 80% of each photo trains, the right 20% validates, so no
@@ -9,6 +10,13 @@ validation pixel is ever in a training image. Training reads random 28x28 crops 
 parts (`photo_crops` a epoch, each turned by a random multiple of 90 degrees and mirrored at
 random: a photo has no preferred orientation at this scale); validation is the fixed grid of
 patches every 14 pixels over the right parts (464 patches).
+
+Any other source is files, whatever genray.data.DataConfig's source takes besides its built-in
+sets: a folder or s3:// prefix of PNG/JPEG/WebP images, or of Parquet files, or one Parquet
+file. genray.data.load_images reads them in this process as unlabelled images (C, S, S), S =
+`image_size` or the first image's side, split by a seeded hash (`split_seed`) of each file's
+name or Parquet row's bytes (`val_fraction` of them validate); what is wrong with them (a bad file, an empty folder, a missing
+prefix) is genray.data's DataError, which names the file or the key.
 
 Masks are (1, H, W) with 1 where the image is missing, in every channel (what the model must
 fill, and what the loss and the metric count) and 0 where it is known. Training masks are drawn afresh each time an
@@ -28,10 +36,11 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch.utils.data import ConcatDataset, Dataset
 
-from genray.data.images import ImageSpec, conform, digits_28x28, split
+from genray.data.images import DataConfig, ImageSpec, conform, digits_28x28, load_images, split
 from genray.data.shapes import ShapesConfig, load_shapes
 
 PATCH = 28
+BUILT_IN = ("digits", "photos", "both", "shapes")  # every other data.source is files
 
 
 class InpaintDataConfig(BaseModel):
@@ -40,9 +49,21 @@ class InpaintDataConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    source: Literal["digits", "photos", "both", "shapes"] = "digits"
-    channels: Literal[1, 3] = 1  # 1 grey, 3 RGB: the inpainting sources only (shapes are grey)
-    val_fraction: float = Field(0.2, gt=0.0, lt=1.0)  # of the digits (photos split by columns)
+    # digits, photos, both (the two), shapes (segmentation); or files: a folder or s3:// prefix
+    # of images (class subfolders are read too, their labels unused) or of Parquet files, or one
+    # Parquet file.
+    source: str = "digits"
+    # 1 grey, 3 RGB: the inpainting sources only (shapes are grey); files are converted to it.
+    channels: Literal[1, 3] = 1
+    # Files only (genray.data.DataConfig's keys of the same names): the side the images are
+    # brought to, 16 to 256 and a multiple of 4 (None: the first image's); how ("crop", "pad",
+    # "none"; None: crop when image_size is set); the Parquet column of encoded images; and what
+    # a file that is no usable image does ("error" names it, "skip" leaves it out with a warning).
+    image_size: int | None = Field(None, ge=16, le=256, multiple_of=4)
+    resize: Literal["crop", "pad", "none"] | None = None
+    image_column: str = "image"
+    on_bad_file: Literal["error", "skip"] = "error"
+    val_fraction: float = Field(0.2, gt=0.0, lt=1.0)  # of the digits and of files (photos split by columns)
     split_seed: int = Field(0, ge=0)
     photo_crops: int = Field(4096, ge=1, le=1_000_000)  # random training crops of the photos a epoch
     # rect: one axis-aligned rectangle; stroke: a thick random polyline (a scribble); mixed: either.
@@ -61,11 +82,28 @@ class InpaintDataConfig(BaseModel):
         if self.source == "shapes" and self.channels != 1:
             raise ValueError(f"source shapes makes grey images for segmentation: channels must be 1, "
                              f"got {self.channels} (colour is for the inpainting sources digits, photos, both)")
+        if self.source in BUILT_IN:
+            side = self.shapes.size if self.source == "shapes" else PATCH
+            for key in ("image_size", "resize"):
+                if getattr(self, key) is not None:
+                    raise ValueError(f"{key} brings the images of a folder or Parquet source to one size; source "
+                                     f"{self.source} makes its own {side}x{side} images: unset {key}")
         return self
 
+    def files(self) -> DataConfig | None:
+        """The genray.data config that reads this source's files as unlabelled images; None for
+        the built-in sources."""
+        if self.source in BUILT_IN:
+            return None
+        return DataConfig(source=self.source, image_size=self.image_size, channels=self.channels, labels=[],
+                          resize=self.resize, image_column=self.image_column, on_bad_file=self.on_bad_file,
+                          val_fraction=self.val_fraction, split_seed=self.split_seed, limit=self.limit)
+
     def spec(self) -> ImageSpec:
-        """The images this config gives (unlabelled; the UNet takes any side, 28 is the sources')."""
-        return ImageSpec(channels=self.channels, size=PATCH, labels=None)
+        """The images this config gives (unlabelled). The UNet takes any side, so the side here
+        is informative: image_size, else 28, the built-in sources' (files unresized keep the
+        first image's side, which only reading them tells)."""
+        return ImageSpec(channels=self.channels, size=self.image_size or PATCH, labels=None)
 
 
 def random_mask(h: int, w: int, kind: str, min_size: float, max_size: float,
@@ -178,6 +216,20 @@ def load_inpaint(cfg: InpaintDataConfig) -> tuple[Dataset, Dataset]:
     source shapes, the generated shape images with their masks (genray.data.shapes)."""
     if cfg.source == "shapes":
         return load_shapes(cfg.shapes, cfg.limit, cfg.val_limit)
+    files = cfg.files()
+    if files is not None:
+        train, val = load_images(files)  # (N, C, S, S) images and their (unused) labels
+        train_set, val_images = MaskedImages(train.tensors[0], cfg), val.tensors[0]
+    else:
+        train_set, val_images = built_in_images(cfg)
+    val_images = spread(val_images, cfg.val_limit)
+    _, h, w = val_images.shape[1:]
+    return train_set, MaskedImages(val_images, cfg, fixed_masks(len(val_images), h, w, cfg))
+
+
+def built_in_images(cfg: InpaintDataConfig) -> tuple[Dataset, torch.Tensor]:
+    """(the training images with fresh masks, the validation images (N, C, 28, 28)) of the
+    digits, the photos, or both."""
     train_parts: list[Dataset] = []
     val_images = []
     digits = photos = None
@@ -198,7 +250,5 @@ def load_inpaint(cfg: InpaintDataConfig) -> tuple[Dataset, Dataset]:
         train_parts.append(MaskedImages(digits, cfg))
     if crops:
         train_parts.append(PhotoCrops(photos, crops, cfg))
-    val_images = spread(torch.cat(val_images), cfg.val_limit)
-    _, h, w = val_images.shape[1:]
     train_set = train_parts[0] if len(train_parts) == 1 else ConcatDataset(train_parts)
-    return train_set, MaskedImages(val_images, cfg, fixed_masks(len(val_images), h, w, cfg))
+    return train_set, torch.cat(val_images)
