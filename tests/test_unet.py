@@ -1,7 +1,8 @@
-"""The UNet: masks, the digits and photo data, the generated shapes, the baselines (mean and
-blur fill, Otsu) on cases with exact answers, the skip connections, beating the baselines after a
-little training (inpainting; segmentation), task and data mismatches, and the Ray Train -> export
--> Serve path with its request checks."""
+"""The UNet: masks, the digits and photo data, a folder of the user's RGB images, the generated
+shapes, the baselines (mean and blur fill, Otsu) on cases with exact answers, the skip
+connections, beating the baselines after a little training (inpainting; segmentation), task and
+data mismatches, grey and RGB requests to the deployment's math, and the Ray Train -> export ->
+Serve path with its request checks."""
 
 import base64
 import io
@@ -14,13 +15,15 @@ from PIL import Image
 from pydantic import ValidationError
 
 from genray.config import ConfigError, build_config
+from genray.data import DataError
 from genray.data.inpaint import InpaintDataConfig, load_inpaint, photo_parts, random_mask
-from genray.data.shapes import ShapesConfig, draw_shapes, load_shapes
+from genray.data.shapes import ShapesConfig, colour_shapes, draw_shapes, load_shapes
 from genray.deploy.common import BadRequest
-from genray.deploy.unet import InpaintRequest, SegmentRequest, inpaint_image, segment_image
+from genray.deploy.unet import InpaintRequest, SegmentRequest, UNetDeployment, inpaint_image, segment_image
 from genray.families import get_family
 from genray.families.unet import (UNet, UNetConfig, blur_fill, iou, masked_mse, mean_fill, otsu_segment,
                                   otsu_threshold, segment_loss)
+from genray.images import save_png
 
 
 def png(array) -> str:
@@ -112,6 +115,68 @@ def test_rgb_inpainting_trains_keeps_known_pixels_and_round_trips(tmp_path):
                            epoch=1, metrics=metrics)
     restored, _ = checkpoint.load_family(path)
     assert restored.spec.channels == 3 and torch.equal(restored.inpaint(image, mask), filled)
+
+
+def rgb_folder(root, n: int = 24, size: int = 32) -> torch.Tensor:
+    """n generated RGB PNGs (size x size) in one subfolder per shape kind under `root`; their
+    pixels as read back, (n, 3, size, size) on the 1/255 grid."""
+    images, labels = colour_shapes(n, size, seed=1)
+    for i, (image, label) in enumerate(zip(images, labels)):
+        (root / f"kind{int(label)}").mkdir(parents=True, exist_ok=True)
+        save_png(image, root / f"kind{int(label)}" / f"{i:02d}.png")
+    return (images * 255).round() / 255
+
+
+def test_a_folder_of_rgb_images_trains_an_rgb_unet_whose_loss_covers_only_the_holes(tmp_path):
+    folder = tmp_path / "mine"
+    written = rgb_folder(folder)
+    cfg = build_config("unet", overrides=[f"data.source={folder}", "data.channels=3", "data.val_limit=4",
+                                          "model.channels=4"])
+    family_cls = get_family("unet")
+    family = family_cls(cfg.model, spec=family_cls.spec_of(cfg.data))
+    net = family.nets["unet"]
+    assert net.down[0][0].in_channels == 4 and net.head.out_channels == 3  # [R, G, B, mask] -> RGB
+    train, val = family.load_data(cfg.data)
+    # Every file of every class subfolder is read, at its own size (32), in train or val.
+    assert len(train) + 5 == 24 and len(val) == 4  # 20% of 24 validate; val_limit keeps 4 of those 5
+    x, m = train[0]
+    assert x.shape == (3, 32, 32) and m.shape == (1, 32, 32) and m.sum() > 0
+    assert all(any(torch.equal(image, w) for w in written) for image in train.images)
+    torch.manual_seed(0)
+    holes = torch.stack([train[i][1] for i in range(10)])
+    assert not torch.equal(holes, torch.stack([train[i][1] for i in range(10)]))  # fresh holes on every read
+    assert torch.equal(val[0][1], val[0][1]) and val.masks.shape == (4, 1, 32, 32)  # fixed ones
+
+    image, mask = next(iter(torch.utils.data.DataLoader(train, batch_size=8)))
+    # An untrained blur-prefilled UNet is the blur baseline, so the first step's loss is exactly
+    # the baseline's squared error over the masked values: every channel of each hole, nothing else.
+    hole_mse = ((blur_fill(image, mask) - image) ** 2 * mask).sum() / (3 * mask.sum())
+    before = [p.clone() for p in net.parameters()]
+    assert family.train_step((image, mask), 0.0)["loss"] == pytest.approx(hole_mse.item(), rel=1e-5)
+    assert any(not torch.equal(a, b) for a, b in zip(before, net.parameters()))
+    # Without holes there is nothing to learn from, however far the output is from the image.
+    plain = family_cls(UNetConfig(channels=4, prefill="zero"), spec=family.spec)
+    no_holes = torch.zeros_like(mask)
+    assert not torch.allclose(plain.predict(plain.nets["unet"], image, no_holes), image, atol=0.1)
+    assert plain.train_step((image, no_holes), 0.0)["loss"] == 0.0
+
+    small, _ = load_inpaint(InpaintDataConfig(source=str(folder), channels=3, image_size=16, limit=5))
+    assert len(small) == 5 and small[0][0].shape == (3, 16, 16)
+    grey, _ = load_inpaint(InpaintDataConfig(source=str(folder), limit=2))
+    assert grey[0][0].shape == (1, 32, 32)  # channels 1: the colour files read as grey
+    # Bad input is genray.data's error, naming the file or the key.
+    (folder / "kind0" / "zz.png").write_bytes(b"not a png")
+    with pytest.raises(DataError, match="zz.png: not an image"):
+        load_inpaint(InpaintDataConfig(source=str(folder), channels=3))
+    with pytest.warns(UserWarning, match="skipped 1 files"):
+        skipped, skipped_val = load_inpaint(InpaintDataConfig(source=str(folder), channels=3, on_bad_file="skip"))
+    assert len(skipped) + len(skipped_val) == 24  # every good file, the bad one left out
+    with pytest.raises(DataError, match="does not exist"):
+        load_inpaint(InpaintDataConfig(source=str(tmp_path / "nowhere")))
+    with pytest.raises(ConfigError, match="image_size brings the images of a folder .* source digits makes its own 28x28"):
+        build_config("unet", overrides=["data.image_size=32"])
+    with pytest.raises(ConfigError, match="image_size"):
+        build_config("unet", overrides=[f"data.source={folder}", "data.image_size=300"])
 
 
 def test_baselines_fill_each_channel_and_count_every_channel_of_the_hole():
@@ -286,6 +351,59 @@ def test_inpaint_request_checks_without_http():
                        ({"image": png(np.zeros((300, 8)))}, "between 4 and 256"), ({"method": "magic"}, "method")]:
         with pytest.raises(ValidationError, match=field):
             InpaintRequest(**{"image": image.tolist(), "mask": mask.tolist(), **bad})
+
+
+def test_rgb_inpaint_requests_in_colour_without_http(tmp_path):
+    from genray import checkpoint
+    from genray.bench.perf import user_class
+
+    cfg = build_config("unet", overrides=["data.channels=3", "model.channels=4"])
+    family_cls = get_family("unet")
+    family = family_cls(cfg.model, spec=family_cls.spec_of(cfg.data))
+    path = checkpoint.save(tmp_path / "ckpt", family="unet", config=cfg.to_dict(), state=family.state_dict(),
+                           epoch=1, metrics={})
+    replica = user_class(UNetDeployment)(str(path))  # the class as written, its model loaded, no Serve
+    assert replica.info()["image_channels"] == 3 and replica.info()["endpoints"] == ["/inpaint"]
+    image = np.random.default_rng(0).random((3, 20, 24)).round(3)  # (C, H, W)
+    mask = np.zeros((20, 24))
+    mask[5:10, 6:12] = 1.0
+    known = np.broadcast_to(mask == 0, image.shape)
+
+    out = replica.inpaint(InpaintRequest(image=image.tolist(), mask=mask.tolist(), format="list", method="blur"))
+    filled = np.array(out["image"])
+    assert out["shape"] == [3, 20, 24] and out["masked_pixels"] == 30
+    assert np.allclose(filled[known], image[known], atol=1e-6)
+    blur = blur_fill(torch.tensor(image, dtype=torch.float32)[None], torch.tensor(mask, dtype=torch.float32)[None, None])
+    assert np.allclose(filled, blur[0].numpy(), atol=1e-6)  # the baseline, channel by channel
+
+    colour = (image.transpose(1, 2, 0) * 255).round().astype(np.uint8)  # (H, W, 3)
+    answer = replica.inpaint(InpaintRequest(image=png(colour / 255), mask=png(mask)))
+    with Image.open(io.BytesIO(base64.b64decode(answer["image"]))) as img:
+        assert img.mode == "RGB" and img.size == (24, 20)
+        pixels = np.asarray(img)
+    assert np.array_equal(pixels[mask == 0], colour[mask == 0])  # the known pixels, in colour, unchanged
+    hole = pixels[mask == 1].astype(int)
+    assert (hole[:, 0] != hole[:, 1]).any()  # the hole is filled in colour, not grey
+    from_grey = replica.inpaint(InpaintRequest(image=png(image[0]), mask=png(mask), format="list"))
+    assert from_grey["shape"] == [3, 20, 24]  # a grey PNG is converted to the model's RGB
+    assert np.array_equal(np.array(from_grey["image"][0]), np.array(from_grey["image"][2]))
+
+    with pytest.raises(BadRequest, match=r"image: expected 3 x H x W \(channels x rows x columns\) values in "
+                                         r"\[0, 1\], for an RGB model; got 20x24") as err:
+        replica.inpaint(InpaintRequest(image=image[0].tolist(), mask=mask.tolist()))
+    assert err.value.status_code == 422
+    grey = get_family("unet")(UNetConfig(channels=4))
+    with pytest.raises(BadRequest, match=r"image: expected H x W \(or 1 x H x W\) values in \[0, 1\], for a grey "
+                                         r"model; got 3x20x24"):
+        inpaint_image(grey, InpaintRequest(image=image.tolist(), mask=mask.tolist()))
+    one_plane = inpaint_image(grey, InpaintRequest(image=image[:1].tolist(), mask=mask.tolist(), format="list"))
+    assert one_plane["shape"] == [20, 24]  # 1 x H x W is grey too, answered as H x W
+    with pytest.raises(BadRequest, match="mask: must be the image's size 24x20, got 12x10"):
+        replica.inpaint(InpaintRequest(image=image.tolist(), mask=mask[:10, :12].tolist()))
+    with pytest.raises(ValidationError, match="channels must all have the same size, got 10x24, 20x24"):
+        InpaintRequest(image=[image[0].tolist(), image[1, :10].tolist(), image[2].tolist()], mask=mask.tolist())
+    with pytest.raises(ValidationError, match="mask"):
+        InpaintRequest(image=image.tolist(), mask=[mask.tolist()] * 3)  # the mask stays H x W
 
 
 def test_segment_request_checks_without_http():
