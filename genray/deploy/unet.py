@@ -35,7 +35,7 @@ from typing import Annotated, Literal, Union
 import numpy as np
 import torch
 from PIL import Image
-from pydantic import AfterValidator, Field
+from pydantic import AfterValidator
 
 from genray.deploy.common import BadRequest, ModelReplica, Pixel, StrictModel, deployment, make_api
 from genray.images import from_png, to_base64_png
