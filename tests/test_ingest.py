@@ -1,6 +1,6 @@
 """The user's own files as data (genray.data.files, genray.data.pipeline): image folders and
 Parquet files, local and on the moto S3 server, read in this process and streamed to Ray Train
-workers through Ray Data, exported to S3 and served as serve/<app>.yaml declares; every bad input
+workers through Ray Data, exported and served as serve/<app>.yaml declares; every bad input
 is an error that names the file or the key. The data is made here: coloured PNGs in class
 subfolders, a Parquet file of PNG bytes."""
 
@@ -323,9 +323,9 @@ def streamed_run(family: str, source: str, storage, name: str, *more: str):
         f"storage={storage}", f"name={name}", "model.latent_dim=4", *more])
 
 
-def served_samples(app: str, run_dir, model_uri: str, serve_url: str, n: int = 3) -> np.ndarray:
-    """Export the run's best checkpoint to `model_uri`, deploy what serve/<app>.yaml declares
-    pointed at it (as `serve run serve/<app>.yaml` would), and sample n images from it over HTTP."""
+def served_samples(app: str, run_dir, models, serve_url: str, n: int = 3) -> np.ndarray:
+    """Export the run's best checkpoint to the model store `models`, deploy what serve/<app>.yaml
+    declares pointed at it (as `serve run serve/<app>.yaml` would), and sample n images over HTTP."""
     import requests
     import yaml
     from ray import serve
@@ -333,18 +333,20 @@ def served_samples(app: str, run_dir, model_uri: str, serve_url: str, n: int = 3
     from genray.deploy import build_app
     from genray.store import export
 
-    model = export(run_dir, model_uri)
+    model = export(run_dir, models / app)
     spec = yaml.safe_load((REPO / "serve" / f"{app}.yaml").read_text())["applications"][0]
-    serve.run(build_app({**spec["args"], "model": str(model)}), name=spec["name"], route_prefix=spec["route_prefix"])
+    # Its own app name and route: the session's shared apps (tests/deployed.py) hold the YAML's.
+    name = f"{spec['name']}-own-images"
+    serve.run(build_app({**spec["args"], "model": str(model)}), name=name, route_prefix=f"/{name}")
     try:
-        url = serve_url + spec["route_prefix"]
+        url = f"{serve_url}/{name}"
         info = requests.get(url + "/", timeout=30).json()
         assert info["image_shape"] == [3, 64, 64]
         answer = requests.post(url + "/sample", json={"n": n, "seed": 1, "format": "npy"}, timeout=60)
         assert answer.status_code == 200, answer.text
         return np.load(io.BytesIO(answer.content))
     finally:
-        serve.delete(spec["name"])
+        serve.delete(name)
 
 
 @pytest.mark.ray
@@ -363,7 +365,7 @@ def test_a_vae_trains_on_an_s3_image_folder_through_ray_data(s3, ray_session, se
     torch.manual_seed(0)
     initial = VAEFamily(ckpt.config["model"], spec=trained.spec)
     assert not torch.equal(trained.nets["vae"].to_mu.weight, initial.nets["vae"].to_mu.weight)
-    images = served_samples("vae", summary.run_uri, "s3://models/pets-vae", serve_url)
+    images = served_samples("vae", summary.run_uri, tmp_path / "models", serve_url)
     assert images.shape == (3, 3, 64, 64) and images.dtype == np.float32
 
 
@@ -381,7 +383,7 @@ def test_a_gan_trains_on_an_s3_image_folder_and_resumes_at_its_next_epoch(s3, ra
     resumed = fit(load_run_config("gan-s3", str(tmp_path / "runs"), ["train.epochs=2"]), resume=True, verbose=False)
     assert [h["epoch"] for h in resumed.history] == [0, 1] and resumed.metrics["epoch"] == 1
     assert np.isfinite(resumed.history[1]["val_moment_mse"])
-    images = served_samples("gan", resumed.run_uri, "s3://models/pets-gan", serve_url)
+    images = served_samples("gan", resumed.run_uri, tmp_path / "models", serve_url)
     assert images.shape == (3, 3, 64, 64) and 0.0 <= images.min() <= images.max() <= 1.0
 
 
@@ -396,7 +398,7 @@ def test_a_gan_trains_on_parquet_on_s3_skipping_and_counting_a_bad_row(s3, ray_s
                                "data.labels=[]", "data.on_bad_file=skip"), verbose=False)
     # The bad row is in one split, read once each epoch.
     assert [h["data_skipped"] for h in summary.history] == [1, 1]
-    assert served_samples("gan", summary.run_uri, "s3://models/parquet-gan", serve_url).shape == (3, 3, 64, 64)
+    assert served_samples("gan", summary.run_uri, tmp_path / "models", serve_url).shape == (3, 3, 64, 64)
 
 
 @pytest.mark.ray
