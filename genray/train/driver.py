@@ -14,7 +14,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import ray
 import ray.train
@@ -23,12 +23,14 @@ from ray.train.torch import TorchTrainer
 
 from genray.config import RunConfig
 from genray.data import DataConfig, DataError
-from genray.data.pipeline import Streams, streams_for
 from genray.families import get_family
 from genray.metrics import store_root
 from genray.runs import RunDir, new_run
 from genray.train.loop import Hooks, LoopConfig
 from genray.train.worker import train_loop_per_worker
+
+if TYPE_CHECKING:
+    from genray.data.pipeline import Streams
 
 # Ray Train's controller collects a worker's report only when it polls the workers, every
 # RAY_TRAIN_HEALTH_CHECK_INTERVAL_S (2 s by default), and the worker's next report waits until
@@ -133,7 +135,13 @@ def failure_config_for(cfg: RunConfig, start_tries: int | None = None) -> Failur
 
 
 def streams_of(cfg: RunConfig) -> Streams | None:
-    """The Ray Data datasets of a run whose data.source is files; None for in-memory data."""
+    """The Ray Data datasets of a run whose data.source is files; None for in-memory data.
+
+    The pipeline module is imported here, by a run that streams, and by no other: imported by
+    every Tune driver and trial, a killed search left a trial's PlacementGroupCleaner actor
+    behind (tests/test_tune.py), where without it nothing is left."""
+    from genray.data.pipeline import streams_for
+
     return streams_for(cfg.data, cfg.train.seed) if isinstance(cfg.data, DataConfig) else None
 
 
