@@ -457,7 +457,9 @@ def summarize(results, metric: str, mode: str, search: str | Path | Location) ->
             if len(series):
                 best_value = float(series.min() if mode == "min" else series.max())
         row = {"trial": result.metrics.get("trial_id", Path(result.path).name), "best_" + metric: best_value,
-               "epochs": int(result.metrics.get("training_iteration", 0)),
+               # the run's own epoch count: Tune's training_iteration restarts when a search resumes
+               # a trial that had reported but not yet been saved in the experiment's state
+               "epochs": int(result.metrics.get("epoch", result.metrics.get("training_iteration", 0) - 1)) + 1,
                "status": "error" if result.error else "done"}
         row.update({k: v for k, v in result.config.get("train_loop_config", {}).items()})
         rows.append(row)
