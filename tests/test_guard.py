@@ -1,6 +1,8 @@
 """The Guard in front of every endpoint: API key (401 without it or with a wrong one, the key never
 echoed or logged) and the body-size cap (413 before parsing, with or without Content-Length)."""
 
+import time
+
 import pytest
 import requests
 from fastapi.testclient import TestClient
@@ -71,6 +73,73 @@ def test_oversized_bodies_are_refused_before_parsing(client, monkeypatch):
     assert r.status_code == 413
     r = client.post("/sample", content=chunks(3), headers={"content-type": "application/json"})
     assert r.status_code == 200 and r.json() == {"n": 2}
+
+
+def run_guard(headers: dict, pieces: list[bytes], complete: bool = True) -> tuple[int, dict, int]:
+    """(status, JSON answer, body messages read) of the Guard in front of an app that must not
+    be reached, for a body arriving in `pieces` (the last one says more is coming unless
+    `complete`, and the client then sends nothing)."""
+    import asyncio
+    import json
+
+    from genray.deploy.guard import Guard
+
+    messages = [{"type": "http.request", "body": b, "more_body": i < len(pieces) - complete}
+                for i, b in enumerate(pieces)]
+    read, sent = [], []
+
+    async def receive():
+        if len(read) < len(messages):
+            read.append(messages[len(read)])
+            return read[-1]
+        await asyncio.sleep(3600)  # a client that sends nothing more
+
+    async def send(message):
+        sent.append(message)
+
+    async def app(scope, receive, send):
+        raise AssertionError("an oversized body reached the app")
+
+    scope = {"type": "http", "path": "/sample", "headers": [(k.encode(), v.encode()) for k, v in headers.items()]}
+    asyncio.run(Guard(app)(scope, receive, send))
+    return sent[0]["status"], json.loads(sent[1]["body"]), len(read)
+
+
+def test_a_refused_body_is_read_to_its_end_before_the_413(monkeypatch):
+    """Through Serve's proxy, a 413 sent while the client is still sending was lost to a
+    connection reset: the rest of the body is drained first, whether or not it declared its length."""
+    monkeypatch.setenv(MAX_BODY_ENV, "1000")
+    pieces = [b"x" * 600] * 10
+    for headers in ({"content-length": "6000"}, {}):  # declared, and chunked
+        status, answer, read = run_guard(headers, pieces)
+        assert (status, read) == (413, 10), headers
+        assert answer["error"] == "request body over the 1000 byte limit"
+
+
+def test_a_client_that_waits_for_100_continue_is_answered_without_reading(monkeypatch):
+    monkeypatch.setenv(MAX_BODY_ENV, "1000")
+    status, _, read = run_guard({"content-length": "6000", "expect": "100-continue"}, [b"x" * 6000])
+    assert (status, read) == (413, 0)
+
+
+def test_draining_stops_at_its_byte_and_time_bounds(monkeypatch):
+    from genray.deploy import guard
+
+    monkeypatch.setenv(MAX_BODY_ENV, "1000")
+    monkeypatch.setattr(guard, "DRAIN_BYTES", 3000)
+    status, _, read = run_guard({}, [b"x" * 600] * 10)  # chunked: stops once past 3000 bytes
+    assert (status, read) == (413, 6)
+    status, _, read = run_guard({"content-length": "6000"}, [b"x" * 600] * 10)  # declared past it: not read
+    assert (status, read) == (413, 0)
+    monkeypatch.setattr(guard, "DRAIN_S", 0.2)
+    started = time.monotonic()
+    status, _, read = run_guard({"content-length": "2000"}, [b"x" * 600], complete=False)  # the client stalls
+    assert (status, read) == (413, 1) and time.monotonic() - started < 2
+
+
+def test_a_content_length_that_is_no_number_is_a_400(monkeypatch):
+    status, answer, _ = run_guard({"content-length": "12abc"}, [b"{}"])
+    assert status == 400 and "Content-Length must be a whole number of bytes, got '12abc'" in answer["error"]
 
 
 def test_framework_errors_have_the_same_json_shape(client):

@@ -10,11 +10,17 @@ Both are checked before FastAPI parses anything, in a plain ASGI middleware:
   Ray's runtime_env agent writes env_vars to its log. The key is compared in constant time and
   never written to a response or a log.
 - Body size: a request whose Content-Length, or whose streamed body, exceeds
-  GENRAY_MAX_BODY_BYTES (default 4 MiB) is refused with 413 without being read further.
+  GENRAY_MAX_BODY_BYTES (default 4 MiB) is refused with 413 before anything parses it. The rest
+  of the body is read and dropped first (up to DRAIN_BYTES and DRAIN_S): a server that answers
+  and closes while the client is still sending leaves unread bytes in its socket, the kernel
+  answers them with a reset, and the client loses the 413 it was sent (seen through Serve's
+  Python proxy). A client that asked `Expect: 100-continue` has sent nothing yet and gets the
+  413 at once; so does one that declares a body over DRAIN_BYTES.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
 import os
@@ -23,6 +29,10 @@ API_KEY_ENV = "GENRAY_API_KEY"
 API_KEY_FILE_ENV = "GENRAY_API_KEY_FILE"
 MAX_BODY_ENV = "GENRAY_MAX_BODY_BYTES"
 DEFAULT_MAX_BODY = 4 * 1024 * 1024
+# How much of a refused body is read and dropped so that its client sees the 413: bounded, so a
+# client that keeps sending ties up a replica for seconds at most.
+DRAIN_BYTES = 64 * 1024 * 1024
+DRAIN_S = 5.0
 # Load balancers and Serve health checks need no key; nor does the playground page, which a
 # browser opens without headers: it holds no data, and its API calls carry the key typed into it.
 OPEN_PATHS = ("/healthz", "/playground")
@@ -60,6 +70,35 @@ def presented_key(scope) -> str | None:
     return _header(scope, b"x-api-key")
 
 
+async def drain(receive, received: int = 0) -> None:
+    """Read and drop the rest of a request's body: until its last message, DRAIN_BYTES in all
+    (`received` already read), DRAIN_S seconds, or the client going away."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + DRAIN_S
+    while received <= DRAIN_BYTES:
+        try:
+            message = await asyncio.wait_for(receive(), timeout=max(0.0, deadline - loop.time()))
+        except asyncio.TimeoutError:
+            return
+        if message["type"] != "http.request":
+            return
+        received += len(message.get("body", b""))
+        if not message.get("more_body"):
+            return
+
+
+async def refuse_body(scope, receive, send, limit: int, *, received: int = 0, declared: int = 0,
+                      more: bool = True) -> None:
+    """413 for a body over `limit`, once its client has finished sending it: `received` bytes
+    read so far, `declared` its Content-Length, `more` whether any is still to come. A client
+    waiting on `Expect: 100-continue` (nothing read yet) sends nothing more, so it is answered at
+    once, as is one declaring more than DRAIN_BYTES."""
+    waiting = received == 0 and (_header(scope, b"expect") or "").lower() == "100-continue"
+    if more and not waiting and declared <= DRAIN_BYTES:
+        await drain(receive, received)
+    await respond(send, 413, f"request body over the {limit} byte limit")
+
+
 async def respond(send, status: int, message: str, headers: list[tuple[bytes, bytes]] = ()) -> None:
     body = json.dumps({"error": message, "errors": []}).encode()
     await send({"type": "http.response.start", "status": status,
@@ -86,8 +125,11 @@ class Guard:
         limit = max_body_bytes()
         length = _header(scope, b"content-length")
         if length is not None:
-            if not length.strip().isdigit() or int(length) > limit:
-                return await respond(send, 413, f"request body over the {limit} byte limit")
+            declared = int(length) if length.strip().isdigit() else None
+            if declared is None:
+                return await respond(send, 400, f"Content-Length must be a whole number of bytes, got {length!r}")
+            if declared > limit:
+                return await refuse_body(scope, receive, send, limit, declared=declared)
             return await self.app(scope, receive, send)  # the server holds the body to its length
         # No Content-Length (chunked): read up to the limit here, then hand the body on.
         chunks, size = [], 0
@@ -98,7 +140,8 @@ class Guard:
             chunks.append(message.get("body", b""))
             size += len(chunks[-1])
             if size > limit:
-                return await respond(send, 413, f"request body over the {limit} byte limit")
+                more = message.get("more_body", False)
+                return await refuse_body(scope, receive, send, limit, received=size, more=more)
             if not message.get("more_body"):
                 break
         replayed = False
