@@ -22,6 +22,9 @@ from genray.storage import Location
 # controller it starts (controller_options.runtime_env.env_vars), whose proxies and replicas
 # inherit them. On a cluster, set them where `ray start` runs (cluster/).
 THROUGHPUT_ENV = {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1", "RAY_SERVE_ENABLE_HA_PROXY": "1"}
+# `genray serve`'s defaults, the fast path; `genray bench perf` measures Serve set up the same way.
+DEFAULT_THROUGHPUT = True
+DEFAULT_ACCESS_LOG = False
 
 
 def load(config: Path, *, throughput: bool = False) -> dict[str, Any]:

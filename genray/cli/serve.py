@@ -7,22 +7,21 @@ from typing import List, Optional
 
 import typer
 
+from genray import serve_config
 from genray.cli.errors import fail
 from genray.config import ConfigError
 
 
 def serve(
     config: Path = typer.Argument(..., help="Serve config YAML, e.g. serve/vae.yaml."),
-    throughput: bool = typer.Option(True, "--throughput/--no-throughput", help="Ray Serve's throughput mode "
-                                    "(the default): HAProxy in front, replicas answering HTTP directly; off: "
-                                    "Serve's Python proxy (see README)."),
-    access_log: bool = typer.Option(False, "--access-log/--no-access-log", help="Log a line per request in the "
-                                    "replicas' logs; off by default, as serve/*.yaml declare."),
+    throughput: bool = typer.Option(serve_config.DEFAULT_THROUGHPUT, "--throughput/--no-throughput",
+                                    help="Ray Serve's throughput mode: HAProxy in front, replicas answering HTTP "
+                                    "directly; off: Serve's Python proxy (see README)."),
+    access_log: bool = typer.Option(serve_config.DEFAULT_ACCESS_LOG, "--access-log/--no-access-log",
+                                    help="Log a line per request in the replicas' logs (serve/*.yaml turn it off)."),
 ) -> None:
     """Start the applications of a Serve config (the same file `serve run` takes); Ctrl-C stops.
     The fast path is the default whatever the file says: throughput mode, no access log."""
-    from genray import serve_config
-
     try:
         spec = serve_config.load(config, throughput=throughput)
     except ValueError as err:
