@@ -28,14 +28,16 @@ def build(gan_path: str, vae_path: str, threads: int = 1) -> FastAPI:
     def healthz() -> dict:
         return {"ok": True}
 
+    # `-> dict`, as genray's endpoints are annotated, has FastAPI serialise a JSON answer through
+    # pydantic; unannotated, its jsonable_encoder took 9x as long on 16 images as JSON lists.
     @api.post("/gan/sample")
-    def sample(req: SampleRequest):
+    def sample(req: SampleRequest) -> dict:
         with torch.inference_mode():
             images = gan.decode(gan.prior_codes(req.n, req.seed))
         return encode_images(images, req.format)
 
     @api.post("/vae/decode")
-    def decode(req: DecodeRequest):
+    def decode(req: DecodeRequest) -> dict:
         z = codes_to_tensor(req.z, vae.cfg.latent_dim)
         with torch.inference_mode():
             images = vae.decode(z)
