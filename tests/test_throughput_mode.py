@@ -1,6 +1,7 @@
-"""`genray serve` on its defaults: Serve's throughput mode (HAProxy in front of replicas that answer
-HTTP themselves), in its own process with its own embedded Ray, as a user starts it. It answers,
-refuses an oversized body with a 413 the client reads, and leaves no process behind."""
+"""The fast path is the default: every serve/*.yaml asks for Serve's throughput mode (HAProxy in
+front of replicas that answer HTTP themselves) and no access log, and so does `genray serve`
+unless told otherwise. Started as a user starts it, in its own process with its own embedded Ray,
+it answers, refuses an oversized body with a 413 the client reads, and leaves no process behind."""
 
 import os
 import signal
@@ -22,6 +23,54 @@ from conftest import free_port
 from genray.heat import solve
 
 REPO = Path(__file__).resolve().parents[1]
+CONFIGS = sorted(p.name for p in (REPO / "serve").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_every_serve_config_asks_for_the_fast_path_and_genray_serve_can_turn_it_off(name):
+    """`serve run serve/<app>.yaml` gets throughput mode and no access log from the file; the
+    options of `genray serve` rewrite both, and what they write is still a config Serve takes."""
+    from ray.serve.schema import ServeDeploySchema
+
+    from genray.serve_config import THROUGHPUT_ENV, with_access_log, with_throughput
+
+    config = yaml.safe_load((REPO / "serve" / name).read_text())
+    parsed = ServeDeploySchema.model_validate(config)
+    assert parsed.controller_options.runtime_env["env_vars"] == THROUGHPUT_ENV
+    assert all(app.logging_config.enable_access_log is False for app in parsed.applications)
+    assert with_access_log(with_throughput(config, True), False) == config  # the defaults change nothing
+    slow = ServeDeploySchema.model_validate(with_access_log(with_throughput(config, False), True))
+    assert slow.controller_options is None
+    assert all(app.logging_config.enable_access_log is True for app in slow.applications)
+    assert with_throughput({**config, "controller_options": {"runtime_env": {"env_vars": {"A": "1"}}}}, False)[
+        "controller_options"] == {"runtime_env": {"env_vars": {"A": "1"}}}  # the controller's own variables stay
+
+
+@pytest.mark.parametrize("flags, throughput, access_log", [
+    ([], True, False), (["--no-throughput", "--access-log"], False, True)])
+def test_genray_serve_runs_the_fast_path_unless_told_otherwise(flags, throughput, access_log, monkeypatch):
+    from typer.testing import CliRunner
+
+    from genray import serve_config
+    from genray.cli import app
+
+    ran = {}
+    monkeypatch.setattr(serve_config, "run", lambda config, spec, **options: ran.update(options))
+    result = CliRunner().invoke(app, ["serve", str(REPO / "serve" / "heat.yaml"), *flags])
+    assert result.exit_code == 0, result.output
+    assert ran == {"throughput": throughput, "access_log": access_log}
+
+
+def test_genray_serve_says_when_throughput_mode_has_no_haproxy(monkeypatch):
+    from typer.testing import CliRunner
+
+    from genray import serve_config
+    from genray.cli import app
+
+    monkeypatch.setattr(serve_config, "haproxy_found", lambda: False)
+    result = CliRunner().invoke(app, ["serve", str(REPO / "serve" / "heat.yaml")])
+    assert result.exit_code != 0 and "throughput mode needs HAProxy" in result.output
+    assert "--no-throughput" in result.output
 
 
 def marked(mark: str) -> list[str]:
