@@ -64,7 +64,7 @@ def with_throughput(spec: dict, on: bool) -> dict:
     for key in THROUGHPUT_ENV:
         env.pop(key, None)
     env.update(THROUGHPUT_ENV if on else {})
-    # Empty sections go: Ray's schema takes none of them empty in every version.
+    # A section left empty goes: the config then reads as one written without it.
     for parent, key, value in ((runtime_env, "env_vars", env), (options, "runtime_env", runtime_env),
                                (spec, "controller_options", options)):
         if value:
