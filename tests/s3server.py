@@ -35,3 +35,96 @@ def s3(tmp_path_factory):
             yield env
         finally:
             server.stop()
+
+
+class FaultyProxy:
+    """An HTTP proxy in front of the S3 endpoint that answers requests with 503 SlowDown (S3's
+    throttling answer, which every AWS SDK retries) as `fail` asks, and forwards the others
+    unchanged. `seen` lists each request as (method, path, answered status). Point
+    AWS_ENDPOINT_URL at `url` to send a client through it."""
+
+    SLOW_DOWN = (b'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>SlowDown</Code>'
+                 b"<Message>Please reduce your request rate.</Message></Error>")
+
+    def __init__(self, upstream: str):
+        import http.client
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+        from urllib.parse import urlparse
+
+        target = urlparse(upstream)
+        proxy = self
+        self.seen: list[tuple[str, str, int]] = []
+        self._under, self._times, self._failed = "/", 0, {}
+        self._lock = threading.Lock()
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"  # keep-alive, as the SDKs expect
+
+            def log_message(self, *args) -> None:
+                pass
+
+            def _body(self) -> bytes:
+                if "chunked" in self.headers.get("Transfer-Encoding", ""):
+                    chunks = []
+                    while (size := int(self.rfile.readline().split(b";")[0], 16)):
+                        chunks.append(self.rfile.read(size))
+                        self.rfile.readline()
+                    while self.rfile.readline() not in (b"\r\n", b"\n", b""):
+                        pass
+                    return b"".join(chunks)
+                return self.rfile.read(int(self.headers.get("Content-Length", 0)))
+
+            def _answer(self) -> None:
+                body = self._body()  # read even when faulting: the connection stays usable
+                request = (self.command, self.path)
+                with proxy._lock:
+                    failed = proxy._failed.get(request, 0)
+                    fault = self.path.startswith(proxy._under) and (proxy._times is None or failed < proxy._times)
+                    proxy._failed[request] = failed + fault
+                if fault:
+                    proxy.seen.append((self.command, self.path, 503))  # before the client can see the answer
+                    self.send_response(503)
+                    self.send_header("Content-Type", "application/xml")
+                    self.send_header("Content-Length", str(len(FaultyProxy.SLOW_DOWN)))
+                    self.end_headers()
+                    if self.command != "HEAD":
+                        self.wfile.write(FaultyProxy.SLOW_DOWN)
+                    return
+                headers = {k: v for k, v in self.headers.items() if k.lower() != "transfer-encoding"}
+                headers["Content-Length"] = str(len(body))
+                upstream_conn = http.client.HTTPConnection(target.hostname, target.port, timeout=60)
+                try:
+                    upstream_conn.request(self.command, self.path, body=body, headers=headers)
+                    answer = upstream_conn.getresponse()
+                    data = answer.read()
+                    proxy.seen.append((self.command, self.path, answer.status))
+                    self.send_response(answer.status)
+                    for key, value in answer.getheaders():
+                        if key.lower() not in ("transfer-encoding", "content-length", "connection", "date", "server"):
+                            self.send_header(key, value)
+                    length = answer.getheader("Content-Length") if self.command == "HEAD" else None
+                    self.send_header("Content-Length", length or str(len(data)))
+                    self.end_headers()
+                    if self.command != "HEAD":
+                        self.wfile.write(data)
+                finally:
+                    upstream_conn.close()
+
+            do_GET = do_PUT = do_POST = do_HEAD = do_DELETE = _answer
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread.start()
+
+    def fail(self, under: str = "/", times: int | None = 1) -> None:
+        """From now on, answer each distinct request (method and path) under the path prefix
+        `under` with 503 `times` times before forwarding it; None: always."""
+        with self._lock:
+            self._under, self._times, self._failed = under, times, {}
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()

@@ -16,7 +16,10 @@ def test_family_steps_and_checkpoint_round_trip(name, tmp_path):
     family = family_cls(cfg.model)
     train, val = family_cls.load_data(cfg.data)
     batch = next(iter(DataLoader(train, batch_size=64, collate_fn=family_cls.collate_fn)))
+    val_batch = next(iter(DataLoader(val, batch_size=32, collate_fn=family_cls.collate_fn)))
     before = {k: [p.detach().clone() for p in net.parameters()] for k, net in family.nets.items()}
+    family.eval()
+    untrained = family.eval_batch(val_batch)
 
     family.train()
     losses = [family.train_step(batch, epoch=1.0)["loss"] for _ in range(15)]
@@ -28,8 +31,8 @@ def test_family_steps_and_checkpoint_round_trip(name, tmp_path):
         assert changed, f"network {k!r} was not trained"
 
     family.eval()
-    metrics = family.eval_batch(next(iter(DataLoader(val, batch_size=32, collate_fn=family_cls.collate_fn))))
-    assert all(map(lambda v: v == v, metrics.values()))
+    metrics = family.eval_batch(val_batch)
+    check_metrics(family, untrained, metrics, batch_size=32)
     if family.metric.startswith("sample_"):  # measured by the loop from quality_samples
         images, _ = family.quality_samples(20, seed=0)
         assert images.shape == (20, *family.spec.shape)  # (20, 1, 28, 28): the default digits
@@ -45,6 +48,29 @@ def test_family_steps_and_checkpoint_round_trip(name, tmp_path):
             assert torch.equal(a, b), f"{key}.{pname} changed in the round trip"
     for tag, images in restored.preview(batch).items():
         assert images.dim() == 4 and 0.0 <= images.min() and images.max() <= 1.0, tag
+
+
+def check_metrics(family, untrained: dict[str, float], trained: dict[str, float], batch_size: int) -> None:
+    """Validation sums on one val batch, before and after the 15 steps: finite, in their range,
+    consistent, and the family's own metric better for the training."""
+    assert set(trained) == set(untrained) and all(torch.isfinite(torch.tensor(list(trained.values()))))
+    for key, value in trained.items():
+        if "_acc" in key:  # a count of right answers over the batch (a share for one graph)
+            assert 0 <= value <= batch_size, (key, value)
+        elif not key.startswith("val_d_"):  # errors, losses, KL, bits, shares; a critic's scores are any sign
+            assert value >= 0, (key, value)
+    for metrics in (untrained, trained):  # -ELBO = reconstruction NLL + KL, image by image, so in the sums
+        if "val_neg_elbo" in metrics:
+            nll = metrics.get("val_recon", metrics.get("val_nll"))
+            assert metrics["val_neg_elbo"] == pytest.approx(nll + metrics["val_kl"], rel=1e-5)
+    if "val_blur_fill_mse" in trained:
+        # The inpainting UNet starts as blur fill (a zero residual over it) and 15 steps do not
+        # move it past that baseline: its untrained fill *is* the baseline's.
+        assert untrained["val_masked_mse"] == pytest.approx(untrained["val_blur_fill_mse"], rel=1e-6)
+    elif not family.adversarial and family.metric in trained:
+        better = trained[family.metric] < untrained[family.metric] if family.mode == "min" \
+            else trained[family.metric] > untrained[family.metric]
+        assert better, f"{family.metric}: {untrained[family.metric]} untrained, {trained[family.metric]} after 15 steps"
 
 
 def test_vae_shapes_and_inference():

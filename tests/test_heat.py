@@ -271,9 +271,35 @@ def test_render_png_and_gif(tmp_path):
 
 
 def test_bench_smoke(tmp_path):
-    from genray.bench.heat import markdown_table, run
+    import json
+
+    from genray.bench.heat import METHODS, markdown_table, run
 
     result = run(sizes=(16,), out=tmp_path / "heat.json", warmup=1, steps=1, threads=1)
-    assert (tmp_path / "heat.json").exists() and result["rows"]
-    assert all(row["max_abs_diff_vs_splu"] < 1e-8 for row in result["rows"])
-    assert "genray multigrid" in markdown_table(result)
+    assert json.loads((tmp_path / "heat.json").read_text())["rows"] == result["rows"]
+    rows = {row["method"]: row for row in result["rows"]}
+    assert list(rows) == list(METHODS)  # every method timed, pyamg included
+    assert all(row["max_abs_diff_vs_splu"] < 1e-8 for row in rows.values())
+    assert all(row["seconds_per_step"] > 0 and row["timed_steps"] == 1 for row in rows.values())
+    amg = rows["pyamg sa + cg"]
+    # AMG-preconditioned CG converges in a handful of iterations, far fewer than Jacobi CG's.
+    assert amg["setup_seconds"] > 0 and 1 <= amg["iterations_per_step"] < rows["scipy cg + jacobi"]["iterations_per_step"]
+    import pyamg
+
+    assert result["versions"]["pyamg"] == pyamg.__version__
+    table = markdown_table(result)
+    line = next(line for line in table.splitlines() if line.startswith("| 16 | pyamg sa + cg |"))
+    assert f"| {amg['iterations_per_step']:.1f} |" in line and f"| {amg['max_abs_diff_vs_splu']:.1e} |" in line
+    # The best of splu and pyamg is the 1.00x of the "vs best" column: one of the two rows shows it.
+    assert any("| 1.00x / " in row for row in table.splitlines() if "splu |" in row or "pyamg sa + cg |" in row)
+
+
+def test_bench_without_pyamg_stops_and_says_how_to_install_it(tmp_path, monkeypatch):
+    import sys
+
+    from genray.bench.heat import run
+
+    monkeypatch.setitem(sys.modules, "pyamg", None)  # import pyamg raises ImportError
+    with pytest.raises(ImportError, match=r"genray bench heat needs pyamg .* pinned in genray.s test extra .* pip install -e .\.\[test\]."):
+        run(sizes=(16,), out=tmp_path / "heat.json", warmup=1, steps=1, threads=1)
+    assert not (tmp_path / "heat.json").exists()

@@ -370,35 +370,26 @@ def test_a_vae_trains_on_an_s3_image_folder_through_ray_data(s3, ray_session, se
 
 
 @pytest.mark.ray
-def test_a_gan_trains_on_an_s3_image_folder_and_resumes_at_its_next_epoch(s3, ray_session, serve_url, tmp_path):
+def test_a_gan_trains_on_parquet_on_s3_skipping_a_bad_row_and_resumes_at_its_next_epoch(s3, ray_session, serve_url,
+                                                                                       tmp_path):
     from genray.checkpoint import load
     from genray.runs import load_run_config
-    from genray.train import fit
-
-    source = upload(image_folder(tmp_path / "pets", per_class=12), "s3://data/gan/pets")
-    # Unlabelled: ranked by val_moment_mse, so no sample-quality classifier is trained here.
-    first = fit(streamed_run("gan", source, tmp_path / "runs", "gan-s3", "train.epochs=1", "data.labels=[]"),
-                verbose=False)
-    assert load(first.best_checkpoint, weights=False).config["data"]["image_size"] == 64
-    resumed = fit(load_run_config("gan-s3", str(tmp_path / "runs"), ["train.epochs=2"]), resume=True, verbose=False)
-    assert [h["epoch"] for h in resumed.history] == [0, 1] and resumed.metrics["epoch"] == 1
-    assert np.isfinite(resumed.history[1]["val_moment_mse"])
-    images = served_samples("gan", resumed.run_uri, tmp_path / "models", serve_url)
-    assert images.shape == (3, 3, 64, 64) and 0.0 <= images.min() <= images.max() <= 1.0
-
-
-@pytest.mark.ray
-def test_a_gan_trains_on_parquet_on_s3_skipping_and_counting_a_bad_row(s3, ray_session, serve_url, tmp_path):
     from genray.train import fit
 
     path = parquet_file(tmp_path / "pets.parquet", per_class=12, extra_rows=[(b"not a png", "red")])
     source = "s3://data/parquet/pets.parquet"
     Location(source).write_bytes(path.read_bytes())
-    summary = fit(streamed_run("gan", source, tmp_path / "runs", "gan-parquet", "data.label_column=label",
-                               "data.labels=[]", "data.on_bad_file=skip"), verbose=False)
-    # The bad row is in one split, read once each epoch.
-    assert [h["data_skipped"] for h in summary.history] == [1, 1]
-    assert served_samples("gan", summary.run_uri, tmp_path / "models", serve_url).shape == (3, 3, 64, 64)
+    # Unlabelled: ranked by val_moment_mse, so no sample-quality classifier is trained here.
+    first = fit(streamed_run("gan", source, tmp_path / "runs", "gan-parquet", "train.epochs=1", "data.label_column=label",
+                             "data.labels=[]", "data.on_bad_file=skip"), verbose=False)
+    assert load(first.best_checkpoint, weights=False).config["data"]["image_size"] == 64
+    resumed = fit(load_run_config("gan-parquet", str(tmp_path / "runs"), ["train.epochs=2"]), resume=True, verbose=False)
+    assert [h["epoch"] for h in resumed.history] == [0, 1] and resumed.metrics["epoch"] == 1
+    # The bad row is in one split, read once each epoch: in the first run and in the resumed one.
+    assert [h["data_skipped"] for h in resumed.history] == [1, 1]
+    assert np.isfinite(resumed.history[1]["val_moment_mse"])
+    images = served_samples("gan", resumed.run_uri, tmp_path / "models", serve_url)
+    assert images.shape == (3, 3, 64, 64) and 0.0 <= images.min() <= images.max() <= 1.0
 
 
 @pytest.mark.ray

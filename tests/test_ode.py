@@ -490,7 +490,7 @@ def test_ode_app_over_http_rejects_bad_input_and_failed_solves(serve_url, tmp_pa
             ({"y0": [[2, 0]], "t": [0, 2, 1]}, 422, "strictly increasing"),
             ({"y0": [[2, 0, 1]], "t": [0, 1]}, 422, "2 values"),
             ({"y0": [[2, 0]], "t": [float(i) for i in range(6000)]}, 422, "t"),
-            ("{not json", 400, ""),
+            ("{not json", 400, "request body is not valid JSON"),
             # rk4 steps from output time to output time: 4 x 4999 evaluations; the model allows 2000.
             ({"y0": [[2, 0]], "t": [float(i) for i in range(5000)], "method": "rk4"}, 422,
              "solver did not converge (max_evals)"),

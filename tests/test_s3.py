@@ -2,9 +2,11 @@
 loopback, reached only through the endpoint override (AWS_ENDPOINT_URL), as MinIO would be.
 A training run checkpoints to s3://, a resumed run continues from there, an exported model is
 served from s3://, a Tune search keeps its experiment, trials and results there; network errors
-are retried and a missing object is a clear error."""
+and throttling are retried by both clients (boto3's and the pyarrow filesystem Ray writes through)
+and a missing object is a clear error."""
 
 import json
+import re
 
 import pytest
 import requests
@@ -14,7 +16,7 @@ from typer.testing import CliRunner
 from genray import checkpoint, storage
 from genray.storage import Location, ObjectNotFound
 
-from s3server import s3  # noqa: F401  (the fixture)
+from s3server import FaultyProxy, s3  # noqa: F401  (the fixture)
 
 
 def test_missing_objects_are_clear_errors(s3):
@@ -61,6 +63,58 @@ def test_network_errors_are_retried_with_backoff(s3, monkeypatch):
     with pytest.raises(EndpointConnectionError):
         retry.read_text()
     assert len(attempts) == 2
+
+
+@pytest.fixture
+def throttled(s3, monkeypatch):
+    """The module's S3 reached through a FaultyProxy (AWS_ENDPOINT_URL points at it)."""
+    proxy = FaultyProxy(s3["AWS_ENDPOINT_URL"])
+    monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.url)
+    try:
+        yield proxy
+    finally:
+        proxy.close()
+
+
+def test_ray_storage_writes_retry_throttling_and_fail_naming_the_object_past_the_budget(throttled, monkeypatch, tmp_path):
+    """Ray Train uploads a checkpoint and Tune its experiment through the pyarrow S3FileSystem of
+    Location.ray_storage: each request it sends is retried when S3 answers 503 SlowDown, and
+    past AWS_MAX_ATTEMPTS the error names the bucket and key."""
+    import pyarrow.fs
+
+    folder = tmp_path / "checkpoint_000001"
+    (folder / "weights").mkdir(parents=True)
+    (folder / "manifest.json").write_text('{"epoch": 1}')
+    (folder / "weights" / "model.pt").write_bytes(bytes(range(256)) * 64)
+    storage_path, fs = Location("s3://runs/throttled").ray_storage()
+    model = "/runs/throttled/checkpoint_000001/weights/model.pt"
+    throttled.fail(under=model, times=1)  # each request of the weights' upload (a retry backs off ~1 s)
+    # What Ray Train does with a reported checkpoint: copy its folder into the storage filesystem.
+    pyarrow.fs.copy_files(str(folder), f"{storage_path}/checkpoint_000001", destination_filesystem=fs)
+    answered: dict[tuple[str, str], list[int]] = {}
+    for method, path, status in throttled.seen:
+        if path.startswith(model):
+            answered.setdefault((method, re.sub(r"[?&]uploadId=[^&]*", "", path)), []).append(status)
+    # Its multipart upload: start, the one part (its body sent again) and completion.
+    assert set(answered) == {("POST", model + "?uploads"), ("PUT", model + "?partNumber=1"), ("POST", model)}
+    assert all(statuses[:2] == [503, 200] for statuses in answered.values()), answered
+    throttled.fail(times=0)
+    copied = Location("s3://runs/throttled/checkpoint_000001")
+    assert copied.list() == ["manifest.json", "weights/model.pt"]
+    assert (copied / "weights" / "model.pt").read_bytes() == bytes(range(256)) * 64
+    assert (copied / "manifest.json").read_text() == '{"epoch": 1}'
+
+    # A fault that outlasts the budget: every answer a 503, two attempts a request.
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "2")
+    _, fs = Location("s3://runs/throttled").ray_storage()
+    throttled.seen[:] = []
+    throttled.fail(under="/runs/throttled/", times=None)
+    with pytest.raises(OSError, match=r"key 'throttled/result.json' in bucket 'runs': AWS Error SLOW_DOWN"):
+        with fs.open_output_stream(f"{storage_path}/result.json") as f:
+            f.write(b"{}")
+    assert [status for _, _, status in throttled.seen] == [503, 503]
+    throttled.fail(times=0)
+    assert not Location("s3://runs/throttled/result.json").exists()
 
 
 def test_export_to_s3_refuses_to_overwrite_and_keeps_replaced_models(s3, trained_vae, tmp_path):

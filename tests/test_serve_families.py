@@ -16,8 +16,9 @@ from genray.deploy import DEPLOYMENTS
 from genray.deploy.examples import EXAMPLES
 from genray.families import GCN_X, IMAGE
 
-# family -> (path, good body, bad body, field the error must name); the good bodies are the
-# deployments' shared examples.
+# family -> (path, good body, bad body, what the error must say: the field it names, or the whole
+# complaint where the field alone would not tell this error from another); the good bodies are
+# the deployments' shared examples.
 BAD = {
     "vae": ({"n": 0}, "n"),
     "ae": ({"images": []}, "images"),
@@ -28,7 +29,8 @@ BAD = {
     "gcn": ({"x": GCN_X, "edge_index": [[0], [5]]}, "edge_index"),
     "mpnn": ({"x": [], "edge_index": [[], []]}, "x"),
     "ode": ({"y0": [[2.0, 0.0]], "t": [0.0, 1.0, 0.5]}, "t"),
-    "latent_ode": ({"times": [0, 0.3], "values": [[5.1, 0.2]], "query_times": [1.0]}, ""),
+    "latent_ode": ({"times": [0, 0.3], "values": [[5.1, 0.2]], "query_times": [1.0]},
+                   "values: Value error, expected one value per time (2), got 1"),
     "charlm": ({"prompt": "\u0436\u00a7", "n": 20}, "prompt"),
     "unet": ({"image": IMAGE, "mask": [[1.0] * 20] * 20}, "mask"),
 }

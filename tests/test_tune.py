@@ -1,12 +1,13 @@
 """Ray Tune over the Ray Train trainer: ASHA with a killed-and-resumed driver, and PBT."""
 
 import json
+from dataclasses import replace
 
 import pytest
 
 from genray import checkpoint
 from genray.config import ConfigError, build_config
-from genray.tune import build_tuner, load_space, summarize
+from genray.tune import build_tuner, load_space, summarize, to_domain
 
 FAST = ["data.limit=96", "train.quality_every=0", "train.preview_every=0", "train.workers=1"]
 
@@ -36,16 +37,23 @@ def test_space_yaml_is_validated(tmp_path):
 # by Ray Train's PlacementGroupCleaner, which needs the dashboard (ray_session starts it).
 @pytest.mark.tune
 @pytest.mark.ray
-def test_asha_search_finishes_and_exports_the_best(ray_session, tmp_path):
+def test_asha_search_stops_the_worst_trial_early_and_exports_the_best(ray_session, tmp_path):
     storage = tmp_path / "searches"
-    spec = load_space("vae", None)
+    # Three learning rates, started in this order from the same seeded weights, the first two
+    # together. ASHA's one rung before max_t is epoch 1 (grace period 1, reduction factor 2): the
+    # third trial barely moves from those weights in its first epoch, so it reaches the rung behind
+    # both trials recorded there, below their median, and is stopped.
+    spec = replace(load_space("vae", None), space={"model.lr": to_domain("model.lr", {"grid": [3e-3, 1e-3, 1e-6]})})
     base = build_config("vae", overrides=FAST + ["train.epochs=2"])
     tuner = build_tuner("vae", name="s", storage=storage, spec=spec, base=base, scheduler="asha",
-                        num_samples=3, max_concurrent=2)
+                        num_samples=1, max_concurrent=2)
     results = tuner.fit()
     search = storage / "s"
     rows = summarize(results, spec.metric, spec.mode, search)
     assert len(rows) == 3 and all(r["status"] == "done" for r in rows)
+    epochs = {r["model.lr"]: r["epochs"] for r in rows}
+    assert epochs[1e-6] == 1, epochs  # stopped at the rung
+    assert max(epochs.values()) == base.train.epochs, epochs  # the first at the rung always goes on
     assert rows[0]["best_val_neg_elbo"] <= rows[-1]["best_val_neg_elbo"]
     assert (search / "results.csv").is_file() and json.loads((search / "results.json").read_text())
     assert list((search / "train").glob("*/tensorboard"))

@@ -80,13 +80,21 @@ def _versions() -> dict:
 
     versions = {"python": platform.python_version(), "torch": torch.__version__, "scipy": scipy.__version__,
                 "numpy": np.__version__}
+    versions["pyamg"] = _pyamg().__version__
+    return versions
+
+
+def _pyamg():
+    """pyamg, whose AMG-preconditioned CG is one half of the bench's target ("genray within 2x of
+    the faster of splu and pyamg"): without it the bench cannot decide that target, so it stops."""
     try:
         import pyamg
-
-        versions["pyamg"] = pyamg.__version__
-    except ImportError:
-        versions["pyamg"] = None
-    return versions
+    except ImportError as err:
+        raise ImportError(
+            f"genray bench heat needs pyamg to time its 'pyamg sa + cg' row ({err}); it is pinned in "
+            "genray's test extra (pyproject.toml): pip install -e '.[test]' (or pip install pyamg==5.4.1)"
+        ) from err
+    return pyamg
 
 
 def _scipy_matrix(stepper: HeatStepper):
@@ -223,14 +231,10 @@ def _bench_size(
     inverse_diagonal = 1.0 / matrix.diagonal()
     jacobi = spla.LinearOperator(matrix.shape, matvec=lambda v: inverse_diagonal * v.ravel())
     methods.append(_Method("scipy cg + jacobi", _scipy_cg(matrix, rtol, jacobi), 0.0, warm))
-    try:
-        import pyamg
-    except ImportError:  # optional: the package itself does not need it
-        pyamg = None
-    if pyamg is not None:
-        hierarchy, setup = _timed(lambda: pyamg.smoothed_aggregation_solver(matrix, symmetry="symmetric"))
-        amg_cg = _scipy_cg(matrix, rtol, hierarchy.aspreconditioner())
-        methods.append(_Method("pyamg sa + cg", amg_cg, setup, warm))
+    pyamg = _pyamg()
+    hierarchy, setup = _timed(lambda: pyamg.smoothed_aggregation_solver(matrix, symmetry="symmetric"))
+    amg_cg = _scipy_cg(matrix, rtol, hierarchy.aspreconditioner())
+    methods.append(_Method("pyamg sa + cg", amg_cg, setup, warm))
 
     # Round robin, one step of each method in turn, so that a change in the machine's load (it may be
     # shared) hits every method alike. Step 0 is untimed (first-call costs) unless it alone used up
@@ -291,6 +295,7 @@ def run(
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     device = torch.device(device)
+    _pyamg()  # before any timing: a missing pyamg stops the bench at once, not after the first size
     previous_threads = torch.get_num_threads()
     with contextlib.ExitStack() as limits:
         if threads is not None:
