@@ -139,14 +139,19 @@ def bench_data(
 @bench_app.command("gnn")
 def bench_gnn(
     quick: bool = typer.Option(False, "--quick", help="Tiny budgets, all runs at once: a smoke test, not figures."),
+    parts: str = typer.Option("gcn,mpnn", help="Parts to run (comma-separated); a part not run is kept from the "
+                                               "previous gnn.json in --out."),
     out: Path = typer.Option(Path("bench_results"), help="Folder for gnn.json and gnn.md."),
     storage: Path = typer.Option(Path("runs"), help="Where the bench's Ray Train runs go."),
     readme: Optional[Path] = typer.Option(None, help="Also replace the table between <!-- bench:gnn --> markers."),
 ) -> None:
-    """GCN test accuracy (SBM, KarateClub); MPNN test MAE against baselines; 1- and 2-worker throughput."""
-    from genray.bench.gnn import markdown_table, run
+    """GCN test accuracy over seeds (SBM, KarateClub); MPNN test MAE against baselines; 1- and 2-worker throughput."""
+    from genray.bench.gnn import PARTS, markdown_table, run
 
-    result = run(storage.resolve(), quick=quick)
+    chosen = tuple(p.strip() for p in parts.split(",") if p.strip())
+    if not chosen or set(chosen) - set(PARTS):
+        fail(f"--parts takes {' and '.join(PARTS)} (comma-separated), got {parts!r}")
+    result = run(storage.resolve(), quick=quick, parts=chosen, previous=previous_results(out, "gnn"))
     publish("gnn", result, markdown_table(result), out, readme, log=typer.echo)
 
 
