@@ -81,7 +81,8 @@ class Claim:
 def verdict(decision: dict[str, Any]) -> str:
     """yes / no / not decided: k of n seeds measured."""
     if not decision["decided"]:
-        return f"not decided: {decision['seeds_measured']} of {len(decision['claim']['seeds'])} seeds measured"
+        declared = len(decision["claim"]["seeds"])
+        return f"not decided: {decision['seeds_measured']} of {declared} seed{'s' * (declared != 1)} measured"
     return "yes" if decision["holds"] else "**no**"
 
 

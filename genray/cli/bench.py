@@ -61,6 +61,10 @@ def bench_ode(
     rounds: Optional[int] = typer.Option(None, help="Interleaved rounds of the ode comparison (3; 1 with --quick)."),
     parts: str = typer.Option("ode,latent_ode", help="Parts to run (comma-separated); a part not run is kept "
                                                      "from the previous ode.json in --out."),
+    seeds: Optional[str] = typer.Option(None, help="Data seeds of the latent_ode part (comma-separated; default "
+                                                   "0,1,2, the claims' seeds; 0 with --quick)."),
+    rnn_widths: str = typer.Option("32,40,64", help="RNN widths the latent_ode part also trains (comma-separated); "
+                                                    "the best-width claims use 32,40,64."),
     out: Path = typer.Option(Path("bench_results"), help="Folder for ode.json and ode.md."),
     storage: Path = typer.Option(Path("runs"), help="Where the bench's Ray Train runs go."),
     readme: Optional[Path] = typer.Option(None, help="Also replace the table between <!-- bench:ode --> markers."),
@@ -73,8 +77,15 @@ def bench_ode(
     chosen = tuple(p.strip() for p in parts.split(",") if p.strip())
     if not chosen or set(chosen) - set(PARTS):
         fail(f"--parts takes {' and '.join(PARTS)} (comma-separated), got {parts!r}")
-    result = run(quick=quick, path=path, rounds=rounds, storage=storage, parts=chosen,
-                 previous=previous_results(out, "ode"), log=typer.echo)
+    try:
+        data_seeds = tuple(int(v) for v in seeds.split(",") if v.strip()) if seeds else None
+        widths = tuple(int(v) for v in rnn_widths.split(",") if v.strip())
+    except ValueError:
+        fail(f"--seeds and --rnn-widths take comma-separated integers, got {seeds!r}, {rnn_widths!r}")
+    if (seeds is not None and not data_seeds) or not widths or min(widths) < 1:
+        fail(f"--seeds and --rnn-widths need at least one value each, widths >= 1; got {seeds!r}, {rnn_widths!r}")
+    result = run(quick=quick, path=path, rounds=rounds, storage=storage, parts=chosen, seeds=data_seeds,
+                 widths=widths, previous=previous_results(out, "ode"), log=typer.echo)
     publish("ode", result, markdown_table(result), out, readme, log=typer.echo)
 
 
