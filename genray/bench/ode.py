@@ -93,6 +93,12 @@ OVERHEAD_CLAIMS = [
 # and the sampler), at or below 1: the RNN at equal parameters (the width whose parameter count is
 # nearest the latent ODE's), and the RNN at its best width in RNN_WIDTHS (picked per seed and
 # point count by its own held-out RMSE, which favours the baseline).
+# Batches of 250: per series a step costs several times less than at 32 for both families (one
+# vectorised solve / GRU pass). 900 epochs (3600 steps): the latent ODE learns more slowly than the
+# RNN; also_scored_after: the held-out RMSE is also taken after 300 epochs of the same run, which
+# shows what each family still gains after it. refine_steps: the latent ODE is also scored with each
+# held-out series' z0 refined by that many gradient steps on its own observations
+# (LatentODEFamily.refine, the deployment's refine_steps).
 SERIES_BUDGET = {"epochs": 900, "batch_size": 250, "threads": 1, "n_train": 1000, "n_val": 200,
                  "also_scored_after": 300, "refine_steps": 50}
 SERIES_SEEDS = (0, 1, 2)
@@ -442,15 +448,7 @@ def series_budget(quick: bool) -> dict:
     if quick:
         return {"epochs": 1, "batch_size": 16, "seed": 0, "threads": 1,
                 "n_train": 32, "n_val": 16, "also_scored_after": 1, "refine_steps": 2}
-    # also_scored_after: the held-out RMSE is also taken after that many epochs (same run): the
-    # ranking could depend on the budget.
-    # Batches of 250: per series a step costs ~8x less than at 32 for both families (one
-    # vectorised solve / GRU pass). 900 epochs (3600 steps): the RNN (then 32 units) had stopped
-    # improving after 300 (at 100 points 0.260, 0.269, 0.267 RMSE after 300, 600, 900), the latent ODE not
-    # (0.326, 0.273, 0.260), which the 300-epoch budget this bench had before cut short.
-    # refine_steps: the latent ODE is also scored with each held-out series' z0 refined by that many
-    # gradient steps on its own observations (LatentODEFamily.refine, the deployment's refine_steps).
-    # The figures are SERIES_BUDGET; `seed` is the data seed of one run of it.
+    # SERIES_BUDGET; `seed` is the data seed of one run of it.
     return {**SERIES_BUDGET, "seed": 0}
 
 
