@@ -83,8 +83,8 @@ class Budget:
     concurrent: bool
 
 
-FULL = Budget(gcn_epochs=200, mpnn_epochs=100, throughput_epochs=12, warmup_epochs=2, num_graphs=600,
-              batch_size=32, cpus_per_worker=1.0, concurrent=False)
+FULL = Budget(gcn_epochs=GCN_BUDGET["epochs"], mpnn_epochs=100, throughput_epochs=12, warmup_epochs=2,
+              num_graphs=600, batch_size=32, cpus_per_worker=1.0, concurrent=False)
 QUICK = Budget(gcn_epochs=2, mpnn_epochs=2, throughput_epochs=2, warmup_epochs=1, num_graphs=60,
                batch_size=16, cpus_per_worker=0.25, concurrent=True)
 
@@ -186,7 +186,7 @@ def gcn_result(dataset: str, cfg, summary) -> dict[str, Any]:
         "features": graph.x.size(1), "classes": int(graph.y.max()) + 1,
         **{f"{k}_nodes": int(graph[f"{k}_mask"].sum()) for k in ("train", "val", "test")},
         "epoch": ckpt.epoch, "epochs": cfg.train.epochs,
-        "seed": cfg.train.seed,
+        "seed": cfg.train.seed, "workers": cfg.train.workers,
         "val_acc": correct[graph.val_mask].float().mean().item() if dataset != "karate_standard" else None,
         "test_acc": correct[graph.test_mask].float().mean().item(),
         "train_s": summary.wall_s,
@@ -339,7 +339,7 @@ def gcn_decisions(result: dict[str, Any]) -> list[dict[str, Any]]:
     decisions = []
     for graph, claim in GCN_CLAIMS.items():
         runs = [r for r in (gcn or {}).get("runs", []) if r["dataset"] == graph
-                and {"epochs": r["epochs"], "workers": 1} == dict(claim.budget)]
+                and {"epochs": r["epochs"], "workers": r["workers"]} == dict(claim.budget)]
         decisions.append(claim.decide({r["seed"]: r[claim.metric] for r in runs if r["seed"] in claim.seeds}))
     return decisions
 
