@@ -24,13 +24,21 @@ def test_bench_gnn_quick_writes_json_markdown_and_readme(ray_session, tmp_path):
     assert result.exit_code == 0, result.output
 
     data = json.loads((tmp_path / "out" / "gnn.json").read_text())
-    assert data["quick"] is True
-    gcn = {r["dataset"]: r for r in data["gcn"]}
-    assert set(gcn) == {"sbm", "karate"} and gcn["sbm"]["target"] == 0.9
-    assert gcn["karate"]["nodes"] == 34 and gcn["karate"]["train_nodes"] == 4  # one per class
+    assert data["quick"] is True and data["gcn"]["seeds"] == [0]  # a smoke run: one seed
+    gcn = {r["dataset"]: r for r in data["gcn"]["runs"]}
+    assert set(gcn) == {"sbm", "karate_standard", "karate_genray_split"}
+    # The standard split: PyG's one labelled node per class, every other node for test.
+    assert (gcn["karate_standard"]["train_nodes"], gcn["karate_standard"]["test_nodes"]) == (4, 30)
+    assert gcn["karate_standard"]["val_acc"] is None
+    assert gcn["karate_genray_split"]["nodes"] == 34 and gcn["karate_genray_split"]["train_nodes"] == 4
     for row in gcn.values():
-        assert 0.0 <= row["test_acc"] <= 1.0 and 0.0 <= row["val_acc"] <= 1.0
+        assert 0.0 <= row["test_acc"] <= 1.0 and row["seed"] == 0
         assert row["train_nodes"] + row["val_nodes"] + row["test_nodes"] == row["nodes"]
+    # The declared claims: 3 seeds and 200 epochs each, so a smoke run decides none of them.
+    claims = {d["claim"]["key"]: d for d in data["gcn_claims"]}
+    assert set(claims) == {"gcn_sbm", "gcn_karate_standard", "gcn_karate_genray_split"}
+    for d in claims.values():
+        assert d["claim"]["seeds"] == [0, 1, 2] and d["claim"]["target"] == 0.9 and d["decided"] is False
 
     mpnn = data["mpnn"]
     targets = mpnn["targets"]
@@ -47,11 +55,24 @@ def test_bench_gnn_quick_writes_json_markdown_and_readme(ray_session, tmp_path):
     for t in data["throughput"]:
         assert t["epochs_measured"] >= 1
         assert all(finite(t[k]) and t[k] > 0 for k in ("epoch_s", "graphs_per_s", "nodes_per_s")), t
-    assert [s["runs"] for s in data["load_average"]] == [["sbm", "karate", "mpnn", "mpnn_2_workers"]]
-    assert all(finite(s["start"]) and finite(s["end"]) for s in data["load_average"])
-    assert len(data["claims"]) == 3 and all(isinstance(c["holds"], bool) for c in data["claims"])
+    all_runs = ["sbm_seed0", "karate_standard_seed0", "karate_genray_split_seed0", "mpnn", "mpnn_2_workers"]
+    assert [s["runs"] for s in data["gcn"]["load_average"]] == [all_runs]
+    assert all(finite(s["start"]) and finite(s["end"]) for s in data["gcn"]["load_average"])
+    assert len(data["claims"]) == 2 and all(isinstance(c["holds"], bool) for c in data["claims"])
 
     markdown = (tmp_path / "out" / "gnn.md").read_text()
     assert "Quick smoke run" in markdown and "MLP on degree statistics" in markdown
+    assert "| GCN test accuracy on KarateClub, standard split (4 labelled nodes, 30 test nodes) | ≥ 0.9 |" in markdown
+    assert "not decided: 0 of 3 seeds measured" in markdown  # 2 epochs is not the declared budget
     text = readme.read_text()
-    assert "old table" not in text and "| karate |" in text and text.endswith("<!-- /bench:gnn -->\nafter\n")
+    assert "old table" not in text and "| karate_standard |" in text and text.endswith("<!-- /bench:gnn -->\nafter\n")
+
+    # A part run alone keeps the other from the previous file.
+    alone = CliRunner().invoke(app, ["bench", "gnn", "--quick", "--parts", "gcn", "--out", str(tmp_path / "out"),
+                                     "--storage", str(tmp_path / "runs")])
+    assert alone.exit_code == 0, alone.output
+    after = json.loads((tmp_path / "out" / "gnn.json").read_text())
+    assert after["mpnn"] == data["mpnn"] and after["throughput"] == data["throughput"] and len(after["claims"]) == 2
+
+    bad = CliRunner().invoke(app, ["bench", "gnn", "--quick", "--parts", "gcn,gat", "--out", str(tmp_path / "out")])
+    assert bad.exit_code == 2 and "--parts takes gcn and mpnn" in bad.output

@@ -39,15 +39,26 @@ def test_bench_ode_quick_writes_json_markdown_and_readme(tmp_path):
     assert backprop["genray"]["nfe_backward_per_iter"] == 0 and adjoint["genray"]["nfe_backward_per_iter"] > 0
 
     rows = data["latent_ode"]["rows"]
-    assert [r["n_obs"] for r in rows] == [30, 50, 100]
+    assert [(r["seed"], r["n_obs"]) for r in rows] == [(0, 30), (0, 50), (0, 100)]  # quick: data seed 0 alone
     for r in rows:
         for key in ("latent_ode_extrap_rmse", "rnn_extrap_rmse", "latent_ode_interp_rmse", "rnn_interp_rmse",
                     "latent_ode_extrap_rmse_refined", "latent_ode_interp_rmse_refined"):
             assert finite(r[key]) and r[key] > 0, (key, r[key])
-    assert len(data["targets"]) == 5 and all(isinstance(t["holds"], bool) for t in data["targets"])
+        # The equal-parameter RNN is within one unit's worth of the latent ODE's parameter count.
+        assert r["rnn_hidden"] == 40 and abs(r["rnn_parameters"] - r["latent_ode_parameters"]) < 260
+        assert set(r["rnn_widths"]) == {"32", "40", "64"}
+        assert r["rnn_widths"]["40"]["extrap_rmse"] == r["rnn_extrap_rmse"]  # trained once
+    # Declared claims: a smoke run (in-process path, 1 epoch, one data seed) decides none.
+    claims = {d["claim"]["key"]: d for d in data["claims"]}
+    assert len(claims) == 12 and not any(d["decided"] for d in claims.values())
+    assert claims["ode_code_alone_backprop"]["claim"]["target"] == 1.05
+    assert claims["ode_worker_adjoint"]["claim"]["target"] == 1.25
+    assert claims["latent_ode_vs_rnn_best_width_100"]["claim"]["seeds"] == [0, 1, 2]
 
     markdown = (tmp_path / "ode.md").read_text()
-    assert "plain torchdiffeq" in markdown and "| 100 |" in markdown and "z0 refined" in markdown
+    assert "plain torchdiffeq" in markdown and "| 0 | 100 |" in markdown and "z0 refined" in markdown
+    assert "| genray's code alone (no Ray) / plain torchdiffeq, ms per iteration, backprop | ≤ 1.05 |" in markdown
+    assert "yes" not in markdown.split("| claim |")[1]  # nothing is decided
     text = readme.read_text()
     assert "old table" not in text and "plain torchdiffeq" in text and text.endswith("<!-- /bench:ode -->\nafter\n")
 
@@ -56,7 +67,46 @@ def test_bench_ode_quick_writes_json_markdown_and_readme(tmp_path):
     assert alone.exit_code == 0, alone.output
     after = json.loads((tmp_path / "ode.json").read_text())
     assert after["ode"] == data["ode"] and after["ode"]["measured"]["machine"] == data["machine"]
-    assert len(after["targets"]) == 5
+    assert len(after["claims"]) == 12
 
     bad = CliRunner().invoke(app, ["bench", "ode", "--quick", "--parts", "ode,spirals", "--out", str(tmp_path)])
     assert bad.exit_code == 2 and "--parts takes ode and latent_ode" in bad.output
+
+
+def test_bench_ode_decides_its_claims_from_declared_runs():
+    """Fixed figures: the overhead claims are medians of per-round ratios on the ray-train path
+    with the declared budget; a stored single-seed latent ODE row is 'not decided'."""
+    from genray.bench.claims import verdict
+    from genray.bench.ode import ODE_BUDGET, SERIES_BUDGET, latent_decisions, overhead_decisions
+
+    def config(adjoint, genray, inproc, plain):
+        return {"adjoint": adjoint, "ms_per_iter_per_round": {"genray": genray, "genray-in-process": inproc,
+                                                              "plain": plain}}
+
+    ode = {"genray_path": "genray.train.fit: 1 Ray Train worker", "rounds": ODE_BUDGET["rounds"],
+           "settings": {k: v for k, v in ODE_BUDGET.items() if k != "rounds"},
+           "configs": [config(False, [9.0, 12.0, 9.3], [7.6, 7.5, 7.9], [7.5, 7.4, 7.4]),
+                       config(True, [48.0, 47.0, 60.0], [46.0, 50.0, 45.0], [44.0, 44.0, 44.0])]}
+    got = {d["claim"]["key"]: d for d in overhead_decisions(ode)}
+    # backprop, code alone: rounds 1.013, 1.014, 1.068 -> median 1.014; worker: 1.2, 1.62, 1.26 -> 1.26
+    assert abs(got["ode_code_alone_backprop"]["mean"] - 7.5 / 7.4) < 1e-9 and got["ode_code_alone_backprop"]["holds"]
+    assert abs(got["ode_worker_backprop"]["mean"] - 9.3 / 7.4) < 1e-9 and got["ode_worker_backprop"]["holds"] is False
+    assert got["ode_worker_first_target_adjoint"]["holds"] is False and got["ode_worker_adjoint"]["holds"] is True
+    # adjoint, code alone: rounds 1.045, 1.136, 1.023 -> median 1.045 (their mean, 1.068, would miss)
+    assert got["ode_code_alone_adjoint"]["holds"] is True
+    assert abs(got["ode_code_alone_adjoint"]["mean"] - 46.0 / 44.0) < 1e-9
+    ode["rounds"] = 1  # another budget measures nothing towards the claims
+    assert not any(d["seeds_measured"] for d in overhead_decisions(ode))
+
+    row = {"n_obs": 100, "latent_ode_extrap_rmse": 0.277, "rnn_extrap_rmse": 0.322}
+    latent = {"budget": {**SERIES_BUDGET, "seed": 0}, "rows": [row]}  # stored before seeds were an option
+    got = {d["claim"]["key"]: d for d in latent_decisions(latent)}
+    assert verdict(got["latent_ode_vs_rnn_equal_parameters_100"]) == "not decided: 1 of 3 seeds measured"
+    assert verdict(got["latent_ode_vs_rnn_best_width_100"]) == "not decided: 0 of 3 seeds measured"
+    rows = [{"seed": s, "n_obs": 100, "latent_ode_extrap_rmse": 0.25, "rnn_extrap_rmse": rnn,
+             "rnn_widths": {"32": {"extrap_rmse": 0.4}, "40": {"extrap_rmse": rnn}, "64": {"extrap_rmse": 0.2}}}
+            for s, rnn in ((0, 0.3), (1, 0.24), (2, 0.3))]
+    got = {d["claim"]["key"]: d for d in latent_decisions({"budget": {**SERIES_BUDGET, "seed": 0}, "rows": rows})}
+    equal = got["latent_ode_vs_rnn_equal_parameters_100"]
+    assert equal["holds"] is True and equal["seeds_missing"] == [1]  # the mean holds, seed 1 misses
+    assert got["latent_ode_vs_rnn_best_width_100"]["holds"] is False  # the 64-unit RNN wins at every seed

@@ -188,29 +188,3 @@ def test_tune_refuses_a_cluster_without_the_state_api(monkeypatch):
     with pytest.raises(ConfigError, match="needs Ray's dashboard"):
         require_state_api()
 
-
-def test_bench_tune_accounts_trial_seconds_until_the_target():
-    from genray.bench.tune import markdown_table, summarize_search
-
-    def trial(name, start, reports):  # reports: (seconds since start, value)
-        return {"trial": name, "start": start, "end": start + reports[-1][0], "epochs": len(reports),
-                "reports": [(start + t, v) for t, v in reports], "config": {"model.lr": 0.01}}
-
-    # Two at once: a runs 0..30 s and reaches 100 at 30 s; b runs 0..10 s; c starts at 10 s.
-    trials = [trial("a", 0.0, [(10, 150.0), (20, 120.0), (30, 100.0)]),
-              trial("b", 0.0, [(10, 200.0)]),
-              trial("c", 10.0, [(10, 180.0), (40, 90.0)])]
-    m = summarize_search(trials, wall_s=55.0, target=100.0, mode="min")
-    assert m["reached_target"] and m["wall_s_to_target"] == 30.0
-    assert m["trial_s_to_target"] == 30 + 10 + 20  # a whole, b whole, c from 10 s to 30 s
-    assert m["trial_s"] == 30 + 10 + 40 and m["epochs_trained"] == 6 and m["best"] == 90.0
-    assert summarize_search(trials, 55.0, target=50.0, mode="min")["reached_target"] is False
-
-    result = {"family": "vae", "metric": "val_neg_elbo", "mode": "min", "space": ["model.lr"], "num_samples": 3,
-              "epochs": 3, "max_concurrent": 2, "seed": 0, "target": {"value": 100.0, "rule": "r"},
-              "methods": {"random": m, "asha": summarize_search(trials[:2], 30.0, 100.0, "min")},
-              "asha_over_random_trial_s_first_hit": 0.5, "asha_over_random_trial_s_total": 0.25,
-              "machine": {"date": "d", "cpu": "c", "cores": 2, "memory_gib": 1, "gpu": None, "python": "3.11",
-                          "torch": "t", "ray": "r"}}
-    table = markdown_table(result)
-    assert "| random | 3 | 6 | 80 | 55 | 90 | 60 | 30 |" in table and "**0.25**" in table

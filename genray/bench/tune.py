@@ -13,7 +13,14 @@ over trials. The headline: the trial-seconds each search needs to return a confi
 target, which is the whole search (neither knows which trial is best before all have reported),
 provided its best reaches the target. Also reported: trial-seconds and wall time until some trial
 first reports a value at the target, which depends mostly on where in the sampling order the good
-configurations fall. The issue's target: ASHA needs at most half of random search's trial-seconds.
+configurations fall.
+
+The claims (CLAIMS, declared before the runs that decide them, over SEEDS of the sampled
+configurations): ASHA needs at most half of random search's trial-seconds. As first recorded, the
+metric was the trial-seconds to the first report at the target, at 16 epochs a trial; that is the
+claim FIRST_HIT. WHOLE_SEARCH, the whole search's trial-seconds, is reported beside it with the
+same target and budget. A seed's target is set by that seed's random search. A run whose budget
+differs from the declared one decides neither claim.
 """
 
 from __future__ import annotations
@@ -24,8 +31,21 @@ from pathlib import Path
 from typing import Any
 
 from genray.bench import machine, machine_line
+from genray.bench.claims import HEADER, Claim, claim_row
 
 METHODS = {"random": "fifo", "asha": "asha"}
+SEEDS = (0, 1, 2)
+# What one seed of either claim spends: the family searched (its packaged space), the sampled
+# configurations, epochs per trial (ASHA's max_t), trials at once, and the target's tolerance.
+BUDGET = {"family": "vae", "num_samples": 8, "epochs": 16, "max_concurrent": 2, "tolerance": 0.02}
+FIRST_HIT = Claim(
+    key="asha_first_hit", metric="asha_over_random_trial_s_first_hit", target=0.5, direction="<=",
+    text="ASHA / random, trial-seconds to the first trial report at the target", budget=BUDGET, seeds=SEEDS)
+WHOLE_SEARCH = Claim(
+    key="asha_whole_search", metric="asha_over_random_trial_s_total", target=0.5, direction="<=",
+    text="ASHA / random, trial-seconds of the whole search (a configuration at the target is known "
+         "only when every trial has reported)", budget=BUDGET, seeds=SEEDS)
+CLAIMS = (FIRST_HIT, WHOLE_SEARCH)
 
 
 def trial_runs(results, metric: str) -> list[dict[str, Any]]:
@@ -77,25 +97,20 @@ def summarize_search(trials: list[dict[str, Any]], wall_s: float, target: float,
     }
 
 
-def run(family: str, *, num_samples: int, epochs: int, max_concurrent: int, seed: int, tolerance: float,
-        storage: Path, overrides: list[str]) -> dict[str, Any]:
-    import ray
-
+def search_pair(family: str, *, num_samples: int, epochs: int, max_concurrent: int, seed: int, tolerance: float,
+                storage: Path, overrides: list[str]) -> dict[str, Any]:
+    """Random search and ASHA over the same `seed`'s sampled configurations, and their ratios."""
     from genray.config import build_config
     from genray.tune import build_tuner, load_space
 
-    if not ray.is_initialized():
-        from genray.train import start_local_ray
-
-        start_local_ray(log_to_driver=False)
     spec = load_space(family, None)
     base = build_config(family, None, ["train.workers=1", f"train.epochs={epochs}", *overrides])
     stamp = time.strftime("%Y%m%d-%H%M%S")
     searches, load = {}, {}
     for method, scheduler in METHODS.items():
-        tuner = build_tuner(family, name=f"bench-{method}-{stamp}", storage=storage, spec=spec, base=base,
-                            scheduler=scheduler, num_samples=num_samples, max_concurrent=max_concurrent,
-                            seed=seed)
+        tuner = build_tuner(family, name=f"bench-{method}-seed{seed}-{stamp}", storage=storage, spec=spec,
+                            base=base, scheduler=scheduler, num_samples=num_samples,
+                            max_concurrent=max_concurrent, seed=seed)
         started, load_before = time.monotonic(), os.getloadavg()[0]
         results = tuner.fit()
         searches[method] = (trial_runs(results, spec.metric), time.monotonic() - started)
@@ -109,58 +124,96 @@ def run(family: str, *, num_samples: int, epochs: int, max_concurrent: int, seed
     methods = {m: summarize_search(trials, wall, target, spec.mode) for m, (trials, wall) in searches.items()}
     for m in methods:  # other work on the machine slows trials: the 1-minute load average, before/after
         methods[m]["load_average"] = load[m]
-    first_hit = None
-    if methods["asha"]["reached_target"]:
-        first_hit = round(methods["asha"]["trial_s_to_target"] / methods["random"]["trial_s_to_target"], 3)
+    reached = methods["asha"]["reached_target"]
     return {
-        "machine": machine(),
-        "family": family,
+        "seed": seed,
         "metric": spec.metric,
         "mode": spec.mode,
         "space": sorted(spec.space),
+        "target": {"value": round(target, 4), "rule": f"random search's best {spec.metric} within {tolerance:.0%}"},
+        "methods": methods,
+        # None when ASHA never reached the target: the seed misses both claims.
+        FIRST_HIT.metric: (round(methods["asha"]["trial_s_to_target"] / methods["random"]["trial_s_to_target"], 3)
+                           if reached else None),
+        WHOLE_SEARCH.metric: round(methods["asha"]["trial_s"] / methods["random"]["trial_s"], 3) if reached else None,
+    }
+
+
+def decide(result: dict[str, Any]) -> list[dict[str, Any]]:
+    """Both claims from the per-seed results; a run with another budget than the declared one
+    measures nothing towards them."""
+    runs = result["runs"] if declared_budget(result) else []
+    return [claim.decide({r["seed"]: r[claim.metric] for r in runs if r["seed"] in claim.seeds})
+            for claim in CLAIMS]
+
+
+def declared_budget(result: dict[str, Any]) -> bool:
+    return {k: result[k] for k in BUDGET} == dict(BUDGET)
+
+
+def run(family: str, *, num_samples: int, epochs: int, max_concurrent: int, seeds: tuple[int, ...],
+        tolerance: float, storage: Path, overrides: list[str], log=print) -> dict[str, Any]:
+    import ray
+
+    if not ray.is_initialized():
+        from genray.train import start_local_ray
+
+        start_local_ray(log_to_driver=False)
+    runs = []
+    for seed in seeds:
+        runs.append(search_pair(family, num_samples=num_samples, epochs=epochs, max_concurrent=max_concurrent,
+                                seed=seed, tolerance=tolerance, storage=storage, overrides=overrides))
+        log(f"bench tune: seed {seed}: ASHA / random trial-seconds, first hit {runs[-1][FIRST_HIT.metric]}, "
+            f"whole search {runs[-1][WHOLE_SEARCH.metric]}")
+    result = {
+        "machine": machine(),
+        "family": family,
+        "metric": runs[0]["metric"],
+        "mode": runs[0]["mode"],
+        "space": runs[0]["space"],
         "num_samples": num_samples,
         "epochs": epochs,
         "max_concurrent": max_concurrent,
-        "seed": seed,
+        "tolerance": tolerance,
+        "seeds": list(seeds),
         "overrides": overrides,
-        "target": {"value": round(target, 4), "rule": f"random search's best {spec.metric} within {tolerance:.0%}"},
-        "methods": methods,
-        "asha_over_random_trial_s_first_hit": first_hit,
-        "asha_over_random_trial_s_total": (round(methods["asha"]["trial_s"] / methods["random"]["trial_s"], 3)
-                                           if methods["asha"]["reached_target"] else None),
+        "runs": runs,
         "storage": str(storage),
     }
+    result["claims"] = decide(result)
+    return result
 
 
 def markdown_table(result: dict[str, Any]) -> str:
     metric = result["metric"]
     lines = [
-        f"{result['family']}: {result['num_samples']} sampled configurations (seed {result['seed']}) of "
-        f"{', '.join(result['space'])}; {result['epochs']} epochs each, 1 worker per trial, "
-        f"{result['max_concurrent']} trials at once. Target: {metric} "
-        f"{'≤' if result['mode'] == 'min' else '≥'} {result['target']['value']:.4g} "
-        f"({result['target']['rule']}).",
+        f"{result['family']}: {result['num_samples']} sampled configurations of {', '.join(result['space'])} per "
+        f"seed; {result['epochs']} epochs each, 1 worker per trial, {result['max_concurrent']} trials at once. "
+        f"Target per seed: {metric} {'≤' if result['mode'] == 'min' else '≥'} random search's best "
+        f"within {result['tolerance']:.0%}.",
         "",
-        f"| search | trials | epochs trained | trial-seconds, whole search | wall s, whole search "
-        f"| best {metric} | trial-seconds to first hit | wall s to first hit |",
-        "|---|---|---|---|---|---|---|---|",
+        f"| seed | search | target | trials | epochs trained | trial-seconds, whole search | wall s, whole search "
+        f"| best {metric} | trial-seconds to first hit | wall s to first hit | load average (1 min) before -> after |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for name, m in result["methods"].items():
-        to_target = (f"{m['trial_s_to_target']:.0f} | {m['wall_s_to_target']:.0f}" if m["reached_target"]
-                     else "not reached | not reached")
-        lines.append(f"| {name} | {m['trials']} | {m['epochs_trained']} | {m['trial_s']:.0f} | {m['wall_s']:.0f} "
-                     f"| {m['best']:.4g} | {to_target} |")
-    total, first = result["asha_over_random_trial_s_total"], result["asha_over_random_trial_s_first_hit"]
-    loads = "; ".join(f"{name} {m['load_average'][0]} -> {m['load_average'][1]}"
-                      for name, m in result["methods"].items() if "load_average" in m)
+    for r in result["runs"]:
+        for name, m in r["methods"].items():
+            to_target = (f"{m['trial_s_to_target']:.0f} | {m['wall_s_to_target']:.0f}" if m["reached_target"]
+                         else "not reached | not reached")
+            load = f"{m['load_average'][0]} -> {m['load_average'][1]}" if "load_average" in m else "—"
+            lines.append(f"| {r['seed']} | {name} | {r['target']['value']:.4g} | {m['trials']} | {m['epochs_trained']} "
+                         f"| {m['trial_s']:.0f} | {m['wall_s']:.0f} | {m['best']:.4g} | {to_target} | {load} |")
+    cores = result["machine"]["cores"]
     lines += [
         "",
-        f"Load average (1 min) before -> after each search: {loads}." if loads else "",
-        f"ASHA / random, trial-seconds to return a configuration at the target (the whole search): "
-        f"**{total if total is not None else 'ASHA never reached it'}** (target ≤ 0.5); "
-        f"to the first report at the target: {first}.",
+        f"Trial-seconds include the time trials waited for CPUs: with a load average above {cores} (the "
+        f"machine's cores) other work on the shared machine slowed them.",
         "",
-        machine_line(result["machine"]),
-        "",
+        *HEADER,
+        *(claim_row(d) for d in result["claims"]),
     ]
+    if not declared_budget(result):
+        lines += ["", f"This run's budget ({', '.join(f'{k} {result[k]}' for k in BUDGET)}) is not the claims' "
+                      f"declared one ({', '.join(f'{k} {v}' for k, v in BUDGET.items())}): it decides neither."]
+    lines += ["", machine_line(result["machine"]), ""]
     return "\n".join(lines)

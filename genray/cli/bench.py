@@ -8,6 +8,8 @@ from typing import List, Optional
 import typer
 
 from genray.bench import previous_results, publish
+from genray.bench.tune import BUDGET as TUNE_BUDGET
+from genray.bench.tune import SEEDS as TUNE_SEEDS
 from genray.cli.errors import fail
 from genray.config import ConfigError
 
@@ -59,6 +61,10 @@ def bench_ode(
     rounds: Optional[int] = typer.Option(None, help="Interleaved rounds of the ode comparison (3; 1 with --quick)."),
     parts: str = typer.Option("ode,latent_ode", help="Parts to run (comma-separated); a part not run is kept "
                                                      "from the previous ode.json in --out."),
+    seeds: Optional[str] = typer.Option(None, help="Data seeds of the latent_ode part (comma-separated; default "
+                                                   "0,1,2, the claims' seeds; 0 with --quick)."),
+    rnn_widths: str = typer.Option("32,40,64", help="RNN widths the latent_ode part also trains (comma-separated); "
+                                                    "the best-width claims use 32,40,64."),
     out: Path = typer.Option(Path("bench_results"), help="Folder for ode.json and ode.md."),
     storage: Path = typer.Option(Path("runs"), help="Where the bench's Ray Train runs go."),
     readme: Optional[Path] = typer.Option(None, help="Also replace the table between <!-- bench:ode --> markers."),
@@ -71,31 +77,47 @@ def bench_ode(
     chosen = tuple(p.strip() for p in parts.split(",") if p.strip())
     if not chosen or set(chosen) - set(PARTS):
         fail(f"--parts takes {' and '.join(PARTS)} (comma-separated), got {parts!r}")
-    result = run(quick=quick, path=path, rounds=rounds, storage=storage, parts=chosen,
-                 previous=previous_results(out, "ode"), log=typer.echo)
+    try:
+        data_seeds = tuple(int(v) for v in seeds.split(",") if v.strip()) if seeds else None
+        widths = tuple(int(v) for v in rnn_widths.split(",") if v.strip())
+    except ValueError:
+        fail(f"--seeds and --rnn-widths take comma-separated integers, got {seeds!r}, {rnn_widths!r}")
+    if (seeds is not None and not data_seeds) or not widths or min(widths) < 1:
+        fail(f"--seeds and --rnn-widths need at least one value each, widths >= 1; got {seeds!r}, {rnn_widths!r}")
+    result = run(quick=quick, path=path, rounds=rounds, storage=storage, parts=chosen, seeds=data_seeds,
+                 widths=widths, previous=previous_results(out, "ode"), log=typer.echo)
     publish("ode", result, markdown_table(result), out, readme, log=typer.echo)
 
 
 @bench_app.command("tune")
 def bench_tune(
-    family: str = typer.Option("vae", help="The family searched (its packaged space)."),
-    num_samples: int = typer.Option(8, help="Sampled configurations; the same ones for both searches."),
-    epochs: int = typer.Option(32, help="Epochs per trial (ASHA's max_t)."),
-    max_concurrent: int = typer.Option(2, help="Trials at once, in both searches."),
-    seed: int = typer.Option(0, help="Seed of the sampled configurations."),
-    tolerance: float = typer.Option(0.02, help="Target: random search's best value within this fraction."),
+    family: str = typer.Option(TUNE_BUDGET["family"], help="The family searched (its packaged space)."),
+    num_samples: int = typer.Option(TUNE_BUDGET["num_samples"],
+                                    help="Sampled configurations; the same ones for both searches."),
+    epochs: int = typer.Option(TUNE_BUDGET["epochs"], help="Epochs per trial (ASHA's max_t)."),
+    max_concurrent: int = typer.Option(TUNE_BUDGET["max_concurrent"], help="Trials at once, in both searches."),
+    seeds: str = typer.Option(",".join(map(str, TUNE_SEEDS)),
+                              help="Seeds of the sampled configurations (comma-separated); one pair of searches each."),
+    tolerance: float = typer.Option(TUNE_BUDGET["tolerance"], help="Target: random search's best value within this fraction."),
     set_: List[str] = typer.Option(["train.quality_every=0", "train.preview_every=0"], "--set", "-s",
                                    help="Fixed override for every trial (repeatable)."),
-    storage: Path = typer.Option(Path("searches"), help="Where the two searches go."),
+    storage: Path = typer.Option(Path("searches"), help="Where the searches go."),
     out: Path = typer.Option(Path("bench_results"), help="Folder for tune.json and tune.md."),
     readme: Optional[Path] = typer.Option(None, help="Also replace the table between <!-- bench:tune --> markers."),
 ) -> None:
-    """Trial-seconds ASHA needs to return a config at a target against random search without early stopping."""
+    """Trial-seconds ASHA needs against random search without early stopping, per seed; the declared
+    claims decided over the seeds (defaults: the declared budget and seeds)."""
     from genray.bench.tune import markdown_table, run
 
     try:
-        result = run(family, num_samples=num_samples, epochs=epochs, max_concurrent=max_concurrent, seed=seed,
-                     tolerance=tolerance, storage=storage.resolve(), overrides=list(set_))
+        chosen = tuple(int(s) for s in seeds.split(",") if s.strip())
+    except ValueError:
+        fail(f"--seeds takes comma-separated integers, got {seeds!r}")
+    if not chosen:
+        fail("--seeds names no seed")
+    try:
+        result = run(family, num_samples=num_samples, epochs=epochs, max_concurrent=max_concurrent, seeds=chosen,
+                     tolerance=tolerance, storage=storage.resolve(), overrides=list(set_), log=typer.echo)
     except ConfigError as err:
         fail(str(err))
     publish("tune", result, markdown_table(result), out, readme, log=typer.echo)
@@ -128,14 +150,19 @@ def bench_data(
 @bench_app.command("gnn")
 def bench_gnn(
     quick: bool = typer.Option(False, "--quick", help="Tiny budgets, all runs at once: a smoke test, not figures."),
+    parts: str = typer.Option("gcn,mpnn", help="Parts to run (comma-separated); a part not run is kept from the "
+                                               "previous gnn.json in --out."),
     out: Path = typer.Option(Path("bench_results"), help="Folder for gnn.json and gnn.md."),
     storage: Path = typer.Option(Path("runs"), help="Where the bench's Ray Train runs go."),
     readme: Optional[Path] = typer.Option(None, help="Also replace the table between <!-- bench:gnn --> markers."),
 ) -> None:
-    """GCN test accuracy (SBM, KarateClub); MPNN test MAE against baselines; 1- and 2-worker throughput."""
-    from genray.bench.gnn import markdown_table, run
+    """GCN test accuracy over seeds (SBM, KarateClub); MPNN test MAE against baselines; 1- and 2-worker throughput."""
+    from genray.bench.gnn import PARTS, markdown_table, run
 
-    result = run(storage.resolve(), quick=quick)
+    chosen = tuple(p.strip() for p in parts.split(",") if p.strip())
+    if not chosen or set(chosen) - set(PARTS):
+        fail(f"--parts takes {' and '.join(PARTS)} (comma-separated), got {parts!r}")
+    result = run(storage.resolve(), quick=quick, parts=chosen, previous=previous_results(out, "gnn"))
     publish("gnn", result, markdown_table(result), out, readme, log=typer.echo)
 
 
