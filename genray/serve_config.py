@@ -82,11 +82,6 @@ def with_access_log(spec: dict, on: bool) -> dict:
     return {**spec, "applications": apps}
 
 
-def without_access_log(spec: dict) -> dict:
-    """What every serve/*.yaml declares, for any config: with_access_log(spec, False)."""
-    return with_access_log(spec, False)
-
-
 def run(config: Path, spec: dict[str, Any], *, throughput: bool, access_log: bool) -> None:
     """`serve run` the config (`spec` is what `load` read from it) until Ctrl-C, with throughput
     mode and the access log as asked, whatever the file says."""

@@ -127,10 +127,10 @@ def test_job_specs_validate(path):
 
 @pytest.mark.parametrize("path", sorted(p.name for p in (REPO / "serve").glob("*.yaml")))
 def test_no_access_log_config_is_still_a_valid_serve_config(path):
-    from genray.serve_config import without_access_log
+    from genray.serve_config import with_access_log
 
     config = yaml.safe_load((REPO / "serve" / path).read_text())
-    quiet = without_access_log(config)
+    quiet = with_access_log(config, False)
     parsed = ServeDeploySchema.model_validate(quiet)
     assert all(app.logging_config.enable_access_log is False for app in parsed.applications)
     assert [a["deployments"] for a in quiet["applications"]] == [a["deployments"] for a in config["applications"]]
