@@ -303,3 +303,12 @@ def test_bench_without_pyamg_stops_and_says_how_to_install_it(tmp_path, monkeypa
     with pytest.raises(ImportError, match=r"genray bench heat needs pyamg .* pinned in genray.s test extra .* pip install -e .\.\[test\]."):
         run(sizes=(16,), out=tmp_path / "heat.json", warmup=1, steps=1, threads=1)
     assert not (tmp_path / "heat.json").exists()
+
+    from typer.testing import CliRunner
+
+    from genray.cli import app
+
+    refused = CliRunner().invoke(app, ["bench", "heat", "--sizes", "16", "--out", str(tmp_path)])
+    assert refused.exit_code == 2 and "Traceback" not in refused.output
+    assert "error: genray bench heat needs pyamg" in refused.output
+    assert not (tmp_path / "heat.json").exists()

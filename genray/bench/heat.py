@@ -84,13 +84,17 @@ def _versions() -> dict:
     return versions
 
 
+class MissingBaseline(ImportError):
+    """A baseline the bench's target is measured against is not installed."""
+
+
 def _pyamg():
     """pyamg, whose AMG-preconditioned CG is one half of the bench's target ("genray within 2x of
     the faster of splu and pyamg"): without it the bench cannot decide that target, so it stops."""
     try:
         import pyamg
     except ImportError as err:
-        raise ImportError(
+        raise MissingBaseline(
             f"genray bench heat needs pyamg to time its 'pyamg sa + cg' row ({err}); it is pinned in "
             "genray's test extra (pyproject.toml): pip install -e '.[test]' (or pip install pyamg==5.4.1)"
         ) from err

@@ -47,9 +47,12 @@ def bench_heat(
     readme: Optional[Path] = typer.Option(None, help="Also replace the table between <!-- bench:heat --> markers."),
 ) -> None:
     """Seconds and CG iterations per step against scipy (splu, Jacobi CG) and pyamg; stencil bandwidth."""
-    from genray.bench.heat import markdown_table, run
+    from genray.bench.heat import MissingBaseline, markdown_table, run
 
-    result = run([int(v) for v in sizes.split(",")], out / "heat.json", threads=threads)
+    try:
+        result = run([int(v) for v in sizes.split(",")], out / "heat.json", threads=threads)
+    except MissingBaseline as err:
+        fail(str(err))
     publish("heat", result, markdown_table(result), out, readme, log=typer.echo)
 
 
