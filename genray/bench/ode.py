@@ -452,6 +452,48 @@ def series_budget(quick: bool) -> dict:
     return {**SERIES_BUDGET, "seed": 0}
 
 
+SERIES_CACHE = "bench-ode-series"  # folder under the bench's storage: one JSON per finished training
+
+
+def series_run_key(family_name: str, n_obs: int, budget: dict, model: dict | None = None) -> dict:
+    """What decides one training's result: the family, its whole resolved config (defaults
+    included, so a changed default is a new training) and the budget."""
+    from genray.config import build_config
+
+    cfg = build_config(family_name, overrides=series_overrides(n_obs, budget, model))
+    return {"family": family_name, "model": cfg.model.model_dump(mode="json"),
+            "data": cfg.data.model_dump(mode="json"), "budget": budget}
+
+
+def series_overrides(n_obs: int, budget: dict, model: dict | None) -> list[str]:
+    return ([f"data.n_obs={n_obs}", f"data.n_train={budget['n_train']}", f"data.n_val={budget['n_val']}",
+             f"data.seed={budget['seed']}"] + [f"model.{k}={json.dumps(v)}" for k, v in (model or {}).items()])
+
+
+def cached_series_model(family_name: str, n_obs: int, budget: dict, model: dict | None = None,
+                        cache: Path | None = None) -> dict:
+    """train_series_model, its result kept in `cache` (a folder) under a hash of series_run_key:
+    a training already finished there is read back instead of run again, so a long bench resumes
+    where it stopped and several processes (say one per data seed) can fill one cache."""
+    import hashlib
+
+    if cache is None:
+        return train_series_model(family_name, n_obs, budget, model)
+    key = series_run_key(family_name, n_obs, budget, model)
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+    path = Path(cache) / f"{family_name}-n{n_obs}-seed{budget['seed']}-{digest}.json"
+    if path.exists():
+        stored = json.loads(path.read_text())
+        if stored.get("key") == key:
+            return stored["result"]
+    result = train_series_model(family_name, n_obs, budget, model)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
+    tmp.write_text(json.dumps({"key": key, "result": result}, indent=1))
+    tmp.replace(path)  # atomic: a reader sees a whole file or none
+    return result
+
+
 def train_series_model(family_name: str, n_obs: int, budget: dict, model: dict | None = None) -> dict:
     """Train `family_name` (latent_ode or rnn) on the spiral series the way the worker loop does
     (seeds, DistributedSampler, train_step(batch, fractional epoch)) in this process; score it on
@@ -465,10 +507,7 @@ def train_series_model(family_name: str, n_obs: int, budget: dict, model: dict |
     threads = torch.get_num_threads()
     torch.set_num_threads(budget["threads"])
     try:
-        overrides = [f"data.n_obs={n_obs}", f"data.n_train={budget['n_train']}", f"data.n_val={budget['n_val']}",
-                     f"data.seed={budget['seed']}"]
-        overrides += [f"model.{k}={json.dumps(v)}" for k, v in (model or {}).items()]
-        cfg = build_config(family_name, overrides=overrides)
+        cfg = build_config(family_name, overrides=series_overrides(n_obs, budget, model))
         family_cls = get_family(family_name)
         torch.manual_seed(budget["seed"])
         family = family_cls(cfg.model)
@@ -537,19 +576,21 @@ def rnn_width_for(parameters: int) -> int:
 
 
 def bench_series(quick: bool, seeds: tuple[int, ...] = SERIES_SEEDS, widths: tuple[int, ...] = RNN_WIDTHS,
-                 log=print) -> dict:
+                 cache: Path | None = None, log=print) -> dict:
     """Per data seed and observed-point count: the latent ODE, the RNN at equal parameters, and
-    the RNN at every width in `widths` (a width equal to the equal-parameter one trains once)."""
+    the RNN at every width in `widths` (a width equal to the equal-parameter one trains once).
+    `cache`: see cached_series_model (none with quick)."""
     budget = series_budget(quick)
+    cache = None if quick else cache
     rows = []
     for seed in seeds:
         run_budget = {**budget, "seed": seed}
         for n_obs in SERIES_SIZES:
             row: dict[str, Any] = {"seed": seed, "n_obs": n_obs}
-            latent = train_series_model("latent_ode", n_obs, run_budget)
+            latent = cached_series_model("latent_ode", n_obs, run_budget, cache=cache)
             row.update({f"latent_ode_{k}": v for k, v in latent.items()})
             equal = rnn_width_for(latent["parameters"])
-            by_width = {w: train_series_model("rnn", n_obs, run_budget, {"hidden": w})
+            by_width = {w: cached_series_model("rnn", n_obs, run_budget, {"hidden": w}, cache)
                         for w in dict.fromkeys((equal, *widths))}
             row.update({f"rnn_{k}": v for k, v in by_width[equal].items()})
             row["rnn_hidden"] = equal
@@ -635,7 +676,7 @@ def run(*, quick: bool = False, path: str | None = None, rounds: int | None = No
     for part in parts:
         started = list(os.getloadavg())
         result[part] = (bench_ode(quick, path, Path(storage).resolve(), rounds, log) if part == "ode"
-                        else bench_series(quick, seeds, widths, log))
+                        else bench_series(quick, seeds, widths, Path(storage).resolve() / SERIES_CACHE, log))
         result[part]["measured"] = {"machine": result["machine"], "load_average_start": started,
                                     "load_average_end": list(os.getloadavg())}
     for part in set(PARTS) - set(parts):

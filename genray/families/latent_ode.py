@@ -131,7 +131,11 @@ class LatentODEConfig(BaseModel):
     obs_dim: int = Field(2, ge=1, le=1024)
     latent_dim: int = Field(4, ge=1, le=512)  # Chen et al. 2018 (5.1) and torchdiffeq's example: 4
     hidden: int = Field(50, ge=1, le=4096)  # the latent field's (and an mlp decoder's) width
-    rnn_hidden: int = Field(25, ge=1, le=4096)
+    rnn_hidden: int = Field(25, ge=1, le=4096)  # the recognition net's state (either encoder)
+    # gru: a GRU reads (value, gap to the next observation), last to first (Chen et al. 2018).
+    # ode_rnn: Rubanova et al. 2019's ODE-RNN, also last to first: between two observations its
+    # state follows a learned ODE over the gap, at each observation a GRU cell reads the value.
+    encoder: Literal["gru", "ode_rnn"] = "gru"
     obs_std: float = Field(0.3, gt=0.0)  # the likelihood's noise (the data's is 0.3)
     # The networks see observations / value_scale and emit means * value_scale: the spirals
     # reach |x| ~ 12, which would saturate the GRU's and the decoder's units.
@@ -168,6 +172,38 @@ class RecognitionRNN(nn.Module):
         return mu, logvar.clamp(-20.0, 10.0)  # clamp keeps exp() finite
 
 
+class ODERNNEncoder(nn.Module):
+    """Rubanova et al. 2019's ODE-RNN, read last to first -> q(z0) = N(mu, exp(logvar)).
+
+    Between observations i + 1 and i the state h follows dh/dt = g(h) backwards over the gap
+    t[i + 1] - t[i] (per series, one classic RK4 step: the gaps are a few hundredths of the
+    observed window, where one step of a smooth field is accurate); at observation i a GRU cell
+    reads x[i]. Time reaches the state through the ODE, not as an input."""
+
+    def __init__(self, cfg: LatentODEConfig):
+        super().__init__()
+        h = cfg.rnn_hidden
+        self.cell = nn.GRUCell(cfg.obs_dim, h)
+        self.field = nn.Sequential(nn.Linear(h, h), nn.Tanh(), nn.Linear(h, h))
+        self.out = nn.Linear(h, 2 * cfg.latent_dim)
+
+    def evolve(self, h: torch.Tensor, step: torch.Tensor) -> torch.Tensor:
+        """One RK4 step of dh/dt = g(h) of length `step` (B, 1), which may be negative."""
+        k1 = self.field(h)
+        k2 = self.field(h + 0.5 * step * k1)
+        k3 = self.field(h + 0.5 * step * k2)
+        k4 = self.field(h + step * k3)
+        return h + step / 6.0 * (k1 + 2 * k2 + 2 * k3 + k4)
+
+    def forward(self, t: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        n = t.shape[1]
+        h = self.cell(x[:, n - 1])
+        for i in range(n - 2, -1, -1):
+            h = self.cell(x[:, i], self.evolve(h, (t[:, i] - t[:, i + 1]).unsqueeze(1)))
+        mu, logvar = self.out(h).chunk(2, dim=-1)
+        return mu, logvar.clamp(-20.0, 10.0)
+
+
 class LatentODEFunc(nn.Module):
     """dz/dt = f(z): (..., latent) -> (..., latent); autonomous."""
 
@@ -186,7 +222,7 @@ class LatentODEFunc(nn.Module):
 class LatentODE(nn.Module):
     def __init__(self, cfg: LatentODEConfig):
         super().__init__()
-        self.encoder = RecognitionRNN(cfg)
+        self.encoder = RecognitionRNN(cfg) if cfg.encoder == "gru" else ODERNNEncoder(cfg)
         self.func = LatentODEFunc(cfg)
         if cfg.decoder == "linear":
             self.decoder = nn.Linear(cfg.latent_dim, cfg.obs_dim)
