@@ -110,3 +110,28 @@ def test_bench_ode_decides_its_claims_from_declared_runs():
     equal = got["latent_ode_vs_rnn_equal_parameters_100"]
     assert equal["holds"] is True and equal["seeds_missing"] == [1]  # the mean holds, seed 1 misses
     assert got["latent_ode_vs_rnn_best_width_100"]["holds"] is False  # the 64-unit RNN wins at every seed
+
+
+def test_series_trainings_are_kept_by_their_whole_config(tmp_path, monkeypatch):
+    """A finished training of the latent_ode part is read back instead of trained again; another
+    model config, data seed or budget (a default changed included) trains anew."""
+    from genray.bench import ode
+
+    budget = ode.series_budget(quick=True)
+    first = ode.cached_series_model("rnn", 5, budget, {"hidden": 4}, tmp_path)
+    assert [p.name.startswith("rnn-n5-seed0-") for p in tmp_path.iterdir()] == [True]
+
+    def trains(*args, **kwargs):
+        raise AssertionError("trained again")
+
+    monkeypatch.setattr(ode, "train_series_model", trains)
+    assert ode.cached_series_model("rnn", 5, budget, {"hidden": 4}, tmp_path) == first
+    for other in [("rnn", 5, budget, {"hidden": 5}), ("rnn", 5, {**budget, "seed": 1}, {"hidden": 4}),
+                  ("rnn", 5, {**budget, "epochs": 2}, {"hidden": 4}), ("rnn", 6, budget, {"hidden": 4}),
+                  ("rnn", 5, budget, {"hidden": 4, "lr_decay": 0.99})]:
+        try:
+            ode.cached_series_model(*other, cache=tmp_path)
+        except AssertionError as err:
+            assert "trained again" in str(err)
+        else:
+            raise AssertionError(f"{other} was read from the cache")

@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader, DistributedSampler, Subset, TensorDatas
 
 from genray.data.spirals import SPIRAL_Y0, SpiralField, spiral_series, spiral_trajectory, trajectory_windows
 from genray.deploy.common import BadRequest
-from genray.families.latent_ode import LatentODEFamily, SeriesDataConfig, neg_elbo_terms
+from genray.families.latent_ode import LatentODEFamily, ODERNNEncoder, SeriesDataConfig, neg_elbo_terms
 from genray.families.ode import ODEConfig, ODEFamily, ODEFunc, SolverConfig, SolverError, solve
 from genray.families.rnn import RNNFamily
 
@@ -251,6 +251,32 @@ def test_latent_ode_prefix_encoding_and_linear_decoder():
     assert torch.allclose(mu, model.encode(batch[0][:, :10], batch[1][:, :10])[0])
     step = family.train_step(batch, epoch=1.0)
     assert math.isfinite(step["loss"]) and family.optimizers["latent_ode"].param_groups[0]["lr"] == pytest.approx(0.5 * family.cfg.lr)
+
+
+def test_ode_rnn_encoder_evolves_its_state_between_observations():
+    torch.manual_seed(0)
+    family = LatentODEFamily({"encoder": "ode_rnn", "rnn_hidden": 8})
+    encoder = family.nets["latent_ode"].encoder
+    assert isinstance(encoder, ODERNNEncoder)
+    batch = fixed_batch(LatentODEFamily, SeriesDataConfig(n_train=64, n_val=8, n_obs=12), n=4)
+    t, x = batch[0], batch[1] / family.cfg.value_scale
+    with torch.no_grad():
+        # The time gaps reach the state through the ODE: stretching them changes q(z0).
+        assert not torch.allclose(encoder(t, x)[0], encoder(2 * t, x)[0], atol=1e-4)
+        # One RK4 step of a linear field h -> h A^T is h expm(s A)^T to fifth order in the step s.
+        linear = nn.Linear(8, 8, bias=False)
+        encoder.field = linear
+        h, step = torch.randn(4, 8), torch.full((4, 1), -0.05)
+        exact = h @ torch.linalg.matrix_exp(-0.05 * linear.weight).T
+        assert torch.allclose(encoder.evolve(h, step), exact, atol=1e-6)
+        # With a field of zero the state only changes at observations: a GRU cell read last to first.
+        nn.init.zeros_(linear.weight)
+        h = encoder.cell(x[:, -1])
+        for i in range(x.shape[1] - 2, -1, -1):
+            h = encoder.cell(x[:, i], h)
+        assert torch.allclose(encoder(t, x)[0], encoder.out(h).chunk(2, dim=-1)[0], atol=1e-6)
+    step = LatentODEFamily({"encoder": "ode_rnn", "rnn_hidden": 8}).train_step(batch, epoch=0.0)
+    assert math.isfinite(step["loss"])
 
 
 def test_rnn_baseline_metrics_on_the_same_points():

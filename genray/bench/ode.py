@@ -603,7 +603,9 @@ def bench_series(quick: bool, seeds: tuple[int, ...] = SERIES_SEEDS, widths: tup
     from genray.families.latent_ode import SeriesDataConfig
 
     data = SeriesDataConfig().model_dump(include={"obs_grid", "obs_span", "n_extrap", "extrap_grid", "extrap_span"})
-    return {"budget": budget, "seeds": list(seeds), "rnn_widths": list(widths), "data": data, "rows": rows}
+    latent_model = series_run_key("latent_ode", SERIES_SIZES[0], {**budget, "seed": seeds[0]})["model"]
+    return {"budget": budget, "seeds": list(seeds), "rnn_widths": list(widths), "data": data, "rows": rows,
+            "latent_ode_model": latent_model}
 
 
 # --- the whole bench ------------------------------------------------------------------------
@@ -689,6 +691,13 @@ def run(*, quick: bool = False, path: str | None = None, rounds: int | None = No
     return result
 
 
+def recognition(model: dict) -> str:
+    """The latent ODE's encoder in words, from its stored model config."""
+    what = {"gru": "a GRU reading (value, gap) last to first",
+            "ode_rnn": "an ODE-RNN (Rubanova et al. 2019) reading the values last to first"}[model.get("encoder", "gru")]
+    return f"{what}, {model['rnn_hidden']} units; latent dimension {model['latent_dim']}, field width {model['hidden']}"
+
+
 LABELS = {"genray": "genray", "genray-in-process": "genray, no Ray", "plain": "plain torchdiffeq"}
 
 
@@ -758,7 +767,9 @@ def markdown_table(result: dict) -> str:
             "",
             f"`latent_ode` vs the `rnn` baseline, each with its default config: {b['n_train']} training / "
             f"{b['n_val']} held-out noisy spirals, the same budget for both: {b['epochs']} epochs of batch "
-            f"{b['batch_size']} (the same optimizer steps on the same batches), seed {b['seed']}, 1 thread, trained "
+            f"{b['batch_size']} (the same optimizer steps on the same batches), data seeds "
+            f"{', '.join(str(x) for x in lat.get('seeds', [b['seed']]))} (each also the weights' and the sampler's "
+            "seed), 1 thread, trained "
             "in-process by the worker loop's sampler and train_step. Both see the same irregular noisy "
             f"observations (t = 0 plus n - 1 of the {d['obs_grid']} grid times on (0, {d['obs_span']:.3f}]); the RNN "
             "gets the time gaps as input. RMSE against the noise-free curve; extrapolation: at "
@@ -767,7 +778,9 @@ def markdown_table(result: dict) -> str:
             "autoregressive rollout); interpolation: observed times 2..n."
             + (f" \"z0 refined\": the latent ODE's trajectory from each series' z0 after {b['refine_steps']} "
                "gradient steps on its own observations (`refine_steps` of the deployment), the networks fixed."
-               if b.get("refine_steps") else ""),
+               if b.get("refine_steps") else "")
+            + (f" The latent ODE's recognition net: {recognition(lat['latent_ode_model'])}."
+               if "latent_ode_model" in lat else ""),
             "",
             "The RNN columns are the RNN at equal parameters (its width beside the parameter counts); "
             "\"RNN extrap. RMSE by width\": the RNN at each width of the best-width claim, where measured.",
