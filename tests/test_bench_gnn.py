@@ -116,6 +116,11 @@ def test_mpnn_seeds_are_checked_before_training():
     for bad in ([], [0, 0], [3]):
         with pytest.raises(ValueError, match="among the claims' seeds 0, 1, 2"):
             gnn.check_mpnn_seeds(bad)
+    for args, message in ((["--mpnn-seeds", "0,7"], "--mpnn-seeds: MPNN seeds must be distinct and among"),
+                          (["--mpnn-seeds", "0,x"], "--mpnn-seeds takes comma-separated integers, got '0,x'"),
+                          (["--mpnn-seeds", "1", "--parts", "gcn"], "which --parts 'gcn' leaves out")):
+        result = CliRunner().invoke(app, ["bench", "gnn", *args, "--out", "/nonexistent-genray-out"])
+        assert result.exit_code == 2 and message in result.output, result.output
 
 
 def test_stored_gnn_json_decides_as_stored():
