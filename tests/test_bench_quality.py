@@ -8,6 +8,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from typer.testing import CliRunner
 
 from genray.bench import quality
 from genray.bench.claims import claim_row, verdict
@@ -367,3 +368,18 @@ def test_parse_seeds_takes_the_declared_seeds_only():
         with pytest.raises(ValueError, match=rf"--seeds takes distinct seeds among the declared 0,1,2 "
                                              rf"\(comma-separated\), got '{bad}'"):
             parse_seeds(bad)
+
+
+@pytest.mark.parametrize("bad", ["x", "0,0", "7"])
+def test_bench_quality_refuses_bad_seeds_before_training(bad, tmp_path, monkeypatch):
+    from genray.cli import app
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("bench quality trained with bad --seeds")
+
+    monkeypatch.setattr(quality, "run", no_training)
+    result = CliRunner().invoke(app, ["bench", "quality", "--seeds", bad, "--out", str(tmp_path)])
+    assert result.exit_code == 2, result.output
+    assert f"error: --seeds takes distinct seeds among the declared 0,1,2 (comma-separated), got '{bad}'" \
+        in result.output
+    assert not (tmp_path / "quality.json").exists()
