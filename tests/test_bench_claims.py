@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from genray.bench.claims import HEADER, Claim, claim_row, median_of_ratios, verdict
+from genray.bench.claims import HEADER, SYMBOLS, Claim, claim_row, median_of_ratios, verdict
 
 ACCURACY = Claim(key="acc", text="accuracy at least 0.9", metric="test_acc", target=0.9, direction=">=",
                  budget={"epochs": 200}, seeds=(0, 1, 2))
@@ -63,10 +63,21 @@ def test_the_declaration_is_stored_as_json():
 
 
 def test_a_claim_refuses_a_bad_declaration():
-    with pytest.raises(ValueError, match="direction"):
-        Claim(key="k", text="t", metric="m", target=1.0, direction="<")
+    with pytest.raises(ValueError, match=r"direction must be one of \('<=', '>=', '<', '>'\), got '=='"):
+        Claim(key="k", text="t", metric="m", target=1.0, direction="==")
     with pytest.raises(ValueError, match="distinct"):
         Claim(key="k", text="t", metric="m", target=1.0, direction="<=", seeds=(0, 0))
+
+
+@pytest.mark.parametrize("direction, below, at, above", [
+    ("<=", True, True, False), (">=", False, True, True), ("<", True, False, False), (">", False, False, True)])
+def test_each_direction_at_its_target(direction, below, at, above):
+    # A value equal to the target meets "<=" and ">=" and misses the strict "<" and ">".
+    claim = Claim(key="k", text="t", metric="m", target=1.0, direction=direction, seeds=(0,))
+    assert [claim.meets(v) for v in (0.999, 1.0, 1.001)] == [below, at, above]
+    d = claim.decide({0: 1.0})
+    assert d["holds"] is at and d["seeds_missing"] == ([] if at else [0])
+    assert f"| t | {SYMBOLS[direction]} 1 |" in claim_row(d)
 
 
 def test_the_timing_ratio_is_the_median_of_per_round_ratios():

@@ -18,8 +18,9 @@ import statistics
 from dataclasses import asdict, dataclass, field
 from typing import Any, Mapping, Optional, Sequence
 
-DIRECTIONS = ("<=", ">=")
-SYMBOLS = {"<=": "≤", ">=": "≥"}
+# "<=" / ">=": a value equal to the target meets it; "<" / ">": it must be strictly below / above.
+DIRECTIONS = ("<=", ">=", "<", ">")
+SYMBOLS = {"<=": "≤", ">=": "≥", "<": "<", ">": ">"}
 HEADER = ["| claim | target | measured | holds | seeds that miss |", "|---|---|---|---|---|"]
 
 
@@ -29,7 +30,7 @@ class Claim:
     text: str  # what is claimed, in words, for the table
     metric: str  # the name of the measured figure in the bench's results
     target: float
-    direction: str  # "<=": the value must be at most the target; ">=": at least
+    direction: str  # one of DIRECTIONS: "<=" at most the target, ">=" at least, "<" below, ">" above
     budget: Mapping[str, Any] = field(default_factory=dict)  # what one seed's measurement may spend
     seeds: tuple[int, ...] = (0, 1, 2)
 
@@ -40,7 +41,8 @@ class Claim:
             raise ValueError(f"seeds must be distinct and at least one, got {self.seeds!r}")
 
     def meets(self, value: float) -> bool:
-        return value <= self.target if self.direction == "<=" else value >= self.target
+        return {"<=": value <= self.target, ">=": value >= self.target,
+                "<": value < self.target, ">": value > self.target}[self.direction]
 
     def declaration(self) -> dict[str, Any]:
         """The claim as stored in a bench's JSON."""

@@ -22,20 +22,28 @@ def bench_quality(
     families: str = typer.Option(",".join(["vae", "ae", "cvae", "gan", "vaegan", "aae"]),
                                  help="Comma-separated families to train and measure; `classifier` runs the "
                                       "classifier rows (augmentation, fine-tuning) and alone keeps the other rows."),
-    epochs: int = typer.Option(30, help="The fixed budget every family gets."),
+    epochs: int = typer.Option(30, help="The fixed budget every family gets (the claims are decided at 30)."),
+    seeds: Optional[str] = typer.Option(None, help="train.seed values to train each row at (comma-separated; "
+                                                   "default: 0,1,2, every seed the claims declare); they merge "
+                                                   "with the stored seeds of the same budget."),
     out: Path = typer.Option(Path("bench_results"), help="Folder for quality.json and quality.md."),
     storage: Path = typer.Option(Path("runs"), help="Where the bench's training runs go."),
     readme: Optional[Path] = typer.Option(None, help="Also replace the table between <!-- bench:quality --> markers."),
 ) -> None:
-    """Train every generative family for the same budget; table of IS, FID, coverage, ELBO, MSE."""
-    from genray.bench.quality import markdown_table, run
+    """Train every generative family for the same budget, once per seed; table of IS, FID, coverage,
+    ELBO, MSE; the declared claims decided over the seeds."""
+    from genray.bench.quality import markdown_table, parse_seeds, run
     from genray.families import FAMILIES
 
     names = [f.strip() for f in families.split(",") if f.strip()]
     unknown = [f for f in names if f not in FAMILIES]
     if unknown:
         fail(f"unknown families {unknown}; known: {sorted(FAMILIES)}")
-    result = run(names, epochs, out, storage.resolve())
+    try:
+        chosen = parse_seeds(seeds)
+    except ValueError as err:
+        fail(str(err))
+    result = run(names, epochs, out, storage.resolve(), seeds=chosen)
     publish("quality", result, markdown_table(result), out, readme, log=typer.echo)
 
 
