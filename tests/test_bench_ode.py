@@ -62,12 +62,25 @@ def test_bench_ode_quick_writes_json_markdown_and_readme(tmp_path):
     text = readme.read_text()
     assert "old table" not in text and "plain torchdiffeq" in text and text.endswith("<!-- /bench:ode -->\nafter\n")
 
-    # A part run alone keeps the other from the previous file, with when it was measured.
-    alone = CliRunner().invoke(app, ["bench", "ode", "--quick", "--parts", "latent_ode", "--out", str(tmp_path)])
+    # A part run alone keeps the other from the previous file, with when it was measured; a variant
+    # of the latent ODE trains beside the default and gets its own table.
+    alone = CliRunner().invoke(app, ["bench", "ode", "--quick", "--parts", "latent_ode", "--out", str(tmp_path),
+                                     "--variant", "encoder=ode_rnn,rnn_hidden=8", "--variant-points", "30"])
     assert alone.exit_code == 0, alone.output
     after = json.loads((tmp_path / "ode.json").read_text())
     assert after["ode"] == data["ode"] and after["ode"]["measured"]["machine"] == data["machine"]
     assert len(after["claims"]) == 12
+    (variant,) = after["latent_ode"]["variants"]
+    assert variant["model"] == {"encoder": "ode_rnn", "rnn_hidden": 8}
+    assert [(r["seed"], r["n_obs"]) for r in variant["rows"]] == [(0, 30)] and finite(variant["rows"][0]["extrap_rmse"])
+    assert variant["rows"][0]["parameters"] != after["latent_ode"]["rows"][0]["latent_ode_parameters"]
+    assert '| encoder="ode_rnn", rnn_hidden=8 | 0 | 30 |' in (tmp_path / "ode.md").read_text()
+    for flags, message in ((["--variant", "encoder=lstm"], "--variant 'encoder=lstm': model.encoder"),
+                           (["--variant", "encoder"], "KEY=VALUE pairs"),
+                           (["--variant", "latent_dim=2", "--parts", "ode"], "add latent_ode to --parts"),
+                           (["--variant", "latent_dim=2", "--variant-points", "40"], "--variant-points takes counts")):
+        refused = CliRunner().invoke(app, ["bench", "ode", "--quick", "--out", str(tmp_path), *flags])
+        assert refused.exit_code == 2 and message in refused.output, refused.output
 
     bad = CliRunner().invoke(app, ["bench", "ode", "--quick", "--parts", "ode,spirals", "--out", str(tmp_path)])
     assert bad.exit_code == 2 and "--parts takes ode and latent_ode" in bad.output

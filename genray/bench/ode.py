@@ -575,6 +575,52 @@ def rnn_width_for(parameters: int) -> int:
     return min((w for w in (low - 1, low) if w >= 1), key=lambda w: abs(count(w) - parameters))
 
 
+def bench_variants(quick: bool, variants: tuple[dict, ...], seeds: tuple[int, ...], points: tuple[int, ...],
+                   cache: Path | None = None, log=print) -> list[dict]:
+    """The latent ODE with other model settings (`variants`, each {config key: value}) under the
+    part's budget, at the given data seeds and observed-point counts: what a change to the model
+    would buy, beside the default's claims (not claims themselves)."""
+    budget = series_budget(quick)
+    cache = None if quick else cache
+    out = []
+    for model in variants:
+        rows = []
+        for seed in seeds:
+            for n_obs in points:
+                got = cached_series_model("latent_ode", n_obs, {**budget, "seed": seed}, model, cache)
+                rows.append({"seed": seed, "n_obs": n_obs, **got})
+                log(f"latent_ode variant {variant_name(model)}, series seed {seed} n_obs={n_obs}: "
+                    f"extrapolation RMSE {got['extrap_rmse']:.4f}")
+        out.append({"model": model, "budget": budget, "rows": rows})
+    return out
+
+
+def parse_variant(text: str) -> dict:
+    """"encoder=ode_rnn,latent_dim=6" -> {"encoder": "ode_rnn", "latent_dim": 6}, each checked
+    against the latent ODE's config; a ValueError that says what is wrong."""
+    import yaml
+
+    from genray.config import ConfigError, build_config
+
+    model = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        key, eq, value = item.partition("=")
+        if not eq or not key.strip():
+            raise ValueError(f"--variant takes KEY=VALUE pairs of the latent ODE's model config, got {item!r}")
+        model[key.strip()] = yaml.safe_load(value)
+    if not model:
+        raise ValueError("--variant needs at least one KEY=VALUE, e.g. --variant encoder=ode_rnn")
+    try:
+        build_config("latent_ode", overrides=[f"model.{k}={json.dumps(v)}" for k, v in model.items()])
+    except ConfigError as err:
+        raise ValueError(f"--variant {text!r}: {err}") from None
+    return model
+
+
+def variant_name(model: dict) -> str:
+    return ", ".join(f"{k}={json.dumps(v)}" for k, v in model.items())
+
+
 def bench_series(quick: bool, seeds: tuple[int, ...] = SERIES_SEEDS, widths: tuple[int, ...] = RNN_WIDTHS,
                  cache: Path | None = None, log=print) -> dict:
     """Per data seed and observed-point count: the latent ODE, the RNN at equal parameters, and
@@ -650,12 +696,15 @@ PARTS = ("ode", "latent_ode")
 
 def run(*, quick: bool = False, path: str | None = None, rounds: int | None = None,
         storage: Path = Path("runs"), parts: tuple[str, ...] = PARTS, previous: dict | None = None,
-        seeds: tuple[int, ...] | None = None, widths: tuple[int, ...] = RNN_WIDTHS, log=print) -> dict:
+        seeds: tuple[int, ...] | None = None, widths: tuple[int, ...] = RNN_WIDTHS,
+        variants: tuple[dict, ...] = (), variant_points: tuple[int, ...] = SERIES_SIZES, log=print) -> dict:
     """The whole bench: a dict for bench_results/ode.json. `path`: "ray-train" (default) or "in-process"
     (the default with quick, so that a smoke test needs no Ray run). A part not run now is kept
     from `previous` (the last ode.json), each part with the machine and load it was measured under.
     `seeds` and `widths`: the latent_ode part's data seeds (SERIES_SEEDS; 0 alone with quick) and
-    RNN widths. The claims are decided from whatever the parts hold."""
+    RNN widths. `variants`: latent ODE model settings also trained at `variant_points` (see
+    bench_variants); stored variants of the same budget not run again are kept. The claims are
+    decided from whatever the parts hold."""
     from genray.bench import machine
 
     path = path or ("in-process" if quick else "ray-train")
@@ -679,6 +728,14 @@ def run(*, quick: bool = False, path: str | None = None, rounds: int | None = No
         started = list(os.getloadavg())
         result[part] = (bench_ode(quick, path, Path(storage).resolve(), rounds, log) if part == "ode"
                         else bench_series(quick, seeds, widths, Path(storage).resolve() / SERIES_CACHE, log))
+        if part == "latent_ode":
+            cache = Path(storage).resolve() / SERIES_CACHE
+            ran = bench_variants(quick, variants, seeds, variant_points, cache, log)
+            kept = [v for v in ((previous or {}).get("latent_ode") or {}).get("variants", [])
+                    if v["budget"] == result[part]["budget"] and v["model"] not in [r["model"] for r in ran]
+                    and previous.get("quick") == quick]
+            if kept or ran:
+                result[part]["variants"] = kept + ran
         result[part]["measured"] = {"machine": result["machine"], "load_average_start": started,
                                     "load_average_end": list(os.getloadavg())}
     for part in set(PARTS) - set(parts):
@@ -689,6 +746,24 @@ def run(*, quick: bool = False, path: str | None = None, rounds: int | None = No
     result["wall_s"] = time.time() - t0
     result["claims"] = overhead_decisions(result.get("ode")) + latent_decisions(result.get("latent_ode"))
     return result
+
+
+def variants_table(lat: dict) -> list[str]:
+    """The latent ODE's variants beside the default and the RNN at its best width, same seed and points."""
+    default = {(r.get("seed", lat["budget"]["seed"]), r["n_obs"]): r for r in lat["rows"]}
+    lines = ["", "Variants of the latent ODE, the same budget (model settings changed from the default; not claims):", "",
+             "| variant | data seed | observed points | extrap. RMSE | interp. RMSE | default latent ODE extrap. RMSE "
+             "| RNN at its best width extrap. RMSE | parameters | train s |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for variant in lat["variants"]:
+        for r in variant["rows"]:
+            base = default.get((r["seed"], r["n_obs"]))
+            widths = (base or {}).get("rnn_widths") or {}
+            best = f"{min(v['extrap_rmse'] for v in widths.values()):.4f}" if widths else "—"
+            lines.append(f"| {variant_name(variant['model'])} | {r['seed']} | {r['n_obs']} | {r['extrap_rmse']:.4f} "
+                         f"| {r['interp_rmse']:.4f} | {base['latent_ode_extrap_rmse'] if base else float('nan'):.4f} "
+                         f"| {best} | {r['parameters']} | {r['train_s']:.0f} |")
+    return lines
 
 
 def recognition(model: dict) -> str:
@@ -801,6 +876,8 @@ def markdown_table(result: dict) -> str:
                          f"| {row['latent_ode_extrap_rmse_early']:.4f} / {row['rnn_extrap_rmse_early']:.4f} "
                          f"| {row['latent_ode_parameters']} / {row['rnn_parameters']}{width} "
                          f"| {row['latent_ode_train_s']:.0f} / {row['rnn_train_s']:.0f} | {widths} |")
+        if lat.get("variants"):
+            lines += variants_table(lat)
     if result.get("claims"):
         rounds = {c["adjoint"]: c.get("ms_per_iter_per_round", {}) for c in result.get("ode", {}).get("configs", [])}
         lines += ["", *HEADER]

@@ -76,12 +76,15 @@ def bench_ode(
                                                    "0,1,2, the claims' seeds; 0 with --quick)."),
     rnn_widths: str = typer.Option("32,40,64", help="RNN widths the latent_ode part also trains (comma-separated); "
                                                     "the best-width claims use 32,40,64."),
+    variant: List[str] = typer.Option([], "--variant", help="Also train the latent ODE with these model settings "
+                                      "(KEY=VALUE,...; repeatable), e.g. --variant encoder=ode_rnn: not claims, a table beside them."),
+    variant_points: str = typer.Option("30,50,100", help="Observed-point counts the --variant runs train at."),
     out: Path = typer.Option(Path("bench_results"), help="Folder for ode.json and ode.md."),
     storage: Path = typer.Option(Path("runs"), help="Where the bench's Ray Train runs go."),
     readme: Optional[Path] = typer.Option(None, help="Also replace the table between <!-- bench:ode --> markers."),
 ) -> None:
     """ode vs the same loop in plain torchdiffeq (time, NFE, memory, error; adjoint on and off); latent_ode vs rnn."""
-    from genray.bench.ode import PARTS, markdown_table, run
+    from genray.bench.ode import PARTS, SERIES_SIZES, markdown_table, parse_variant, run
 
     if path not in (None, "ray-train", "in-process"):
         fail(f"--path must be ray-train or in-process, got {path!r}")
@@ -95,8 +98,18 @@ def bench_ode(
         fail(f"--seeds and --rnn-widths take comma-separated integers, got {seeds!r}, {rnn_widths!r}")
     if (seeds is not None and not data_seeds) or not widths or min(widths) < 1:
         fail(f"--seeds and --rnn-widths need at least one value each, widths >= 1; got {seeds!r}, {rnn_widths!r}")
+    try:
+        variants = tuple(parse_variant(v) for v in variant)
+        points = tuple(int(v) for v in variant_points.split(",") if v.strip())
+    except ValueError as err:
+        fail(str(err))
+    if variants and "latent_ode" not in chosen:
+        fail("--variant trains the latent_ode part: add latent_ode to --parts")
+    if not points or set(points) - set(SERIES_SIZES):
+        fail(f"--variant-points takes counts among {','.join(map(str, SERIES_SIZES))}, got {variant_points!r}")
     result = run(quick=quick, path=path, rounds=rounds, storage=storage, parts=chosen, seeds=data_seeds,
-                 widths=widths, previous=previous_results(out, "ode"), log=typer.echo)
+                 widths=widths, variants=variants, variant_points=points, previous=previous_results(out, "ode"),
+                 log=typer.echo)
     publish("ode", result, markdown_table(result), out, readme, log=typer.echo)
 
 
