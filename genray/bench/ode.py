@@ -486,7 +486,10 @@ def cached_series_model(family_name: str, n_obs: int, budget: dict, model: dict 
         stored = json.loads(path.read_text())
         if stored.get("key") == key:
             return stored["result"]
+    started = os.getloadavg()[0]
     result = train_series_model(family_name, n_obs, budget, model)
+    # train_s depends on what else ran: the load it trained under goes with it.
+    result["measured"] = {"date": time.strftime("%Y-%m-%d %H:%M"), "load_average": [started, os.getloadavg()[0]]}
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(f".{os.getpid()}.tmp")
     tmp.write_text(json.dumps({"key": key, "result": result}, indent=1))
@@ -858,7 +861,9 @@ def markdown_table(result: dict) -> str:
                if "latent_ode_model" in lat else ""),
             "",
             "The RNN columns are the RNN at equal parameters (its width beside the parameter counts); "
-            "\"RNN extrap. RMSE by width\": the RNN at each width of the best-width claim, where measured.",
+            "\"RNN extrap. RMSE by width\": the RNN at each width of the best-width claim, where measured. "
+            "train s: each training's wall time on one thread, which depends on what else shared the cores (each "
+            "training's load average, where recorded, is in ode.json as `*_measured`); not a speed comparison.",
             "",
             f"| data seed | observed points | latent ODE extrap. RMSE | RNN extrap. RMSE | latent ODE interp. RMSE | RNN interp. RMSE "
             "| latent ODE, z0 refined: extrap. / interp. RMSE "
