@@ -58,15 +58,27 @@ def test_plain_server_and_load_generator(tmp_path):
         server.wait(timeout=20)
 
 
-def test_training_targets_are_judged_on_the_median_of_the_per_round_ratios():
+def training_part(ratios: dict, by_round: dict, rounds: int = 3, **budget) -> dict:
+    """A stored training part with the claims' budget (or what `budget` changes)."""
+    plain_runs = [{} for _ in range(rounds)]
+    return {"family": "vae", "epochs": 8, "batch_size": 64, "overrides": ["train.quality_every=0"], **budget,
+            "ratios": ratios, "ratios_by_round": by_round, "runs": {"plain": {"rounds": plain_runs}}}
+
+
+def test_training_claims_are_decided_on_the_median_of_the_per_round_ratios_at_their_budget():
     """The issue's case: 0.917 as a ratio of medians, 0.896 as the median of the rounds' ratios."""
-    training = {"ratios": {"genray x1 / plain": 0.95, "genray x2 / torchrun x2": 0.917},
-                "ratios_by_round": {"genray x1 / plain": [0.97, 0.96, 0.99],
-                                    "genray x2 / torchrun x2": [0.871, 0.896, 1.126]}}
-    judged = perf.targets({"training": training})
-    assert [(t["value"], t["ratio_of_medians"], t["holds"]) for t in judged] == [(0.97, 0.95, True),
-                                                                                   (0.896, 0.917, False)]
-    assert judged[1]["rounds"] == [0.871, 0.896, 1.126] and judged[1]["metric"] == "median of per-round ratios"
+    from genray.bench.claims import verdict
+
+    training = training_part({"genray x1 / plain": 0.95, "genray x2 / torchrun x2": 0.917},
+                             {"genray x1 / plain": [0.97, 0.96, 0.99], "genray x2 / torchrun x2": [0.871, 0.896, 1.126]})
+    x1, x2 = perf.decisions({"training": training})[:2]
+    assert (x1["mean"], x1["ratio_of_medians"], x1["holds"]) == (0.97, 0.95, True)
+    assert (x2["mean"], x2["ratio_of_medians"], x2["holds"]) == (0.896, 0.917, False)
+    assert x2["rounds"] == [0.871, 0.896, 1.126] and x2["claim"]["metric"] == "median per-round ratio"
+    # Another budget measures nothing towards the claims: one round, other epochs, other overrides.
+    for other in ({"rounds": 1}, {"epochs": 4}, {"overrides": []}):
+        part = training_part(training["ratios"], training["ratios_by_round"], **other)
+        assert [verdict(d) for d in perf.decisions({"training": part})[:2]] == ["not decided: 0 of 1 seed measured"] * 2
 
 
 def serving_result() -> dict:
@@ -97,18 +109,25 @@ def test_serving_ratios_pair_each_round_with_the_plain_round_beside_it():
         "throughput_rps": [250 / 500, 200 / 500], "p50_ms": [3.1 / 2.0, 4.0 / 2.0]}
 
 
-def test_serving_targets_are_judged_for_every_replica_setting_against_the_plain_server():
-    case, one, two = "vae/decode, 16 images as PNGs", perf.genray_label(1), perf.genray_label(2)
-    judged = {t["target"]: (t["value"], t["ratio_of_medians"], t["holds"]) for t in perf.targets(
-        {"serving": serving_result()})}
-    assert judged == {
+def test_serving_claims_are_decided_for_every_replica_setting_against_the_plain_server():
+    case = "vae/decode, 16 images as PNGs"
+    serving = {**serving_result(), "requests_per_round": 1000, "warmup": 100}
+    got = {d["claim"]["key"]: (round(d["mean"], 2), round(d["ratio_of_medians"], 2), d["holds"])
+           for d in perf.decisions({"serving": serving}) if d["seeds_measured"]}
+    assert got == {
         # rounds 2.2 and 2.25 (medians 1000 / 500 = 2.0)
-        f"{case}, {one}: throughput at concurrency 32 >= 2 x plain": (2.23, 2.0, True),
-        f"{case}, {one}: p50 at concurrency 1 <= 1.5 x plain": (1.35, 1.35, True),
+        "serve_vae_decode_16_png_throughput_1_replicas": (2.23, 2.0, True),
+        "serve_vae_decode_16_png_p50_1_replicas": (1.35, 1.35, True),
         # rounds 1.8 and 2.14: their median misses, though the ratio of medians (1050 / 500) holds
-        f"{case}, {two}: throughput at concurrency 32 >= 2 x plain": (1.97, 2.1, False),
-        f"{case}, {two}: p50 at concurrency 1 <= 1.5 x plain": (1.77, 1.77, False),
+        "serve_vae_decode_16_png_throughput_2_replicas": (1.97, 2.1, False),
+        "serve_vae_decode_16_png_p50_2_replicas": (1.77, 1.77, False),
     }
+    texts = [d["claim"]["text"] for d in perf.decisions({"serving": serving}) if d["seeds_measured"]]
+    assert texts[0] == f"{case}, Ray Serve with 1 replica / plain FastAPI, req/s at concurrency 32"
+    # Every request case at both settings is declared; the cases not measured, and a run with
+    # other request counts, decide nothing.
+    assert len(perf.SERVING_CLAIMS) == 4 * len(perf.SERVE_CASES)
+    assert not any(d["seeds_measured"] for d in perf.decisions({"serving": {**serving, "requests_per_round": 400}}))
 
 
 def test_a_part_not_run_is_kept_from_the_previous_results_with_when_it_was_measured(monkeypatch):
@@ -116,7 +135,7 @@ def test_a_part_not_run_is_kept_from_the_previous_results_with_when_it_was_measu
 
     monkeypatch.setattr(perf, "inference", lambda log: {"vae/decode": {"ms": 0.9}})
     earlier = {**machine(), "date": "2026-11-23", "cpu": "AMD EPYC"}
-    training = {"family": "vae", "epochs": 8, "batch_size": 64, "overrides": [], "ratios": {
+    training = {"family": "vae", "epochs": 8, "batch_size": 64, "overrides": ["train.quality_every=0"], "ratios": {
         "genray x1 / plain": 0.97, "genray x2 / torchrun x2": 0.85},
         "ratios_by_round": {"genray x1 / plain": [0.96, 0.98], "genray x2 / torchrun x2": [0.84, 0.86]},
         "runs": {what: {"samples_per_s": 2000.0, "samples_per_cpu_s": 2000.0, "first_step_s": 9.0, "epoch_wall_s": None,
@@ -126,7 +145,7 @@ def test_a_part_not_run_is_kept_from_the_previous_results_with_when_it_was_measu
     assert result["training"]["ratios"] == training["ratios"]
     assert result["measured"]["training"]["machine"]["date"] == "2026-11-23"
     assert result["measured"]["inference"]["machine"] == result["machine"]
-    assert [t["target"] for t in result["targets"]][:2] == [t["target"] for t in perf.targets({"training": training})]
+    assert result["claims"][:2] == perf.decisions({"training": training})[:2]
     table = perf.markdown_table(result)
     assert "Training: measured 2026-11-23 on AMD EPYC" in table and "Load average 0.5 at the start, 1.5 at the end." in table
     assert f"Inference: measured {result['machine']['date']}" in table
@@ -145,7 +164,7 @@ def test_training_ratios_come_with_the_same_ratio_round_by_round(monkeypatch, tm
                         figures("plain" if world == 1 else "torchrun x2"))
     monkeypatch.setattr(perf, "genray_training", lambda family, epochs, batch, workers, overrides, storage, name, log:
                         figures(f"genray x{workers}"))
-    t = perf.training("vae", 3, 64, 2, [], tmp_path, lambda line: None)
+    t = perf.training("vae", 8, 64, 2, ["train.quality_every=0"], tmp_path, lambda line: None)
     assert t["ratios"]["genray x1 / plain"] == pytest.approx(1105 / 1100)  # medians of the rounds
     assert t["ratios_by_round"]["genray x1 / plain"] == pytest.approx([0.95, 1.05])
     assert t["ratios_by_round"]["genray x2 / torchrun x2"] == pytest.approx([1700 / 1800, 0.95])
@@ -153,6 +172,7 @@ def test_training_ratios_come_with_the_same_ratio_round_by_round(monkeypatch, tm
     from genray.bench import machine
 
     result = {"training": t, "machine": machine(), "load_average": {"start": 1.0, "end": 1.0}}
-    table = perf.markdown_table({**result, "targets": perf.targets(result)})
+    table = perf.markdown_table(result)
     assert "genray x1 / plain = 1.000 (1.005; rounds: 0.950, 1.050)" in table
-    assert "| genray 2 workers >= 0.9 x torchrun 2 processes | 0.947 | 0.947 | 0.944, 0.95 | yes |" in table
+    assert "| genray 2 workers / torchrun 2 processes, training samples/s | ≥ 0.9 | 0.947 over 1 seed; rounds " \
+           "0.944, 0.950; ratio of medians 0.947 | yes | — |" in table

@@ -46,6 +46,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from genray.bench import machine, machine_line
+from genray.bench.claims import HEADER, Claim, claim_row
 
 GENRAY, PLAIN = "genray (Ray Serve", "plain FastAPI + uvicorn"  # server labels; genray's gets ", N replicas)"
 
@@ -62,6 +63,9 @@ SERVE_CASES = {
     "vae/decode, 16 images as PNGs": ("vae/decode", lambda latent: {"z": codes(16, latent), "format": "png"}),
     "vae/decode, 16 images as JSON lists": ("vae/decode", lambda latent: {"z": codes(16, latent), "format": "list"}),
 }
+
+CASE_KEYS = {"gan/sample, 1 image as .npy": "gan_sample_1_npy", "vae/decode, 1 image as .npy": "vae_decode_1_npy",
+             "vae/decode, 16 images as PNGs": "vae_decode_16_png", "vae/decode, 16 images as JSON lists": "vae_decode_16_list"}
 
 
 def genray_label(replicas: int) -> str:
@@ -413,40 +417,78 @@ def run(*, family: str = "vae", epochs: int = 8, batch_size: int = 64, train_rou
         result["measured"][part] = {"machine": result["machine"],
                                     "load_average": {"start": started, "end": os.getloadavg()[0]}}
     result["load_average"]["end"] = os.getloadavg()[0]
-    result["targets"] = targets(result)
+    result["claims"] = decisions(result)
     return result
 
 
-def judged(target: str, by_round: list[float], of_medians: float, holds: Callable[[float], bool],
-           digits: int) -> dict[str, Any]:
-    """A claim judged on the median of its per-round ratios; the ratio of the medians (the
-    metric before) kept beside it."""
-    value = median(by_round)
-    return {"target": target, "value": round(value, digits), "holds": value is not None and holds(value),
-            "metric": "median of per-round ratios", "rounds": [round(r, digits) for r in by_round],
-            "ratio_of_medians": round(of_medians, digits)}
+# --- the declared claims (genray.bench.claims), fixed before the runs that decide them -------------
+
+# What one measurement of a claim may spend, and at least how many interleaved rounds it pairs; a
+# run with another family, epochs, batch, overrides or request counts measures nothing towards it.
+TRAIN_BUDGET = {"family": "vae", "epochs": 8, "batch_size": 64, "overrides": ["train.quality_every=0"],
+                "min_rounds": 2}
+SERVE_BUDGET = {"requests": 1000, "warmup": 100, "min_rounds": 2}
+# (claim, the ratio of training.ratios_by_round it is decided on)
+TRAINING_CLAIMS = [
+    (Claim(key="train_x1_vs_plain", text="genray 1 worker / plain PyTorch, training samples/s",
+           metric="median per-round ratio", target=0.95, direction=">=", budget=TRAIN_BUDGET, seeds=(0,)),
+     "genray x1 / plain"),
+    (Claim(key="train_x2_vs_torchrun", text="genray 2 workers / torchrun 2 processes, training samples/s",
+           metric="median per-round ratio", target=0.9, direction=">=", budget=TRAIN_BUDGET, seeds=(0,)),
+     "genray x2 / torchrun x2"),
+]
+# (claim, request case, replicas, concurrency, the figure compared): every request case at both
+# replica settings, throughput at concurrency 32 and the median latency at concurrency 1.
+SERVING_CLAIMS = [
+    (Claim(key=f"serve_{CASE_KEYS[case]}_{kind}_{replicas}_replicas",
+           text=f"{case}, Ray Serve with {replicas} replica{'s' * (replicas > 1)} / plain FastAPI, "
+                + ("req/s at concurrency 32" if kind == "throughput" else "p50 at concurrency 1"),
+           metric="median per-round ratio", target=2.0 if kind == "throughput" else 1.5,
+           direction=">=" if kind == "throughput" else "<=",
+           budget={**SERVE_BUDGET, "replicas": replicas, "concurrency": 32 if kind == "throughput" else 1},
+           seeds=(0,)),
+     case, replicas, "32" if kind == "throughput" else "1", "throughput_rps" if kind == "throughput" else "p50_ms")
+    for case in SERVE_CASES for replicas in (1, 2) for kind in ("throughput", "p50")
+]
 
 
-def targets(result: dict[str, Any]) -> list[dict[str, Any]]:
+def training_budget(t: dict[str, Any]) -> bool:
+    """Whether a stored training part ran the claims' budget."""
+    return ({"family": t.get("family"), "epochs": t.get("epochs"), "batch_size": t.get("batch_size"),
+             "overrides": list(t.get("overrides") or [])}
+            == {k: v for k, v in TRAIN_BUDGET.items() if k != "min_rounds"}
+            and len(t["runs"]["plain"]["rounds"]) >= TRAIN_BUDGET["min_rounds"])
+
+
+def serving_budget(s: dict[str, Any]) -> bool:
+    return (s.get("requests_per_round") == SERVE_BUDGET["requests"] and s.get("warmup") == SERVE_BUDGET["warmup"]
+            and s.get("rounds", 0) >= SERVE_BUDGET["min_rounds"])
+
+
+def decisions(result: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every declared claim, decided from the parts `result` holds (not decided where a part is
+    missing or ran another budget). A decision also carries its per-round ratios and the ratio of
+    the medians (the metric before, kept beside)."""
     out = []
-    if "training" in result:
-        t = result["training"]
-        for name, key, goal in (("genray 1 worker >= 0.95 x plain PyTorch", "genray x1 / plain", 0.95),
-                                ("genray 2 workers >= 0.9 x torchrun 2 processes", "genray x2 / torchrun x2", 0.9)):
-            out.append(judged(name, t["ratios_by_round"][key], t["ratios"][key], lambda v, g=goal: v >= g, 3))
-    if "serving" in result:
-        for case, by_c in result["serving"]["endpoints"].items():
-            high, one = by_c.get("32"), by_c.get("1")
-            for server in [k for k in (high or one or {}) if k.startswith(GENRAY)]:
-                if high:
-                    rounds = vs_plain_by_round(result["serving"], case, "32", server)["throughput_rps"]
-                    out.append(judged(f"{case}, {server}: throughput at concurrency 32 >= 2 x plain", rounds,
-                                      high[server]["throughput_rps"] / high[PLAIN]["throughput_rps"],
-                                      lambda v: v >= 2, 2))
-                if one:
-                    rounds = vs_plain_by_round(result["serving"], case, "1", server)["p50_ms"]
-                    out.append(judged(f"{case}, {server}: p50 at concurrency 1 <= 1.5 x plain", rounds,
-                                      one[server]["p50_ms"] / one[PLAIN]["p50_ms"], lambda v: v <= 1.5, 2))
+    t = result.get("training")
+    for claim, ratio in TRAINING_CLAIMS:
+        values, extra = {}, {}
+        if t and training_budget(t):
+            rounds = t["ratios_by_round"][ratio]
+            values[0] = median(rounds)
+            extra = {"rounds": rounds, "ratio_of_medians": t["ratios"][ratio]}
+        out.append({**claim.decide(values), **extra})
+    s = result.get("serving")
+    for claim, case, replicas, c, figure in SERVING_CLAIMS:
+        values, extra = {}, {}
+        cells = (s or {}).get("endpoints", {}).get(case, {}).get(c, {})
+        server = genray_label(replicas)
+        if s and serving_budget(s) and server in cells and PLAIN in cells:
+            rounds = vs_plain_by_round(s, case, c, server)[figure]
+            if rounds:
+                values[0] = median(rounds)
+                extra = {"rounds": rounds, "ratio_of_medians": cells[server][figure] / cells[PLAIN][figure]}
+        out.append({**claim.decide(values), **extra})
     return out
 
 
@@ -493,11 +535,13 @@ def markdown_table(result: dict[str, Any]) -> str:
                   "| endpoint | ms |", "|---|---:|"]
         lines += [f"| `{k}` | {v['ms']:.2f} |" for k, v in result["inference"].items()]
         lines.append("")
-    if result.get("targets"):
-        lines += ["| target | median of per-round ratios | ratio of medians (the earlier metric) | rounds | holds |",
-                  "|---|---:|---:|---|---|"]
-        lines += [f"| {t['target']} | {t['value']} | {t['ratio_of_medians']} | {', '.join(map(str, t['rounds']))} | "
-                  f"{'yes' if t['holds'] else 'no'} |" for t in result["targets"]]
+    decided = decisions(result)  # from the figures, so a file written before the claims reads the same
+    if any(d["seeds_measured"] for d in decided):
+        lines += ["Claims: the median of the per-round ratios; beside it each round's ratio and the ratio of the "
+                  "medians (the metric before).", "", *HEADER]
+        lines += [claim_row(d, fmt=".3f", detail=f"rounds {', '.join(f'{r:.3f}' for r in d['rounds'])}; ratio of "
+                                                 f"medians {d['ratio_of_medians']:.3f}") if "rounds" in d else claim_row(d)
+                  for d in decided]
         lines.append("")
     # Each part's own date and load (a part may be kept from an earlier run); one line for a
     # result from before parts carried theirs.
