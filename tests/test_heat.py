@@ -312,3 +312,23 @@ def test_bench_without_pyamg_stops_and_says_how_to_install_it(tmp_path, monkeypa
     assert refused.exit_code == 2 and "Traceback" not in refused.output
     assert "error: genray bench heat needs pyamg" in refused.output
     assert not (tmp_path / "heat.json").exists()
+
+
+def test_bench_claims_are_decided_per_size_on_the_declared_budget():
+    """genray's time per step over the faster of splu and pyamg, at most 2, per size; a size not
+    run, or a run with another budget, decides nothing."""
+    from genray.bench.claims import verdict
+    from genray.bench.heat import HEAT_BUDGET, decisions
+
+    def rows(n, genray, splu, amg):
+        return [{"n": n, "method": m, "seconds_per_step": t} for m, t in
+                (("genray multigrid", genray), ("scipy splu", splu), ("pyamg sa + cg", amg), ("scipy cg + jacobi", 0.001))]
+
+    result = {"config": {**HEAT_BUDGET, "sizes": [128, 256]}, "rows": rows(128, 0.0034, 0.001, 0.002) + rows(256, 0.004, 0.003, 0.002)}
+    got = {d["claim"]["key"]: d for d in decisions(result)}
+    assert (got["heat_multigrid_128"]["mean"], got["heat_multigrid_128"]["holds"]) == (pytest.approx(3.4), False)
+    assert (got["heat_multigrid_256"]["mean"], got["heat_multigrid_256"]["holds"]) == (pytest.approx(2.0), True)  # at the target
+    assert verdict(got["heat_multigrid_512"]) == "not decided: 0 of 1 seed measured"
+    other = decisions({**result, "config": {**result["config"], "steps": 1}})
+    assert all(verdict(d) == "not decided: 0 of 1 seed measured" for d in other)
+

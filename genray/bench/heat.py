@@ -33,11 +33,24 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
+from genray.bench.claims import HEADER, Claim, claim_row
 from genray.heat import HeatStepper, course_problem, simulate
 
 METHODS = ("genray multigrid", "genray multigrid64", "scipy splu", "scipy cg + jacobi", "pyamg sa + cg")
 _REFERENCE = "scipy splu"  # the direct solve every answer is compared with
 _BEST_OF = ("scipy splu", "pyamg sa + cg")  # the target: genray within 2x of the faster of these
+
+# The declared claims (genray.bench.claims), fixed before the runs that decide them: at each size,
+# genray's default solver (float32 V-cycle) takes at most twice the time per step of the faster of
+# scipy's direct solve and pyamg's AMG-preconditioned CG, on the run's own medians. One measurement
+# (no training seed); a run with another dt, tolerance or step count measures nothing towards them.
+HEAT_BUDGET = {"dt": 1e-3, "rtol": 1e-10, "steps": 5, "warmup": 3}
+HEAT_CLAIMS = {
+    n: Claim(key=f"heat_multigrid_{n}", metric="ms per step / the faster baseline's", target=2.0, direction="<=",
+             text=f"genray multigrid / the faster of scipy splu and pyamg sa + cg, ms per step, n = {n}",
+             budget={**HEAT_BUDGET, "n": n}, seeds=(0,))
+    for n in (128, 256, 512)
+}
 
 
 def _sync(device: torch.device) -> None:
@@ -333,12 +346,27 @@ def run(
         "rows": rows,
         "bandwidth": {"copy_bytes_per_second": copy, "operator": operator},
     }
+    result["claims"] = decisions(result)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(out.suffix + ".tmp")
     tmp.write_text(json.dumps(result, indent=2))
     tmp.replace(out)  # atomic: a reader never sees half a file
     return result
+
+
+def decisions(result: dict) -> list[dict]:
+    """HEAT_CLAIMS decided from a run's rows (not decided for a size it did not run, or another budget)."""
+    config = result["config"]
+    ran = {k: config[k] for k in HEAT_BUDGET} == HEAT_BUDGET
+    out = []
+    for n, claim in HEAT_CLAIMS.items():
+        rows = {row["method"]: row["seconds_per_step"] for row in result["rows"] if row["n"] == n}
+        values = {}
+        if ran and "genray multigrid" in rows and set(_BEST_OF) <= set(rows):
+            values[0] = rows["genray multigrid"] / min(rows[m] for m in _BEST_OF)
+        out.append(claim.decide(values))
+    return out
 
 
 def markdown_table(result: dict) -> str:
@@ -384,6 +412,7 @@ def markdown_table(result: dict) -> str:
             f"| {op['n']} | {1e6 * op['seconds']:.0f} | {op['bytes'] / 1e6:.1f} | "
             f"{op['bytes_per_second'] / 1e9:.1f} | {op['fraction_of_copy']:.2f} |"
         )
+    lines += ["", *HEADER, *(claim_row(d, fmt=".2f") for d in decisions(result))]
     return "\n".join(lines)
 
 
