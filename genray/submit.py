@@ -2,6 +2,8 @@
 
 A job spec (jobs/*.yaml) says what to train and where: family, the run config's sections,
 workers, GPUs per worker, run storage and, optionally, where to export the best model.
+Storage and export must outlive the job (check_job_storage): s3:// or an absolute path, never
+a path inside Ray's copy of the working folder, which Ray deletes with the session.
 `genray submit SPEC --address URL` uploads the working folder (as `ray job submit
 --working-dir .` does, skipping what .gitignore lists) and runs
 `python jobs/<entrypoint> SPEC` there; the same command works with Ray's own CLI.
@@ -12,6 +14,7 @@ named by RAY_AUTH_TOKEN_PATH, else ~/.ray/auth_token) and sent as a bearer token
 
 from __future__ import annotations
 
+import json
 import os
 import shlex
 import time
@@ -22,10 +25,15 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from genray.config import ConfigError, RunConfig, apply_override, build_config, format_errors, parse_override
+from genray.storage import Location
 
 DEFAULT_ADDRESS = "http://127.0.0.1:8265"
 TOKEN_SOURCES = "RAY_AUTH_TOKEN, the file named by RAY_AUTH_TOKEN_PATH, or ~/.ray/auth_token"
 TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
+# Ray's job supervisor gives a job's entrypoint its runtime_env in this variable (and only a
+# job's: ray/_private/worker.py reads it to merge the job's runtime_env into ray.init's).
+RAY_JOB_CONFIG = "RAY_JOB_CONFIG_JSON_ENV_VAR"
+OUTLIVES_THE_JOB = "use s3://bucket/prefix or an absolute path every node of the cluster mounts (e.g. /mnt/shared/{})"
 
 
 class JobAPIError(RuntimeError):
@@ -45,7 +53,10 @@ class JobSpec(BaseModel):
     # Ray Train runs one worker process per GPU: more GPUs means more workers, not more per worker.
     gpus_per_worker: int = Field(0, ge=0, le=1)
     cpus_per_worker: float = Field(1.0, gt=0.0)
-    storage: str = "runs"  # a folder or s3://bucket/prefix; on a multi-node cluster it must be shared
+    # s3://bucket/prefix or an absolute path, shared on a multi-node cluster. Required: no default
+    # outlives a job on every cluster (a relative one lands in Ray's copy of the working folder,
+    # a /tmp one on whichever node ran each worker), so a spec says where its checkpoints go.
+    storage: str
     resume: bool = False  # continue <storage>/<name> when it exists (a re-submitted job picks up)
     export: Optional[str] = None  # model store folder or s3:// URI for the best checkpoint
     runtime_env: dict[str, Any] = Field(default_factory=dict)  # e.g. env_vars: {AWS_ENDPOINT_URL: ...}
@@ -75,12 +86,55 @@ def load_spec(path: str | Path, overrides: list[str] = ()) -> JobSpec:
         raise ConfigError(f"{path}: the top level must be a mapping, got {type(tree).__name__}")
     for text in overrides:
         apply_override(tree, *parse_override(text))
+    if "storage" not in tree:  # pydantic's "Field required" would not say what to give
+        raise ConfigError(f"{path}: storage is required, where the job's checkpoints go; {OUTLIVES_THE_JOB.format('runs')}")
     try:
         spec = JobSpec.model_validate(tree)
     except ValidationError as err:
         raise ConfigError(f"{path}: {format_errors(err)}") from None
+    check_job_storage(spec)  # here, not after training: an export that would vanish fails first
     spec.run_config()  # a bad model/data/train key fails here, before anything is uploaded
     return spec
+
+
+def job_working_copy() -> Optional[Path]:
+    """The folder this process runs in when it is a Ray job's entrypoint in Ray's unpacked copy
+    of the job's working_dir (under the session's runtime_resources, deleted with the session);
+    None outside a job, and in a job without a copy (no working_dir, or a local:// one, which
+    runs in the folder itself)."""
+    injected = os.environ.get(RAY_JOB_CONFIG)
+    if not injected:
+        return None
+    working_dir = (json.loads(injected).get("runtime_env") or {}).get("working_dir")
+    if not working_dir or working_dir.startswith("local://"):
+        return None
+    return Path.cwd().resolve()
+
+
+def check_job_storage(spec: JobSpec) -> None:
+    """Refuse a storage or export that would not outlive the job: a relative path (it resolves
+    in Ray's copy of the working folder) or, inside a job, an absolute one within that copy."""
+    copy = job_working_copy()
+    for key, where, lost, example in (("storage", spec.storage, "the checkpoints", "runs"),
+                                      ("export", spec.export, "the exported model", "models")):
+        if where is None:
+            continue
+        try:
+            location = Location(where)
+        except ValueError as err:  # s3:// without a bucket
+            raise ConfigError(f"{key}: {err}") from None
+        if location.on_s3:
+            continue
+        path = location.path.expanduser()  # ~ is the home of the node that runs the job
+        if not path.is_absolute():
+            problem = ("is a relative path: a job runs in Ray's copy of the working directory, "
+                       "which Ray deletes with the session")
+        elif copy is not None and path.resolve().is_relative_to(copy):
+            problem = (f"lies inside this job's copy of the working directory ({copy}), "
+                       "which Ray deletes with the session")
+        else:
+            continue
+        raise ConfigError(f"{key} {where!r} {problem}, so {lost} would be lost; {OUTLIVES_THE_JOB.format(example)}")
 
 
 def entrypoint_of(spec: JobSpec, spec_path: str, overrides: list[str] = ()) -> str:

@@ -29,6 +29,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="override a spec key, e.g. --set config.train.epochs=5 (repeatable)")
     args = parser.parse_args(argv)
     try:
+        # Also refuses a storage or export that would vanish with this job's working folder copy.
         spec = load_spec(args.spec, args.overrides)
         cfg = spec.run_config()
         resume = bool(spec.resume and cfg.name and RunDir(cfg.storage, cfg.name).exists())
