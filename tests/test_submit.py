@@ -8,6 +8,8 @@ same head.
 The head is this module's own: its processes are stopped by pid at the end (never `ray stop`,
 which would stop every Ray on the machine), and the tests' shared Ray session never sees it."""
 
+import importlib.util
+import json
 import os
 import shutil
 import subprocess
@@ -26,12 +28,14 @@ from typer.testing import CliRunner
 
 from genray.cli import app
 from genray.config import ConfigError
-from genray.submit import client, entrypoint_of, load_spec, read_token, submit, wait_for
+from genray.submit import RAY_JOB_CONFIG, check_job_storage, client, entrypoint_of, load_spec, read_token, submit, wait_for
 
 from conftest import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
+SMOKE = REPO / "jobs" / "smoke.yaml"
+OUTLIVES = "use s3://bucket/prefix or an absolute path every node of the cluster mounts (e.g. /mnt/shared/runs)"
 
 
 @dataclass
@@ -142,6 +146,102 @@ def test_submit_checks_the_spec_before_contacting_the_cluster(tmp_path):
                overrides=["entrypoint=nope.py"])
 
 
+def test_a_relative_storage_or_export_is_refused():
+    with pytest.raises(ConfigError) as refused:
+        load_spec(SMOKE, ["storage=runs"])
+    assert str(refused.value) == (
+        "storage 'runs' is a relative path: a job runs in Ray's copy of the working directory, which Ray "
+        f"deletes with the session, so the checkpoints would be lost; {OUTLIVES}")
+    with pytest.raises(ConfigError) as refused:
+        load_spec(SMOKE, ["export=models"])
+    assert str(refused.value) == (
+        "export 'models' is a relative path: a job runs in Ray's copy of the working directory, which Ray "
+        "deletes with the session, so the exported model would be lost; use s3://bucket/prefix or an "
+        "absolute path every node of the cluster mounts (e.g. /mnt/shared/models)")
+
+
+def test_a_spec_must_say_where_its_storage_is(tmp_path):
+    bare = tmp_path / "bare.yaml"
+    bare.write_text("family: vae\nworkers: 1\n")
+    with pytest.raises(ConfigError) as refused:
+        load_spec(bare)
+    assert str(refused.value) == f"{bare}: storage is required, where the job's checkpoints go; {OUTLIVES}"
+    assert load_spec(bare, ["storage=s3://bucket/runs"]).storage == "s3://bucket/runs"
+
+
+@pytest.mark.parametrize("override, refusal", [
+    ("storage=runs", "error: storage 'runs' is a relative path"),
+    ("export=models", "error: export 'models' is a relative path"),
+])
+def test_genray_submit_refuses_a_relative_storage_before_contacting_the_cluster(override, refusal, monkeypatch):
+    contacted = []
+    monkeypatch.setattr("genray.submit.client", lambda *args, **kwargs: contacted.append(args))
+    result = CliRunner().invoke(app, ["submit", str(SMOKE), "--address", "http://127.0.0.1:9",
+                                      "--working-dir", str(REPO), "--set", override])
+    assert result.exit_code == 2, result.output
+    assert refusal in result.output and "which Ray deletes with the session" in result.output, result.output
+    assert contacted == []
+
+
+@pytest.fixture
+def in_a_job(tmp_path, monkeypatch):
+    """This process as a Ray job's entrypoint: its cwd is Ray's unpacked copy of the working
+    folder, and it has the runtime_env that Ray's job supervisor passes to every entrypoint."""
+    copy = tmp_path / "session" / "runtime_resources" / "working_dir_files" / "_ray_pkg_0123abcd"
+    copy.mkdir(parents=True)
+    monkeypatch.chdir(copy)
+    monkeypatch.setenv(RAY_JOB_CONFIG, json.dumps(
+        {"runtime_env": {"working_dir": "gcs://_ray_pkg_0123abcd.zip"}, "metadata": {}}))
+    return copy.resolve()
+
+
+@pytest.fixture
+def job_entrypoint(monkeypatch):
+    """jobs/train.py's main, with ray.init refusing to run: a refused spec must stop before it."""
+    loader = importlib.util.spec_from_file_location("jobs_train", REPO / "jobs" / "train.py")
+    module = importlib.util.module_from_spec(loader)
+    loader.loader.exec_module(module)
+
+    def no_cluster(*args, **kwargs):
+        raise AssertionError("ray.init was called for a refused spec")
+
+    monkeypatch.setattr(module.ray, "init", no_cluster)
+    return module.main
+
+
+def test_the_job_entrypoint_refuses_storage_that_vanishes_with_the_job(in_a_job, job_entrypoint, capsys):
+    assert job_entrypoint([str(SMOKE), "--set", "storage=runs"]) == 2
+    assert "error: storage 'runs' is a relative path: a job runs in Ray's copy" in capsys.readouterr().err
+
+    inside = in_a_job / "runs"
+    assert job_entrypoint([str(SMOKE), "--set", f"storage={inside}"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"error: storage '{inside}' lies inside this job's copy of the working directory ({in_a_job}), "
+        f"which Ray deletes with the session, so the checkpoints would be lost; {OUTLIVES}")
+
+    assert job_entrypoint([str(SMOKE), "--set", f"export={in_a_job / 'models'}"]) == 2
+    assert "error: export" in capsys.readouterr().err
+
+
+def test_a_job_accepts_s3_and_an_absolute_path_outside_its_copy(in_a_job, tmp_path):
+    on_s3 = load_spec(SMOKE, ["storage=s3://bucket/runs", "export=s3://bucket/models"])
+    check_job_storage(on_s3)
+    shared = load_spec(SMOKE, [f"storage={tmp_path / 'shared' / 'runs'}", f"export={tmp_path / 'shared' / 'models'}"])
+    check_job_storage(shared)
+    assert (on_s3.storage, shared.export) == ("s3://bucket/runs", str(tmp_path / "shared" / "models"))
+
+
+@pytest.mark.parametrize("runtime_env", [None, {}, {"working_dir": "local:///srv/genray"}])
+def test_only_a_job_in_a_copy_of_its_working_folder_has_job_local_paths(runtime_env, tmp_path, monkeypatch):
+    # Outside a job, or in a job that runs where it stands, the cwd outlives the job.
+    monkeypatch.chdir(tmp_path)
+    if runtime_env is None:
+        monkeypatch.delenv(RAY_JOB_CONFIG, raising=False)
+    else:
+        monkeypatch.setenv(RAY_JOB_CONFIG, json.dumps({"runtime_env": runtime_env, "metadata": {}}))
+    assert load_spec(SMOKE, [f"storage={tmp_path / 'runs'}"]).storage == str(tmp_path / "runs")
+
+
 def test_the_entrypoint_quotes_overrides():
     spec = load_spec(REPO / "jobs" / "smoke.yaml")
     assert entrypoint_of(spec, "jobs/smoke.yaml", ["storage=/tmp/a b"]) == \
@@ -175,6 +275,20 @@ def test_the_job_api_refuses_requests_without_the_token(head):
     unknown = CliRunner().invoke(app, ["job", "list", "--address", head.url], env={"RAY_AUTH_TOKEN": "not-the-token"})
     assert unknown.exit_code == 2 and "Forbidden" in unknown.output, unknown.output
     assert client(head.url, head.token).list_jobs() == [], "nothing was submitted"
+
+
+def test_a_job_finds_its_working_folder_copy(head):
+    # What check_job_storage relies on Ray for: a job's entrypoint knows it runs in Ray's copy.
+    jobs = client(head.url, head.token)
+    probe = jobs.submit_job(entrypoint="python -c 'from genray.submit import job_working_copy; "
+                                       "print(\"copy:\", job_working_copy())'",
+                            runtime_env={"working_dir": str(REPO)})
+    assert wait_for(probe, set(), address=head.url, token=head.token, timeout_s=120) == "SUCCEEDED", \
+        jobs.get_job_logs(probe)
+    said = [line for line in jobs.get_job_logs(probe).splitlines() if line.startswith("copy: ")]
+    copy = Path(said[0].removeprefix("copy: "))
+    assert "runtime_resources" in copy.parts and copy.name.startswith("_ray_pkg_"), said
+    assert (copy / "jobs" / "smoke.yaml").is_file()
 
 
 def test_submit_follow_stop_list_and_serve_deploy(head, tmp_path):
