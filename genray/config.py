@@ -12,7 +12,7 @@ greater than or equal to 1 (got 0)`.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -30,8 +30,20 @@ class TrainConfig(BaseModel):
 
     epochs: int = Field(10, ge=1, le=100_000)
     batch_size: int = Field(32, ge=1, le=65_536)  # per worker
-    # Ray Train workers; 0 runs the loop in the driver process (no DDP), for debugging.
-    workers: int = Field(2, ge=0, le=4096)
+    # Ray Train workers; 0 runs the loop in the driver process (no DDP), for debugging. [MIN, MAX]:
+    # elastic (Ray Train's ScalingConfig(num_workers=(MIN, MAX))): the run starts with as many
+    # workers as fit, at least MIN, restarts from its latest checkpoint with fewer when a node is
+    # lost, and grows back towards MAX when capacity returns (checked every elastic_resize_s).
+    workers: int | tuple[int, int] = 2
+    # Where the workers go: "pack" fills as few nodes as possible (fast all-reduce), "spread" puts
+    # them on as many nodes as it can (one node's loss costs fewer workers). Ray's placement strategies.
+    placement: Literal["pack", "spread"] = "pack"
+    # The learning rate under a changing world size. batch_size is per worker, so the global batch
+    # is batch_size x workers; "linear" (Goyal et al. 2017) keeps the step per sample the same by
+    # using model lr x workers / MAX (the model's lr is the one for the full-size run, which a
+    # fixed-size run always is), "none" keeps the model's lr at every size.
+    scale_lr: Literal["linear", "none"] = "linear"
+    elastic_resize_s: float = Field(60.0, gt=0)
     # None: use GPUs when the cluster has them.
     use_gpu: bool | None = None
     cpus_per_worker: float = Field(1.0, gt=0.0)
@@ -55,6 +67,28 @@ class TrainConfig(BaseModel):
     # Start from another checkpoint, freeze the base, unfreeze its last blocks later
     # (genray.families.base.FinetuneConfig); off by default.
     finetune: FinetuneConfig = Field(default_factory=FinetuneConfig)
+
+    @field_validator("workers")
+    @classmethod
+    def _worker_range(cls, value: int | tuple[int, int]) -> int | tuple[int, int]:
+        if isinstance(value, int) and not 0 <= value <= 4096:
+            raise ValueError("workers takes a number from 0 to 4096, or [MIN, MAX]")
+        if not isinstance(value, int) and not 1 <= value[0] <= value[1] <= 4096:
+            raise ValueError("elastic workers [MIN, MAX] need 1 <= MIN <= MAX <= 4096")
+        return value
+
+    @property
+    def elastic(self) -> bool:
+        return not isinstance(self.workers, int)
+
+    @property
+    def max_workers(self) -> int:
+        """The run's full size: train.workers, or its MAX when elastic."""
+        return self.workers if isinstance(self.workers, int) else self.workers[1]
+
+    def lr_factor(self, world: int) -> float:
+        """What the model's learning rate is multiplied by with `world` workers (scale_lr)."""
+        return world / self.max_workers if self.scale_lr == "linear" and self.max_workers > 0 else 1.0
 
 
 class RunConfig(BaseModel):

@@ -55,7 +55,7 @@ from genray.metrics import store_root
 from genray.runs import RunDir
 from genray.storage import Location
 from genray.train import LoopConfig, failure_config_for, scaling_for, start_timeout_s, trainer_for
-from genray.train.driver import data_error_in, streams_of
+from genray.train.driver import check_reachable_from_every_node, data_error_in, streams_of
 
 DOMAINS = {
     "loguniform": lambda a: tune.loguniform(*a),
@@ -389,6 +389,7 @@ def build_tuner(
 
     if scheduler != "fifo":
         require_state_api()
+    check_reachable_from_every_node(str(storage), base.data)
     search = RunDir(storage, name)
     train_storage = search.location / TRIALS_FOLDER
     if not search.on_s3:

@@ -18,7 +18,6 @@ from genray.config import ConfigError
 from genray.families import get_family
 from genray.submit import load_spec
 from genray.runs import RunDir, load_run_config
-from genray.storage import Location
 from genray.train import fit
 
 
@@ -43,14 +42,14 @@ def main(argv: list[str] | None = None) -> int:
 
     ray.init()  # inside a Ray job: the cluster that runs it
     print(f"cluster: {ray.cluster_resources()}", flush=True)
-    nodes = sum(1 for node in ray.nodes() if node["Alive"])
-    if nodes > 1 and not Location(cfg.storage).on_s3:
-        # Ray Train's workers on other nodes write their checkpoints to this path on *their* disks.
-        print(f"warning: storage {cfg.storage!r} is a local path on a {nodes}-node cluster; "
-              "use s3://... or a shared filesystem", flush=True)
     print(f"{'resuming' if resume else 'starting'} run {cfg.name or '(new)'} in {cfg.storage}: "
           f"{cfg.family}, {cfg.train.workers} workers, GPUs: {spec.gpus_per_worker}", flush=True)
-    summary = fit(cfg, resume=resume)
+    try:
+        # Refuses storage on this node's disk when the cluster has other nodes.
+        summary = fit(cfg, resume=resume)
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     metric = get_family(cfg.family).metric
     print(f"run:  {summary.run_uri}")
     print(f"best: {summary.best_checkpoint}")

@@ -21,11 +21,12 @@ import ray.train
 from ray.train import CheckpointConfig, FailureConfig, ScalingConfig, UserCallback
 from ray.train.torch import TorchTrainer
 
-from genray.config import RunConfig
+from genray.config import ConfigError, RunConfig
 from genray.data import DataConfig, DataError
 from genray.families import get_family
 from genray.metrics import store_root
 from genray.runs import RunDir, new_run
+from genray.storage import Location
 from genray.train.loop import Hooks, LoopConfig
 from genray.train.worker import train_loop_per_worker
 
@@ -106,13 +107,45 @@ class TrainSummary:
 
 
 def scaling_for(cfg: RunConfig, min_workers: int = 0) -> ScalingConfig:
-    """The run's workers, each with its CPUs and, when the run asks for GPUs (or leaves
-    train.use_gpu unset on a cluster that has them), one GPU. genray train and Tune trials alike."""
-    use_gpu = cfg.train.use_gpu
+    """The run's workers (a fixed number, or an elastic [MIN, MAX]), their placement, each with
+    its CPUs and, when the run asks for GPUs (or leaves train.use_gpu unset on a cluster that has
+    them), one GPU. genray train and Tune trials alike."""
+    train = cfg.train
+    use_gpu = train.use_gpu
     if use_gpu is None:
         use_gpu = ray.cluster_resources().get("GPU", 0) > 0
-    return ScalingConfig(num_workers=max(min_workers, cfg.train.workers), use_gpu=use_gpu,
-                         resources_per_worker={"CPU": cfg.train.cpus_per_worker, **({"GPU": 1} if use_gpu else {})})
+    workers = max(min_workers, train.workers) if not train.elastic else (max(min_workers, train.workers[0]),
+                                                                        max(min_workers, train.workers[1]))
+    return ScalingConfig(num_workers=workers, use_gpu=use_gpu, placement_strategy=train.placement.upper(),
+                         resources_per_worker={"CPU": train.cpus_per_worker, **({"GPU": 1} if use_gpu else {})},
+                         elastic_resize_monitor_interval_s=train.elastic_resize_s)
+
+
+# Paths under these prefixes (separated by os.pathsep) are on a filesystem that every node of the
+# cluster mounts (NFS, EFS, a Kubernetes volume): a cluster's setup sets it, genray cannot tell.
+SHARED_ENV = "GENRAY_SHARED_STORAGE"
+
+
+def check_reachable_from_every_node(storage: str, data: Any = None) -> None:
+    """On a cluster of several nodes, refuse runs stored in `storage` or reading `data` (a data
+    config) whose place is a path on this machine's disk: Ray Train's workers on the other nodes would write the run's checkpoints to
+    (and read the data from) their own disks, where nothing else finds them."""
+    nodes = sum(1 for node in ray.nodes() if node["Alive"])
+    if nodes < 2:
+        return
+    shared = [Path(p).resolve() for p in os.environ.get(SHARED_ENV, "").split(os.pathsep) if p]
+    places = [("storage", storage)]
+    source = getattr(data, "source", None)
+    if isinstance(source, str) and (os.sep in source or os.path.exists(source)):  # not a built-in name
+        places.append(("data.source", source))
+    for key, where in places:
+        location = Location(where)
+        if location.on_s3 or any(location.path.resolve().is_relative_to(prefix) for prefix in shared):
+            continue
+        raise ConfigError(
+            f"{key} {where!r} is a path on this machine, and this Ray cluster has {nodes} nodes: workers on the "
+            f"other nodes would use their own disks there. Use s3://bucket/prefix, or a filesystem every node "
+            f"mounts, declared with {SHARED_ENV}=<its mount point> in the environment of the driver")
 
 
 # Ray Train's knob for one worker-group start; the process that builds the TorchTrainer passes it
@@ -120,8 +153,16 @@ def scaling_for(cfg: RunConfig, min_workers: int = 0) -> ScalingConfig:
 START_TIMEOUT_ENV = "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"
 
 
+# An elastic run's wait for its workers to be placed. Right after a node is lost Ray still counts
+# its CPUs for a few seconds, and Train's elastic policy asks for the old size: that start must
+# fail soon, so the run goes on with the workers that fit instead of waiting Ray's 60 s.
+ELASTIC_START_TIMEOUT_S = 15.0
+
+
 def start_timeout_s(cfg: RunConfig) -> float:
-    return cfg.train.worker_start_timeout_s or float(os.environ.get(START_TIMEOUT_ENV, 60.0))
+    if cfg.train.worker_start_timeout_s:
+        return cfg.train.worker_start_timeout_s
+    return ELASTIC_START_TIMEOUT_S if cfg.train.elastic else float(os.environ.get(START_TIMEOUT_ENV, 60.0))
 
 
 def failure_config_for(cfg: RunConfig, start_tries: int | None = None) -> FailureConfig:
@@ -149,7 +190,7 @@ def leave_cpus_for_data(scaling: ScalingConfig) -> None:
     """Ray Data reads and decodes in tasks of one CPU beside the training workers': a run whose
     workers take every CPU of the cluster would wait for its first batch forever."""
     total = ray.cluster_resources().get("CPU", 0.0)
-    taken = scaling.num_workers * (scaling.resources_per_worker or {}).get("CPU", 1.0)
+    taken = scaling.max_workers * (scaling.resources_per_worker or {}).get("CPU", 1.0)
     if total - taken < 1.0:
         raise DataError(
             f"train.workers x train.cpus_per_worker take {taken:g} of the cluster's {total:g} CPUs; streaming "
@@ -215,6 +256,7 @@ def fit(cfg: RunConfig, *, resume: bool = False, verbose: bool = True, hooks: Se
     run inside the worker loop, on every worker."""
     if not ray.is_initialized():
         ray.init()
+    check_reachable_from_every_node(cfg.storage, cfg.data)
     cfg, run = new_run(cfg, resume)
     # On S3, Ray Train and rank 0's run log share one filesystem that knows the endpoint.
     _, fs = run.storage.ray_storage()

@@ -104,6 +104,7 @@ class Session:
 
     rank = 0
     world = 1
+    nodes = 1  # the machines the worker group spans
 
     def __init__(self, device: str | torch.device = "cpu"):
         self.device = torch.device(device)
@@ -163,6 +164,9 @@ def run_loop(config: LoopConfig, session: Session) -> None:
     family.apply_finetune(finetune, start_epoch)  # before DDP: it syncs only what requires grad
     if world > 1:
         family.wrap(session.wrap)
+    lr_factor = cfg.train.lr_factor(world)
+    if lr_factor != 1.0:
+        scale_learning_rates(family, lr_factor)
 
     streamed = config.streamed_rows is not None
     if not streamed:
@@ -262,7 +266,9 @@ def run_loop(config: LoopConfig, session: Session) -> None:
         if rank == 0 and labelled and (ranked_by_quality or cfg.train.quality_every
                                        and (last or epoch % cfg.train.quality_every == 0)):
             metrics.update(measure_quality(family, cfg.train.quality_samples, cfg.data))
-        metrics.update(epoch=epoch, epoch_s=time.perf_counter() - t0, workers=world)
+        # The worker group's size and spread: an elastic run's changes, a placement's effect.
+        metrics.update(epoch=epoch, epoch_s=time.perf_counter() - t0, workers=world, nodes=session.nodes,
+                       lr_factor=lr_factor)
         for hook in config.hooks:
             hook.on_epoch_end(epoch, metrics)
 
@@ -358,6 +364,27 @@ def restore(folder: str, run: RunDir, device: torch.device) -> checkpoint.Checkp
         except checkpoint.CheckpointError:
             continue
     raise checkpoint.CheckpointError(f"no usable checkpoint in {run}; the latest: {damaged}")
+
+
+def scale_learning_rates(family, factor: float) -> None:
+    """Every optimizer of `family` steps with its learning rates x `factor` (train.scale_lr).
+    The rates are multiplied just before each step and put back right after, so whatever sets
+    them (a family's decay schedule, fine-tuning) works on the unscaled values, and checkpoints
+    store those."""
+    saved: dict[int, list[float]] = {}
+
+    def before(opt, args, kwargs):
+        saved[id(opt)] = [group["lr"] for group in opt.param_groups]
+        for group in opt.param_groups:
+            group["lr"] = group["lr"] * factor
+
+    def after(opt, args, kwargs):
+        for group, lr in zip(opt.param_groups, saved.pop(id(opt))):
+            group["lr"] = lr
+
+    for opt in family.optimizers.values():
+        opt.register_step_pre_hook(before)
+        opt.register_step_post_hook(after)
 
 
 def measure_quality(family, n: int, data) -> dict[str, float]:

@@ -14,6 +14,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+import ray
 import ray.train
 import ray.train.torch
 import torch
@@ -37,6 +38,10 @@ class RayTrainSession(Session):
         ctx = ray.train.get_context()
         self.rank, self.world = ctx.get_world_rank(), ctx.get_world_size()
         self.device = ray.train.torch.get_device()
+        if self.world > 1:
+            ids: list[str | None] = [None] * self.world
+            torch.distributed.all_gather_object(ids, ray.get_runtime_context().get_node_id())
+            self.nodes = len(set(ids))
 
     @contextmanager
     def restored_checkpoint(self) -> Iterator[str | None]:
