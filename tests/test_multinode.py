@@ -15,6 +15,7 @@ import time
 
 import pytest
 
+from genray.bench.cluster import FAST_NODE_DEATH, Nodes
 from genray.runs import RunDir
 
 from s3server import s3  # noqa: F401  (the module's S3 endpoint)
@@ -27,49 +28,9 @@ TRAIN = ["--set", "model.latent_dim=4", "--set", "data.limit=1536", "--set", "tr
          "--set", "train.quality_every=0", "--set", "train.preview_every=0", "--set", "train.threads_per_worker=1"]
 
 
-# Ray calls a node dead after health_check_failure_threshold missed checks, one every
-# health_check_period_ms (5 x 3 s by default); until then its CPUs still count, and an elastic run
-# asks for them. The tests' cluster notices a lost node within ~3 s so that they stay short.
-FAST_NODE_DEATH = {"health_check_period_ms": 1000, "health_check_failure_threshold": 3}
-
-
-class Nodes:
-    """The cluster: a head with no CPUs (drivers and Train controllers live there, never
-    workers) and 1-CPU worker nodes named node0, node1, ..."""
-
-    def __init__(self, workers: int):
-        from ray.cluster_utils import Cluster
-
-        self.cluster = Cluster(initialize_head=True, connect=False,
-                               head_node_args={"num_cpus": 0, "resources": {"head": 1},
-                                               "_system_config": FAST_NODE_DEATH})
-        self.added = 0
-        self.workers = {}
-        for _ in range(workers):
-            self.add()
-        self.cluster.wait_for_nodes()
-
-    @property
-    def address(self) -> str:
-        return self.cluster.address
-
-    def add(self) -> str:
-        name = f"node{self.added}"
-        self.added += 1
-        self.workers[name] = self.cluster.add_node(num_cpus=1, resources={name: 1})
-        return name
-
-    def remove(self, name: str) -> None:
-        """The node goes away as a reclaimed machine does: its raylet and every process on it die."""
-        self.cluster.remove_node(self.workers.pop(name), allow_graceful=False)
-
-    def shutdown(self) -> None:
-        self.cluster.shutdown()
-
-
 @pytest.fixture(scope="module")
 def nodes(s3):  # noqa: F811
-    cluster = Nodes(workers=2)
+    cluster = Nodes(workers=2, system_config=FAST_NODE_DEATH)
     try:
         yield cluster
     finally:
