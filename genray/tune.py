@@ -40,6 +40,7 @@ import ray
 import ray.tune
 import yaml
 from ray import tune
+from ray._common.constants import HEAD_NODE_RESOURCE_NAME
 from ray.train import CheckpointConfig, UserCallback
 # Ray Train's controller-side hook interface (Ray is pinned): its public UserCallback sees only
 # reports, and a trial needs its run's controller before the first one, to abort it.
@@ -67,8 +68,11 @@ DOMAINS = {
 # A trial is only a driver: its Train workers ask the cluster for their own CPUs/GPUs. Tune
 # refuses an empty request, and any CPU fraction here would leave N trials x 1-CPU workers
 # one fraction short of N CPUs (deadlock at max_concurrent = cores), so the driver reserves
-# 64 MiB of memory instead.
-TRIAL_RESOURCES = {"memory": 64 * 1024 * 1024}
+# 64 MiB of memory instead. It runs on the head node, as Ray Train's controller and Serve's
+# controller do (the same token share of the head's own resource): the trial, and the Train
+# controller that follows it, outlive the loss of any worker node, whose Train workers restart
+# from the trial run's latest checkpoint.
+TRIAL_RESOURCES = {"memory": 64 * 1024 * 1024, HEAD_NODE_RESOURCE_NAME: 0.001}
 TRIALS_FOLDER = "train"  # <search>/train/<trial run>: every trial's Train run
 
 
