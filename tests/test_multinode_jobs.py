@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import secrets
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -33,27 +34,33 @@ SMOKE = REPO / "jobs" / "smoke.yaml"
 STORAGE = "s3://runs/jobs"
 
 
-def with_auth_env(mp: pytest.MonkeyPatch) -> str:
-    """Token authentication for the nodes this process starts and for this process; returns the token.
+@contextmanager
+def token_auth():
+    """Token authentication for the nodes this process starts and for this process itself, until
+    the block ends.
 
     The token is the one this process already holds when it has one (the suite's shared Ray
-    session keeps using it: its core worker sends this process's cached token to its own GCS),
-    else a new one. Ray reads RAY_AUTH_MODE into its config once per process, hence the refresh."""
+    session goes on sending this process's cached token to its own GCS), else a new one. Ray
+    reads RAY_AUTH_MODE into its config once per process, hence the refresh on both ends."""
     from ray._private.authentication_test_utils import reset_auth_token_state
     from ray._raylet import AuthenticationTokenLoader
 
     token = AuthenticationTokenLoader.instance().get_raw_token(ignore_auth_mode=True) or secrets.token_hex(32)
-    mp.setenv("RAY_AUTH_MODE", "token")
-    mp.setenv("RAY_AUTH_TOKEN", token)
-    mp.delenv("RAY_AUTH_TOKEN_PATH", raising=False)
-    reset_auth_token_state()
-    return token
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("RAY_AUTH_MODE", "token")
+        mp.setenv("RAY_AUTH_TOKEN", token)
+        mp.delenv("RAY_AUTH_TOKEN_PATH", raising=False)
+        reset_auth_token_state()
+        try:
+            yield
+        finally:
+            mp.undo()
+            reset_auth_token_state()
 
 
 @pytest.fixture(scope="module")
 def head(s3):  # noqa: F811  (its env, set here, reaches the job's workers through their raylets)
     """The cluster's dashboard URL: a head with the job API and token auth, two worker nodes."""
-    from ray._private.authentication_test_utils import reset_auth_token_state
     from ray.cluster_utils import Cluster
 
     dashboard = free_port()
@@ -67,17 +74,16 @@ def head(s3):  # noqa: F811  (its env, set here, reaches the job's workers throu
                                              "dashboard_port": dashboard,
                                              "dashboard_agent_listen_port": free_port()}, **kwargs)
 
-    with pytest.MonkeyPatch.context() as mp:
-        with_auth_env(mp)
+    with token_auth(), pytest.MonkeyPatch.context() as mp:
         # The job's entrypoint is `python jobs/train.py ...`: this interpreter, with genray's packages.
         mp.setenv("PATH", f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
-        mp.setattr("ray.cluster_utils.Cluster", WithDashboard)  # Nodes imports it when it starts
-        cluster = Nodes(workers=2)
+        with pytest.MonkeyPatch.context() as starting:
+            starting.setattr("ray.cluster_utils.Cluster", WithDashboard)  # Nodes imports it as it starts
+            cluster = Nodes(workers=2)
         try:
             yield f"http://127.0.0.1:{dashboard}"
         finally:
             cluster.shutdown()
-    reset_auth_token_state()  # this process's Ray config as it was, now the env is
 
 
 def test_a_submitted_job_spreads_its_two_workers_over_two_nodes(head):
@@ -87,8 +93,7 @@ def test_a_submitted_job_spreads_its_two_workers_over_two_nodes(head):
         "submit", str(SMOKE), "--address", head, "--working-dir", str(REPO),
         "--set", "name=spread", "--set", "workers=2", "--set", f"storage={STORAGE}",
         "--set", "config.train.placement=spread", "--set", "config.train.threads_per_worker=1"])
-    assert submitted.exit_code == 0, submitted.output
-    assert "SUCCEEDED" in submitted.output.splitlines()[-1], submitted.output
+    assert submitted.exit_code == 0 and submitted.output.rstrip().endswith(": SUCCEEDED"), submitted.output
 
     epochs = RunDir(STORAGE, "spread").history()
     assert [(r["epoch"], r["workers"], r["nodes"]) for r in epochs] == [(0, 2, 2)], epochs
