@@ -88,3 +88,12 @@ def test_the_timing_ratio_is_the_median_of_per_round_ratios():
         median_of_ratios([1.0], [1.0, 2.0])
     with pytest.raises(ValueError, match="non-zero"):
         median_of_ratios([1.0], [0.0])
+
+
+def test_a_claim_on_every_seed_misses_when_one_seed_does_though_the_mean_meets_it():
+    bound = Claim(key="back", text="back within 60 s", metric="s", target=60.0, direction="<", every_seed=True)
+    assert bound.decide({0: 25.0, 1: 25.0, 2: 30.0})["holds"] is True
+    d = bound.decide({0: 25.0, 1: 25.0, 2: 75.0})  # mean 41.7 meets it; round 2 does not
+    assert d["holds"] is False and d["seeds_missing"] == [2] and d["claim"]["every_seed"] is True
+    assert Claim(key="back", text="t", metric="s", target=60.0, direction="<").decide(
+        {0: 25.0, 1: 25.0, 2: 75.0})["holds"] is True

@@ -2,7 +2,7 @@
 
 A claim fixes its metric, target, direction, budget and seeds in code; a bench measures the
 metric once per declared seed and `Claim.decide` says whether the claim holds: the mean over the
-seeds meets the target. The decision keeps every seed's value and names the seeds that miss, so a
+seeds meets the target (with `every_seed`, each seed's value must). The decision keeps every seed's value and names the seeds that miss, so a
 claim that holds on average still shows where it does not. Fewer values than declared seeds leave
 the claim "not decided" (a stored single-seed figure never reads as a pass). A bench stores
 `decision["claim"]` (the declaration) in its JSON beside the figures.
@@ -33,6 +33,9 @@ class Claim:
     direction: str  # one of DIRECTIONS: "<=" at most the target, ">=" at least, "<" below, ">" above
     budget: Mapping[str, Any] = field(default_factory=dict)  # what one seed's measurement may spend
     seeds: tuple[int, ...] = (0, 1, 2)
+    # True: every seed must meet the target, not only their mean (a bound that must hold each
+    # time, such as a recovery time).
+    every_seed: bool = False
 
     def __post_init__(self) -> None:
         if self.direction not in DIRECTIONS:
@@ -48,6 +51,8 @@ class Claim:
         """The claim as stored in a bench's JSON."""
         out = asdict(self)
         out["budget"], out["seeds"] = dict(self.budget), list(self.seeds)
+        if not self.every_seed:
+            del out["every_seed"]  # the usual rule: declarations stored before it existed read the same
         return out
 
     def decide(self, values: Mapping[int, Optional[float]]) -> dict[str, Any]:
@@ -64,7 +69,8 @@ class Claim:
         mean = statistics.fmean(measured) if measured else None
         holds = None
         if decided:
-            holds = not missing_value and mean is not None and self.meets(mean)
+            holds = not missing_value and mean is not None and self.meets(mean) and not (
+                self.every_seed and any(not self.meets(v) for v in measured))
         return {
             "claim": self.declaration(),
             "per_seed": per_seed,

@@ -224,6 +224,21 @@ def bench_serve(
     publish("serve", result, markdown_table(result), out, readme, log=typer.echo)
 
 
+@bench_app.command("cluster")
+def bench_cluster(
+    quick: bool = typer.Option(False, "--quick", help="One round of short runs: a smoke test, not figures."),
+    out: Path = typer.Option(Path("bench_results"), help="Folder for cluster.json and cluster.md."),
+    storage: Path = typer.Option(Path("runs/bench-cluster"), help="Where the runs (and the drivers' logs) go."),
+    readme: Optional[Path] = typer.Option(None, help="Also replace the table between <!-- bench:cluster --> markers."),
+) -> None:
+    """Lose a node under training on a simulated multi-node cluster: seconds back to a training step,
+    epochs of work lost, for a fixed and an elastic run."""
+    from genray.bench.cluster import markdown_table, run
+
+    result = run(storage.resolve(), quick=quick, log=typer.echo)
+    publish("cluster", result, markdown_table(result), out, readme, log=typer.echo)
+
+
 @bench_app.command("perf")
 def bench_perf(
     parts: str = typer.Option("training,inference,serving",
