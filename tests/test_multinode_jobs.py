@@ -61,25 +61,14 @@ def token_auth():
 @pytest.fixture(scope="module")
 def head(s3):  # noqa: F811  (its env, set here, reaches the job's workers through their raylets)
     """The cluster's dashboard URL: a head with the job API and token auth, two worker nodes."""
-    from ray.cluster_utils import Cluster
-
     dashboard = free_port()
-
-    class WithDashboard(Cluster):
-        # Nodes passes head options of its own; these join them. The agent's port is free,
-        # not Ray's fixed default, which another Ray on this machine may hold: the job API
-        # hands each submission to the head's agent.
-        def __init__(self, *, head_node_args: dict, **kwargs):
-            super().__init__(head_node_args={**head_node_args, "include_dashboard": True,
-                                             "dashboard_port": dashboard,
-                                             "dashboard_agent_listen_port": free_port()}, **kwargs)
-
     with token_auth(), pytest.MonkeyPatch.context() as mp:
         # The job's entrypoint is `python jobs/train.py ...`: this interpreter, with genray's packages.
         mp.setenv("PATH", f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
-        with pytest.MonkeyPatch.context() as starting:
-            starting.setattr("ray.cluster_utils.Cluster", WithDashboard)  # Nodes imports it as it starts
-            cluster = Nodes(workers=2)
+        # The agent's port is free, not Ray's fixed default, which another Ray on this machine may
+        # hold: the job API hands each submission to the head's agent.
+        cluster = Nodes(workers=2, head_options={"include_dashboard": True, "dashboard_port": dashboard,
+                                                 "dashboard_agent_listen_port": free_port()})
         try:
             yield f"http://127.0.0.1:{dashboard}"
         finally:
