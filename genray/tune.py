@@ -45,7 +45,6 @@ from ray.train import CheckpointConfig, UserCallback
 # Ray Train's controller-side hook interface (Ray is pinned): its public UserCallback sees only
 # reports, and a trial needs its run's controller before the first one, to abort it.
 from ray.train.v2._internal.execution.callback import ControllerCallback
-from ray.train.v2._internal.exceptions import WorkerGroupStartupTimeoutError
 from ray.util.queue import Queue
 
 from genray import checkpoint
@@ -56,7 +55,7 @@ from genray.metrics import store_root
 from genray.runs import RunDir
 from genray.storage import Location
 from genray.train import LoopConfig, failure_config_for, scaling_for, start_timeout_s, trainer_for
-from genray.train.driver import check_reachable_from_every_node, data_error_in, streams_of
+from genray.train.driver import check_reachable_from_every_node, data_error_in, explain_start_failure, streams_of
 
 DOMAINS = {
     "loguniform": lambda a: tune.loguniform(*a),
@@ -167,10 +166,6 @@ class ControllerToTrial(ControllerCallback):
 
     def after_controller_start(self, train_run_context) -> None:
         self.channel.put(("controller", ray.get_runtime_context().current_actor, None))
-
-
-class WorkersDidNotStart(RuntimeError):
-    """A trial's Train workers found no room in the cluster within the bounded wait."""
 
 
 ABORT_TIMEOUT_S = 30.0
@@ -291,27 +286,12 @@ def run_trial(config: dict[str, Any], base: dict[str, Any], train_storage: str, 
     finally:
         run.end()  # this thread failed: the run must not outlive the trial
     if "error" in outcome:
-        raise (data_error_in(outcome["error"]) or explain_start_failure(outcome["error"], trial_id, scaling, cfg)) \
-            from outcome["error"]
+        err = outcome["error"]
+        raise (data_error_in(err) or explain_start_failure(err, f"trial {trial_id}", scaling, cfg, TRIAL_START_TRIES,
+                                                           knobs="--max-concurrent, ")) from err
 
 
 run_trial.__mixins__ = (EndsItsRun,)
-
-
-def explain_start_failure(err: BaseException, trial_id: str, scaling, cfg: RunConfig) -> BaseException:
-    """A run whose workers never started, as an error that says what it waited for and why."""
-    if not isinstance(getattr(err, "controller_failure", None), WorkerGroupStartupTimeoutError):
-        return err
-    total = ray.cluster_resources()
-    free = ray.available_resources()
-    wanted = scaling.resources_per_worker
-    held = {k: round(total.get(k, 0) - free.get(k, 0), 2) for k in wanted}
-    return WorkersDidNotStart(
-        f"trial {trial_id}: its {scaling.num_workers} Ray Train worker(s), {wanted} each, did not "
-        f"start in {cfg.train.worker_start_tries or TRIAL_START_TRIES} tries of {start_timeout_s(cfg):g} s; the cluster has "
-        f"{ {k: total.get(k, 0) for k in wanted} } in all, {held} held by other trials, runs or apps. "
-        "Lower --max-concurrent, train.workers or train.cpus_per_worker, or add nodes."
-    )
 
 
 def report(metrics: dict[str, Any], path: str | None, fs) -> None:

@@ -83,3 +83,19 @@ def test_places_on_this_machine_are_refused_only_on_a_cluster_of_several_nodes(m
     check_reachable_from_every_node(str(tmp_path / "runs"), data)
     with pytest.raises(ConfigError, match="storage"):
         check_reachable_from_every_node("/var/runs")
+
+
+@pytest.mark.ray
+def test_a_run_whose_workers_never_fit_fails_after_its_tries_with_what_it_waited_for(ray_session, tmp_path):
+    from genray.train import fit
+    from genray.train.driver import WorkersDidNotStart
+
+    # Three 1-CPU workers on the 2-CPU session: as after a node loss that no new node replaces.
+    cfg = build_config("vae", overrides=[f"storage={tmp_path}", "name=never", "train.workers=3", "train.epochs=1",
+                                         "train.worker_start_tries=2", "train.worker_start_timeout_s=2",
+                                         "train.use_gpu=false", "data.limit=64"])
+    with pytest.raises(WorkersDidNotStart) as failed:
+        fit(cfg, verbose=False)
+    message = str(failed.value)
+    assert message.startswith("run never: its 3 Ray Train worker(s), {'CPU': 1.0} each, did not start in 2 tries of 2 s")
+    assert "'CPU': 2.0" in message and "add nodes" in message

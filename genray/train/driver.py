@@ -20,6 +20,7 @@ import ray
 import ray.train
 from ray.train import CheckpointConfig, FailureConfig, ScalingConfig, UserCallback
 from ray.train.torch import TorchTrainer
+from ray.train.v2._internal.exceptions import WorkerGroupStartupTimeoutError
 
 from genray.config import ConfigError, RunConfig
 from genray.data import DataConfig, DataError
@@ -165,6 +166,30 @@ def start_timeout_s(cfg: RunConfig) -> float:
     return ELASTIC_START_TIMEOUT_S if cfg.train.elastic else float(os.environ.get(START_TIMEOUT_ENV, 60.0))
 
 
+class WorkersDidNotStart(RuntimeError):
+    """A run's Train workers found no room in the cluster within the bounded wait."""
+
+
+def explain_start_failure(err: BaseException, who: str, scaling: ScalingConfig, cfg: RunConfig,
+                          default_tries: int | None = None, knobs: str = "") -> BaseException:
+    """A run whose workers never started (train.worker_start_tries starts, else `default_tries`),
+    as an error that says what it waited for and why; any other error as it is. `knobs`: what
+    else the caller can lower, before train.workers."""
+    if not isinstance(getattr(err, "controller_failure", None), WorkerGroupStartupTimeoutError):
+        return err
+    total = ray.cluster_resources()
+    free = ray.available_resources()
+    wanted = scaling.resources_per_worker
+    held = {k: round(total.get(k, 0) - free.get(k, 0), 2) for k in wanted}
+    count = scaling.min_workers if scaling.min_workers == scaling.max_workers else f"at least {scaling.min_workers}"
+    return WorkersDidNotStart(
+        f"{who}: its {count} Ray Train worker(s), {wanted} each, did not start in "
+        f"{cfg.train.worker_start_tries or default_tries} tries of {start_timeout_s(cfg):g} s; the cluster has "
+        f"{ {k: total.get(k, 0) for k in wanted} } in all, {held} held by other trials, runs or apps. "
+        f"Lower {knobs}train.workers or train.cpus_per_worker, or add nodes."
+    )
+
+
 def failure_config_for(cfg: RunConfig, start_tries: int | None = None) -> FailureConfig:
     """Worker-group restarts (train.max_failures) and the bounded wait for workers: at most
     train.worker_start_tries (else `start_tries`; None: forever) starts of start_timeout_s each.
@@ -265,9 +290,10 @@ def fit(cfg: RunConfig, *, resume: bool = False, verbose: bool = True, hooks: Se
     streams = streams_of(cfg)
     loop = LoopConfig(run=cfg, run_dir=run, store=str(store_root()), filesystem=fs, hooks=tuple(hooks),
                       streamed_rows=streams.train_rows if streams is not None else None)
+    scaling = scaling_for(cfg)
     trainer = trainer_for(
         loop,
-        scaling=scaling_for(cfg),
+        scaling=scaling,
         checkpoint_config=CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints,
                                            checkpoint_score_attribute=metric,
                                            checkpoint_score_order=family.mode),
@@ -280,9 +306,12 @@ def fit(cfg: RunConfig, *, resume: bool = False, verbose: bool = True, hooks: Se
         result = fit_and_let_go(trainer)
     except ray.train.TrainingFailedError as err:
         data_error = data_error_in(err)
-        if data_error is None:
+        if data_error is not None:
+            raise data_error from None
+        failure = explain_start_failure(err, f"run {cfg.name}", scaling, cfg)
+        if failure is err:
             raise
-        raise data_error from None
+        raise failure from err
     wall = time.perf_counter() - t0
     best = None
     if result.best_checkpoints:
