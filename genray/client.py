@@ -179,7 +179,8 @@ class Client:
 
     api_key: sent as `Authorization: Bearer <key>` (what genray.deploy.guard reads).
     timeout: seconds for one request. retries: further tries after a 503 or a refused
-    connection, `backoff` * 2^i seconds apart (or the server's Retry-After)."""
+    connection, `backoff` * 2^i seconds apart (or the server's Retry-After). `retried` counts
+    the tries this client has made after a request's first, over all its requests."""
 
     def __init__(self, url: str, api_key: Optional[str] = None, *, timeout: float = 60.0, retries: int = 3,
                  backoff: float = 0.5, session: Optional[requests.Session] = None):
@@ -189,6 +190,7 @@ class Client:
             raise ValueError(f"need timeout > 0, retries >= 0, backoff >= 0; got {timeout}, {retries}, {backoff}")
         self.url = url.rstrip("/")
         self.timeout, self.retries, self.backoff = timeout, retries, backoff
+        self.retried = 0
         self.session = session or requests.Session()
         if api_key:
             self.session.headers["Authorization"] = f"Bearer {api_key}"
@@ -210,9 +212,11 @@ class Client:
             except requests.ConnectionError as err:
                 if last:
                     raise APIError(f"cannot connect ({type(err).__name__}); is the app deployed?", url=url) from None
+                self.retried += 1
                 time.sleep(self.backoff * 2**attempt)
                 continue
             if response.status_code in RETRY_STATUS and not last:
+                self.retried += 1
                 time.sleep(self._retry_after(response, attempt))
                 continue
             return self._answer(response, url)
