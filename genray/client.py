@@ -11,8 +11,10 @@ A Client talks to one application (its URL ends in the route prefix); calling a 
 does not have is the server's 404, raised as an APIError like any other. Images go up as PNGs
 (8 bits a channel, the same as an image file) and come back as numpy arrays, torch tensors or
 PIL images, in the model's shape (info()["image_shape"]): channels first, (B, C, S, S), except
-that a grey model's numpy images are (B, S, S). A 503 (Serve sheds load or the app is still starting) and a refused connection are
-retried with backoff: every endpoint is a pure function of its request, so a retry is safe.
+that a grey model's numpy images are (B, S, S). A 503 (Serve sheds load or the app is still starting), a
+refused or dropped connection, and a 500, 502 or 504 that a proxy wrote rather than the app (a
+request lost with its replica's node) are retried with backoff: every endpoint is a pure function
+of its request, so a retry is safe.
 """
 
 from __future__ import annotations
@@ -29,6 +31,11 @@ import requests
 
 Output = Literal["numpy", "torch", "pil"]
 RETRY_STATUS = (503,)
+# A proxy's answers for a request it could not get answered, never the app's: genray's apps answer
+# each error of their own as JSON (genray.deploy.common), while Serve's proxy (its own, or HAProxy in
+# throughput mode, which writes its 502, 503 and 504 so) answers a request whose replica died under
+# it, its node lost, with a plain-text 500, and a load balancer in front with a 502 or 504.
+PROXY_STATUS = (500, 502, 504)
 # An image family's capability (genray.families.base.CAPABILITIES) -> the Client methods that
 # call its endpoint; which ones a served family has is genray.deploy.client_methods(family).
 CAPABILITY_METHODS: dict[str, tuple[str, ...]] = {
@@ -178,8 +185,9 @@ class Client:
     """One genray application at `url`, e.g. http://127.0.0.1:8000/vae.
 
     api_key: sent as `Authorization: Bearer <key>` (what genray.deploy.guard reads).
-    timeout: seconds for one request. retries: further tries after a 503 or a refused
-    connection, `backoff` * 2^i seconds apart (or the server's Retry-After)."""
+    timeout: seconds for one request. retries: further tries after a 503, a proxy's 5xx or a
+    refused connection, `backoff` * 2^i seconds apart (or the server's Retry-After). `retried` counts
+    the tries this client has made after a request's first, over all its requests."""
 
     def __init__(self, url: str, api_key: Optional[str] = None, *, timeout: float = 60.0, retries: int = 3,
                  backoff: float = 0.5, session: Optional[requests.Session] = None):
@@ -189,6 +197,7 @@ class Client:
             raise ValueError(f"need timeout > 0, retries >= 0, backoff >= 0; got {timeout}, {retries}, {backoff}")
         self.url = url.rstrip("/")
         self.timeout, self.retries, self.backoff = timeout, retries, backoff
+        self.retried = 0
         self.session = session or requests.Session()
         if api_key:
             self.session.headers["Authorization"] = f"Bearer {api_key}"
@@ -198,8 +207,8 @@ class Client:
 
     # --- raw HTTP: every typed method ends here --------------------------------------------
     def request(self, method: str, path: str, body: Optional[dict] = None) -> dict:
-        """Send one request, retrying 503s and refused connections; the JSON answer, or APIError
-        carrying the server's `error` message."""
+        """Send one request, retrying 503s, a proxy's 5xx and refused connections; the JSON answer,
+        or APIError carrying the server's `error` message."""
         url = f"{self.url}/{path.lstrip('/')}" if path.strip("/") else self.url + "/"
         for attempt in range(self.retries + 1):
             last = attempt == self.retries
@@ -210,9 +219,11 @@ class Client:
             except requests.ConnectionError as err:
                 if last:
                     raise APIError(f"cannot connect ({type(err).__name__}); is the app deployed?", url=url) from None
+                self.retried += 1
                 time.sleep(self.backoff * 2**attempt)
                 continue
-            if response.status_code in RETRY_STATUS and not last:
+            if self._transient(response) and not last:
+                self.retried += 1
                 time.sleep(self._retry_after(response, attempt))
                 continue
             return self._answer(response, url)
@@ -220,6 +231,13 @@ class Client:
 
     def post(self, path: str, body: Optional[dict] = None) -> dict:
         return self.request("POST", path, body or {})
+
+    @staticmethod
+    def _transient(response: requests.Response) -> bool:
+        """A 503, or a 500, 502 or 504 that a proxy wrote (not the app's JSON)."""
+        if response.status_code in RETRY_STATUS:
+            return True
+        return response.status_code in PROXY_STATUS and "json" not in response.headers.get("content-type", "")
 
     def _retry_after(self, response: requests.Response, attempt: int) -> float:
         value = response.headers.get("retry-after", "")
