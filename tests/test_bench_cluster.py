@@ -15,9 +15,13 @@ def row(kind, r, trained, restarts, loss_s, back_s):
             "workers": [2] * epochs, "loss_to_step_s": loss_s, "return_to_full_size_s": back_s}
 
 
-def result(fixed, elastic, quick=False, **budget):
+def served(r, failed=0):
+    return {"round": r, "sent": 900, "failed": failed, "retried": 3, "recovery_s": 24.5}
+
+
+def result(fixed, elastic, quick=False, serve=None, **budget):
     return {"machine": MACHINE, "quick": quick, "budget": {**cluster.BUDGET, **budget, "rounds": [0, 1, 2]},
-            "train": {"fixed": fixed, "elastic": elastic}}
+            "fixed": fixed, "elastic": elastic, "serve": serve or [served(r) for r in range(3)]}
 
 
 def decided(res):
@@ -33,7 +37,7 @@ def test_every_claim_holds_when_each_restart_repeats_at_most_its_epoch_in_flight
         assert d["decided"] and d["holds"] is True, d
     table = cluster.markdown_table(result(GOOD_FIXED, GOOD_ELASTIC))
     assert "| fixed | 0 | 0 1 2 2 3 4 5 | 2 2 2 2 2 2 | 1 | 30.0 s | 25.0 s |" in table
-    assert table.count("| yes |") == 4
+    assert table.count("| yes |") == 5 and "| 1 | 900 | 0 | 3 | 24.5 s |" in table
 
 
 def test_a_lost_checkpointed_epoch_or_a_slow_return_is_a_named_miss():
@@ -46,6 +50,9 @@ def test_a_lost_checkpointed_epoch_or_a_slow_return_is_a_named_miss():
     # A run that never got back to full size has no value: a miss, not a pass.
     elastic = GOOD_ELASTIC[:2] + [row("elastic", 2, [0, 1, 2], 1, None, None)]
     assert decided(result(GOOD_FIXED, elastic))["cluster_elastic_back_s"]["seeds_missing"] == [2]
+    # One request lost in one round is a miss that names the round.
+    lost_one = decided(result(GOOD_FIXED, GOOD_ELASTIC, serve=[served(0), served(1, failed=1), served(2)]))
+    assert lost_one["cluster_serve_failed"]["holds"] is False and lost_one["cluster_serve_failed"]["seeds_missing"] == [1]
 
 
 def test_a_quick_run_or_another_budget_decides_nothing():

@@ -24,11 +24,8 @@ STORAGE = "s3://runs/multinode"
 
 @pytest.fixture(scope="module")
 def nodes(s3):  # noqa: F811
-    cluster = Nodes(workers=2, system_config=FAST_NODE_DEATH)
-    try:
+    with Nodes(workers=2, system_config=FAST_NODE_DEATH) as cluster:
         yield cluster
-    finally:
-        cluster.shutdown()
 
 
 def test_a_path_on_this_machine_is_refused_as_storage_on_a_cluster(nodes, tmp_path):

@@ -4,15 +4,21 @@ that can be lost and added under running work."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
+import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+import yaml
+
 from genray.bench.claims import HEADER, Claim, claim_row
+from genray.client import APIError, Client
 from genray.runs import RunDir
 
 # Ray calls a node dead after health_check_failure_threshold missed checks, one every
@@ -62,6 +68,12 @@ class Nodes:
     def shutdown(self) -> None:
         self.cluster.shutdown()
 
+    def __enter__(self) -> Nodes:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.shutdown()
+
 
 # --- training through a node loss ---------------------------------------------------------------
 
@@ -69,6 +81,12 @@ class Nodes:
 # middle of a run, short enough to repeat.
 TRAIN_ARGS = ("--set", "model.latent_dim=4", "--set", "data.limit=1024", "--set", "train.batch_size=32",
               "--set", "train.quality_every=0", "--set", "train.preview_every=0")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 class BenchError(RuntimeError):
@@ -165,11 +183,176 @@ def node_loss_run(nodes: Nodes, storage: str, name: str, *, elastic: bool, epoch
     }
 
 
+# --- serving through a node loss -----------------------------------------------------------------
+
+SERVE_CONFIG = Path(__file__).resolve().parents[2] / "serve" / "vae-cluster.yaml"
+CONCURRENCY = 8
+
+# Where each replica of every app runs and in what state, twice a second, as JSON lines: Serve's own
+# account (the schema of its REST API's GET /api/serve/applications), read from the controller
+# because the test cluster's head may have no dashboard (another Ray on the machine may hold its
+# port). A node is named by the resource Nodes gives it (node0, node1, ...).
+WATCH = r"""
+import json, re, sys, time
+import ray
+from ray.serve._private.constants import SERVE_CONTROLLER_NAME, SERVE_NAMESPACE
+from ray.serve.schema import ServeInstanceDetails
+
+ray.init(address=sys.argv[1], log_to_driver=False, logging_level="ERROR")
+controller = ray.get_actor(SERVE_CONTROLLER_NAME, namespace=SERVE_NAMESPACE)
+while True:
+    names = {n["NodeID"]: next((r for r in n["Resources"] if re.fullmatch(r"node\d+", r)), "head")
+             for n in ray.nodes() if n["Alive"]}
+    details = ServeInstanceDetails(**ray.get(controller.get_serve_instance_details.remote()))
+    replicas = [[r.state.value, names.get(r.node_id, "lost")] for app in details.applications.values()
+                for deployment in app.deployments.values() for r in deployment.replicas]
+    print(json.dumps({"t": time.time(), "replicas": replicas}), flush=True)
+    time.sleep(0.5)
+"""
+SHUTDOWN = "import ray, sys; from ray import serve; ray.init(address=sys.argv[1]); serve.shutdown()"
+
+
+
+def cluster_config(folder: Path, model: str, port: int) -> Path:
+    """serve/vae-cluster.yaml as it is, but for the model, HTTP port and the ports of a cluster
+    whose nodes all live on this machine."""
+    config = yaml.safe_load(SERVE_CONFIG.read_text())
+    config["http_options"]["port"] = port
+    config["applications"][0]["args"]["model"] = model
+    # Real nodes are machines of their own; these share one machine's ports, and other Rays on it
+    # may hold Serve's defaults. Every node's HAProxy binds with SO_REUSEPORT, the worker nodes'
+    # on a port of their own, so that the config's port is the head's proxy alone, as on a cluster.
+    config["controller_options"]["runtime_env"]["env_vars"].update({
+        "SERVE_SOCKET_REUSE_PORT_ENABLED": "1",
+        "RAY_SERVE_WORKER_PROXY_HTTP_PORT": str(free_port()),
+        "RAY_SERVE_HAPROXY_STATS_PORT": str(free_port()),
+        "RAY_SERVE_HAPROXY_METRICS_PORT": str(free_port()),
+        "RAY_SERVE_FALLBACK_PROXY_HTTP_PORT": str(free_port()),
+        # Two busy cores: a proxy's ready check gets more than 3 x 5 s, and a replica stopped at the
+        # end drains for 1 s, not 30 (losing a node stops nothing gracefully).
+        "RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S": "60",
+        "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "1",
+    })
+    path = folder / "vae-cluster.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
+
+class Replicas:
+    """The WATCH driver's latest report: [(state, node name), ...] of every replica."""
+
+    def __init__(self, address: str, log: Path):
+        self.latest: list[tuple[str, str]] = []
+        self.process = subprocess.Popen([sys.executable, "-c", WATCH, address], stdout=subprocess.PIPE,
+                                        stderr=log.open("w"), text=True)
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        for line in self.process.stdout:
+            if line.startswith("{"):  # Ray may print a line of its own
+                self.latest = [tuple(r) for r in json.loads(line)["replicas"]]
+
+    def running_on(self) -> list[str]:
+        """The nodes of the running replicas, one entry a replica."""
+        return sorted(node for state, node in self.latest if state == "RUNNING")
+
+    def wait_for_two(self, nodes: Nodes, timeout_s: float) -> float:
+        """Seconds until exactly two replicas run, on two of the nodes that are up."""
+        start = time.monotonic()
+        while not (len(on := self.running_on()) == len(set(on)) == 2 and set(on) <= set(nodes.workers)):
+            if self.process.poll() is not None:
+                raise BenchError("the driver watching the replicas ended")
+            if time.monotonic() - start > timeout_s:
+                raise BenchError(f"not 2 running replicas after {timeout_s} s: {self.latest}")
+            time.sleep(0.2)
+        return time.monotonic() - start
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait()
+
+
+
+class Traffic:
+    """CONCURRENCY threads, each sampling in a loop through its own genray Client (default
+    retries): how many requests were sent, failed after the client's retries, and retried."""
+
+    def __init__(self, url: str, concurrency: int = CONCURRENCY):
+        self.url, self.sent, self.retried, self.failures = url, 0, 0, []
+        self.lock, self.stopping = threading.Lock(), threading.Event()
+        self.threads = [threading.Thread(target=self._send, args=(i,), daemon=True) for i in range(concurrency)]
+        for thread in self.threads:
+            thread.start()
+
+    def _send(self, seed: int) -> None:
+        client = Client(self.url)
+        while not self.stopping.is_set():
+            try:
+                shape = client.sample(n=2, seed=seed).shape
+                failure = None if shape == (2, 28, 28) else (time.time(), f"images of shape {shape}")
+            except APIError as err:
+                failure = (time.time(), str(err))
+            with self.lock:
+                self.sent += 1
+                self.failures += [failure] if failure else []
+        with self.lock:
+            self.retried += client.retried
+
+    def stop(self) -> None:
+        self.stopping.set()
+        for thread in self.threads:
+            thread.join()
+
+
+def serve_node_loss(nodes: Nodes, model: str, folder: Path, recovery_timeout_s: float = 90.0) -> dict[str, Any]:
+    """serve/vae-cluster.yaml serving `model` on the cluster (three worker nodes or more: two
+    replicas and room for a third); under traffic at CONCURRENCY through the head's proxy, the node
+    of one replica is lost. Requests sent, failed after the client's default retries, retried, and
+    seconds until two replicas run again on the nodes left. The app is shut down at the end."""
+    port = free_port()
+    config = cluster_config(folder, model, port)
+    started = time.monotonic()
+    # `serve run --non-blocking` submits the config to the cluster and exits (Ray's `serve deploy`
+    # does the same through the head's dashboard); the app lives on in the cluster.
+    deploy = subprocess.run([str(Path(sys.executable).parent / "serve"), "run", str(config), "--address", nodes.address,
+                             "--non-blocking"], capture_output=True, text=True, timeout=180)
+    if deploy.returncode != 0:
+        raise BenchError(f"serve run failed:\n{deploy.stdout[-3000:]}{deploy.stderr[-3000:]}")
+    deploy_s = time.monotonic() - started
+    replicas = Replicas(nodes.address, folder / "watch.log")
+    traffic = None
+    try:
+        ready_s = replicas.wait_for_two(nodes, timeout_s=180)
+        traffic = Traffic(f"http://127.0.0.1:{port}/vae")
+        while traffic.sent < 4 * CONCURRENCY and not traffic.failures:  # traffic flows before the loss
+            time.sleep(0.1)
+        lost = replicas.running_on()[0]
+        lost_at = time.time()
+        nodes.remove(lost)
+        recovery_s = replicas.wait_for_two(nodes, timeout_s=recovery_timeout_s)  # `lost` is gone from nodes.workers
+        time.sleep(2)  # under traffic while the proxies take the new replica in
+        traffic.stop()
+    finally:
+        if traffic is not None:
+            traffic.stop()
+        replicas.stop()
+        shutdown = subprocess.run([sys.executable, "-c", SHUTDOWN, nodes.address], capture_output=True, text=True,
+                                  timeout=120)
+    if shutdown.returncode != 0:
+        raise BenchError(f"serve shutdown failed:\n{shutdown.stderr[-3000:]}")
+    return {"sent": traffic.sent, "failed": len(traffic.failures), "retried": traffic.retried,
+            "failures": [(round(t - lost_at, 1), e) for t, e in traffic.failures[:5]], "concurrency": CONCURRENCY,
+            "deploy_s": deploy_s, "ready_s": ready_s, "recovery_s": recovery_s, "lost": lost,
+            "replicas_on": replicas.running_on()}
+
+
 # --- the bench ----------------------------------------------------------------------------------
 
-ROUNDS = (0, 1, 2)  # each round loses a node under a fixed run and under an elastic one
-BUDGET = {"epochs": {"fixed": 6, "elastic": 14}, "lose_after_epoch": 1, "away_s": 5.0, "workers": 2,
-          "worker_nodes": 2, "node_cpus": 1, "node_death": "Ray's defaults"}
+ROUNDS = (0, 1, 2)  # each round loses a node under a fixed run, an elastic run and a served app
+BUDGET = {"epochs": {"fixed": 6, "elastic": 20}, "lose_after_epoch": 1, "away_s": 5.0, "workers": 2,
+          "worker_nodes": 2, "serve_worker_nodes": 3, "node_cpus": 1, "node_death": "Ray's defaults",
+          "concurrency": CONCURRENCY, "client": "genray.client.Client, default retries"}
 BACK_TARGET_S = 60.0
 CLAIMS = {
     "fixed_extra_repeats": Claim(
@@ -187,15 +370,21 @@ CLAIMS = {
         key="cluster_elastic_back_s", metric="loss_to_step_s", target=BACK_TARGET_S, direction="<",
         budget=BUDGET, seeds=ROUNDS, every_seed=True,
         text="elastic run: seconds from the node loss to the next training step, every round"),
+    "serve_failed": Claim(
+        key="cluster_serve_failed", metric="failed", target=0, direction="<=", budget=BUDGET, seeds=ROUNDS,
+        every_seed=True, text=f"serving, a replica's node lost under traffic at concurrency {CONCURRENCY}: "
+                              f"requests failed after the client's retries"),
 }
-QUICK = {"rounds": (0,), "epochs": {"fixed": 3, "elastic": 10}}
+QUICK = {"rounds": (0,), "epochs": {"fixed": 3, "elastic": 14}}
 
 
 def run(storage: Path, quick: bool = False, log=print) -> dict[str, Any]:
-    """Every round on one simulated cluster with Ray's own node-death timing; the runs are stored
-    in `storage`, a folder on this machine that every simulated node shares (GENRAY_SHARED_STORAGE
+    """Every round on one simulated cluster with Ray's own node-death timing: training first (the
+    last fixed run's model is then served), then serving. The runs and the model are stored in
+    `storage`, a folder on this machine that every simulated node shares (GENRAY_SHARED_STORAGE
     says so: on one machine it is true)."""
     from genray.bench import machine
+    from genray.store import export
     from genray.train.driver import SHARED_ENV
 
     storage.mkdir(parents=True, exist_ok=True)
@@ -204,27 +393,38 @@ def run(storage: Path, quick: bool = False, log=print) -> dict[str, Any]:
     stamp = time.strftime("%Y%m%d-%H%M%S")
     previous = os.environ.get(SHARED_ENV)
     os.environ[SHARED_ENV] = str(storage)  # the nodes and the drivers inherit it
-    nodes = Nodes(workers=BUDGET["worker_nodes"])
-    results: dict[str, list[dict[str, Any]]] = {"fixed": [], "elastic": []}
+    results: dict[str, list[dict[str, Any]]] = {"fixed": [], "elastic": [], "serve": []}
     try:
-        for r in rounds:
-            for kind in ("fixed", "elastic"):
-                name = f"bench-cluster-{kind}-{stamp}-r{r}"
+        with Nodes(workers=BUDGET["worker_nodes"]) as nodes:
+            for r in rounds:
+                for kind in ("fixed", "elastic"):
+                    name = f"bench-cluster-{kind}-{stamp}-r{r}"
+                    load = os.getloadavg()[0]
+                    figures = node_loss_run(nodes, str(storage), name, elastic=kind == "elastic",
+                                            epochs=epochs[kind], logs=storage,
+                                            lose_after_epoch=BUDGET["lose_after_epoch"], away_s=BUDGET["away_s"])
+                    results[kind].append({"round": r, **figures, "load_average": [load, os.getloadavg()[0]]})
+                    log(f"bench cluster: round {r}, {kind}: epochs trained {figures['trained']}, workers "
+                        f"{figures['workers']}, loss -> step {figures['loss_to_step_s']} s")
+            model = export(RunDir(str(storage), f"bench-cluster-fixed-{stamp}-r{rounds[-1]}").location,
+                           storage / "models" / f"vae-{stamp}")
+            for r in rounds:
+                while len(nodes.workers) < BUDGET["serve_worker_nodes"]:
+                    nodes.add()
+                folder = storage / f"bench-cluster-serve-{stamp}-r{r}"
+                folder.mkdir()
                 load = os.getloadavg()[0]
-                figures = node_loss_run(nodes, str(storage), name, elastic=kind == "elastic", epochs=epochs[kind],
-                                        logs=storage, lose_after_epoch=BUDGET["lose_after_epoch"],
-                                        away_s=BUDGET["away_s"])
-                results[kind].append({"round": r, **figures, "load_average": [load, os.getloadavg()[0]]})
-                log(f"bench cluster: round {r}, {kind}: back to a step {figures['loss_to_step_s']:.1f} s after the "
-                    f"loss, epochs trained {figures['trained']}")
+                figures = serve_node_loss(nodes, str(model), folder)
+                results["serve"].append({"round": r, **figures, "load_average": [load, os.getloadavg()[0]]})
+                log(f"bench cluster: round {r}, serve: {figures['sent']} sent, {figures['failed']} failed, "
+                    f"{figures['retried']} retried, 2 replicas again after {figures['recovery_s']:.1f} s")
     finally:
-        nodes.shutdown()
         if previous is None:
             os.environ.pop(SHARED_ENV, None)
         else:
             os.environ[SHARED_ENV] = previous
     return {"machine": machine(), "quick": quick, "budget": {**BUDGET, "epochs": epochs, "rounds": list(rounds)},
-            "train": results}
+            **results}
 
 
 def decisions(result: dict[str, Any]) -> list[dict[str, Any]]:
@@ -234,7 +434,7 @@ def decisions(result: dict[str, Any]) -> list[dict[str, Any]]:
     out = []
     for key, claim in CLAIMS.items():
         kind = key.split("_")[0]
-        values = {row["round"]: row[claim.metric] for row in result["train"][kind]} if decided else {}
+        values = {row["round"]: row[claim.metric] for row in result[kind]} if decided else {}
         out.append(claim.decide(values))
     return out
 
@@ -244,22 +444,31 @@ def markdown_table(result: dict[str, Any]) -> str:
 
     b = result["budget"]
     lines = [
-        f"A node lost under training on a simulated cluster (ray.cluster_utils: a head and {b['worker_nodes']} "
-        f"worker nodes of {b['node_cpus']} CPU, {b['node_death']} for calling a node dead): a VAE on "
-        f"{b['workers']} spread workers, the node with one of them killed after epoch {b['lose_after_epoch']}. "
-        f"The fixed run waits for a new node ({b['away_s']:g} s later); the elastic [1, 2] run goes on with one "
-        f"worker, and a node is added once it does."
-        + (" Quick smoke run: decides nothing." if result["quick"] else ""),
+        f"Nodes lost on a simulated cluster (ray.cluster_utils: a head and 1-CPU worker nodes, {b['node_death']} "
+        f"for calling a node dead). Training: a VAE on {b['workers']} spread workers over {b['worker_nodes']} "
+        f"nodes, one node killed after epoch {b['lose_after_epoch']}; the fixed run waits for a new node "
+        f"({b['away_s']:g} s later), the elastic [1, 2] run goes on with one worker and a node is added once it "
+        f"does." + (" Quick smoke run: decides nothing." if result["quick"] else ""),
         "",
-        "| run | round | epochs trained (repeats are work lost) | workers per epoch | restarts | loss → next step | "
+        "| run | round | epochs trained (a repeat is work lost) | workers per epoch | restarts | loss → next step | "
         "new node → step at full size |",
         "|---|---|---|---|---|---|---|",
     ]
-    for kind, rows in result["train"].items():
-        for row in rows:
+    for kind in ("fixed", "elastic"):
+        for row in result[kind]:
             seconds = [("—" if row[k] is None else f"{row[k]:.1f} s") for k in ("loss_to_step_s", "return_to_full_size_s")]
             lines.append(f"| {kind} | {row['round']} | {' '.join(map(str, row['trained']))} | "
                          f"{' '.join(map(str, row['workers']))} | {row['restarts']} | {seconds[0]} | {seconds[1]} |")
-    lines += ["", *HEADER, *(claim_row(d, fmt=".1f") for d in decisions(result)), "",
-              machine_line(result["machine"])]
+    lines += [
+        "",
+        f"Serving: serve/vae-cluster.yaml (2 replicas, one a node) on {b['serve_worker_nodes']} worker nodes; "
+        f"{b['concurrency']} client threads ({b['client']}) sample through the head's proxy while the node of one "
+        f"replica is killed.",
+        "",
+        "| round | requests sent | failed | retried by the client | 2 replicas running again after |",
+        "|---|---|---|---|---|",
+        *(f"| {row['round']} | {row['sent']} | {row['failed']} | {row['retried']} | {row['recovery_s']:.1f} s |"
+          for row in result["serve"]),
+        "", *HEADER, *(claim_row(d, fmt=".1f") for d in decisions(result)), "", machine_line(result["machine"]),
+    ]
     return "\n".join(lines) + "\n"
