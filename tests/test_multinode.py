@@ -22,6 +22,7 @@ from s3server import s3  # noqa: F401  (the module's S3 endpoint)
 pytestmark = pytest.mark.multinode
 STORAGE = "s3://runs/multinode"
 
+
 @pytest.fixture(scope="module")
 def nodes(s3):  # noqa: F811
     with Nodes(workers=2, system_config=FAST_NODE_DEATH) as cluster:
