@@ -68,6 +68,7 @@ def test_places_on_this_machine_are_refused_only_on_a_cluster_of_several_nodes(m
     import ray
 
     alive = [{"Alive": True}, {"Alive": False}]
+    monkeypatch.setattr(ray, "is_initialized", lambda: True)
     monkeypatch.setattr(ray, "nodes", lambda: alive)
     check_reachable_from_every_node(str(tmp_path))  # one live node: this machine's disk is the cluster's
     alive.append({"Alive": True})
@@ -83,6 +84,10 @@ def test_places_on_this_machine_are_refused_only_on_a_cluster_of_several_nodes(m
     check_reachable_from_every_node(str(tmp_path / "runs"), data)
     with pytest.raises(ConfigError, match="storage"):
         check_reachable_from_every_node("/var/runs")
+    # What Serve's replicas load: an exported model (genray.deploy.build_app checks it).
+    with pytest.raises(ConfigError, match="model '/var/models/vae' is a path on this machine"):
+        check_reachable_from_every_node(model="/var/models/vae")
+    check_reachable_from_every_node(model="s3://models/vae")
 
 
 @pytest.mark.ray

@@ -68,6 +68,9 @@ def build_app(args: dict[str, Any]):
     if "model" not in args:
         raise ValueError("application args need 'model': the path of an exported model")
     deployment, path = deployment_for(str(args["model"]))
+    from genray.train.driver import check_reachable_from_every_node
+
+    check_reachable_from_every_node(model=path)  # every replica, on any node, loads it
     return deployment.bind(path)
 
 

@@ -127,25 +127,30 @@ def scaling_for(cfg: RunConfig, min_workers: int = 0) -> ScalingConfig:
 SHARED_ENV = "GENRAY_SHARED_STORAGE"
 
 
-def check_reachable_from_every_node(storage: str, data: Any = None) -> None:
-    """On a cluster of several nodes, refuse runs stored in `storage` or reading `data` (a data
-    config) whose place is a path on this machine's disk: Ray Train's workers on the other nodes would write the run's checkpoints to
-    (and read the data from) their own disks, where nothing else finds them."""
+def check_reachable_from_every_node(storage: str | None = None, data: Any = None, model: str | None = None) -> None:
+    """On a cluster of several nodes, refuse runs stored in `storage`, reading `data` (a data
+    config) or a served `model` whose place is a path on this machine's disk: Ray Train's workers
+    (or Serve's replicas) on the other nodes would write the run's checkpoints to (and read the
+    data or model from) their own disks, where nothing else finds them."""
+    if not ray.is_initialized():
+        return
     nodes = sum(1 for node in ray.nodes() if node["Alive"])
     if nodes < 2:
         return
     shared = [Path(p).resolve() for p in os.environ.get(SHARED_ENV, "").split(os.pathsep) if p]
-    places = [("storage", storage)]
+    places = [("storage", storage), ("model", model)]
     source = getattr(data, "source", None)
     if isinstance(source, str) and (os.sep in source or os.path.exists(source)):  # not a built-in name
         places.append(("data.source", source))
     for key, where in places:
+        if where is None:
+            continue
         location = Location(where)
         if location.on_s3 or any(location.path.resolve().is_relative_to(prefix) for prefix in shared):
             continue
         raise ConfigError(
-            f"{key} {where!r} is a path on this machine, and this Ray cluster has {nodes} nodes: workers on the "
-            f"other nodes would use their own disks there. Use s3://bucket/prefix, or a filesystem every node "
+            f"{key} {where!r} is a path on this machine, and this Ray cluster has {nodes} nodes: Ray's workers on "
+            f"the other nodes would use their own disks there. Use s3://bucket/prefix, or a filesystem every node "
             f"mounts, declared with {SHARED_ENV}=<its mount point> in the environment of the driver")
 
 
