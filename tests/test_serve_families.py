@@ -83,34 +83,25 @@ def replicas(app: str) -> dict[str, str]:
 
 
 @pytest.mark.ray
-def test_heat_deployment_batches_and_limits(serve_url):
+def test_heat_deployment_batches_and_limits(serve_url, apps):
     import concurrent.futures
+    import math
 
-    from ray import serve
-
-    from genray.deploy.heat import HeatDeployment
-
-    serve.run(HeatDeployment.options(ray_actor_options={"num_cpus": 0}).bind(), name="heat", route_prefix="/heat")
-    url = f"{serve_url}/heat"
-    try:
-        body = {"n": 16, "dt": 0.01, "t_end": 0.05, "format": "probe", "points": [[0.5, 0.5], [0.0, 0.3]]}
-        with concurrent.futures.ThreadPoolExecutor(4) as pool:
-            answers = list(pool.map(lambda w: requests.post(url + "/solve", json={**body, "omega": w}, timeout=60),
-                                    [5.0, 10.0, 20.0, 40.0]))
-        assert all(a.status_code == 200 for a in answers)
-        edge = [a.json()["values"][1] for a in answers]  # on x1 = 0: u = 1 - exp(-omega t) exactly
-        import math
-
-        for w, value in zip([5.0, 10.0, 20.0, 40.0], edge):
-            assert value == pytest.approx(1 - math.exp(-w * 0.05), abs=1e-9)
-        png = requests.post(url + "/solve", json={"n": 16, "dt": 0.01, "t_end": 0.05, "format": "png"}, timeout=60)
-        assert png.status_code == 200 and png.json()["format"] == "png"
-        for bad, field in [({"n": 100000}, "n"), ({"dt": 1e-6, "t_end": 10}, "steps"),
-                           ({"format": "probe"}, "points"), ({"k_in": -1}, "k_in")]:
-            r = requests.post(url + "/solve", json=bad, timeout=60)
-            assert r.status_code == 422 and field in r.json()["error"], r.text
-    finally:
-        serve.delete("heat")
+    url = f"{serve_url}/{apps['heat']}"
+    body = {"n": 16, "dt": 0.01, "t_end": 0.05, "format": "probe", "points": [[0.5, 0.5], [0.0, 0.3]]}
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        answers = list(pool.map(lambda w: requests.post(url + "/solve", json={**body, "omega": w}, timeout=60),
+                                [5.0, 10.0, 20.0, 40.0]))
+    assert all(a.status_code == 200 for a in answers)
+    edge = [a.json()["values"][1] for a in answers]  # on x1 = 0: u = 1 - exp(-omega t) exactly
+    for w, value in zip([5.0, 10.0, 20.0, 40.0], edge):
+        assert value == pytest.approx(1 - math.exp(-w * 0.05), abs=1e-9)
+    png = requests.post(url + "/solve", json={"n": 16, "dt": 0.01, "t_end": 0.05, "format": "png"}, timeout=60)
+    assert png.status_code == 200 and png.json()["format"] == "png"
+    for bad, field in [({"n": 100000}, "n"), ({"dt": 1e-6, "t_end": 10}, "steps"),
+                       ({"format": "probe"}, "points"), ({"k_in": -1}, "k_in")]:
+        r = requests.post(url + "/solve", json=bad, timeout=60)
+        assert r.status_code == 422 and field in r.json()["error"], r.text
 
 
 @pytest.mark.ray
