@@ -97,6 +97,19 @@ def no_ray_process_left():
         pytest.fail("Ray processes left running after the test session:\n  " + "\n  ".join(left))
 
 
+def pytest_collection_modifyitems(items):
+    """The modules that query the shared apps (tests/deployed.py) run one after the other, from
+    where the first of them was collected: the apps live from the first module's deploy to the
+    last one's teardown, and fifteen idle replicas and their Serve controller cost the tests
+    between them about a tenth of the two cores."""
+    import deployed
+
+    sharing = {item.module for item in items if getattr(item.module, "served", None) is deployed.served}
+    first = next((i for i, item in enumerate(items) if item.module in sharing), len(items))
+    rest = items[first:]
+    items[first:] = [i for i in rest if i.module in sharing] + [i for i in rest if i.module not in sharing]
+
+
 def shared_apps() -> set[str]:
     """Serve apps deployed on purpose for several modules (tests/deployed.py)."""
     import deployed

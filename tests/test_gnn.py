@@ -8,6 +8,7 @@ import networkx as nx
 import numpy as np
 import pytest
 import torch
+from deployed import served
 from pydantic import ValidationError
 from torch.utils.data import DataLoader, DistributedSampler
 from torch_geometric.data import Batch, Data, InMemoryDataset
@@ -392,12 +393,11 @@ def test_batched_inference_matches_one_graph_at_a_time():
 
 # --- deployment: over HTTP on a real Serve ------------------------------------------------------
 
-def saved_untrained(name: str, folder) -> str:
-    cfg = build_config(name)
-    family = get_family(name)(cfg.model)
-    path = folder / name
-    checkpoint.save(path, family=name, config=cfg.to_dict(), state=family.state_dict(), epoch=0, metrics={})
-    return str(path)
+@pytest.fixture(scope="module")
+def apps(request, serve_url, tmp_path_factory):
+    """The session's shared apps (tests/deployed.py): gcn and mpnn on untrained default weights."""
+    names, _ = served(request, tmp_path_factory)
+    return names
 
 
 RING = {"x": [[1.0, 2.0]] * 3, "edge_index": [[0, 1, 2], [1, 2, 0]], "undirected": True}
@@ -426,27 +426,18 @@ HTTP_CASES = {
 
 
 @pytest.mark.ray
-def test_graph_deployments_answer_bad_graphs_with_a_4xx_naming_the_problem(serve_url, tmp_path):
+def test_graph_deployments_answer_bad_graphs_with_a_4xx_naming_the_problem(serve_url, apps):
     import requests
-    from ray import serve
-
-    from genray.deploy import build_app
 
     for name, (good, bad_cases) in HTTP_CASES.items():
-        app = build_app({"model": saved_untrained(name, tmp_path)})
-        app = app._bound_deployment.options(ray_actor_options={"num_cpus": 0}).bind(*app._bound_deployment.init_args)
-        serve.run(app, name=f"test-{name}", route_prefix=f"/test-{name}")
-        url = f"{serve_url}/test-{name}/predict"
-        try:
-            ok = requests.post(url, json=good, timeout=60)
-            assert ok.status_code == 200, ok.text
-            for body, status, words in bad_cases:
-                answer = requests.post(url, json=body, timeout=60)
-                assert answer.status_code == status, (body if len(str(body)) < 300 else words, answer.text[:300])
-                error = answer.json()["error"]
-                assert all(w in error for w in words), (words, error)
-            not_json = requests.post(url, data=b"{x: [", headers={"content-type": "application/json"}, timeout=60)
-            assert not_json.status_code == 400 and "not valid JSON" in not_json.json()["error"]
-            assert requests.post(url, json=good, timeout=60).json() == ok.json()  # the replica is unharmed
-        finally:
-            serve.delete(f"test-{name}")
+        url = f"{serve_url}/{apps[name]}/predict"
+        ok = requests.post(url, json=good, timeout=60)
+        assert ok.status_code == 200, ok.text
+        for body, status, words in bad_cases:
+            answer = requests.post(url, json=body, timeout=60)
+            assert answer.status_code == status, (body if len(str(body)) < 300 else words, answer.text[:300])
+            error = answer.json()["error"]
+            assert all(w in error for w in words), (words, error)
+        not_json = requests.post(url, data=b"{x: [", headers={"content-type": "application/json"}, timeout=60)
+        assert not_json.status_code == 400 and "not valid JSON" in not_json.json()["error"]
+        assert requests.post(url, json=good, timeout=60).json() == ok.json()  # the replica is unharmed

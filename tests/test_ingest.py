@@ -372,7 +372,7 @@ def test_a_vae_trains_on_an_s3_image_folder_through_ray_data(s3, ray_session, se
 @pytest.mark.ray
 def test_a_gan_trains_on_parquet_on_s3_skipping_a_bad_row_and_resumes_at_its_next_epoch(s3, ray_session, serve_url,
                                                                                        tmp_path):
-    from genray.checkpoint import load
+    from genray.checkpoint import load, load_family
     from genray.runs import load_run_config
     from genray.train import fit
 
@@ -380,11 +380,18 @@ def test_a_gan_trains_on_parquet_on_s3_skipping_a_bad_row_and_resumes_at_its_nex
     source = "s3://data/parquet/pets.parquet"
     Location(source).write_bytes(path.read_bytes())
     # Unlabelled: ranked by val_moment_mse, so no sample-quality classifier is trained here.
+    # wgan-gp: the critic's extra steps under DDP on the 2 workers (the only two-player family
+    # trained on Ray; that DDP keeps every two-player family's ranks identical is tested without
+    # Ray in test_adversarial, gloo).
     first = fit(streamed_run("gan", source, tmp_path / "runs", "gan-parquet", "train.epochs=1", "data.label_column=label",
-                             "data.labels=[]", "data.on_bad_file=skip"), verbose=False)
+                             "data.labels=[]", "data.on_bad_file=skip", "model.loss=wgan-gp"), verbose=True)
     assert load(first.best_checkpoint, weights=False).config["data"]["image_size"] == 64
     resumed = fit(load_run_config("gan-parquet", str(tmp_path / "runs"), ["train.epochs=2"]), resume=True, verbose=False)
     assert [h["epoch"] for h in resumed.history] == [0, 1] and resumed.metrics["epoch"] == 1
+    assert [h["workers"] for h in resumed.history] == [2, 2]
+    restored, ckpt = load_family(resumed.best_checkpoint)
+    assert ckpt.config["model"]["loss"] == "wgan-gp"
+    assert restored.quality_samples(4, seed=0)[0].shape == (4, 3, 64, 64)
     # The bad row is in one split, read once each epoch: in the first run and in the resumed one.
     assert [h["data_skipped"] for h in resumed.history] == [1, 1]
     assert np.isfinite(resumed.history[1]["val_moment_mse"])
@@ -399,5 +406,8 @@ def test_a_bad_file_found_by_ray_data_stops_the_run_with_its_name(ray_session, t
     root = image_folder(tmp_path / "pets", per_class=8)
     good = (root / "red" / "005.png").read_bytes()
     (root / "red" / "005.png").write_bytes(good[:200])
+    # One worker: Ray Data's read tasks decode the file, and the worker whose shard holds it stops
+    # the run; the split over two workers is the runs above.
     with pytest.raises(DataError, match=r"red/005.png: unreadable or truncated image .*data.on_bad_file: skip"):
-        fit(streamed_run("vae", str(root), tmp_path / "runs", "bad", "train.epochs=1"), verbose=False)
+        fit(streamed_run("vae", str(root), tmp_path / "runs", "bad", "train.epochs=1", "train.workers=1"),
+            verbose=False)

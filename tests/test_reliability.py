@@ -1,5 +1,6 @@
 """Failures that must not cost a run or an endpoint: a killed Train worker, a killed driver
-resumed with --resume, a killed Serve replica under traffic."""
+resumed with --resume, a corrupted latest checkpoint passed over on resume, a killed Serve
+replica under traffic."""
 
 import os
 import signal
@@ -61,12 +62,15 @@ def test_a_killed_train_worker_costs_no_epoch(ray_session, tmp_path):
 
 
 @pytest.mark.ray
-def test_a_killed_driver_resumes_where_it_stopped(ray_session, tmp_path):
+def test_a_killed_driver_resumes_where_it_stopped_and_past_a_corrupted_checkpoint(ray_session, tmp_path):
     from typer.testing import CliRunner
 
+    from genray import checkpoint
     from genray.cli import app
+    from genray.runs import load_run_config
 
-    fixed = [arg for o in FAST + ["train.epochs=5"] for arg in ("--set", o)]
+    # Every checkpoint kept, so that the one before the latest is there to fall back to.
+    fixed = [arg for o in FAST + ["train.epochs=5", "train.keep_checkpoints=5"] for arg in ("--set", o)]
     driver = subprocess.Popen(
         [sys.executable, "-m", "genray.cli", "train", "vae", "--name", "d", "--storage", str(tmp_path),
          "--address", ray_session.get_runtime_context().gcs_address, *fixed],
@@ -82,6 +86,17 @@ def test_a_killed_driver_resumes_where_it_stopped(ray_session, tmp_path):
     out = CliRunner().invoke(app, ["train", "--resume", "d", "--storage", str(tmp_path)])
     assert out.exit_code == 0, out.output
     assert epochs_of(tmp_path / "d") == list(range(5)), "an epoch was lost or counted twice"
+
+    # The finished run's latest checkpoint, truncated as by a write cut short: a resume for one
+    # more epoch starts from the checkpoint before it.
+    latest = tmp_path / "d" / "checkpoint_epoch00004"
+    weights = latest / "weights.pt"
+    weights.write_bytes(weights.read_bytes()[:100])
+    with pytest.raises(checkpoint.CheckpointError, match="weights.pt"):
+        checkpoint.load(latest)
+    summary = fit(load_run_config("d", str(tmp_path), ["train.epochs=6"]), resume=True, verbose=False)
+    assert epochs_of(tmp_path / "d") == list(range(6)), "epoch 4 is trained again from epoch 3's checkpoint"
+    assert summary.metrics["epoch"] == 5
 
 
 @pytest.mark.ray
@@ -128,21 +143,3 @@ def test_serve_replaces_a_killed_replica_under_traffic(serve_url):
     print(f"replica killed: replaced in {replaced_s:.1f} s; {failed} of {len(after)} requests failed meanwhile")
     assert log[-1][1] and all(ok for t, ok in log if t < killed_at)
     assert failed <= 5, f"{failed} requests failed with a second replica up"
-
-
-@pytest.mark.ray
-def test_resume_falls_back_past_a_corrupted_latest_checkpoint(ray_session, tmp_path):
-    from genray import checkpoint
-    from genray.runs import load_run_config
-
-    cfg = build_config("vae", overrides=FAST + ["train.epochs=3", "train.keep_checkpoints=3", f"storage={tmp_path}",
-                                                "name=c"])
-    fit(cfg, verbose=False)
-    latest = tmp_path / "c" / "checkpoint_epoch00002"
-    weights = latest / "weights.pt"
-    weights.write_bytes(weights.read_bytes()[:100])  # a truncated write
-    with pytest.raises(checkpoint.CheckpointError, match="weights.pt"):
-        checkpoint.load(latest)
-    summary = fit(load_run_config("c", str(tmp_path), ["train.epochs=4"]), resume=True, verbose=False)
-    assert epochs_of(tmp_path / "c") == [0, 1, 2, 3], "epoch 2 is trained again from epoch 1's checkpoint"
-    assert summary.metrics["epoch"] == 3

@@ -1,7 +1,7 @@
 """Every deployment on a real local Serve: a good request answers 200, a bad one a 4xx JSON
 error naming the problem, a property-based fuzz of every POST endpoint (tests/fuzz.py) gets no
 5xx and restarts no replica (the apps are shared with the client and playground tests:
-tests/deployed.py). Also: a two-player family trains under DDP with 2 Ray Train workers."""
+tests/deployed.py)."""
 
 import numpy as np
 import pytest
@@ -9,8 +9,6 @@ import requests
 from deployed import served
 from fuzz import fuzz_deployment
 
-from genray import checkpoint
-from genray.config import build_config
 from genray.deploy import DEPLOYMENTS
 
 from genray.deploy.examples import EXAMPLES
@@ -83,51 +81,25 @@ def replicas(app: str) -> dict[str, str]:
 
 
 @pytest.mark.ray
-def test_heat_deployment_batches_and_limits(serve_url):
+def test_heat_deployment_batches_and_limits(serve_url, apps):
     import concurrent.futures
+    import math
 
-    from ray import serve
-
-    from genray.deploy.heat import HeatDeployment
-
-    serve.run(HeatDeployment.options(ray_actor_options={"num_cpus": 0}).bind(), name="heat", route_prefix="/heat")
-    url = f"{serve_url}/heat"
-    try:
-        body = {"n": 16, "dt": 0.01, "t_end": 0.05, "format": "probe", "points": [[0.5, 0.5], [0.0, 0.3]]}
-        with concurrent.futures.ThreadPoolExecutor(4) as pool:
-            answers = list(pool.map(lambda w: requests.post(url + "/solve", json={**body, "omega": w}, timeout=60),
-                                    [5.0, 10.0, 20.0, 40.0]))
-        assert all(a.status_code == 200 for a in answers)
-        edge = [a.json()["values"][1] for a in answers]  # on x1 = 0: u = 1 - exp(-omega t) exactly
-        import math
-
-        for w, value in zip([5.0, 10.0, 20.0, 40.0], edge):
-            assert value == pytest.approx(1 - math.exp(-w * 0.05), abs=1e-9)
-        png = requests.post(url + "/solve", json={"n": 16, "dt": 0.01, "t_end": 0.05, "format": "png"}, timeout=60)
-        assert png.status_code == 200 and png.json()["format"] == "png"
-        for bad, field in [({"n": 100000}, "n"), ({"dt": 1e-6, "t_end": 10}, "steps"),
-                           ({"format": "probe"}, "points"), ({"k_in": -1}, "k_in")]:
-            r = requests.post(url + "/solve", json=bad, timeout=60)
-            assert r.status_code == 422 and field in r.json()["error"], r.text
-    finally:
-        serve.delete("heat")
-
-
-@pytest.mark.ray
-# One two-player family end to end on Ray (2 workers, the critic's extra steps); that DDP keeps
-# every two-player family's ranks identical is tested without Ray in test_adversarial (gloo).
-@pytest.mark.parametrize("name, extra", [("gan", ["model.loss=wgan-gp"])])
-def test_two_player_families_train_under_ddp(ray_session, tmp_path, name, extra):
-    from genray.train import fit
-
-    cfg = build_config(name, overrides=[f"storage={tmp_path}", "name=ddp", "train.workers=2", "train.epochs=1",
-                                        "data.limit=64", "train.quality_every=0", *extra])
-    summary = fit(cfg, verbose=True)
-    assert [h["epoch"] for h in summary.history] == [0]
-    assert summary.history[0]["workers"] == 2
-    assert summary.best_checkpoint is not None
-    restored, _ = checkpoint.load_family(summary.best_checkpoint)
-    assert restored.quality_samples(4, seed=0)[0].shape == (4, 1, 28, 28)
+    url = f"{serve_url}/{apps['heat']}"
+    body = {"n": 16, "dt": 0.01, "t_end": 0.05, "format": "probe", "points": [[0.5, 0.5], [0.0, 0.3]]}
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        answers = list(pool.map(lambda w: requests.post(url + "/solve", json={**body, "omega": w}, timeout=60),
+                                [5.0, 10.0, 20.0, 40.0]))
+    assert all(a.status_code == 200 for a in answers)
+    edge = [a.json()["values"][1] for a in answers]  # on x1 = 0: u = 1 - exp(-omega t) exactly
+    for w, value in zip([5.0, 10.0, 20.0, 40.0], edge):
+        assert value == pytest.approx(1 - math.exp(-w * 0.05), abs=1e-9)
+    png = requests.post(url + "/solve", json={"n": 16, "dt": 0.01, "t_end": 0.05, "format": "png"}, timeout=60)
+    assert png.status_code == 200 and png.json()["format"] == "png"
+    for bad, field in [({"n": 100000}, "n"), ({"dt": 1e-6, "t_end": 10}, "steps"),
+                       ({"format": "probe"}, "points"), ({"k_in": -1}, "k_in")]:
+        r = requests.post(url + "/solve", json=bad, timeout=60)
+        assert r.status_code == 422 and field in r.json()["error"], r.text
 
 
 @pytest.mark.ray
