@@ -34,6 +34,11 @@ def s3(tmp_path_factory):
         try:
             yield env
         finally:
+            # moto keeps its buckets in the process, for every server it starts: the next module's
+            # server starts empty only after a reset.
+            import requests
+
+            requests.post(f"{env['AWS_ENDPOINT_URL']}/moto-api/reset", timeout=10)
             server.stop()
 
 

@@ -35,8 +35,13 @@ class Nodes:
     def __init__(self, workers: int, system_config: dict | None = None, head_options: dict | None = None):
         """`head_options`: more of ray.cluster_utils.Cluster's head_node_args (the dashboard and its
         ports, say). Without include_dashboard the head starts none."""
+        from ray._common.utils import get_ray_address_file
         from ray.cluster_utils import Cluster
 
+        # Ray records the newest cluster started on this machine in a file that `address="auto"`
+        # follows, Ray Train's placement-group cleaner too: the Ray that was there before gets it back.
+        self.address_file = Path(get_ray_address_file(None))
+        self.previous_address = self.address_file.read_text() if self.address_file.exists() else None
         head = {"num_cpus": 0, "resources": {"head": 1}, "include_dashboard": False, **(head_options or {})}
         if system_config:
             head["_system_config"] = system_config
@@ -66,7 +71,13 @@ class Nodes:
         self.cluster.remove_node(self.workers.pop(name), allow_graceful=False)
 
     def shutdown(self) -> None:
-        self.cluster.shutdown()
+        try:
+            self.cluster.shutdown()
+        finally:
+            if self.previous_address is None:
+                self.address_file.unlink(missing_ok=True)
+            else:
+                self.address_file.write_text(self.previous_address)
 
     def __enter__(self) -> Nodes:
         return self
