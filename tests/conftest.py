@@ -108,6 +108,10 @@ def pytest_collection_modifyitems(items):
     first = next((i for i, item in enumerate(items) if item.module in sharing), len(items))
     rest = items[first:]
     items[first:] = [i for i in rest if i.module in sharing] + [i for i in rest if i.module not in sharing]
+    # The simulated multi-node clusters last: whatever of theirs outlives them (Ray's record of the
+    # newest cluster, moto's buckets) reaches no test of the shared session.
+    items[:] = [i for i in items if not i.get_closest_marker("multinode")] + \
+               [i for i in items if i.get_closest_marker("multinode")]
 
 
 def shared_apps() -> set[str]:
