@@ -51,3 +51,26 @@ def test_a_fit_on_the_main_thread_lets_go_of_its_controller():
     ours = signal.getsignal(signal.SIGINT)
     assert fit_and_let_go(Trainer()) == "result"
     assert signal.getsignal(signal.SIGINT) is ours
+
+
+@pytest.mark.ray
+def test_the_sessions_own_processes_find_its_dashboard_whatever_ray_started_last(ray_session):
+    """Ray Train's placement-group cleaner asks the state API whether a run's controller is
+    dead. Left to find it through /tmp/ray/ray_current_cluster, it asks whichever `ray start`
+    head on the machine was newest, perhaps one long stopped; it fails there and the placement
+    group of a killed driver's run is never freed (start_local_ray's dashboard_port)."""
+    import os
+
+    import ray
+
+    @ray.remote(num_cpus=0)
+    def resolve() -> tuple[str, bool]:
+        from ray.dashboard.utils import get_address_for_submission_client
+        from ray.train.v2._internal.state.util import is_actor_alive
+
+        return get_address_for_submission_client(None), bool(is_actor_alive("f" * 24 + "01000000", timeout=10))
+
+    url, alive = ray.get(resolve.remote())
+    assert url == f"http://{ray._private.worker.global_worker.node.address_info['webui_url']}"
+    assert not alive
+    assert "RAY_API_SERVER_ADDRESS" not in os.environ  # this process still takes addresses as given

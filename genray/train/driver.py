@@ -53,13 +53,30 @@ def collect_reports_promptly() -> None:
 # node to watch, and its process start competes with the first epochs for the machine's CPUs.
 # The driver's value reaches the controller through TorchTrainer; one the user set is kept.
 LOCAL_RAY_ENV = {"RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}
+API_SERVER_ENV = "RAY_API_SERVER_ADDRESS"  # read by Ray's job and state clients before any other address
 
 
 def start_local_ray(**kwargs) -> None:
-    """ray.init(address="local", **kwargs) for an embedded, single-machine Ray."""
+    """ray.init(address="local", **kwargs) for an embedded, single-machine Ray.
+
+    With a `dashboard_port`, the Ray's own processes are told where its dashboard is. Otherwise
+    a process of it that looks for the state API (Ray Train's placement-group cleaner does) follows
+    /tmp/ray/ray_current_cluster, the newest `ray start` head on the machine, which may be another
+    Ray or one that has since stopped: the cleaner then fails, and the placement group of a run
+    whose driver was killed is never freed. Only the Ray started here inherits the setting, not
+    this process (where it would override any address given to a job or state client)."""
     for key, value in LOCAL_RAY_ENV.items():
         os.environ.setdefault(key, value)
-    ray.init(address="local", **kwargs)
+    port = kwargs.get("dashboard_port")
+    if port is None or API_SERVER_ENV in os.environ:
+        ray.init(address="local", **kwargs)
+        return
+    host = kwargs.get("dashboard_host", "127.0.0.1")
+    os.environ[API_SERVER_ENV] = f"http://{'127.0.0.1' if host == '0.0.0.0' else host}:{port}"
+    try:
+        ray.init(address="local", **kwargs)
+    finally:
+        del os.environ[API_SERVER_ENV]
 
 
 class ProgressCallback(UserCallback):
