@@ -1,0 +1,126 @@
+"""Views of a Tune search (genray.searches) over search folders written here in the shapes
+Tune writes them (experiment_state-<time>.json, run_trial_<id>_.../result.json): no Ray."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from genray.config import ConfigError
+from genray.searches import format_status, search_status
+
+METRIC = "val_neg_elbo"
+STATE_TIME = "2026-12-07_08-10-37"
+
+
+def trial_folder(trial_id: str, index: int, params: dict) -> str:
+    """Tune's name for a trial's folder: <trainable>_<trial id>_<n>_<params>_<date>."""
+    tag = ",".join(f"{k.replace('.', '_')}={v}" for k, v in params.items())
+    return f"run_trial_{trial_id}_{index}_{tag}_{STATE_TIME}"
+
+
+def result_lines(trial_id: str, params: dict, values: list[float], first_epoch: int = 0) -> str:
+    """A result.json: one line per reported epoch, as Tune's JSON logger writes it."""
+    lines = []
+    for i, value in enumerate(values):
+        epoch = first_epoch + i
+        lines.append(json.dumps({
+            "train_loss": value + 10, METRIC: value, "epoch": epoch, "checkpoint_dir_name": f"checkpoint_{i:06d}",
+            "done": False, "training_iteration": i + 1, "trial_id": trial_id, "date": "2026-12-07_08-10-49",
+            "time_this_iter_s": 0.3, "time_total_s": 0.3 * (i + 1), "pid": 1, "hostname": "vm",
+            "config": {"train_loop_config": params}, "time_since_restore": 0.3 * (i + 1),
+            "iterations_since_restore": i + 1}))
+    return "".join(line + "\n" for line in lines)
+
+
+def tune_state(trials: list[tuple[str, str, dict]]) -> str:
+    """An experiment_state file: trial_data holds [trial state JSON, runtime JSON] pairs."""
+    trial_data = []
+    for index, (trial_id, status, params) in enumerate(trials):
+        state = {"stub": False, "trainable_name": "run_trial", "trial_id": trial_id,
+                 "config": {"train_loop_config": params},
+                 "evaluated_params": {f"train_loop_config/{k}": v for k, v in params.items()},
+                 "experiment_tag": f"{index}_params", "status": status,
+                 "relative_logdir": trial_folder(trial_id, index, params), "max_failures": 0}
+        runtime = {"start_time": 1796631044.3, "num_failures": 0, "num_failures_after_restore": 0,
+                   "error_filename": "error.txt" if status == "ERROR" else None, "pickled_error_filename": None,
+                   "last_result": {}, "last_result_time": 1796631050.1, "metric_analysis": {}}
+        trial_data.append([json.dumps(state), json.dumps(runtime)])
+    return json.dumps({"trial_data": trial_data, "runner_data": {"_metric": METRIC}, "stats": {"start_time": 1.0}})
+
+
+def make_search(storage: Path, trials: list[dict], *, epochs: int = 3, mode: str = "min", name: str = "s") -> Path:
+    """A search folder as `genray tune` leaves it. Each trial: params, status (Tune's), values
+    (its metric per epoch; none: not started) and optionally `partial` (a half-written line)."""
+    search = storage / name
+    search.mkdir(parents=True)
+    (search / "genray_search.json").write_text(json.dumps(
+        {"family": "vae", "metric": METRIC, "mode": mode, "scheduler": "asha",
+         "base": {"family": "vae", "model": {"lr": 0.001}, "train": {"epochs": epochs}}}))
+    listed = []
+    for index, trial in enumerate(trials):
+        trial_id = f"ab123_{index:05d}"
+        if trial.get("status"):  # None: a trial that started after the newest state file
+            listed.append((trial_id, trial["status"], trial["params"]))
+        if trial.get("values"):
+            folder = search / trial_folder(trial_id, index, trial["params"])
+            folder.mkdir()
+            (folder / "params.json").write_text(json.dumps({"train_loop_config": trial["params"]}))
+            (folder / "result.json").write_text(result_lines(trial_id, trial["params"], trial["values"])
+                                                + trial.get("partial", ""))
+    (search / f"experiment_state-{STATE_TIME}.json").write_text(tune_state(listed))
+    return search
+
+
+def lr_params(lr: float, latent: int = 8) -> dict:
+    return {"model.lr": lr, "model.latent_dim": latent, "train.batch_size": 32}
+
+
+def test_status_counts_trials_by_state_while_tune_writes(tmp_path):
+    search = make_search(tmp_path, [
+        {"params": lr_params(1e-3), "status": "TERMINATED", "values": [300.0, 250.0, 200.0]},  # done
+        {"params": lr_params(1e-4), "status": "TERMINATED", "values": [400.0]},  # stopped by ASHA
+        # running, its next line half written (it would be the best value if it parsed)
+        {"params": lr_params(3e-3, 2), "status": "RUNNING", "values": [350.0, 190.0],
+         "partial": '{"val_neg_elbo": 1.0, "epo'},
+        {"params": lr_params(1e-2), "status": "ERROR", "values": [500.0]},
+        {"params": lr_params(2e-3), "status": "PENDING"},
+        {"params": lr_params(5e-4), "status": "PAUSED", "values": [320.0, 310.0]},
+        {"params": lr_params(7e-4), "status": None, "values": [330.0]},  # newer than the state file
+    ])
+    # An older state (every trial pending) and a newer one that Tune is writing now.
+    (search / "experiment_state-2026-12-07_08-00-00.json").write_text(tune_state([("ab123_00000", "PENDING", {})]))
+    (search / "experiment_state-2026-12-07_09-00-00.json").write_text(tune_state([])[:40])
+
+    status = search_status("s", str(tmp_path))
+
+    assert (status.family, status.metric, status.mode, status.scheduler, status.epochs) == ("vae", METRIC, "min",
+                                                                                           "asha", 3)
+    states = {t.trial_id: t.state for t in status.trials}
+    assert states == {"ab123_00000": "done", "ab123_00001": "stopped", "ab123_00002": "running",
+                      "ab123_00003": "errored", "ab123_00004": "pending", "ab123_00005": "paused",
+                      "ab123_00006": "running"}
+    assert status.epochs_trained == 3 + 1 + 2 + 1 + 0 + 2 + 1
+    best = status.best
+    assert (best.trial_id, best.best, best.best_epoch, best.params) == ("ab123_00002", 190.0, 1, lr_params(3e-3, 2))
+    text = format_status(status)
+    assert "trials: 7 (2 running, 1 pending, 1 paused, 1 done, 1 stopped early, 1 errored)" in text
+    assert "epochs trained: 10" in text
+    assert "best so far: ab123_00002 val_neg_elbo=190 at epoch 1 (running; model.lr=0.003" in text
+
+
+def test_status_of_a_search_that_is_not_there(tmp_path):
+    (tmp_path / "other").mkdir()
+    with pytest.raises(ConfigError, match=r"no search at .*nope .*genray_search.json"):
+        search_status("nope", str(tmp_path))
+    with pytest.raises(ConfigError, match="no search"):  # a folder, but not a search's
+        search_status(str(tmp_path / "other"), "runs")
+
+
+def test_status_before_tune_wrote_anything(tmp_path):
+    make_search(tmp_path, [])
+    (tmp_path / "s" / f"experiment_state-{STATE_TIME}.json").unlink()
+    text = format_status(search_status("s", str(tmp_path)))
+    assert "trials: 0 (Tune has not started any yet)" in text and "best so far: none" in text
