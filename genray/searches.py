@@ -16,12 +16,18 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
+import tempfile
+import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Iterator
 
 from genray.config import ConfigError
 from genray.runs import SEARCH_SPEC_FILE, RunDir
 from genray.storage import Location, ObjectNotFound
+
+HPARAMS_FOLDER = "hparams"  # <search>/hparams: the HParams dashboard's runs
 
 # Tune's trial status -> ours; a TERMINATED trial that trained fewer epochs than its budget is
 # "stopped" (early, by the scheduler) rather than "done".
@@ -166,3 +172,84 @@ def format_status(status: SearchStatus) -> str:
 
 def short(value: Any) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+# --- what a parameter's values look like -------------------------------------------------------
+
+def plain(value: Any) -> bool | int | float | str:
+    """A parameter's value as TensorBoard and Optuna take it: a list or dict becomes its JSON."""
+    return value if isinstance(value, (bool, int, float, str)) else json.dumps(value)
+
+
+def scale_of(values: list[Any]) -> str:
+    """How a parameter's values spread: "category" (strings, bools or a mix), "log" (numbers,
+    all > 0, spanning more than 10x: a loguniform's learning rates) or "linear"."""
+    if not values or any(isinstance(v, bool) or not isinstance(v, (int, float)) for v in values):
+        return "category"
+    return "log" if min(values) > 0 and max(values) > 10 * min(values) else "linear"
+
+
+def integers(values: list[Any]) -> bool:
+    return all(isinstance(v, int) and not isinstance(v, bool) for v in values)
+
+
+def categories(values: list[Any]) -> list[Any]:
+    return sorted(set(values), key=lambda v: (type(v).__name__, v))
+
+
+# --- TensorBoard HParams ----------------------------------------------------------------------------
+
+def write_hparams(search: str | Location, rows: list[dict[str, Any]], metric: str, mode: str) -> Location:
+    """The search's TensorBoard HParams dashboard in <search>/hparams: the experiment (each
+    sampled parameter and the two metrics, best_<metric> and epochs) and one run per trial
+    with its parameters and metrics. `rows` are genray.tune.summarize's. A dashboard written
+    before is replaced. Returns the folder."""
+    from tensorboard.compat.proto.summary_pb2 import Summary
+    from tensorboard.plugins.hparams import summary_v2 as hp
+
+    target = Location(search) / HPARAMS_FOLDER
+    best = f"best_{metric}"
+    names = [k for k in dict.fromkeys(k for row in rows for k in row) if k not in {"trial", best, "epochs", "status"}]
+    params = []
+    for name in names:
+        values = [plain(row[name]) for row in rows if row.get(name) is not None]
+        scale = scale_of(values)
+        if scale == "category":
+            kinds = {type(v) for v in values}
+            domain = hp.Discrete(categories(values)) if len(kinds) == 1 else None
+        elif integers(values):
+            domain = hp.IntInterval(min(values), max(values))
+        else:
+            domain = hp.RealInterval(float(min(values)), float(max(values)))
+        params.append(hp.HParam(name, domain))
+    goal = "lower" if mode == "min" else "higher"
+    experiment = hp.hparams_config_pb(params, [
+        hp.Metric(best, description=f"the trial's best {metric} ({goal} is better)"),
+        hp.Metric("epochs", description="epochs the trial trained (fewer: a scheduler stopped it)")])
+    with tempfile.TemporaryDirectory(prefix="genray-hparams-") as tmp:
+        write_events(Path(tmp), [experiment])
+        for row in rows:
+            values = {k: plain(row[k]) for k in names if row.get(k) is not None}
+            scalars = Summary(value=[Summary.Value(tag=k, simple_value=float(row[k]))
+                                     for k in (best, "epochs") if row.get(k) is not None])
+            write_events(Path(tmp) / str(row["trial"]), [hp.hparams_pb(values, trial_id=str(row["trial"])), scalars])
+        if target.on_s3:
+            for old in target.list():
+                (target / old).remove()
+            target.upload_from(tmp)
+        else:
+            shutil.rmtree(target.path, ignore_errors=True)
+            shutil.copytree(tmp, target.path)
+    return target
+
+
+def write_events(folder: Path, summaries: list) -> None:
+    """One TensorBoard event file in `folder` holding `summaries`, at step 0."""
+    from tensorboard.compat.proto.event_pb2 import Event
+    from tensorboard.summary.writer.event_file_writer import EventFileWriter
+
+    folder.mkdir(parents=True, exist_ok=True)
+    writer = EventFileWriter(str(folder))
+    for summary in summaries:
+        writer.add_event(Event(wall_time=time.time(), step=0, summary=summary))
+    writer.close()

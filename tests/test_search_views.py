@@ -7,9 +7,11 @@ import json
 from pathlib import Path
 
 import pytest
+from s3server import s3  # noqa: F401  (the module's S3 endpoint, for the one S3 test)
 
 from genray.config import ConfigError
-from genray.searches import format_status, search_status
+from genray.searches import format_status, scale_of, search_status, write_hparams
+from genray.storage import Location
 
 METRIC = "val_neg_elbo"
 STATE_TIME = "2026-12-07_08-10-37"
@@ -124,3 +126,70 @@ def test_status_before_tune_wrote_anything(tmp_path):
     (tmp_path / "s" / f"experiment_state-{STATE_TIME}.json").unlink()
     text = format_status(search_status("s", str(tmp_path)))
     assert "trials: 0 (Tune has not started any yet)" in text and "best so far: none" in text
+
+
+def test_parameter_scales():
+    assert scale_of([1e-4, 1e-2]) == "log" and scale_of([0.1, 0.9]) == "linear" and scale_of([0.0, 5.0]) == "linear"
+    assert scale_of(["conv", "mlp"]) == "category" and scale_of([True, False]) == "category"
+
+
+def hparams_of(folder: Path):
+    """The hparams plugin's contents (tag -> bytes) and the scalars of one run's events."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(folder))
+    events.Reload()
+    scalars = {tag: events.Scalars(tag)[0].value for tag in events.Tags()["scalars"]}
+    return events.PluginTagToContent("hparams"), scalars
+
+
+def test_hparams_dashboard_reads_back(tmp_path):
+    from tensorboard.plugins.hparams import metadata
+
+    rows = [
+        {"trial": "ab123_00000", f"best_{METRIC}": 200.5, "epochs": 3, "status": "done",
+         "model.lr": 1e-3, "model.latent_dim": 8, "model.arch": "conv"},
+        {"trial": "ab123_00001", f"best_{METRIC}": 380.0, "epochs": 1, "status": "done",
+         "model.lr": 1e-4, "model.latent_dim": 2, "model.arch": "mlp"},
+        {"trial": "ab123_00002", f"best_{METRIC}": None, "epochs": 0, "status": "error",
+         "model.lr": 1e-2, "model.latent_dim": 16, "model.arch": "conv"},
+    ]
+    search = tmp_path / "s"
+    folder = write_hparams(search, rows, METRIC, "min")
+    assert folder == Location(search / "hparams")
+
+    content, _ = hparams_of(search / "hparams")
+    experiment = metadata.parse_experiment_plugin_data(content[metadata.EXPERIMENT_TAG])
+    assert {h.name for h in experiment.hparam_infos} == {"model.lr", "model.latent_dim", "model.arch"}
+    assert [m.name.tag for m in experiment.metric_infos] == [f"best_{METRIC}", "epochs"]
+    arch = next(h for h in experiment.hparam_infos if h.name == "model.arch")
+    assert list(arch.domain_discrete) == ["conv", "mlp"]
+
+    content, scalars = hparams_of(search / "hparams" / "ab123_00001")
+    start = metadata.parse_session_start_info_plugin_data(content[metadata.SESSION_START_INFO_TAG])
+    assert start.group_name == "ab123_00001"
+    assert start.hparams["model.lr"].number_value == pytest.approx(1e-4)
+    assert start.hparams["model.latent_dim"].number_value == 2 and start.hparams["model.arch"].string_value == "mlp"
+    assert scalars == {f"best_{METRIC}": pytest.approx(380.0), "epochs": 1.0}
+    assert hparams_of(search / "hparams" / "ab123_00002")[1] == {"epochs": 0.0}  # no value to show
+
+    write_hparams(search, rows[:1], METRIC, "min")  # a later view replaces the earlier one
+    assert sorted(p.name for p in (search / "hparams").iterdir() if p.is_dir()) == ["ab123_00000"]
+    assert len(list((search / "hparams").glob("events.out.tfevents.*"))) == 1
+
+
+def test_status_and_hparams_of_a_search_on_s3(tmp_path, s3):  # noqa: F811
+    local = make_search(tmp_path, [
+        {"params": lr_params(1e-3), "status": "TERMINATED", "values": [300.0, 250.0, 200.0]},
+        {"params": lr_params(1e-4), "status": "RUNNING", "values": [400.0], "partial": '{"val_n'},
+    ])
+    Location("s3://runs/searches/s").upload_from(local)
+
+    status = search_status("s", "s3://runs/searches")
+    assert [(t.state, t.epochs, t.best) for t in status.trials] == [("done", 3, 200.0), ("running", 1, 400.0)]
+
+    rows = [{"trial": t.trial_id, f"best_{METRIC}": t.best, "epochs": t.epochs, "status": "done", **t.params}
+            for t in status.trials]
+    write_hparams("s3://runs/searches/s", rows, METRIC, "min")
+    written = Location("s3://runs/searches/s/hparams").list()
+    assert len(written) == 3 and sum(name.startswith("ab123_00001/events.out.tfevents") for name in written) == 1
