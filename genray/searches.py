@@ -28,12 +28,17 @@ from genray.runs import SEARCH_SPEC_FILE, RunDir
 from genray.storage import Location, ObjectNotFound
 
 HPARAMS_FOLDER = "hparams"  # <search>/hparams: the HParams dashboard's runs
+REPORT_PLOT, REPORT_TABLES = "report.png", "report.md"
+TOP_TRIALS = 10  # rows of the report's table of trials
+IMPORTANCE_SEED = 0  # fANOVA's random forest: the same search gives the same importances
 
 # Tune's trial status -> ours; a TERMINATED trial that trained fewer epochs than its budget is
 # "stopped" (early, by the scheduler) rather than "done".
 STATES = {"RUNNING": "running", "PENDING": "pending", "PAUSED": "paused", "TERMINATED": "done", "ERROR": "errored"}
 STATE_NAMES = {"running": "running", "pending": "pending", "paused": "paused", "done": "done",
                "stopped": "stopped early", "errored": "errored"}
+FINISHED = ("done", "stopped")
+
 
 @dataclass
 class TrialStatus:
@@ -75,6 +80,11 @@ class SearchStatus:
     def counts(self) -> str:
         """How many trials are in each state: "2 running, 1 done"; "" when there are none."""
         return ", ".join(f"{n} {STATE_NAMES[s]}" for s in STATE_NAMES if (n := self.count(s)))
+
+    def ranked(self, states: tuple[str, ...]) -> list[TrialStatus]:
+        """The trials in `states` that have a value of the metric, best first."""
+        scored = [t for t in self.trials if t.state in states and t.best is not None]
+        return sorted(scored, key=lambda t: t.best, reverse=self.mode == "max")
 
 
 # --- status --------------------------------------------------------------------------------------
@@ -253,3 +263,161 @@ def write_events(folder: Path, summaries: list) -> None:
     for summary in summaries:
         writer.add_event(Event(wall_time=time.time(), step=0, summary=summary))
     writer.close()
+
+
+# --- report ---------------------------------------------------------------------------------------
+
+def write_report(name: str, storage: str, out: Path) -> list[Path]:
+    """A report of search `name` over its finished trials (done, or stopped early by the
+    scheduler; a running search is reported so far): report.png, a parallel-coordinates plot
+    of every trial's parameters and best metric, and report.md, the top trials and how much of
+    the metric's variance each parameter explains (Optuna's fANOVA). Returns both paths."""
+    status = search_status(name, storage)
+    trials = status.ranked(FINISHED)
+    if len(trials) < 2:
+        raise ConfigError(f"report: search {status.name!r} has {len(trials)} finished trial(s) with a value of "
+                          f"{status.metric}; a report compares at least 2 (the search's status shows where its trials are)")
+    shared = [k for k in dict.fromkeys(k for t in trials for k in t.params) if all(k in t.params for t in trials)]
+    varying = [k for k in shared if len({json.dumps(t.params[k]) for t in trials}) > 1]
+    constant = [k for k in shared if k not in varying]
+    spread = len({t.best for t in trials}) > 1  # fANOVA apportions variance: there must be some
+    importance = importances(trials, varying, status.mode) if varying and spread else {}
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    plot, tables = out / REPORT_PLOT, out / REPORT_TABLES
+    parallel_coordinates(status, trials, varying).savefig(plot)
+    tables.write_text(report_markdown(status, trials, varying, constant, importance))
+    return [plot, tables]
+
+
+def importances(trials: list[TrialStatus], names: list[str], mode: str) -> dict[str, float]:
+    """Each parameter's share of the variance of the trials' best values (fANOVA, summing to 1):
+    the trials go into an in-memory Optuna study, whichever search algorithm sampled them."""
+    import optuna
+    from optuna.importance import FanovaImportanceEvaluator, get_param_importances
+
+    distributions = {name: distribution_of([plain(t.params[name]) for t in trials]) for name in names}
+    previous = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # not "A new study created in memory ..."
+    try:
+        study = optuna.create_study(direction="minimize" if mode == "min" else "maximize")
+    finally:
+        optuna.logging.set_verbosity(previous)
+    study.add_trials([optuna.trial.create_trial(params={n: plain(t.params[n]) for n in names},
+                                                distributions=distributions, value=t.best) for t in trials])
+    found = get_param_importances(study, evaluator=FanovaImportanceEvaluator(seed=IMPORTANCE_SEED), params=names)
+    return {name: float(value) for name, value in found.items()}
+
+
+def distribution_of(values: list[Any]):
+    """The Optuna distribution that `values` were (most likely) sampled from."""
+    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+
+    scale = scale_of(values)
+    if scale == "category":
+        return CategoricalDistribution(categories(values))
+    if integers(values):
+        return IntDistribution(min(values), max(values), log=scale == "log")
+    return FloatDistribution(float(min(values)), float(max(values)), log=scale == "log")
+
+
+class Axis:
+    """One axis of the parallel-coordinates plot: where each of its values sits, in [0, 1]
+    (categories evenly spaced, in order; log-scale numbers by their logarithm)."""
+
+    def __init__(self, name: str, values: list[Any]):
+        self.name, self.scale = name, scale_of(values)
+        if self.scale == "category":
+            self.choices = categories(values)
+        else:
+            self.low, self.high = self.scaled(min(values)), self.scaled(max(values))
+
+    def scaled(self, value: float) -> float:
+        return math.log10(value) if self.scale == "log" else float(value)
+
+    def position(self, value: Any) -> float:
+        if self.scale == "category":
+            return self.choices.index(value) / max(len(self.choices) - 1, 1)
+        return 0.5 if self.high == self.low else (self.scaled(value) - self.low) / (self.high - self.low)
+
+    def ticks(self) -> list[tuple[float, str]]:
+        if self.scale == "category":
+            return [(self.position(c), short(c)) for c in self.choices]
+        unscaled = (lambda x: 10 ** x) if self.scale == "log" else (lambda x: x)
+        return [(f, short(float(unscaled(self.low + f * (self.high - self.low))))) for f in (0.0, 0.5, 1.0)]
+
+
+def parallel_coordinates(status: SearchStatus, trials: list[TrialStatus], names: list[str]):
+    """One line per trial (ranked best first) through its parameters and its best value,
+    coloured by that value, brighter for better; the best trial drawn on top, thicker."""
+    import matplotlib
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import Normalize
+    from matplotlib.figure import Figure
+
+    metric = f"best {status.metric}"
+    axes = [Axis(n, [plain(t.params[n]) for t in trials]) for n in names] + [Axis(metric, [t.best for t in trials])]
+    fig = Figure(figsize=(max(6.0, 1.8 * len(axes) + 2), 4.5), dpi=100, layout="constrained")
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    colours = matplotlib.colormaps["viridis" if status.mode == "max" else "viridis_r"]
+    norm = Normalize(min(t.best for t in trials), max(t.best for t in trials))
+    for rank, trial in reversed(list(enumerate(trials))):
+        values = [plain(trial.params[n]) for n in names] + [trial.best]
+        ax.plot(range(len(axes)), [axis.position(v) for axis, v in zip(axes, values)],
+                color=colours(norm(trial.best)), lw=2.5 if rank == 0 else 1.2, alpha=0.9)
+    for x, axis in enumerate(axes):
+        ax.axvline(x, color="0.3", lw=0.8)
+        for y, label in axis.ticks():
+            ax.text(x, y, f" {label}", fontsize=7, va="center", ha="left")
+    ax.set_xticks(range(len(axes)), [f"{a.name}\n({a.scale})" for a in axes], fontsize=8)
+    ax.set_yticks([])
+    ax.set_xlim(-0.2, len(axes) - 0.5)
+    ax.set_ylim(-0.05, 1.05)
+    for spine in ax.spines.values():
+        spine.set_visible(False)
+    fig.colorbar(ScalarMappable(norm, colours), ax=ax, label=f"{metric} ({status.mode})")
+    ax.set_title(f"{status.name}: {len(trials)} finished trials", fontsize=10)
+    return fig
+
+
+def report_markdown(status: SearchStatus, trials: list[TrialStatus], varying: list[str], constant: list[str],
+                    importance: dict[str, float]) -> str:
+    metric, goal = status.metric, "lower" if status.mode == "min" else "higher"
+    params = varying + constant
+    lines = [
+        f"# Search {status.name}", "",
+        f"{status.family}, scheduler {status.scheduler}, at `{status.location}`; metric `{metric}` "
+        f"({status.mode}: {goal} is better), {status.epochs} epochs per trial.", "",
+        f"Trials: {status.counts()}. This report compares the {len(trials)} that finished (done or stopped early), "
+        f"each by the best {metric} it reached; a trial stopped early reached it in fewer epochs.", "",
+        "## Top trials", "",
+        "| rank | trial | best " + metric + " | epoch | epochs | state | " + " | ".join(params) + " |",
+        "|---:|---|---:|---:|---:|---|" + "---|" * len(params),
+    ]
+    for rank, t in enumerate(trials[:TOP_TRIALS], 1):
+        cells = [str(rank), t.trial_id, f"{t.best:.6g}", str(t.best_epoch), str(t.epochs), STATE_NAMES[t.state],
+                 *(short(t.params[p]) for p in params)]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", "## Parameter importance", ""]
+    if importance:
+        lines += [f"fANOVA (Optuna's FanovaImportanceEvaluator, seed {IMPORTANCE_SEED}) over the {len(trials)} "
+                  f"finished trials: the share of the variance of best {metric} that each parameter explains"
+                  + (" (few trials: a rough ranking)." if len(trials) < 10 else "."), "",
+                  "| parameter | importance | scale | range |", "|---|---:|---|---|"]
+        for name, value in importance.items():
+            values = [plain(t.params[name]) for t in trials]
+            axis = Axis(name, values)
+            span = ", ".join(short(c) for c in axis.choices) if axis.scale == "category" else \
+                f"{short(min(values))} – {short(max(values))}"
+            lines.append(f"| {name} | {value:.3f} | {axis.scale} | {span} |")
+    elif varying:
+        lines.append(f"Every finished trial reached the same best {metric}: no variance to apportion.")
+    else:
+        lines.append("No parameter varies across the finished trials: nothing to rank.")
+    if constant:
+        lines += ["", "Not ranked (the same in every finished trial): "
+                  + ", ".join(f"{k} = {short(trials[0].params[k])}" for k in constant) + "."]
+    lines += ["", f"![parallel coordinates]({REPORT_PLOT})", ""]
+    return "\n".join(lines)

@@ -4,13 +4,16 @@ Tune writes them (experiment_state-<time>.json, run_trial_<id>_.../result.json):
 from __future__ import annotations
 
 import json
+import math
+import random
 from pathlib import Path
 
 import pytest
 from s3server import s3  # noqa: F401  (the module's S3 endpoint, for the one S3 test)
 
 from genray.config import ConfigError
-from genray.searches import format_status, scale_of, search_status, write_hparams
+from genray.searches import (distribution_of, format_status, scale_of, search_status, write_hparams,
+                             write_report)
 from genray.storage import Location
 
 METRIC = "val_neg_elbo"
@@ -128,9 +131,15 @@ def test_status_before_tune_wrote_anything(tmp_path):
     assert "trials: 0 (Tune has not started any yet)" in text and "best so far: none" in text
 
 
-def test_parameter_scales():
+def test_parameter_scales_and_distributions():
+    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+
     assert scale_of([1e-4, 1e-2]) == "log" and scale_of([0.1, 0.9]) == "linear" and scale_of([0.0, 5.0]) == "linear"
     assert scale_of(["conv", "mlp"]) == "category" and scale_of([True, False]) == "category"
+    assert distribution_of([1e-4, 1e-2]) == FloatDistribution(1e-4, 1e-2, log=True)
+    assert distribution_of([2, 16, 64]) == IntDistribution(2, 64, log=True)
+    assert distribution_of([2, 8]) == IntDistribution(2, 8)
+    assert distribution_of(["mlp", "conv"]) == CategoricalDistribution(["conv", "mlp"])
 
 
 def hparams_of(folder: Path):
@@ -193,3 +202,65 @@ def test_status_and_hparams_of_a_search_on_s3(tmp_path, s3):  # noqa: F811
     write_hparams("s3://runs/searches/s", rows, METRIC, "min")
     written = Location("s3://runs/searches/s/hparams").list()
     assert len(written) == 3 and sum(name.startswith("ab123_00001/events.out.tfevents") for name in written) == 1
+
+
+def test_report_ranks_the_parameter_that_drives_the_metric(tmp_path):
+    rng = random.Random(0)
+    trials = []
+    for i in range(10):
+        lr = 10 ** rng.uniform(-5, -1)
+        params = {"model.lr": lr, "model.latent_dim": rng.choice([2, 8, 16]), "model.arch": rng.choice(["conv", "mlp"]),
+                  "model.kl_warmup_epochs": rng.uniform(0, 2), "train.batch_size": 32}
+        best = 100 - 20 * math.log10(lr) + rng.uniform(0, 2)  # from 120 (lr 0.1) to 200 (1e-5)
+        values = [best + 50, best + 20, best]
+        status = "TERMINATED"
+        if i in (1, 2):
+            values = [best]  # stopped early by the scheduler: still finished, by its best value
+        if i == 3:
+            status = "ERROR"
+        if i == 4:
+            status = "RUNNING"
+        trials.append({"params": params, "status": status, "values": values})
+    make_search(tmp_path, trials)
+
+    written = write_report("s", str(tmp_path), tmp_path / "report")
+
+    assert [p.name for p in written] == ["report.png", "report.md"]
+    from PIL import Image
+
+    with Image.open(written[0]) as image:
+        assert image.width >= 600 and image.height >= 300
+    text = written[1].read_text()
+    assert "This report compares the 8 that finished" in text
+    importance = {}
+    table = text.split("## Parameter importance")[1]
+    for line in table.splitlines():
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        if line.startswith("| model."):
+            importance[cells[0]] = float(cells[1])
+    assert set(importance) == {"model.lr", "model.latent_dim", "model.arch", "model.kl_warmup_epochs"}
+    assert max(importance, key=importance.get) == "model.lr" and importance["model.lr"] > 0.5
+    assert sum(importance.values()) == pytest.approx(1.0, abs=0.01)
+    assert "| model.lr |" in table and "| log |" in table
+    assert "Not ranked (the same in every finished trial): train.batch_size = 32." in text
+    top = text.split("## Top trials")[1].splitlines()[4]  # the header, its rule, then the best trial
+    assert top.startswith("| 1 | ab123_0000")
+
+
+def test_report_needs_two_finished_trials(tmp_path):
+    make_search(tmp_path, [
+        {"params": lr_params(1e-3), "status": "TERMINATED", "values": [300.0, 250.0, 200.0]},
+        {"params": lr_params(1e-4), "status": "RUNNING", "values": [400.0]},
+    ])
+    with pytest.raises(ConfigError, match=r"1 finished trial\(s\).*at least 2"):
+        write_report("s", str(tmp_path), tmp_path / "report")
+    assert not (tmp_path / "report").exists()
+
+
+def test_report_of_trials_that_tie(tmp_path):
+    make_search(tmp_path, [
+        {"params": lr_params(1e-3), "status": "TERMINATED", "values": [300.0, 250.0, 200.0]},
+        {"params": lr_params(1e-4), "status": "TERMINATED", "values": [400.0, 300.0, 200.0]},
+    ])
+    text = write_report("s", str(tmp_path), tmp_path / "report")[1].read_text()
+    assert "Every finished trial reached the same best val_neg_elbo: no variance to apportion." in text
