@@ -1,21 +1,23 @@
-"""Ray Tune glue: search spaces, schedulers, resume — over the very same Ray Train trainer.
+"""Ray Tune glue: search spaces, schedulers, resume — over genray's own training loop.
 
-Train V2 + Tune: each Tune trial is a small driver (a function trainable) that runs one
-`TorchTrainer.fit()` of genray's worker loop. The fit runs in a background thread while the
-trial's own thread hands every epoch to Tune with `ray.tune.report(metrics, checkpoint)`:
-the Train controller's callback passes (metrics, checkpoint path) through a Ray queue, and the
-trial copies that checkpoint into a Tune checkpoint. Real Tune checkpoints are what let PBT
-exploit a better trial and let `Tuner.restore` restart an interrupted trial where it was; a
-trial that starts from a Tune checkpoint passes it to the worker loop as `init_from`.
+Each Tune trial is a function trainable that trains one run of genray's loop and hands every
+epoch to Tune with `ray.tune.report(metrics, checkpoint)`. Real Tune checkpoints are what let
+PBT exploit a better trial and let `Tuner.restore` restart an interrupted trial where it was;
+a trial that starts from a Tune checkpoint passes it to the loop as `init_from`.
 
-A trial's Train run (controller, workers, their placement group) lives exactly as long as the
-trial: when Tune stops, pauses or fails the trial, the trial aborts its run before it returns
-(see run_trial), and a run whose workers cannot start within train.worker_start_timeout_s x
+A trial of one worker runs the loop in its own process (TrialSession): it reserves that
+worker's CPUs (and GPU) itself and starts training within a second or two. A trial of several
+workers (or an elastic group) is a small driver of a nested `TorchTrainer.fit()`: the fit runs
+in a background thread, the Train controller's callback passes (metrics, checkpoint path)
+through a Ray queue, and the trial copies that checkpoint into a Tune checkpoint. Its Train run
+(controller, workers, their placement group) lives exactly as long as the trial: when Tune
+stops, pauses or fails the trial, the trial aborts its run before it returns (see
+train_nested), and a run whose workers cannot start within train.worker_start_timeout_s x
 train.worker_start_tries fails the trial with the resources it waited for, so a search never
 waits on CPUs that its own stopped trials hold.
 
 A search lives in <storage>/<name>/ (a folder or an s3:// prefix): Tune's experiment folder,
-`train/` with every trial's Train run (so `tensorboard --logdir <storage>/<name>/train` shows all
+`train/` with every trial's run (so `tensorboard --logdir <storage>/<name>/train` shows all
 trials together), and results.csv / results.json once it finishes. On S3, Tune and each trial's
 Train run write through the same pyarrow filesystem as `genray train` (genray.storage).
 """
@@ -26,12 +28,13 @@ import csv
 import hashlib
 import io
 import json
+import os
 import queue as pyqueue
 import shutil
 import tempfile
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -54,7 +57,7 @@ from genray.families import get_family
 from genray.metrics import store_root
 from genray.runs import RunDir
 from genray.storage import Location
-from genray.train import LoopConfig, failure_config_for, scaling_for, start_timeout_s, trainer_for
+from genray.train import LoopConfig, Session, failure_config_for, run_loop, scaling_for, start_timeout_s, trainer_for
 from genray.train.driver import check_reachable_from_every_node, data_error_in, explain_start_failure, streams_of
 
 DOMAINS = {
@@ -64,7 +67,7 @@ DOMAINS = {
     "randint": lambda a: tune.randint(*a),
     "grid": lambda a: tune.grid_search(list(a)),  # every value, num_samples times each
 }
-# A trial is only a driver: its Train workers ask the cluster for their own CPUs/GPUs. Tune
+# A nested trial is only a driver: its Train workers ask the cluster for their own CPUs/GPUs. Tune
 # refuses an empty request, and any CPU fraction here would leave N trials x 1-CPU workers
 # one fraction short of N CPUs (deadlock at max_concurrent = cores), so the driver reserves
 # 64 MiB of memory instead. It runs on the head node, as Ray Train's controller and Serve's
@@ -72,7 +75,11 @@ DOMAINS = {
 # controller that follows it, outlive the loss of any worker node, whose Train workers restart
 # from the trial run's latest checkpoint.
 TRIAL_RESOURCES = {"memory": 64 * 1024 * 1024, HEAD_NODE_RESOURCE_NAME: 0.001}
-TRIALS_FOLDER = "train"  # <search>/train/<trial run>: every trial's Train run
+TRIALS_FOLDER = "train"  # <search>/train/<trial run>: every trial's run
+
+
+SEARCHERS = ("random", "grid", "optuna")
+SCHEDULERS = ("fifo", "asha", "hyperband", "pbt", "pb2")
 
 
 @dataclass
@@ -81,6 +88,12 @@ class SearchSpec:
     mutations: dict[str, Any]
     metric: str
     mode: str
+    # As written in the YAML: config path -> (domain kind, its arguments); the searchers that
+    # take a space of their own (grid, PB2's bounds) are built from these.
+    raw_space: dict[str, tuple[str, Any]] = field(default_factory=dict)
+    raw_mutations: dict[str, tuple[str, Any]] = field(default_factory=dict)
+    searcher: str | None = None  # the YAML's choice; the command line's wins
+    scheduler: str | None = None
 
 
 def load_space(family: str, spec: str | None, data: Any = None) -> SearchSpec:
@@ -98,27 +111,40 @@ def load_space(family: str, spec: str | None, data: Any = None) -> SearchSpec:
             raise ConfigError(f"space: file not found: {spec}")
         text = path.read_text()
     raw = yaml.safe_load(text) or {}
-    unknown = set(raw) - {"space", "mutations", "metric", "mode"}
+    keys = {"space", "mutations", "metric", "mode", "searcher", "scheduler"}
+    unknown = set(raw) - keys
     if unknown:
-        raise ConfigError(f"space: unknown keys {sorted(unknown)}; expected space, mutations, metric, mode")
+        raise ConfigError(f"space: unknown keys {sorted(unknown)}; expected {', '.join(sorted(keys))}")
     fam = get_family(family)
     metric, mode = raw.get("metric", fam.metric), raw.get("mode", fam.mode)
     if data is not None and metric == fam.metric and fam.metric_for(data) != metric:
         metric, mode = fam.metric_for(data), fam.mode  # e.g. no sample quality without labels
+    space, mutations = raw.get("space") or {}, raw.get("mutations") or {}
     return SearchSpec(
-        space={k: to_domain(k, v) for k, v in (raw.get("space") or {}).items()},
-        mutations={k: to_domain(k, v) for k, v in (raw.get("mutations") or {}).items()},
+        space={k: to_domain(k, v) for k, v in space.items()},
+        mutations={k: to_domain(k, v) for k, v in mutations.items()},
         metric=metric,
         mode=mode,
+        raw_space={k: next(iter(v.items())) for k, v in space.items()},
+        raw_mutations={k: next(iter(v.items())) for k, v in mutations.items()},
+        searcher=check_choice("searcher", raw.get("searcher"), SEARCHERS),
+        scheduler=check_choice("scheduler", raw.get("scheduler"), SCHEDULERS),
     )
 
 
-def plan_search(family: str, *, space: str | None, scheduler: str, overrides: list[str], storage: str,
-                name: str | None = None, metric: str | None = None, mode: str | None = None,
-                ) -> tuple[SearchSpec, RunConfig, RunDir]:
+def check_choice(what: str, value: str | None, allowed: tuple[str, ...]) -> str | None:
+    if value is not None and value not in allowed:
+        raise ConfigError(f"{what} must be one of {', '.join(allowed)}, got {value!r}")
+    return value
+
+
+def plan_search(family: str, *, space: str | None, overrides: list[str], storage: str, scheduler: str | None = None,
+                searcher: str | None = None, name: str | None = None, metric: str | None = None,
+                mode: str | None = None) -> tuple[SearchSpec, RunConfig, RunDir]:
     """A new search, checked before any Ray starts: its space (with `metric`/`mode` in place of
-    the space's), the base config every trial starts from, and its folder (named
-    <family>-<scheduler>-<time> unless `name` is given), which must not hold a search yet."""
+    the space's, and spec.searcher / spec.scheduler decided: the ones given here, else the
+    YAML's, else random and asha), the base config every trial starts from, and its folder
+    (named <family>-<scheduler>-<time> unless `name` is given), which must not hold a search yet."""
     from genray.config import build_config
 
     base = build_config(family, None, overrides)
@@ -127,7 +153,11 @@ def plan_search(family: str, *, space: str | None, scheduler: str, overrides: li
     spec = load_space(family, space, base.data)
     if metric:
         spec.metric, spec.mode = metric, mode or spec.mode
-    search = RunDir(storage, name or f"{family}-{scheduler}-{time.strftime('%Y%m%d-%H%M%S')}")
+    spec.searcher = check_choice("searcher", searcher, SEARCHERS) or spec.searcher or "random"
+    spec.scheduler = check_choice("scheduler", scheduler, SCHEDULERS) or spec.scheduler or "asha"
+    make_searcher(spec, max_concurrent=1, seed=None)  # refuses a space the searcher cannot take
+    make_scheduler(spec.scheduler, spec, base.train.epochs, 1, 2)
+    search = RunDir(storage, name or f"{family}-{spec.scheduler}-{time.strftime('%Y%m%d-%H%M%S')}")
     if search.search_spec_file.exists():
         raise ConfigError(f"search {search.name!r} exists in {storage}; continue it with --resume {search.name}")
     return spec, base, search
@@ -234,10 +264,46 @@ class EndsItsRun:
         super().cleanup()
 
 
+def runs_in_trial(cfg: RunConfig) -> bool:
+    """Whether a trial of `cfg` trains in its own process: a fixed single worker needs no
+    data-parallel group, and a nested Train run would cost it about 15 s of start-up here
+    (controller, placement group, worker process) before its first step. Several workers, or an
+    elastic group, keep the nested TorchTrainer."""
+    return not cfg.train.elastic and cfg.train.workers == 1
+
+
+def trial_resources(base: dict[str, Any], nested: bool = False):
+    """What a trial of the search reserves, given its config. A trial that trains in its own
+    process (runs_in_trial) reserves its one worker's CPUs (and GPU) when some node of the
+    cluster has that many; otherwise, and for several workers, the trial is only the driver of a
+    nested run (TRIAL_RESOURCES), whose workers ask for their own and which fails clearly after
+    a bounded wait for them (Tune itself would leave a trial that fits no node pending forever).
+    `nested`: every trial drives a nested run (genray bench trials compares the two kinds)."""
+    use_gpu = RunConfig.model_validate(base).train.use_gpu
+    if use_gpu is None:  # decided once, on the driver, as scaling_for decides it for a run
+        use_gpu = ray.cluster_resources().get("GPU", 0) > 0
+
+    def of(config: dict[str, Any]) -> tune.PlacementGroupFactory:
+        cfg = trial_config(base, config.get("train_loop_config", {}))
+        worker = {"CPU": cfg.train.cpus_per_worker, **({"GPU": 1} if use_gpu else {})}
+        if not nested and runs_in_trial(cfg) and any(all(node["Resources"].get(k, 0) >= v for k, v in worker.items())
+                                      for node in ray.nodes() if node["Alive"]):
+            return tune.PlacementGroupFactory([worker])
+        return tune.PlacementGroupFactory([TRIAL_RESOURCES])
+
+    return of
+
+
+def trainable_for(base: dict[str, Any], train_storage: str, fs, nested: bool = False) -> Any:
+    """The search's trainable: run_trial with its fixed arguments and its resources."""
+    trainable = tune.with_parameters(run_trial, base=base, train_storage=train_storage, store=str(store_root()), fs=fs)
+    return tune.with_resources(trainable, trial_resources(base, nested))
+
+
 def run_trial(config: dict[str, Any], base: dict[str, Any], train_storage: str, store: str, fs=None) -> None:
-    """One Tune trial: drives one Ray Train run of genray's worker loop. `fs`: the driver's
-    S3 filesystem when the search is on S3 (it carries the endpoint and credentials, which the
-    trial's process may not have in its environment)."""
+    """One Tune trial: trains one run of genray's loop, in this process (runs_in_trial) or as a
+    nested Ray Train run. `fs`: the driver's S3 filesystem when the search is on S3 (it carries
+    the endpoint and credentials, which the trial's process may not have in its environment)."""
     cfg = trial_config(base, config["train_loop_config"])
     trial_id = ray.tune.get_context().get_trial_id()
     init_from = None
@@ -249,25 +315,98 @@ def run_trial(config: dict[str, Any], base: dict[str, Any], train_storage: str, 
         init_from = str(init_dir)
         if checkpoint.load(init_from, weights=False).epoch + 1 >= cfg.train.epochs:
             return  # exploited (PBT) or restored after its last epoch: nothing left to train
-    # A fresh Train run per (trial, starting point): Train V2 would otherwise auto-resume the
-    # trial's own older checkpoints instead of the one Tune handed over.
-    suffix = "" if init_from is None else "-" + hashlib.sha1(f"{init_from}{time.time()}".encode()).hexdigest()[:6]
+    in_trial = "CPU" in ray.get_runtime_context().get_assigned_resources()  # its worker's (trial_resources)
+    # A trial in its own process that starts again from its own checkpoint (it failed, or the
+    # search was resumed) continues its run folder, dropping the epochs it repeats. Any other
+    # start from a checkpoint (PBT's exploit of another trial; a nested run, which Train V2 would
+    # auto-resume from its own older checkpoints instead) gets a fresh run: "<trial>-<hash>".
+    own = in_trial and started is not None and f"_{trial_id}_" in Path(started.path).parent.name
+    suffix = "" if init_from is None or own else "-" + hashlib.sha1(f"{init_from}{time.time()}".encode()).hexdigest()[:6]
     run_dir = RunDir(train_storage, f"{trial_id}{suffix}")
     _, fs = run_dir.storage.ray_storage(fs)
+    if not run_dir.on_s3:
+        run_dir.location.path.mkdir(parents=True, exist_ok=True)
+    streams = streams_of(cfg)
+    loop = LoopConfig(run=cfg, run_dir=run_dir, store=store, init_from=init_from, filesystem=fs,
+                      streamed_rows=streams.train_rows if streams is not None else None)
+    if in_trial:
+        train_in_trial(loop, streams)
+    else:
+        train_nested(loop, streams, trial_id)
+
+
+def train_in_trial(loop: LoopConfig, streams) -> None:
+    """The loop in this trial's process: rank 0 of 1, on the trial's GPU if it reserved one."""
+    os.environ["GENRAY_STORE"] = loop.store  # where the metrics classifier is cached, as on a worker
+    try:
+        run_loop(loop, TrialSession(loop, streams))
+    except Exception as err:  # a bad file found by a Ray Data task arrives wrapped in Ray's error
+        clear = data_error_in(err)
+        if clear is None or clear is err:
+            raise
+        raise clear from err
+
+
+class TrialSession(Session):
+    """The loop inside a Tune trial: every epoch goes to Tune, and each checkpoint is written
+    into the trial's run folder, where the run keeps its latest train.keep_checkpoints as a Ray
+    Train run does, and handed to Tune, which keeps its own copy. The run folder holds what a
+    nested trial's holds (history, TensorBoard events, checkpoints), without Ray Train's own
+    bookkeeping."""
+
+    def __init__(self, loop: LoopConfig, streams):
+        super().__init__("cuda" if ray.get_gpu_ids() else "cpu")
+        self.streams, self.run_dir, self.fs = streams, loop.run_dir, loop.filesystem
+        self.keep = loop.run.train.keep_checkpoints
+
+    def dataset_shard(self, name: str):
+        if self.streams is None:
+            return super().dataset_shard(name)
+        return self.streams.datasets[name].iterator()
+
+    def report(self, metrics: dict[str, Any], run_folder: Path | None = None, checkpoint_name: str | None = None,
+               write=None) -> None:
+        if checkpoint_name is None:
+            ray.tune.report(numbers_of(metrics))
+            return
+        if run_folder is not None:
+            folder = run_folder / checkpoint_name
+            if folder.exists():  # an earlier attempt at this epoch that never reported
+                shutil.rmtree(folder)
+            write(folder)
+            ray.tune.report(numbers_of(metrics), checkpoint=ray.tune.Checkpoint.from_directory(folder))
+            for old in sorted(run_folder.glob("checkpoint_*"))[:-self.keep]:
+                shutil.rmtree(old, ignore_errors=True)
+            return
+        import pyarrow.fs
+
+        remote = self.run_dir.location.pyarrow_path
+        with tempfile.TemporaryDirectory() as tmp:
+            write(Path(tmp) / "ckpt")
+            pyarrow.fs.copy_files(str(Path(tmp) / "ckpt"), f"{remote}/{checkpoint_name}",
+                                  source_filesystem=pyarrow.fs.LocalFileSystem(), destination_filesystem=self.fs)
+            ray.tune.report(numbers_of(metrics), checkpoint=ray.tune.Checkpoint.from_directory(Path(tmp) / "ckpt"))
+        found = self.fs.get_file_info(pyarrow.fs.FileSelector(remote))
+        kept = sorted(i.path for i in found if i.type == pyarrow.fs.FileType.Directory
+                      and i.base_name.startswith("checkpoint_"))
+        for old in kept[:-self.keep]:
+            self.fs.delete_dir(old)
+
+
+def train_nested(loop: LoopConfig, streams, trial_id: str) -> None:
+    """The loop as a nested Ray Train run that this trial drives: the fit runs in a background
+    thread while this thread hands each of its epochs to Tune (see the module's docstring)."""
+    cfg, fs = loop.run, loop.filesystem
     channel = Queue(maxsize=4, actor_options={"num_cpus": 0})
     scaling = scaling_for(cfg, min_workers=1)
-    streams = streams_of(cfg)
     trainer = trainer_for(
-        LoopConfig(run=cfg, run_dir=run_dir, store=store, init_from=init_from, filesystem=fs,
-                   streamed_rows=streams.train_rows if streams is not None else None),
+        loop,
         scaling=scaling,
         checkpoint_config=CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints),
         failure_config=failure_config_for(cfg, TRIAL_START_TRIES),
         callbacks=[ToTune(channel), ControllerToTrial(channel)],
         streams=streams,
     )
-    if not run_dir.on_s3:
-        run_dir.location.path.mkdir(parents=True, exist_ok=True)
     outcome: dict[str, Any] = {}
 
     def fit() -> None:
@@ -294,8 +433,14 @@ def run_trial(config: dict[str, Any], base: dict[str, Any], train_storage: str, 
 run_trial.__mixins__ = (EndsItsRun,)
 
 
+def numbers_of(metrics: dict[str, Any]) -> dict[str, Any]:
+    """The metrics Tune records: the numbers."""
+    return {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
+
+
 def report(metrics: dict[str, Any], path: str | None, fs) -> None:
-    numbers = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
+    """A nested run's epoch to Tune, with a copy of its checkpoint at `path` (if any)."""
+    numbers = numbers_of(metrics)
     if path is None:
         ray.tune.report(numbers)
         return
@@ -310,26 +455,74 @@ def report(metrics: dict[str, Any], path: str | None, fs) -> None:
 
 
 def make_scheduler(kind: str, spec: SearchSpec, epochs: int, perturbation_interval: int, population: int):
-    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, PopulationBasedTraining
+    """The trial scheduler: fifo (none), asha, hyperband, pbt or pb2; time is in epochs."""
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, HyperBandScheduler, PopulationBasedTraining
 
     if kind == "fifo":
         return FIFOScheduler()
     if kind == "asha":
         return ASHAScheduler(time_attr="training_iteration", max_t=epochs, grace_period=1, reduction_factor=2)
-    if kind == "pbt":
+    if kind == "hyperband":
+        # Synchronous brackets: it pauses trials at each rung and resumes the best from their
+        # checkpoints (a paused trial's actor ends; its run continues in its own folder).
+        return HyperBandScheduler(time_attr="training_iteration", max_t=epochs, reduction_factor=2)
+    if kind in ("pbt", "pb2"):
         if not spec.mutations:
-            raise ConfigError("space: PBT needs `mutations` (the hyperparameters it perturbs)")
-        return PopulationBasedTraining(
-            time_attr="training_iteration",
-            perturbation_interval=perturbation_interval,
-            hyperparam_mutations={"train_loop_config": spec.mutations},
+            raise ConfigError(f"space: {kind.upper()} needs `mutations` (the hyperparameters it perturbs)")
+        common = dict(
+            time_attr="training_iteration", perturbation_interval=perturbation_interval,
             # With the default quarter, a population under 4 would never exploit anyone.
             quantile_fraction=0.5 if population < 8 else 0.25,
             # Synchronous: every trial reaches the boundary before anyone is exploited, so
             # the decision does not depend on which trial happened to report first.
-            synch=True,
-        )
-    raise ConfigError(f"scheduler must be asha, pbt or fifo, got {kind!r}")
+            synch=True)
+        if kind == "pbt":
+            return PopulationBasedTraining(hyperparam_mutations={"train_loop_config": spec.mutations}, **common)
+        from ray.tune.schedulers.pb2 import PB2
+
+        # PB2 fits a Gaussian process to the population's progress and picks the next values
+        # inside these bounds: it takes numeric ranges only.
+        bounds = {}
+        for key, (kind_, args) in spec.raw_mutations.items():
+            if kind_ not in ("uniform", "loguniform", "randint"):
+                raise ConfigError(f"mutations.{key}: PB2 takes numeric ranges (uniform, loguniform, randint), "
+                                  f"got {kind_}; use --scheduler pbt for choices")
+            bounds[key] = [float(args[0]), float(args[1])]
+        return PB2(hyperparam_bounds={"train_loop_config": bounds}, **common)
+    raise ConfigError(f"scheduler must be one of {', '.join(SCHEDULERS)}, got {kind!r}")
+
+
+def make_searcher(spec: SearchSpec, *, max_concurrent: int, seed: int | None):
+    """The search algorithm and the param space it samples from: random (Tune's variant
+    generator, grid domains expanded), grid (every domain a list of values, all combinations),
+    or optuna (Optuna's TPE, through Ray Tune's OptunaSearch). The concurrency bound is part of
+    it: Tune ignores max_concurrent_trials for a search algorithm passed explicitly."""
+    from ray.tune.search import ConcurrencyLimiter
+    from ray.tune.search.basic_variant import BasicVariantGenerator
+
+    kind = spec.searcher or "random"
+    space = dict(spec.space)
+    if kind == "grid":
+        for key, (domain, args) in spec.raw_space.items():
+            if domain not in ("grid", "choice"):
+                raise ConfigError(f"space.{key}: the grid searcher takes lists of values ({{grid: [...]}} or "
+                                  f"{{choice: [...]}}), got {domain}")
+            space[key] = tune.grid_search(list(args))
+    if kind in ("random", "grid"):
+        return BasicVariantGenerator(random_state=seed, max_concurrent=max_concurrent), space
+    if kind == "optuna":
+        grids = [key for key, (domain, _) in spec.raw_space.items() if domain == "grid"]
+        if grids:
+            raise ConfigError(f"space: Optuna samples every value itself; {', '.join(grids)} use grid "
+                              f"(write {{choice: [...]}}, or use --searcher grid or random)")
+        if spec.scheduler in ("pbt", "pb2"):
+            raise ConfigError(f"searcher optuna: {spec.scheduler} changes the trials' hyperparameters itself; "
+                              "use --searcher random with it")
+        from ray.tune.search.optuna import OptunaSearch
+
+        optuna = OptunaSearch(metric=spec.metric, mode=spec.mode, seed=seed)
+        return ConcurrencyLimiter(optuna, max_concurrent=max_concurrent), space
+    raise ConfigError(f"searcher must be one of {', '.join(SEARCHERS)}, got {kind!r}")
 
 
 def require_state_api() -> None:
@@ -361,43 +554,43 @@ def build_tuner(
     storage: str | Path,
     spec: SearchSpec,
     base: RunConfig,
-    scheduler: str,
+    scheduler: str | None = None,
     num_samples: int,
     max_concurrent: int,
     perturbation_interval: int = 1,
     seed: int | None = None,
+    callbacks: list | None = None,
+    nested: bool = False,
 ):
-    """The Tuner of a new search. `seed` fixes the sampled configurations (the same seed and
-    space give the same trials whatever the scheduler: `genray bench tune` relies on it)."""
-    from ray.tune.search.basic_variant import BasicVariantGenerator
-
+    """The Tuner of a new search. `scheduler`: in place of spec.scheduler (default asha);
+    spec.searcher picks the searcher (default random). `seed` fixes the sampled configurations
+    (the same seed and space give the same trials whatever the scheduler: `genray bench tune`
+    relies on it). `callbacks`: Tune callbacks on the driver; `nested`: see trial_resources."""
+    scheduler = scheduler or spec.scheduler or "asha"
+    spec = replace(spec, scheduler=scheduler, searcher=spec.searcher or "random")
     if scheduler != "fifo":
         require_state_api()
     check_reachable_from_every_node(str(storage), base.data)
+    search_alg, space = make_searcher(spec, max_concurrent=max_concurrent, seed=seed)
     search = RunDir(storage, name)
     train_storage = search.location / TRIALS_FOLDER
     if not search.on_s3:
         train_storage.path.mkdir(parents=True, exist_ok=True)
-    keep = max(base.train.keep_checkpoints, 4 if scheduler == "pbt" else 2)  # PBT exploits older ones
+    # PBT and PB2 exploit older checkpoints.
+    keep = max(base.train.keep_checkpoints, 4 if scheduler in ("pbt", "pb2") else 2)
     base = base.model_copy(update={"train": base.train.model_copy(update={"keep_checkpoints": keep})})
     storage_path, fs = search.storage.ray_storage()
-    trainable = tune.with_parameters(run_trial, base=base.to_dict(), train_storage=str(train_storage),
-                                     store=str(store_root()), fs=fs)
-    trainable = tune.with_resources(trainable, TRIAL_RESOURCES)
+    trainable = trainable_for(base.to_dict(), str(train_storage), fs, nested)
     search.search_spec_file.write_text(json.dumps(
         {"family": family, "metric": spec.metric, "mode": spec.mode, "scheduler": scheduler,
-         "base": base.to_dict()}))
+         "searcher": spec.searcher, "nested": nested, "base": base.to_dict()}))
     return tune.Tuner(
         trainable,
-        param_space={"train_loop_config": spec.space},
+        param_space={"train_loop_config": space},
         tune_config=tune.TuneConfig(
             metric=spec.metric, mode=spec.mode,
             scheduler=make_scheduler(scheduler, spec, base.train.epochs, perturbation_interval, num_samples),
-            num_samples=num_samples, max_concurrent_trials=max_concurrent,
-            # An explicit generator must carry the concurrency bound itself: Tune ignores
-            # max_concurrent_trials for a SearchGenerator passed as search_alg.
-            search_alg=(BasicVariantGenerator(random_state=seed, max_concurrent=max_concurrent)
-                        if seed is not None else None),
+            num_samples=num_samples, max_concurrent_trials=max_concurrent, search_alg=search_alg,
             # A stopped or exploited trial's actor must die: it owns the Train controller and
             # workers of its fit, which a reused actor would leave running, holding their CPUs.
             reuse_actors=False,
@@ -405,6 +598,12 @@ def build_tuner(
         run_config=tune.RunConfig(
             name=name, storage_path=storage_path, storage_filesystem=fs,
             checkpoint_config=tune.CheckpointConfig(num_to_keep=keep),
+            # A trial that trains in its own process and dies (its node lost, its process killed)
+            # starts again from its latest checkpoint, as Ray Train restarts a nested run's
+            # workers (which makes a second, outer round of retries pointless for those).
+            failure_config=tune.FailureConfig(
+                max_failures=base.train.max_failures if runs_in_trial(base) and not nested else 0),
+            callbacks=callbacks,
             verbose=1,
         ),
     )
@@ -421,11 +620,7 @@ def restore_tuner(name: str, storage: str | Path):
     if meta["scheduler"] != "fifo":
         require_state_api()
     # Tune needs the trainable again: the same one, rebuilt from what the search stored.
-    trainable = tune.with_resources(
-        tune.with_parameters(run_trial, base=meta["base"], train_storage=str(search.location / TRIALS_FOLDER),
-                             store=str(store_root()), fs=fs),
-        TRIAL_RESOURCES,
-    )
+    trainable = trainable_for(meta["base"], str(search.location / TRIALS_FOLDER), fs, meta.get("nested", False))
     return tune.Tuner.restore(experiment, trainable=trainable, resume_errored=True, storage_filesystem=fs), meta
 
 

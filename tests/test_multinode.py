@@ -66,8 +66,8 @@ def test_an_elastic_run_shrinks_when_a_node_is_lost_and_grows_back_when_one_retu
 
 
 def test_a_search_whose_trials_span_nodes_survives_losing_one(nodes, tmp_path):
-    """Trial drivers and their Train controllers live on the head; a lost node takes the
-    workers of the trials it hosted, which restart from their runs' latest checkpoints."""
+    """One-worker trials train in their own process, one per 1-CPU node; a lost node takes the
+    trial it hosted, which Tune starts again from its latest checkpoint, in the same run."""
     log = tmp_path / "search.log"
     driver = genray(nodes, ["tune", "vae", "--name", "search", "--storage", STORAGE, "--scheduler", "fifo",
                             "--num-samples", "2", "--max-concurrent", "2", "--epochs", "4", *TRAIN_ARGS], log)
@@ -78,12 +78,12 @@ def test_a_search_whose_trials_span_nodes_survives_losing_one(nodes, tmp_path):
 
     wait_until(lambda: len(started := runs()) == 2 and all(any(r["epoch"] >= 1 for r in h) for h in started.values()),
                driver, "both trials at epoch 1")
-    nodes.remove(sorted(nodes.workers)[0])  # it hosts one trial's worker: each node has room for one
+    nodes.remove(sorted(nodes.workers)[0])  # it hosts one trial: each node has room for one
     time.sleep(5)
     nodes.add()
     out = finish(driver, log)
 
-    # One Train run per trial (none started over), every epoch once, both trials done.
+    # One run per trial (none started over), every epoch once, both trials done.
     histories = runs()
     assert len(histories) == 2, sorted(histories)
     for name, epochs in histories.items():

@@ -1,4 +1,5 @@
-"""Ray Tune over the Ray Train trainer: ASHA with a killed-and-resumed driver, and PBT."""
+"""Ray Tune over genray's loop: trials in their own process and nested Ray Train runs, ASHA,
+PBT, a trial that cannot start, and a killed-and-resumed driver."""
 
 import json
 from dataclasses import replace
@@ -31,6 +32,51 @@ def test_space_yaml_is_validated(tmp_path):
     bad.write_text("spaces: {}\n")
     with pytest.raises(ConfigError, match="unknown keys"):
         load_space("vae", str(bad))
+
+
+def test_each_searcher_and_scheduler_refuses_a_space_it_cannot_take(tmp_path):
+    from genray.tune import plan_search
+
+    def plan(yaml_text: str, **kwargs):
+        space = tmp_path / "space.yaml"
+        space.write_text(yaml_text)
+        return plan_search("vae", space=str(space), overrides=FAST, storage=str(tmp_path), **kwargs)
+
+    spec, _, _ = plan("searcher: optuna\nscheduler: hyperband\nspace:\n  model.lr: {loguniform: [1.0e-4, 1.0e-2]}\n")
+    assert (spec.searcher, spec.scheduler) == ("optuna", "hyperband")
+    spec, _, _ = plan("searcher: optuna\nspace:\n  model.lr: {loguniform: [1.0e-4, 1.0e-2]}\n", searcher="random")
+    assert (spec.searcher, spec.scheduler) == ("random", "asha")  # the command line wins; asha by default
+    with pytest.raises(ConfigError, match="grid searcher takes lists of values"):
+        plan("space:\n  model.lr: {loguniform: [1.0e-4, 1.0e-2]}\n", searcher="grid")
+    with pytest.raises(ConfigError, match="Optuna samples every value itself; model.latent_dim"):
+        plan("space:\n  model.latent_dim: {grid: [2, 8]}\n", searcher="optuna")
+    with pytest.raises(ConfigError, match="PB2 takes numeric ranges"):
+        plan("space:\n  model.lr: {loguniform: [1.0e-4, 1.0e-2]}\nmutations:\n  train.batch_size: {choice: [32, 64]}\n",
+             scheduler="pb2")
+    with pytest.raises(ConfigError, match="use --searcher random with it"):
+        plan("space:\n  model.lr: {loguniform: [1.0e-4, 1.0e-2]}\nmutations:\n  model.lr: {uniform: [0.001, 0.01]}\n",
+             scheduler="pbt", searcher="optuna")
+    with pytest.raises(ConfigError, match="searcher must be one of random, grid, optuna"):
+        plan("searcher: tpe\nspace: {}\n")
+
+
+@pytest.mark.tune
+@pytest.mark.ray
+@pytest.mark.parametrize("searcher, scheduler", [("optuna", "asha"), ("grid", "hyperband")])
+def test_an_optuna_and_a_hyperband_search_finish_on_a_tiny_budget(ray_session, tmp_path, searcher, scheduler):
+    from genray.tune import plan_search
+
+    space = tmp_path / "space.yaml"
+    space.write_text("space:\n  model.lr: {choice: [1.0e-3, 3.0e-3, 1.0e-6]}\n")
+    spec, base, _ = plan_search("vae", space=str(space), overrides=FAST + ["train.epochs=2"], storage=str(tmp_path),
+                                searcher=searcher, scheduler=scheduler)
+    results = build_tuner("vae", name="t", storage=tmp_path, spec=spec, base=base,
+                          num_samples=3 if searcher == "optuna" else 1, max_concurrent=2, seed=0).fit()
+    rows = summarize(results, spec.metric, spec.mode, tmp_path / "t")
+    assert len(rows) == 3 and all(r["status"] == "done" for r in rows), rows
+    assert all(1 <= r["epochs"] <= 2 for r in rows) and rows[0]["best_val_neg_elbo"] is not None
+    stored = json.loads((tmp_path / "t" / "genray_search.json").read_text())
+    assert (stored["searcher"], stored["scheduler"]) == (searcher, scheduler)
 
 
 # A trial that ASHA stops or PBT pauses dies mid-fit; its Train workers' placement group is freed
@@ -107,6 +153,42 @@ def test_a_trial_whose_workers_cannot_start_fails_and_the_search_goes_on(ray_ses
     assert "did not start in 2 tries of 3 s" in message and "'CPU': 8.0" in message, message
 
 
+# Ray Train's own bookkeeping in a nested run's folder; genray's files are the same in both kinds.
+TRAIN_BOOKKEEPING = {".validate_storage_marker", "checkpoint_manager_snapshot.json"}
+
+
+@pytest.mark.tune
+@pytest.mark.ray
+def test_a_one_worker_trial_in_its_process_and_a_two_worker_nested_trial_leave_the_same_run(ray_session, tmp_path):
+    from genray.runs import RunDir
+    from genray.store import export
+
+    space = tmp_path / "space.yaml"
+    space.write_text("space:\n  train.workers: {grid: [1, 2]}\n")
+    spec = load_space("vae", str(space))
+    base = build_config("vae", overrides=FAST + ["train.epochs=2"])
+    results = build_tuner("vae", name="k", storage=tmp_path, spec=spec, base=base, scheduler="fifo", num_samples=1,
+                          max_concurrent=1).fit()
+    assert not results.errors
+    runs = {}
+    for folder in (tmp_path / "k" / "train").iterdir():
+        run = RunDir(tmp_path / "k" / "train", folder.name)
+        workers = {r["workers"] for r in run.history()}
+        layout = {str(p.relative_to(folder)) for p in folder.rglob("*") if "tensorboard" not in p.parts}
+        runs[workers.pop()] = (run, layout - TRAIN_BOOKKEEPING, list((folder / "tensorboard").iterdir()))
+    assert sorted(runs) == [1, 2]
+    (one, one_layout, one_events), (two, two_layout, two_events) = runs[1], runs[2]
+    assert one_layout == two_layout == {"history.jsonl", "checkpoint_epoch00000", "checkpoint_epoch00000/manifest.json",
+                                        "checkpoint_epoch00000/weights.pt", "checkpoint_epoch00001",
+                                        "checkpoint_epoch00001/manifest.json", "checkpoint_epoch00001/weights.pt"}
+    assert one_events and two_events
+    assert [sorted(r) for r in one.history()] == [sorted(r) for r in two.history()]  # the same metrics
+    for run in (one, two):
+        assert [r["epoch"] for r in run.history()] == [0, 1]
+        model = export(run, tmp_path / "models" / run.name, which="latest")
+        assert checkpoint.load(model, weights=False).epoch == 1
+
+
 def trial_statuses(search_dir) -> dict[str, str]:
     """Trial id -> status, as Tune last saved them in the search's experiment state."""
     states = sorted(search_dir.glob("experiment_state-*.json"), key=lambda p: p.stat().st_mtime)
@@ -173,6 +255,11 @@ def test_killed_search_resumes_without_rerunning_finished_trials(ray_session, tm
     assert all(r["status"] == "done" and r["epochs"] == 4 for r in rows), rows
     for trial, runs in runs_of.items():  # a trial finished before the kill was not trained again
         assert sorted(p.name for p in (search / "train").glob(f"{trial}*")) == runs
+    assert (search / "hparams").is_dir() and "HParams" in out.output
+    status = CliRunner().invoke(app, ["tune", "--status", "k", "--storage", str(storage)])
+    assert status.exit_code == 0 and "trials: 2 (2 done)" in status.output, status.output
+    report = CliRunner().invoke(app, ["tune", "--report", "k", "--storage", str(storage)])
+    assert report.exit_code == 0 and (search / "report" / "report.png").is_file(), report.output
 
 
 def test_tune_refuses_a_cluster_without_the_state_api(monkeypatch):

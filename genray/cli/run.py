@@ -114,7 +114,10 @@ def demo(
 def tune(
     family: Optional[str] = typer.Argument(None, help="Model family, e.g. vae or gan (omit with --resume)."),
     space: Optional[str] = typer.Option(None, help="Search-space YAML (default: the family's packaged one)."),
-    scheduler: str = typer.Option("asha", help="asha, pbt or fifo."),
+    scheduler: Optional[str] = typer.Option(
+        None, help="fifo, asha, hyperband, pbt or pb2 (default: the space YAML's `scheduler`, else asha)."),
+    searcher: Optional[str] = typer.Option(
+        None, help="random, grid or optuna (default: the space YAML's `searcher`, else random)."),
     num_samples: int = typer.Option(8, help="Trials to sample."),
     max_concurrent: int = typer.Option(2, help="Trials running at once (waiting ones never starve running ones)."),
     epochs: Optional[int] = typer.Option(None, help="Epochs per trial (the scheduler's max_t)."),
@@ -125,13 +128,32 @@ def tune(
     name: Optional[str] = typer.Option(None, help="Search name; its folder is <storage>/<name>."),
     storage: str = typer.Option("searches", help="Folder or s3:// prefix that holds searches."),
     resume: Optional[str] = typer.Option(None, help="Continue an interrupted search NAME (Tuner.restore)."),
-    perturbation_interval: int = typer.Option(1, help="PBT: epochs between exploit/explore steps."),
+    status: Optional[str] = typer.Option(None, help="Show search NAME's progress (while it runs, too); no Ray."),
+    report: Optional[str] = typer.Option(None, help="Write search NAME's report: parallel coordinates (report.png) "
+                                                    "and parameter importance (report.md), in <storage>/<NAME>/report."),
+    perturbation_interval: int = typer.Option(1, help="PBT/PB2: epochs between exploit/explore steps."),
     address: Optional[str] = typer.Option(None, help="Ray cluster address (default: $RAY_ADDRESS or a local Ray)."),
 ) -> None:
-    """Search hyperparameters with Ray Tune (ASHA, PBT) over the same Ray Train trainer."""
+    """Search hyperparameters with Ray Tune: random, grid or Optuna TPE sampling; ASHA,
+    HyperBand, PBT or PB2 scheduling. One-worker trials train in the trial's own process."""
     from genray.runs import RunDir
+    from genray.searches import format_status, search_status, write_hparams, write_report
     from genray.tune import TRIALS_FOLDER, build_tuner, plan_search, restore_tuner, summarize
 
+    if status or report:
+        try:
+            if status:
+                typer.echo(format_status(search_status(status, storage)))
+            if report:
+                search = RunDir(storage, report).location
+                if search.on_s3:
+                    fail("--report writes local files: run it on a search in a local folder "
+                         "(genray export can fetch a trial's model from S3)")
+                for path in write_report(report, storage, search.path / "report"):
+                    typer.echo(f"wrote {path}")
+        except ConfigError as err:
+            fail(str(err))
+        return
     try:
         if resume:
             connect(address)
@@ -141,18 +163,20 @@ def tune(
             if family is None:
                 fail("name a FAMILY (e.g. `genray tune vae`) or --resume NAME")
             overrides = list(set_) + [f"train.workers={workers}"] + ([f"train.epochs={epochs}"] if epochs else [])
-            spec, base, planned = plan_search(family, space=space, scheduler=scheduler, overrides=overrides,
-                                              storage=storage, name=name, metric=metric, mode=mode)
+            spec, base, planned = plan_search(family, space=space, scheduler=scheduler, searcher=searcher,
+                                              overrides=overrides, storage=storage, name=name, metric=metric,
+                                              mode=mode)
             connect(address)
             search_name, metric_name, metric_mode = planned.name, spec.metric, spec.mode
             tuner = build_tuner(family, name=search_name, storage=storage, spec=spec, base=base,
-                                scheduler=scheduler, num_samples=num_samples, max_concurrent=max_concurrent,
+                                num_samples=num_samples, max_concurrent=max_concurrent,
                                 perturbation_interval=perturbation_interval)
         results = tuner.fit()
     except (ConfigError, ValueError) as err:
         fail(str(err))
     search = RunDir(storage, search_name).location
     rows = summarize(results, metric_name, metric_mode, search)
+    hparams = write_hparams(search, rows, metric_name, metric_mode)
     from rich.console import Console
     from rich.table import Table
 
@@ -164,7 +188,9 @@ def tune(
         table.add_row(*[f"{r.get(k):.4g}" if isinstance(r.get(k), float) else str(r.get(k, "")) for k in keys])
     Console().print(table)
     typer.echo(f"results:     {search / 'results.csv'} and results.json")
-    typer.echo(f"tensorboard: tensorboard --logdir {search / TRIALS_FOLDER}")
+    typer.echo(f"tensorboard: tensorboard --logdir {search / TRIALS_FOLDER} (training curves), "
+               f"--logdir {hparams} (HParams: parameters against {metric_name})")
+    typer.echo(f"report:      genray tune --report {search_name} --storage {storage}")
     typer.echo(f"export best: genray export {search_name} --best --storage {storage} --to models/<name>")
 
 
