@@ -147,6 +147,26 @@ def bench_tune(
     publish("tune", result, markdown_table(result), out, readme, log=typer.echo)
 
 
+@bench_app.command("trials")
+def bench_trials(
+    parts: str = typer.Option("startup,large", help="startup (trials in their process vs nested), large (a "
+                                                    "200-trial ASHA search), comma-separated."),
+    set_: List[str] = typer.Option([], "--set", "-s", help="Extra override for every trial (the claims are then "
+                                                            "not decided)."),
+    storage: Path = typer.Option(Path("searches"), help="Where the searches go."),
+    out: Path = typer.Option(Path("bench_results"), help="Folder for trials.json and trials.md."),
+) -> None:
+    """What a Tune trial costs outside its epochs: start-up of in-process and nested trials, and
+    a 200-trial search's wall time against its trials' epoch time."""
+    from genray.bench.trials import markdown_table, run
+
+    chosen = tuple(p.strip() for p in parts.split(",") if p.strip())
+    if not chosen or set(chosen) - {"startup", "large"}:
+        fail(f"--parts takes startup and/or large, got {parts!r}")
+    result = run(chosen, storage.resolve(), list(set_), log=typer.echo)
+    publish("trials", result, markdown_table(result), out, None, log=typer.echo)
+
+
 @bench_app.command("data")
 def bench_data(
     quick: bool = typer.Option(False, "--quick", help="Tiny sets and one round: a smoke test, not figures."),
