@@ -25,6 +25,7 @@ Train run write through the same pyarrow filesystem as `genray train` (genray.st
 from __future__ import annotations
 
 import csv
+import gc
 import hashlib
 import io
 import json
@@ -155,7 +156,7 @@ def plan_search(family: str, *, space: str | None, overrides: list[str], storage
         spec.metric, spec.mode = metric, mode or spec.mode
     spec.searcher = check_choice("searcher", searcher, SEARCHERS) or spec.searcher or "random"
     spec.scheduler = check_choice("scheduler", scheduler, SCHEDULERS) or spec.scheduler or "asha"
-    make_searcher(spec, max_concurrent=1, seed=None)  # refuses a space the searcher cannot take
+    make_searcher(spec, max_concurrent=1, seed=None, num_samples=1)  # refuses a space it cannot take
     make_scheduler(spec.scheduler, spec, base.train.epochs, 1, 2)
     search = RunDir(storage, name or f"{family}-{spec.scheduler}-{time.strftime('%Y%m%d-%H%M%S')}")
     if search.search_spec_file.exists():
@@ -294,6 +295,15 @@ def trial_resources(base: dict[str, Any], nested: bool = False):
     return of
 
 
+def every_trial_in_process(base: RunConfig, spec: SearchSpec) -> bool:
+    """Whether every trial of the search trains in its own process: the base config does, and
+    the search varies nothing that could make a trial nested (trial_resources)."""
+    varied = set(spec.space) | set(spec.mutations)
+    if varied & {"train.workers", "train.cpus_per_worker", "train.use_gpu"}:
+        return False
+    return "CPU" in trial_resources(base.to_dict())({}).bundles[0]
+
+
 def trainable_for(base: dict[str, Any], train_storage: str, fs, nested: bool = False) -> Any:
     """The search's trainable: run_trial with its fixed arguments and its resources."""
     trainable = tune.with_parameters(run_trial, base=base, train_storage=train_storage, store=str(store_root()), fs=fs)
@@ -345,6 +355,8 @@ def train_in_trial(loop: LoopConfig, streams) -> None:
         if clear is None or clear is err:
             raise
         raise clear from err
+    finally:
+        gc.unfreeze()  # the loop froze what its setup made; the next trial in this process frees it
 
 
 class TrialSession(Session):
@@ -492,11 +504,13 @@ def make_scheduler(kind: str, spec: SearchSpec, epochs: int, perturbation_interv
     raise ConfigError(f"scheduler must be one of {', '.join(SCHEDULERS)}, got {kind!r}")
 
 
-def make_searcher(spec: SearchSpec, *, max_concurrent: int, seed: int | None):
+def make_searcher(spec: SearchSpec, *, max_concurrent: int, seed: int | None, num_samples: int):
     """The search algorithm and the param space it samples from: random (Tune's variant
     generator, grid domains expanded), grid (every domain a list of values, all combinations),
     or optuna (Optuna's TPE, through Ray Tune's OptunaSearch). The concurrency bound is part of
-    it: Tune ignores max_concurrent_trials for a search algorithm passed explicitly."""
+    it: Tune ignores max_concurrent_trials for a search algorithm passed explicitly. TPE samples
+    at random until it has seen a quarter of the search's trials (at least 2, at most Optuna's
+    default 10): with the default, a search of 10 trials or fewer would be random search."""
     from ray.tune.search import ConcurrencyLimiter
     from ray.tune.search.basic_variant import BasicVariantGenerator
 
@@ -518,10 +532,12 @@ def make_searcher(spec: SearchSpec, *, max_concurrent: int, seed: int | None):
         if spec.scheduler in ("pbt", "pb2"):
             raise ConfigError(f"searcher optuna: {spec.scheduler} changes the trials' hyperparameters itself; "
                               "use --searcher random with it")
+        import optuna
         from ray.tune.search.optuna import OptunaSearch
 
-        optuna = OptunaSearch(metric=spec.metric, mode=spec.mode, seed=seed)
-        return ConcurrencyLimiter(optuna, max_concurrent=max_concurrent), space
+        sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=max(2, min(10, num_samples // 4)))
+        tpe = OptunaSearch(metric=spec.metric, mode=spec.mode, sampler=sampler)
+        return ConcurrencyLimiter(tpe, max_concurrent=max_concurrent), space
     raise ConfigError(f"searcher must be one of {', '.join(SEARCHERS)}, got {kind!r}")
 
 
@@ -571,7 +587,7 @@ def build_tuner(
     if scheduler != "fifo":
         require_state_api()
     check_reachable_from_every_node(str(storage), base.data)
-    search_alg, space = make_searcher(spec, max_concurrent=max_concurrent, seed=seed)
+    search_alg, space = make_searcher(spec, max_concurrent=max_concurrent, seed=seed, num_samples=num_samples)
     search = RunDir(storage, name)
     train_storage = search.location / TRIALS_FOLDER
     if not search.on_s3:
@@ -591,9 +607,11 @@ def build_tuner(
             metric=spec.metric, mode=spec.mode,
             scheduler=make_scheduler(scheduler, spec, base.train.epochs, perturbation_interval, num_samples),
             num_samples=num_samples, max_concurrent_trials=max_concurrent, search_alg=search_alg,
-            # A stopped or exploited trial's actor must die: it owns the Train controller and
+            # A trial that trains in its own process leaves nothing running when it ends, so its
+            # actor (a process with torch and genray imported: most of a trial's start-up) takes
+            # the next trial. A nested trial's actor must die: it owns the Train controller and
             # workers of its fit, which a reused actor would leave running, holding their CPUs.
-            reuse_actors=False,
+            reuse_actors=not nested and every_trial_in_process(base, spec),
         ),
         run_config=tune.RunConfig(
             name=name, storage_path=storage_path, storage_filesystem=fs,

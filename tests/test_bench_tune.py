@@ -60,3 +60,13 @@ def test_bench_tune_with_another_budget_decides_nothing():
     assert all(d["decided"] is False and d["seeds_measured"] == 0 for d in result["claims"])
     table = markdown_table(result)
     assert "not decided: 0 of 3 seeds measured" in table and "epochs 32" in table and "decides neither" in table
+
+
+def test_the_other_searchers_are_reported_against_random_search_over_the_seeds():
+    runs = [seed_run(s, 0.3, 0.2) for s in (0, 1, 2)]
+    for run, (hit, whole) in zip(runs, [(0.5, 0.9), (0.7, 1.1), (None, None)]):
+        run["against_random"] = {"optuna": {"trial_s_first_hit": hit, "trial_s_total": whole},
+                                 "hyperband": {"trial_s_first_hit": 0.4, "trial_s_total": 0.5}}
+    table = markdown_table(result_of(runs))
+    assert "| optuna | 0.60 ± 0.14 (0.50..0.70) over 2 seeds; target not reached in 1 |" in table
+    assert "| hyperband | 0.40 ± 0.00 (0.40..0.40) over 3 seeds | 0.50 ± 0.00 (0.50..0.50) over 3 seeds |" in table

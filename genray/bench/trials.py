@@ -166,7 +166,9 @@ def markdown_table(result: dict[str, Any]) -> str:
         b = result["startup_budget"]
         lines += [
             f"Start-up: FIFO searches of {b['trials']} VAE trials, {b['max_concurrent']} at once, {b['epochs']} epochs "
-            f"each, 1 worker per trial. Seconds from Tune's launch of a trial to the start of its first epoch.",
+            f"each, 1 worker per trial. Seconds from Tune's launch of a trial to the start of its first epoch. "
+            f"In-process trials reuse the actors of finished ones: the first trial on each actor starts its "
+            f"process (imports torch, Ray, genray), the others do not; a nested trial's actor ends with it.",
             "",
             "| seed | trial kind | median s | each trial, s | search wall s | load average before -> after |",
             "|---|---|---|---|---|---|",

@@ -1,11 +1,14 @@
-"""`genray bench tune`: what ASHA's early stopping saves against random search without it.
+"""`genray bench tune`: what the searchers and schedulers save against random search.
 
-Both searches run the same family, space, number of samples and sampled configurations (one
-seed for Tune's variant generator), the same epochs per trial and the same concurrency, through
-`genray.tune.build_tuner` — the code path of `genray tune`. Only the scheduler differs:
+Every search runs the same family, space, number of trials, epochs per trial and concurrency,
+seeded by the round's seed, through `genray.tune.build_tuner` — the code path of `genray tune`:
 
-    random   FIFO: every sampled configuration trains for all its epochs
-    asha     ASHA (grace period 1 epoch, reduction factor 2): the worse half stops at each rung
+    random     random sampling, FIFO: every sampled configuration trains for all its epochs
+    asha       the same configurations, ASHA (grace period 1 epoch, reduction factor 2): the
+               worse half stops at each rung
+    optuna     Optuna's TPE picks each configuration from the trials so far, FIFO
+    hyperband  the same configurations as random, HyperBand (reduction factor 2): brackets of
+               trials paused at rungs, the best resumed
 
 The target is set by the random search, after both ran: within `tolerance` of the best value any
 of its trials reached. Trial-seconds are the time trials spent running, start-up included, summed
@@ -16,7 +19,8 @@ first reports a value at the target, which depends mostly on where in the sampli
 configurations fall.
 
 The claims (CLAIMS, declared before the runs that decide them, over SEEDS of the sampled
-configurations): ASHA needs at most half of random search's trial-seconds. As first recorded, the
+configurations): ASHA needs at most half of random search's trial-seconds. Optuna and HyperBand
+are reported against random search with both metrics, mean and spread over the seeds (no claim). As first recorded, the
 metric was the trial-seconds to the first report at the target, at 16 epochs a trial; that is the
 claim FIRST_HIT. WHOLE_SEARCH, the whole search's trial-seconds, is reported beside it with the
 same target and budget. A seed's target is set by that seed's random search. A run whose budget
@@ -26,14 +30,20 @@ differs from the declared one decides neither claim.
 from __future__ import annotations
 
 import os
+import statistics
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from genray.bench import machine, machine_line
 from genray.bench.claims import HEADER, Claim, claim_row
 
-METHODS = {"random": "fifo", "asha": "asha"}
+METHODS = {"random": ("random", "fifo"), "asha": ("random", "asha"), "optuna": ("optuna", "fifo"),
+           "hyperband": ("random", "hyperband")}
+# The methods besides random search, each against it: trial-seconds to the first report at the
+# target, and of the whole search.
+RATIOS = ("trial_s_first_hit", "trial_s_total")
 SEEDS = (0, 1, 2)
 # What one seed of either claim spends: the family searched (its packaged space), the sampled
 # configurations, epochs per trial (ASHA's max_t), trials at once, and the target's tolerance.
@@ -103,11 +113,11 @@ def search_pair(family: str, *, num_samples: int, epochs: int, max_concurrent: i
     from genray.config import build_config
     from genray.tune import build_tuner, load_space
 
-    spec = load_space(family, None)
     base = build_config(family, None, ["train.workers=1", f"train.epochs={epochs}", *overrides])
     stamp = time.strftime("%Y%m%d-%H%M%S")
     searches, load = {}, {}
-    for method, scheduler in METHODS.items():
+    for method, (searcher, scheduler) in METHODS.items():
+        spec = replace(load_space(family, None), searcher=searcher)
         tuner = build_tuner(family, name=f"bench-{method}-seed{seed}-{stamp}", storage=storage, spec=spec,
                             base=base, scheduler=scheduler, num_samples=num_samples,
                             max_concurrent=max_concurrent, seed=seed)
@@ -125,6 +135,14 @@ def search_pair(family: str, *, num_samples: int, epochs: int, max_concurrent: i
     for m in methods:  # other work on the machine slows trials: the 1-minute load average, before/after
         methods[m]["load_average"] = load[m]
     reached = methods["asha"]["reached_target"]
+    against_random = {}
+    for m in METHODS:
+        if m == "random":
+            continue
+        hit, whole, rand = methods[m]["trial_s_to_target"], methods[m]["trial_s"], methods["random"]
+        against_random[m] = {"trial_s_first_hit": round(hit / rand["trial_s_to_target"], 3) if hit is not None else None,
+                             "trial_s_total": round(whole / rand["trial_s"], 3) if methods[m]["reached_target"]
+                             else None}
     return {
         "seed": seed,
         "metric": spec.metric,
@@ -132,6 +150,7 @@ def search_pair(family: str, *, num_samples: int, epochs: int, max_concurrent: i
         "space": sorted(spec.space),
         "target": {"value": round(target, 4), "rule": f"random search's best {spec.metric} within {tolerance:.0%}"},
         "methods": methods,
+        "against_random": against_random,  # None: the method never reached the target
         # None when ASHA never reached the target: the seed misses both claims.
         FIRST_HIT.metric: (round(methods["asha"]["trial_s_to_target"] / methods["random"]["trial_s_to_target"], 3)
                            if reached else None),
@@ -203,6 +222,7 @@ def markdown_table(result: dict[str, Any]) -> str:
             load = f"{m['load_average'][0]} -> {m['load_average'][1]}" if "load_average" in m else "—"
             lines.append(f"| {r['seed']} | {name} | {r['target']['value']:.4g} | {m['trials']} | {m['epochs_trained']} "
                          f"| {m['trial_s']:.0f} | {m['wall_s']:.0f} | {m['best']:.4g} | {to_target} | {load} |")
+    lines += ["", *against_random_table(result)]
     cores = result["machine"]["cores"]
     lines += [
         "",
@@ -217,3 +237,26 @@ def markdown_table(result: dict[str, Any]) -> str:
                       f"declared one ({', '.join(f'{k} {v}' for k, v in BUDGET.items())}): it decides neither."]
     lines += ["", machine_line(result["machine"]), ""]
     return "\n".join(lines)
+
+
+def against_random_table(result: dict[str, Any]) -> list[str]:
+    """Each method's trial-seconds over random search's, mean ± std (min..max) over the seeds;
+    a seed where the method never reached the target is counted apart."""
+    runs = [r for r in result["runs"] if "against_random" in r]
+    if not runs:
+        return []
+    lines = ["| method / random search | trial-seconds to the first hit | trial-seconds, whole search |",
+             "|---|---|---|"]
+    for method in [m for m in METHODS if m != "random"]:
+        cells = []
+        for ratio in RATIOS:
+            values = [r["against_random"][method][ratio] for r in runs if method in r["against_random"]]
+            got = [v for v in values if v is not None]
+            cell = "—" if not got else (
+                f"{statistics.fmean(got):.2f} ± {statistics.stdev(got) if len(got) > 1 else 0.0:.2f} "
+                f"({min(got):.2f}..{max(got):.2f}) over {len(got)} seed{'s' * (len(got) != 1)}")
+            if len(got) < len(values):
+                cell += f"; target not reached in {len(values) - len(got)}"
+            cells.append(cell)
+        lines.append(f"| {method} | {cells[0]} | {cells[1]} |")
+    return lines
