@@ -31,3 +31,15 @@ def test_the_markdown_gives_every_trial_kind_the_large_search_and_the_claims():
     text = markdown_table(result())
     assert text.count("| in process |") == 3 and text.count("| nested |") == 3
     assert "overhead 25.0%" in text and "200-trial ASHA search" in text and "| **no** |" in text
+
+
+def test_a_part_not_run_keeps_the_last_runs_figures_and_when_they_were_measured(tmp_path):
+    from genray.bench.trials import run
+
+    earlier = result()
+    earlier["startup_machine"] = {**earlier["machine"], "date": "2026-01-01"}
+    kept = run((), tmp_path, [], previous=earlier)
+    assert kept["startup"] == earlier["startup"] and kept["large"] == earlier["large"]
+    assert kept["startup_machine"]["date"] == "2026-01-01" and kept["claims"][0]["holds"]
+    assert "Measured 2026-01-01" in markdown_table(kept)
+    assert run((), tmp_path, ["data.limit=64"], previous=earlier)["startup"] == []  # other overrides: not kept

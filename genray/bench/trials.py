@@ -122,10 +122,13 @@ def large_search(storage: Path, overrides: list[str]) -> dict[str, Any]:
             "load_average": [round(load, 1), round(os.getloadavg()[0], 1)]}
 
 
-def run(parts: tuple[str, ...], storage: Path, overrides: list[str], log=print) -> dict[str, Any]:
+def run(parts: tuple[str, ...], storage: Path, overrides: list[str], previous: dict[str, Any] | None = None,
+        log=print) -> dict[str, Any]:
+    """The parts asked for; a part not run keeps `previous`'s figures (the last trials.json) when
+    they were measured with the same overrides."""
     import ray
 
-    if not ray.is_initialized():
+    if parts and not ray.is_initialized():
         from genray.train import start_local_ray
 
         # The dashboard's state API frees a stopped nested trial's placement group (genray.tune).
@@ -141,6 +144,13 @@ def run(parts: tuple[str, ...], storage: Path, overrides: list[str], log=print) 
     if "large" in parts:
         result["large"].append(large_search(storage, overrides))
         log(f"bench trials: large search overhead {result['large'][-1][OVERHEAD.metric]}")
+    if previous is not None and previous.get("overrides") == overrides:
+        for part in ("startup", "large"):
+            if part not in parts:
+                result[part] = previous.get(part, [])
+                result[f"{part}_machine"] = previous.get(f"{part}_machine", previous["machine"])
+    for part in parts:
+        result[f"{part}_machine"] = result["machine"]  # when (and where) each part was measured
     result["claims"] = decide(result)
     return result
 
@@ -179,7 +189,7 @@ def markdown_table(result: dict[str, Any]) -> str:
                 lines.append(f"| {r['seed']} | {kind.replace('_', ' ')} | {k['median_s']} | "
                              f"{', '.join(f'{t:g}' for t in k['startup_s'])} | {k['wall_s']} | "
                              f"{k['load_average'][0]} -> {k['load_average'][1]} |")
-        lines.append("")
+        lines += ["", machine_line(result.get("startup_machine", result["machine"])), ""]
     for r in result["large"]:
         b = result["large_budget"]
         lines += [
@@ -188,9 +198,10 @@ def markdown_table(result: dict[str, Any]) -> str:
             f"{r['ideal_wall_s']} s; overhead {r[OVERHEAD.metric]:.1%}; median trial start-up "
             f"{r['median_startup_s']} s; load average {r['load_average'][0]} -> {r['load_average'][1]}.",
             "",
+            machine_line(result.get("large_machine", result["machine"])),
+            "",
         ]
     lines += [*HEADER, *(claim_row(d, fmt=".2f") for d in result["claims"])]
     if result["overrides"]:
         lines += ["", f"Run with overrides {result['overrides']}: it decides no claim."]
-    lines += ["", machine_line(result["machine"]), ""]
-    return "\n".join(lines)
+    return "\n".join(lines + [""])

@@ -163,7 +163,7 @@ def bench_trials(
     chosen = tuple(p.strip() for p in parts.split(",") if p.strip())
     if not chosen or set(chosen) - {"startup", "large"}:
         fail(f"--parts takes startup and/or large, got {parts!r}")
-    result = run(chosen, storage.resolve(), list(set_), log=typer.echo)
+    result = run(chosen, storage.resolve(), list(set_), previous=previous_results(out, "trials"), log=typer.echo)
     publish("trials", result, markdown_table(result), out, None, log=typer.echo)
 
 
