@@ -48,6 +48,7 @@ CLAIMS = (STARTUP, OVERHEAD)
 def trial_clock():
     """A Tune callback recording, per trial, when the driver launched it, when its first epoch
     started, and the seconds of all its epochs."""
+    import psutil
     from ray import tune
 
     class TrialClock(tune.Callback):
@@ -55,9 +56,17 @@ def trial_clock():
             self.launched: dict[str, float] = {}
             self.first_epoch: dict[str, float] = {}
             self.epoch_s: dict[str, float] = {}
+            self.completed = 0
+            self.driver_rss_mib: dict[int, float] = {}  # trials completed -> the driver's RSS
 
         def on_trial_start(self, iteration, trials, trial, **info):
             self.launched.setdefault(trial.trial_id, time.time())
+
+        def on_trial_complete(self, iteration, trials, trial, **info):
+            # The driver's resident memory as trials finish: a long search must not grow with them.
+            self.completed += 1
+            if self.completed in (20, 50, 100, 200, 500):
+                self.driver_rss_mib[self.completed] = round(psutil.Process().memory_info().rss / 2**20, 1)
 
         def on_trial_result(self, iteration, trials, trial, result, **info):
             self.first_epoch.setdefault(trial.trial_id, float(result["epoch_started_at"]))
@@ -119,6 +128,7 @@ def large_search(storage: Path, overrides: list[str]) -> dict[str, Any]:
     return {"seed": 0, "trials": len(clock.epoch_s), "wall_s": round(wall, 1), "epoch_s_sum": round(epoch_s, 1),
             "ideal_wall_s": round(ideal, 1), OVERHEAD.metric: round(wall / ideal - 1, 3),
             "median_startup_s": round(statistics.median(startups), 2),
+            "driver_rss_mib": {str(k): v for k, v in clock.driver_rss_mib.items()},
             "load_average": [round(load, 1), round(os.getloadavg()[0], 1)]}
 
 
@@ -196,7 +206,10 @@ def markdown_table(result: dict[str, Any]) -> str:
             f"Large search: {r['trials']} VAE trials under ASHA (max {b['epochs']} epochs), {b['max_concurrent']} at "
             f"once: wall {r['wall_s']} s against {r['epoch_s_sum']} epoch-seconds / {b['max_concurrent']} = "
             f"{r['ideal_wall_s']} s; overhead {r[OVERHEAD.metric]:.1%}; median trial start-up "
-            f"{r['median_startup_s']} s; load average {r['load_average'][0]} -> {r['load_average'][1]}.",
+            f"{r['median_startup_s']} s; load average {r['load_average'][0]} -> {r['load_average'][1]}."
+            + (" The driver's resident memory after " + ", ".join(f"{k} trials {v:g} MiB" for k, v in
+                                                                 r["driver_rss_mib"].items()) + "."
+               if r.get("driver_rss_mib") else ""),
             "",
             machine_line(result.get("large_machine", result["machine"])),
             "",
