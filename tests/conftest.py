@@ -85,6 +85,19 @@ def trained_vae(tmp_path_factory):
     return path
 
 
+def train_in_process(cfg):
+    """Train `cfg` with genray's loop in this process, without Ray (rank 0 of 1), into its run
+    folder <storage>/<name> as a Ray Train run lays it out (config, history, checkpoints); returns
+    the RunDir. For tests that need a family's trained run but test no Ray Train path."""
+    from genray.metrics import store_root
+    from genray.runs import new_run
+    from genray.train.loop import LoopConfig, Session, run_loop
+
+    cfg, run = new_run(cfg, resume=False)
+    run_loop(LoopConfig(run=cfg, run_dir=run, store=str(store_root())), Session())
+    return run
+
+
 # --- nothing left behind -------------------------------------------------------------------
 
 @pytest.fixture(scope="session", autouse=True)

@@ -1,6 +1,6 @@
 """The character-level LSTM: text loading and windows, the vocabulary, sampling (temperature,
-top-k, seeds), the unigram baselines, learning a text it can learn, and the Ray Train -> export
--> Serve path with its request checks."""
+top-k, seeds), the unigram baselines, learning a text it can learn, and the train -> export ->
+Serve path with its request checks."""
 
 import math
 
@@ -8,6 +8,8 @@ import pytest
 import requests
 import torch
 from pydantic import ValidationError
+
+from conftest import train_in_process
 
 from genray.config import ConfigError, build_config
 from genray.data import DataError
@@ -177,23 +179,24 @@ def test_generate_request_checks_without_http():
             GenerateRequest(**bad)
 
 
+# Trained in-process: the run folder is the one Ray Train would fill, and the Ray Train path of
+# in-memory data is the other families' (tests/test_deploy.py, test_reliability.py, test_tune.py).
 @pytest.mark.ray
-def test_trains_on_ray_exports_and_serves(ray_session, serve_url, tmp_path, text_file):
+def test_trains_exports_and_serves(serve_url, tmp_path, text_file):
     from ray import serve
 
     from genray.deploy import build_app
     from genray.store import export
-    from genray.train import fit
 
     cfg = build_config("charlm", overrides=[
-        f"storage={tmp_path / 'runs'}", "name=lm", "train.workers=1", "train.epochs=2", "train.batch_size=16",
+        f"storage={tmp_path / 'runs'}", "name=lm", "train.epochs=2", "train.batch_size=16",
         f"data.source={text_file}", "data.seq_len=24", "data.stride=6", "model.hidden=32", "model.layers=1",
         "model.lr=0.01", "train.quality_every=0",
     ])
-    summary = fit(cfg, verbose=False)
-    bpc = [h["val_bits_per_char"] for h in summary.history]
+    run = train_in_process(cfg)
+    bpc = [h["val_bits_per_char"] for h in run.history()]
     assert len(bpc) == 2 and bpc[1] < bpc[0] < math.log2(len(cfg.model.vocab) + 1) + 1
-    model = export(summary.run_dir, tmp_path / "models" / "charlm")
+    model = export(run, tmp_path / "models" / "charlm")
 
     app = build_app({"model": str(model)})
     app = app._bound_deployment.options(ray_actor_options={"num_cpus": 0}).bind(*app._bound_deployment.init_args)

@@ -1,8 +1,8 @@
 """The UNet: masks, the digits and photo data, a folder of the user's RGB images, the generated
 shapes, the baselines (mean and blur fill, Otsu) on cases with exact answers, the skip
 connections, beating the baselines after a little training (inpainting; segmentation), task and
-data mismatches, grey and RGB requests to the deployment's math, and the Ray Train -> export ->
-Serve path with its request checks."""
+data mismatches, grey and RGB requests to the deployment's math, and the train -> export -> Serve
+path with its request checks."""
 
 import base64
 import io
@@ -13,6 +13,8 @@ import requests
 import torch
 from PIL import Image
 from pydantic import ValidationError
+
+from conftest import train_in_process
 
 from genray.config import ConfigError, build_config
 from genray.data import DataError
@@ -429,24 +431,25 @@ def test_segment_request_checks_without_http():
             SegmentRequest(**{"image": image.tolist(), **bad})
 
 
+# Trained in-process: the run folder is the one Ray Train would fill, and the Ray Train path of
+# in-memory data is the other families' (tests/test_deploy.py, test_reliability.py, test_tune.py).
 @pytest.mark.ray
-def test_trains_on_ray_exports_and_serves(ray_session, serve_url, tmp_path):
+def test_trains_exports_and_serves(serve_url, tmp_path):
     from ray import serve
 
     from genray.deploy import build_app
     from genray.store import export
-    from genray.train import fit
 
     cfg = build_config("unet", overrides=[
-        f"storage={tmp_path / 'runs'}", "name=inpaint", "train.workers=1", "train.epochs=2",
+        f"storage={tmp_path / 'runs'}", "name=inpaint", "train.epochs=2",
         "data.limit=512", "data.val_limit=64", "model.channels=8", "train.quality_every=0",
     ])
-    summary = fit(cfg, verbose=False)
-    history = summary.history
+    run = train_in_process(cfg)
+    history = run.history()
     assert [h["epoch"] for h in history] == [0, 1]
     # The UNet starts at the blur baseline (a zero residual) and must have moved below it.
     assert min(h["val_masked_mse"] for h in history) < history[0]["val_blur_fill_mse"] < history[0]["val_mean_fill_mse"]
-    model = export(summary.run_dir, tmp_path / "models" / "unet")
+    model = export(run, tmp_path / "models" / "unet")
 
     app = build_app({"model": str(model)})
     app = app._bound_deployment.options(ray_actor_options={"num_cpus": 0}).bind(*app._bound_deployment.init_args)
