@@ -101,7 +101,8 @@ def search_status(name: str, storage: str) -> SearchStatus:
     status = SearchStatus(name=search.name, location=str(search.location), family=spec["family"], metric=metric,
                           mode=mode, scheduler=spec["scheduler"], epochs=budget)
     folders = {f.parent.name: f for f in search.location.glob("*/result.json")}
-    for trial in tune_trials(search.location):
+    trials, since = tune_trials(search.location)
+    for trial in trials:
         trial_status = TrialStatus(trial["trial_id"], STATES.get(trial["status"], "running"),
                                    trial.get("config", {}).get("train_loop_config", {}))
         result = folders.pop(trial.get("relative_logdir"), None)
@@ -110,23 +111,32 @@ def search_status(name: str, storage: str) -> SearchStatus:
         if trial_status.state == "done" and trial_status.epochs < trial_status.params.get("train.epochs", budget):
             trial_status.state = "stopped"  # a scheduler (ASHA, PBT) ended it before its budget
         status.trials.append(trial_status)
+    listed = {trial["trial_id"] for trial in trials}
     for result in folders.values():  # started after the newest state file that parses
+        trial_id = "_".join(result.parent.name.split("_")[2:4])  # run_trial_<id: xxxxx_nnnnn>_<n>_...
+        if trial_id in listed or since is not None and result.parent.name[-len(since):] < since:
+            # A trial of a driver that was killed before Tune recorded it: the resumed search
+            # sampled that trial again (in another folder) or ran another in its place.
+            continue
         trial_status = TrialStatus(result.parent.name, "running", {})
         read_progress(trial_status, result, metric, mode)
         status.trials.append(trial_status)
     return status
 
 
-def tune_trials(search: Location) -> list[dict[str, Any]]:
+def tune_trials(search: Location) -> tuple[list[dict[str, Any]], str | None]:
     """Each trial's state (trial_id, status, config, relative_logdir, ...) from the newest of
-    Tune's experiment_state files that parses; [] before Tune wrote one."""
+    Tune's experiment_state files that parses, and the time its session began (the file's
+    name: experiment_state-<YYYY-mm-dd_HH-MM-SS>.json, which trial folders' names end with too);
+    ([], None) before Tune wrote one."""
     for state_file in reversed(search.glob("experiment_state-*.json")):  # names sort by time
         try:
             trial_data = json.loads(state_file.read_text())["trial_data"]
         except (ValueError, KeyError, ObjectNotFound):  # mid-write, or replaced since the glob
             continue
-        return [json.loads(state) for state, _runtime in trial_data]  # [state JSON, runtime JSON]
-    return []
+        since = state_file.name.removeprefix("experiment_state-").removesuffix(".json")
+        return [json.loads(state) for state, _runtime in trial_data], since  # [state JSON, runtime JSON]
+    return [], None
 
 
 def read_progress(trial: TrialStatus, result: Location, metric: str, mode: str) -> None:

@@ -264,3 +264,21 @@ def test_report_of_trials_that_tie(tmp_path):
     ])
     text = write_report("s", str(tmp_path), tmp_path / "report")[1].read_text()
     assert "Every finished trial reached the same best val_neg_elbo: no variance to apportion." in text
+
+
+def test_status_leaves_out_a_trial_that_a_killed_driver_started_but_never_recorded(tmp_path):
+    search = make_search(tmp_path, [{"params": lr_params(1e-3), "status": "TERMINATED", "values": [300.0, 250.0, 200.0]}])
+    orphan = search / trial_folder("cd456_00007", 7, lr_params(1e-4)).replace(STATE_TIME, "2026-12-07_07-59-59")
+    orphan.mkdir()
+    (orphan / "result.json").write_text(result_lines("cd456_00007", lr_params(1e-4), [100.0]))
+    status = search_status("s", str(tmp_path))
+    assert [t.trial_id for t in status.trials] == ["ab123_00000"] and status.best.best == 200.0
+
+
+def test_status_leaves_out_the_first_folder_of_a_trial_the_resumed_search_sampled_again(tmp_path):
+    search = make_search(tmp_path, [{"params": lr_params(1e-3), "status": "TERMINATED", "values": [300.0, 250.0, 200.0]}])
+    first = search / trial_folder("ab123_00000", 0, lr_params(5e-3))  # the killed driver's sample of that trial
+    first.mkdir()
+    (first / "result.json").write_text(result_lines("ab123_00000", lr_params(5e-3), [100.0]))
+    status = search_status("s", str(tmp_path))
+    assert len(status.trials) == 1 and status.best.best == 200.0
