@@ -46,6 +46,11 @@ class TrainConfig(BaseModel):
     elastic_resize_s: float = Field(60.0, gt=0)
     # None: use GPUs when the cluster has them.
     use_gpu: bool | None = None
+    # The forward passes of training steps under torch.autocast: bf16 (CPU or GPU) or fp16 (GPU
+    # only, with a gradient scaler per optimizer step); weights, optimizers and evaluation stay fp32.
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    # Train through torch.compile'd networks (the saved weights are the plain modules').
+    compile: bool = False
     cpus_per_worker: float = Field(1.0, gt=0.0)
     # torch intra-op threads per worker; more than cpus_per_worker over-subscribes the cores.
     threads_per_worker: int = Field(1, ge=1, le=256)

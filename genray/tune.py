@@ -59,7 +59,8 @@ from genray.metrics import store_root
 from genray.runs import RunDir
 from genray.storage import Location
 from genray.train import LoopConfig, Session, failure_config_for, run_loop, scaling_for, start_timeout_s, trainer_for
-from genray.train.driver import check_reachable_from_every_node, data_error_in, explain_start_failure, streams_of
+from genray.train.driver import (check_precision, check_reachable_from_every_node, data_error_in, explain_start_failure,
+                                 streams_of)
 
 DOMAINS = {
     "loguniform": lambda a: tune.loguniform(*a),
@@ -280,9 +281,11 @@ def trial_resources(base: dict[str, Any], nested: bool = False):
     nested run (TRIAL_RESOURCES), whose workers ask for their own and which fails clearly after
     a bounded wait for them (Tune itself would leave a trial that fits no node pending forever).
     `nested`: every trial drives a nested run (genray bench trials compares the two kinds)."""
-    use_gpu = RunConfig.model_validate(base).train.use_gpu
+    base_cfg = RunConfig.model_validate(base)
+    use_gpu = base_cfg.train.use_gpu
     if use_gpu is None:  # decided once, on the driver, as scaling_for decides it for a run
         use_gpu = ray.cluster_resources().get("GPU", 0) > 0
+    check_precision(base_cfg, use_gpu)
 
     def of(config: dict[str, Any]) -> tune.PlacementGroupFactory:
         cfg = trial_config(base, config.get("train_loop_config", {}))

@@ -14,6 +14,7 @@ parts: `parts()` lists the base's blocks and the head as parameter-name prefixes
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any, Callable, ClassVar, Literal
 
@@ -26,6 +27,9 @@ from genray.data import DataConfig as ImageDataConfig
 from genray.data import load_images
 from genray.data.images import ImageSpec
 from genray.data.augment import AugmentConfig, augment
+
+
+PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 class FinetuneConfig(BaseModel):
@@ -129,6 +133,8 @@ class Family(ABC):
     # the image deployment, whose GET / also reports the config fields named in `info_fields`.
     capabilities: ClassVar[tuple[str, ...]] = ()
     info_fields: ClassVar[tuple[str, ...]] = ()
+    # Why torch.compile cannot train this family ("" when it can): train.compile is refused with it.
+    compile_unsupported: ClassVar[str] = ""
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -178,6 +184,9 @@ class Family(ABC):
         self.train_nets: dict[str, nn.Module] = dict(self.nets)
         self.optimizers: dict[str, torch.optim.Optimizer] = self.make_optimizers()
         self.frozen: list[str] = []  # the blocks that get no gradient now (fine-tuning)
+        self.precision = "fp32"
+        self.scalers: dict[tuple[str, ...], torch.amp.GradScaler] = {}  # fp16: one per optimizer step
+        self.compiled = False
 
     # --- what a family defines -----------------------------------------------------------
     @abstractmethod
@@ -217,25 +226,64 @@ class Family(ABC):
         return type(batch)([augment(batch[0], cfg, gen), *batch[1:]])
 
     # --- shared mechanics --------------------------------------------------------------
+    def set_precision(self, precision: str) -> None:
+        """Train in `precision` (train.precision): the loop runs train_step under autocast()."""
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+        if precision == "fp16" and self.device.type != "cuda":
+            raise ValueError(f"train.precision=fp16 needs a CUDA GPU (this worker's device is {self.device.type}): "
+                             f"fp16 autocast on a CPU is slow and loses range; use bf16 there")
+        self.precision = precision
+
+    def autocast(self):
+        """The context a training step's forward passes run in: torch.autocast at this
+        precision, or nothing at fp32. optimizer_step leaves it for the backward pass."""
+        if self.precision == "fp32":
+            return nullcontext()
+        return torch.autocast(self.device.type, dtype=PRECISIONS[self.precision])
+
+    def compile(self) -> None:
+        """Train through torch.compile'd networks (train.compile); again after each wrap()."""
+        if self.compile_unsupported:
+            raise ValueError(f"train.compile: family {self.name} cannot be compiled: {self.compile_unsupported}")
+        self.train_nets = {k: torch.compile(v) for k, v in self.train_nets.items()}
+        self.compiled = True
+
     def optimizer_step(self, loss: torch.Tensor, *names: str, clip_norm: float | None = None) -> None:
         """One update of the named optimizers from `loss`: clear their gradients, backpropagate,
         clip the norm of their parameters' gradients to `clip_norm` when given, then step each
-        in the order named. Other networks keep whatever gradients `loss` gives them."""
+        in the order named. Other networks keep whatever gradients `loss` gives them. At fp16 the
+        loss is scaled by a gradient scaler of these optimizers' own (a GAN's two players each
+        have theirs), which skips a step whose gradients overflowed."""
         optimizers = [self.optimizers[name] for name in names]
-        for opt in optimizers:
-            opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if clip_norm is not None:
-            params = [p for opt in optimizers for group in opt.param_groups for p in group["params"]]
-            torch.nn.utils.clip_grad_norm_(params, clip_norm)
-        for opt in optimizers:
-            opt.step()
+        scaler = None
+        if self.precision == "fp16":
+            scaler = self.scalers.setdefault(names, torch.amp.GradScaler(self.device.type))
+        with torch.autocast(self.device.type, enabled=False):  # the backward pass runs outside autocast
+            for opt in optimizers:
+                opt.zero_grad(set_to_none=True)
+            (scaler.scale(loss) if scaler is not None else loss).backward()
+            if clip_norm is not None:
+                if scaler is not None:
+                    for opt in optimizers:
+                        scaler.unscale_(opt)
+                params = [p for opt in optimizers for group in opt.param_groups for p in group["params"]]
+                torch.nn.utils.clip_grad_norm_(params, clip_norm)
+            for opt in optimizers:
+                if scaler is not None:
+                    scaler.step(opt)
+                else:
+                    opt.step()
+            if scaler is not None:
+                scaler.update()
 
     def wrap(self, wrapper: Callable[[nn.Module], nn.Module]) -> None:
         """Wrap every network for training (DDP); `nets` keeps the raw modules. A network with
         nothing to train (wholly frozen) is left bare: DDP refuses a module without gradients."""
         self.train_nets = {k: wrapper(v) if any(p.requires_grad for p in v.parameters()) else v
                            for k, v in self.nets.items()}
+        if self.compiled:
+            self.compile()
 
     def train(self) -> None:
         for net in self.nets.values():
@@ -323,10 +371,13 @@ class Family(ABC):
         return int(batch.shape[0]) if isinstance(batch, torch.Tensor) and batch.dim() else 1
 
     def state_dict(self) -> dict[str, Any]:
-        return {
+        state = {
             "nets": {k: v.state_dict() for k, v in self.nets.items()},
             "optimizers": {k: v.state_dict() for k, v in self.optimizers.items()},
         }
+        if self.scalers:  # fp16: a resumed run keeps its loss scales
+            state["scalers"] = {",".join(k): v.state_dict() for k, v in self.scalers.items()}
+        return state
 
     def load_state_dict(self, state: dict[str, Any], *, optimizers: bool = True) -> None:
         missing = set(self.nets) - set(state["nets"])
@@ -334,6 +385,10 @@ class Family(ABC):
             raise ValueError(f"checkpoint has no weights for network(s) {sorted(missing)}")
         for k, net in self.nets.items():
             net.load_state_dict(state["nets"][k])
+        if optimizers and self.precision == "fp16":
+            for key, scaler_state in state.get("scalers", {}).items():
+                scaler = self.scalers.setdefault(tuple(key.split(",")), torch.amp.GradScaler(self.device.type))
+                scaler.load_state_dict(scaler_state)
         if optimizers:
             for k, opt in self.optimizers.items():
                 if k in state.get("optimizers", {}):

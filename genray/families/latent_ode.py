@@ -241,7 +241,8 @@ class LatentODE(nn.Module):
 
         One solve forward over the union of the times >= 0, one backward over those < 0."""
         B, m = times.shape
-        out = z0.new_empty(B, m, z0.shape[1])
+        # The solve runs in float32 even under autocast (ode.solve), so the path is at least float32.
+        out = z0.new_empty(B, m, z0.shape[1], dtype=torch.promote_types(z0.dtype, torch.float32))
         for part in (times >= 0, times < 0):
             if not part.any():
                 continue
@@ -288,6 +289,8 @@ def trajectory_errors(mean, n: int, x_obs_clean, x_ext_clean) -> tuple[torch.Ten
 
 class LatentODEFamily(Family):
     name = "latent_ode"
+    compile_unsupported = ("its ODE solve has data-dependent shapes (torchdiffeq's adaptive steps, torch.unique of "
+                           "the output times) that TorchInductor cannot lower (DynamicOutputShapeException)")
     Config = LatentODEConfig
     DataConfig = SeriesDataConfig
     metric = "val_mse"

@@ -134,11 +134,17 @@ def solve(field: nn.Module, y0: torch.Tensor, t: torch.Tensor, solver: SolverCon
                                            f"this time span; the limit is max_evals = {solver.max_evals}")
     budget = BudgetedField(field, solver.max_evals)
     kwargs = dict(rtol=solver.rtol, atol=solver.atol, method=method, options=solver.options(method))
+    # The solve stays in float32 under a bf16/fp16 training step (train.precision): an adaptive
+    # method picks its steps from an estimate of the local error, at rtol 1e-3 or finer, which
+    # bf16's 8-bit mantissa (relative precision ~4e-3) drowns; the dynamics net runs in float32 too.
     try:
-        if solver.adjoint and torch.is_grad_enabled():  # without gradients the adjoint changes nothing
-            y = odeint_adjoint(budget, y0, t, adjoint_params=tuple(field.parameters()), **kwargs)
-        else:
-            y = odeint(budget, y0, t, **kwargs)
+        with torch.autocast(y0.device.type, enabled=False):
+            if y0.dtype in (torch.bfloat16, torch.float16):  # from an encoder under autocast
+                y0 = y0.float()
+            if solver.adjoint and torch.is_grad_enabled():  # without gradients the adjoint changes nothing
+                y = odeint_adjoint(budget, y0, t, adjoint_params=tuple(field.parameters()), **kwargs)
+            else:
+                y = odeint(budget, y0, t, **kwargs)
     except AssertionError as err:  # torchdiffeq signals failure by assert
         text = str(err)
         if "max_num_steps" in text:
@@ -227,6 +233,8 @@ class NeuralODE(nn.Module):
 
 class ODEFamily(Family):
     name = "ode"
+    compile_unsupported = ("its ODE solve has data-dependent shapes (torchdiffeq's adaptive steps, torch.unique of "
+                           "the output times) that TorchInductor cannot lower (DynamicOutputShapeException)")
     Config = ODEConfig
     DataConfig = ODEDataConfig
     metric = "val_mse"

@@ -132,11 +132,23 @@ def scaling_for(cfg: RunConfig, min_workers: int = 0) -> ScalingConfig:
     use_gpu = train.use_gpu
     if use_gpu is None:
         use_gpu = ray.cluster_resources().get("GPU", 0) > 0
+    check_precision(cfg, use_gpu)
     workers = max(min_workers, train.workers) if not train.elastic else (max(min_workers, train.workers[0]),
                                                                         max(min_workers, train.workers[1]))
     return ScalingConfig(num_workers=workers, use_gpu=use_gpu, placement_strategy=train.placement.upper(),
                          resources_per_worker={"CPU": train.cpus_per_worker, **({"GPU": 1} if use_gpu else {})},
                          elastic_resize_monitor_interval_s=train.elastic_resize_s)
+
+
+def check_precision(cfg: RunConfig, use_gpu: bool) -> None:
+    """Refuse, before any worker starts, what a worker's loop would: fp16 without GPUs, and
+    train.compile for a family that cannot be compiled."""
+    if cfg.train.precision == "fp16" and not use_gpu:
+        raise ConfigError("train.precision=fp16 needs GPUs (train.use_gpu=true, or a cluster with GPUs); "
+                          "on CPUs use bf16")
+    reason = get_family(cfg.family).compile_unsupported
+    if cfg.train.compile and reason:
+        raise ConfigError(f"train.compile: family {cfg.family} cannot be compiled: {reason}")
 
 
 # Paths under these prefixes (separated by os.pathsep) are on a filesystem that every node of the

@@ -146,6 +146,7 @@ def run_loop(config: LoopConfig, session: Session) -> None:
 
     family_cls = get_family(cfg.family)
     family = family_cls(cfg.model, device, spec=family_cls.spec_of(cfg.data))
+    family.set_precision(cfg.train.precision)  # before a restore: fp16's loss scales are in the checkpoint
     start_epoch = 0
     with session.restored_checkpoint() as restored:
         if restored is not None:  # this run's own latest checkpoint: a resume or a worker restart
@@ -164,6 +165,8 @@ def run_loop(config: LoopConfig, session: Session) -> None:
     family.apply_finetune(finetune, start_epoch)  # before DDP: it syncs only what requires grad
     if world > 1:
         family.wrap(session.wrap)
+    if cfg.train.compile:
+        family.compile()
     lr_factor = cfg.train.lr_factor(world)
     if lr_factor != 1.0:
         scale_learning_rates(family, lr_factor)
@@ -231,7 +234,8 @@ def run_loop(config: LoopConfig, session: Session) -> None:
                     writer.add_image("augment/inputs", grid(batch[0][:64].detach().cpu()), epoch)
             for hook in config.hooks:
                 hook.before_step(epoch + i / steps_per_epoch)
-            step = family.train_step(batch, epoch + i / steps_per_epoch)
+            with family.autocast():
+                step = family.train_step(batch, epoch + i / steps_per_epoch)
             for hook in config.hooks:
                 hook.after_step(step)
             for k, v in step.items():

@@ -1,0 +1,102 @@
+"""train.precision and train.compile, on the CPU: bf16 autocast trains every family, fp16 is
+refused without a GPU, and compiled networks train the VAE and the GAN."""
+
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from genray.config import ConfigError, build_config
+from genray.families import FAMILIES, get_family
+
+
+def first_batch(family_cls, cfg, size=64):
+    train, _ = family_cls.load_data(cfg.data)
+    return next(iter(DataLoader(train, batch_size=size, collate_fn=family_cls.collate_fn)))
+
+
+@pytest.mark.parametrize("name", sorted(FAMILIES))
+def test_bf16_autocast_trains_every_family_and_lowers_its_loss(name):
+    torch.manual_seed(0)
+    cfg = build_config(name)
+    family_cls = get_family(name)
+    family = family_cls(cfg.model)
+    family.set_precision("bf16")
+    batch = first_batch(family_cls, cfg)
+    family.train()
+    losses = []
+    for _ in range(15):
+        with family.autocast():
+            losses.append(family.train_step(batch, epoch=1.0)["loss"])
+    assert all(torch.isfinite(torch.tensor(losses))), losses
+    if not family.adversarial:
+        assert sum(losses[-3:]) / 3 < sum(losses[:3]) / 3, f"loss did not decrease: {losses}"
+    # The weights and the optimizers' state stay float32: only the forward passes ran in bf16.
+    assert all(p.dtype == torch.float32 for net in family.nets.values() for p in net.parameters())
+
+
+def test_the_forward_pass_runs_in_bf16_and_the_backward_pass_outside_autocast():
+    family = get_family("vae")(build_config("vae").model)
+    family.set_precision("bf16")
+    seen = []
+    net = next(iter(family.nets.values()))
+    handle = net.register_forward_hook(lambda module, args, out: seen.append(torch.get_autocast_dtype("cpu")
+                                                                             if torch.is_autocast_enabled("cpu")
+                                                                             else None))
+    batch = first_batch(get_family("vae"), build_config("vae"), size=16)
+    with family.autocast():
+        family.train_step(batch, epoch=1.0)
+    handle.remove()
+    assert seen and all(dtype == torch.bfloat16 for dtype in seen)
+
+
+def test_fp16_is_refused_without_a_gpu_before_and_inside_a_worker():
+    from genray.train.driver import check_precision
+
+    cfg = build_config("vae", overrides=["train.precision=fp16"])
+    with pytest.raises(ConfigError, match="fp16 needs GPUs"):
+        check_precision(cfg, use_gpu=False)
+    check_precision(cfg, use_gpu=True)
+    with pytest.raises(ValueError, match="fp16 needs a CUDA GPU"):
+        get_family("vae")(cfg.model).set_precision("fp16")
+    with pytest.raises(ValueError, match="precision must be one of"):
+        get_family("vae")(cfg.model).set_precision("fp8")
+
+
+def test_a_family_that_cannot_be_compiled_is_refused_with_its_reason():
+    from genray.train.driver import check_precision
+
+    refusing = [name for name in FAMILIES if get_family(name).compile_unsupported]
+    assert refusing, "no family says it cannot be compiled"
+    cfg = build_config(refusing[0], overrides=["train.compile=true"])
+    with pytest.raises(ConfigError, match=f"family {refusing[0]} cannot be compiled: "):
+        check_precision(cfg, use_gpu=False)
+
+
+@pytest.mark.parametrize("name", ["vae", "gan"])
+def test_compiled_networks_train_the_vae_and_the_gan(name):
+    torch.manual_seed(0)
+    cfg = build_config(name)
+    family_cls = get_family(name)
+    family = family_cls(cfg.model)
+    family.compile()
+    assert all(hasattr(net, "_orig_mod") for net in family.train_nets.values())  # torch.compile's wrapper
+    batch = first_batch(family_cls, cfg, size=32)
+    family.train()
+    losses = [family.train_step(batch, epoch=1.0)["loss"] for _ in range(6)]
+    assert all(torch.isfinite(torch.tensor(losses))), losses
+    if not family.adversarial:
+        assert losses[-1] < losses[0], losses
+    # What is saved is the plain modules' weights, without the compiled wrapper's prefix.
+    assert not any("_orig_mod" in k for net in family.state_dict()["nets"].values() for k in net)
+
+
+def test_the_loop_trains_a_run_at_bf16_through_compiled_networks(tmp_path):
+    from conftest import train_in_process
+
+    cfg = build_config("vae", overrides=[f"storage={tmp_path}", "name=bf16", "train.epochs=2", "data.limit=128",
+                                         "train.precision=bf16", "train.compile=true", "train.quality_every=0",
+                                         "train.preview_every=0", "train.workers=1"])
+    run = train_in_process(cfg)
+    history = run.history()
+    assert [r["epoch"] for r in history] == [0, 1] and history[1]["train_loss"] < history[0]["train_loss"]
+    assert all(torch.isfinite(torch.tensor(r["val_neg_elbo"])) for r in history)
