@@ -88,5 +88,6 @@ def test_a_search_whose_trials_span_nodes_survives_losing_one(nodes, tmp_path):
     assert len(histories) == 2, sorted(histories)
     for name, epochs in histories.items():
         assert [r["epoch"] for r in epochs] == list(range(4)), (name, epochs)
-    table = out.split("trials by best")[-1]
-    assert table.count("│ done ") == 2 and "error" not in table, out[-3000:]
+    # The results table's rows (the log lines after it may speak of a lost node's connection errors).
+    table = out.split("trials by best")[-1].split("└")[0]
+    assert table.count("│ done ") == 2 and "│ error " not in table, out[-3000:]
