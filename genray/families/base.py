@@ -357,7 +357,7 @@ class Family(ABC):
         if isinstance(batch, (list, tuple)):
             return type(batch)(self.to_device(b) for b in batch)
         if hasattr(batch, "to"):  # torch_geometric Batch and friends
-            return batch.to(self.device)
+            return batch.to(self.device, non_blocking=True)
         return batch
 
     @staticmethod

@@ -188,12 +188,15 @@ def run_loop(config: LoopConfig, session: Session) -> None:
         preview_batch = None  # the first validation batch, once evaluated
     else:
         collate = family_cls.collate_fn
+        # On a GPU, batches are built in page-locked memory, so that their copies to the device
+        # (family.to_device, non-blocking) overlap the step before.
+        pin = device.type == "cuda"
         sampler = DistributedSampler(train_set, num_replicas=world, rank=rank, shuffle=True, seed=cfg.train.seed)
         train_data = SampledBatches(DataLoader(train_set, batch_size=cfg.train.batch_size, sampler=sampler,
-                                               collate_fn=collate), sampler)
+                                               collate_fn=collate, pin_memory=pin), sampler)
         # Validation: each rank takes every world-th image; sums are all-reduced, so the mean is exact.
         val_data = SampledBatches(DataLoader(Subset(val_set, range(rank, len(val_set), world)), batch_size=256,
-                                             collate_fn=collate))
+                                             collate_fn=collate, pin_memory=pin))
         val_total = len(val_set)
         steps_per_epoch = len(train_data.loader)
         preview_batch = family.to_device(next(iter(DataLoader(val_set, batch_size=64, collate_fn=collate))))
