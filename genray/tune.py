@@ -54,6 +54,7 @@ from ray.util.queue import Queue
 from genray import checkpoint
 from genray.config import ConfigError, RunConfig, apply_override
 from genray.data import DataConfig, resolve
+from genray.data.files import find_source
 from genray.families import get_family
 from genray.metrics import store_root
 from genray.runs import RunDir
@@ -286,11 +287,15 @@ def trial_resources(base: dict[str, Any], nested: bool = False):
     if use_gpu is None:  # decided once, on the driver, as scaling_for decides it for a run
         use_gpu = ray.cluster_resources().get("GPU", 0) > 0
     check_precision(base_cfg, use_gpu)
+    # Files streamed through Ray Data are read and decoded by tasks of their own, which need CPUs
+    # beside the trials': a nested run refuses to take them all (leave_cpus_for_data), where
+    # trials in their own processes would hold every CPU and wait for their first batch forever.
+    streamed = isinstance(base_cfg.data, DataConfig) and find_source(base_cfg.data) is not None
 
     def of(config: dict[str, Any]) -> tune.PlacementGroupFactory:
         cfg = trial_config(base, config.get("train_loop_config", {}))
         worker = {"CPU": cfg.train.cpus_per_worker, **({"GPU": 1} if use_gpu else {})}
-        if not nested and runs_in_trial(cfg) and any(all(node["Resources"].get(k, 0) >= v for k, v in worker.items())
+        if not nested and not streamed and runs_in_trial(cfg) and any(all(node["Resources"].get(k, 0) >= v for k, v in worker.items())
                                       for node in ray.nodes() if node["Alive"]):
             return tune.PlacementGroupFactory([worker])
         return tune.PlacementGroupFactory([TRIAL_RESOURCES])
@@ -343,21 +348,17 @@ def run_trial(config: dict[str, Any], base: dict[str, Any], train_storage: str, 
     loop = LoopConfig(run=cfg, run_dir=run_dir, store=store, init_from=init_from, filesystem=fs,
                       streamed_rows=streams.train_rows if streams is not None else None)
     if in_trial:
-        train_in_trial(loop, streams)
+        train_in_trial(loop)
     else:
         train_nested(loop, streams, trial_id)
 
 
-def train_in_trial(loop: LoopConfig, streams) -> None:
-    """The loop in this trial's process: rank 0 of 1, on the trial's GPU if it reserved one."""
+def train_in_trial(loop: LoopConfig) -> None:
+    """The loop in this trial's process: rank 0 of 1, on the trial's GPU if it reserved one, on
+    in-memory data (trial_resources sends a search of streamed files to nested runs)."""
     os.environ["GENRAY_STORE"] = loop.store  # where the metrics classifier is cached, as on a worker
     try:
-        run_loop(loop, TrialSession(loop, streams))
-    except Exception as err:  # a bad file found by a Ray Data task arrives wrapped in Ray's error
-        clear = data_error_in(err)
-        if clear is None or clear is err:
-            raise
-        raise clear from err
+        run_loop(loop, TrialSession(loop))
     finally:
         gc.unfreeze()  # the loop froze what its setup made; the next trial in this process frees it
 
@@ -369,15 +370,10 @@ class TrialSession(Session):
     nested trial's holds (history, TensorBoard events, checkpoints), without Ray Train's own
     bookkeeping."""
 
-    def __init__(self, loop: LoopConfig, streams):
+    def __init__(self, loop: LoopConfig):
         super().__init__("cuda" if ray.get_gpu_ids() else "cpu")
-        self.streams, self.run_dir, self.fs = streams, loop.run_dir, loop.filesystem
+        self.run_dir, self.fs = loop.run_dir, loop.filesystem
         self.keep = loop.run.train.keep_checkpoints
-
-    def dataset_shard(self, name: str):
-        if self.streams is None:
-            return super().dataset_shard(name)
-        return self.streams.datasets[name].iterator()
 
     def report(self, metrics: dict[str, Any], run_folder: Path | None = None, checkpoint_name: str | None = None,
                write=None) -> None:

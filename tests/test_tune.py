@@ -189,6 +189,28 @@ def test_a_one_worker_trial_in_its_process_and_a_two_worker_nested_trial_leave_t
         assert checkpoint.load(model, weights=False).epoch == 1
 
 
+@pytest.mark.ray
+def test_trials_of_streamed_files_drive_nested_runs_and_the_others_train_in_their_process(ray_session, tmp_path):
+    """Ray Data's read tasks need CPUs beside the trials': in-process trials at max_concurrent =
+    cores would hold them all, so trials of streamed files keep the nested run (and its check)."""
+    import numpy as np
+    from PIL import Image
+
+    from genray.tune import TRIAL_RESOURCES, trial_resources
+
+    for label in ("a", "b"):
+        (tmp_path / "images" / label).mkdir(parents=True)
+        for i in range(4):
+            Image.fromarray(np.full((16, 16), 40 * i, np.uint8)).save(tmp_path / "images" / label / f"{i}.png")
+    in_memory = build_config("vae", overrides=FAST).to_dict()
+    streamed = build_config("vae", overrides=FAST + [f"data.source={tmp_path / 'images'}"]).to_dict()
+    assert trial_resources(in_memory)({}).bundles == [{"CPU": 1.0}]
+    assert trial_resources(streamed)({}).bundles == [TRIAL_RESOURCES]
+    assert trial_resources(in_memory, nested=True)({}).bundles == [TRIAL_RESOURCES]
+    two = {"train_loop_config": {"train.workers": 2}}
+    assert trial_resources(in_memory)(two).bundles == [TRIAL_RESOURCES]
+
+
 def trial_statuses(search_dir) -> dict[str, str]:
     """Trial id -> status, as Tune last saved them in the search's experiment state."""
     states = sorted(search_dir.glob("experiment_state-*.json"), key=lambda p: p.stat().st_mtime)
