@@ -303,19 +303,20 @@ def trial_resources(base: dict[str, Any], nested: bool = False):
     return of
 
 
-def every_trial_in_process(base: RunConfig, spec: SearchSpec) -> bool:
-    """Whether every trial of the search trains in its own process: the base config does, and
-    the search varies nothing that could make a trial nested (trial_resources)."""
+def every_trial_in_process(resources, spec: SearchSpec) -> bool:
+    """Whether every trial of the search trains in its own process: the base config's does (its
+    `resources`, from trial_resources, reserve a worker's CPUs), and the search varies nothing
+    that could make a trial nested."""
     varied = set(spec.space) | set(spec.mutations)
     if varied & {"train.workers", "train.cpus_per_worker", "train.use_gpu"}:
         return False
-    return "CPU" in trial_resources(base.to_dict())({}).bundles[0]
+    return "CPU" in resources({}).bundles[0]
 
 
-def trainable_for(base: dict[str, Any], train_storage: str, fs, nested: bool = False) -> Any:
-    """The search's trainable: run_trial with its fixed arguments and its resources."""
+def trainable_for(base: dict[str, Any], train_storage: str, fs, resources) -> Any:
+    """The search's trainable: run_trial with its fixed arguments and `resources` (trial_resources)."""
     trainable = tune.with_parameters(run_trial, base=base, train_storage=train_storage, store=str(store_root()), fs=fs)
-    return tune.with_resources(trainable, trial_resources(base, nested))
+    return tune.with_resources(trainable, resources)
 
 
 def run_trial(config: dict[str, Any], base: dict[str, Any], train_storage: str, store: str, fs=None) -> None:
@@ -595,7 +596,8 @@ def build_tuner(
     keep = max(base.train.keep_checkpoints, 4 if scheduler in ("pbt", "pb2") else 2)
     base = base.model_copy(update={"train": base.train.model_copy(update={"keep_checkpoints": keep})})
     storage_path, fs = search.storage.ray_storage()
-    trainable = trainable_for(base.to_dict(), str(train_storage), fs, nested)
+    resources = trial_resources(base.to_dict(), nested)  # lists a streamed source's files once
+    trainable = trainable_for(base.to_dict(), str(train_storage), fs, resources)
     search.search_spec_file.write_text(json.dumps(
         {"family": family, "metric": spec.metric, "mode": spec.mode, "scheduler": scheduler,
          "searcher": spec.searcher, "nested": nested, "base": base.to_dict()}))
@@ -610,7 +612,7 @@ def build_tuner(
             # actor (a process with torch and genray imported: most of a trial's start-up) takes
             # the next trial. A nested trial's actor must die: it owns the Train controller and
             # workers of its fit, which a reused actor would leave running, holding their CPUs.
-            reuse_actors=not nested and every_trial_in_process(base, spec),
+            reuse_actors=not nested and every_trial_in_process(resources, spec),
         ),
         run_config=tune.RunConfig(
             name=name, storage_path=storage_path, storage_filesystem=fs,
@@ -637,7 +639,8 @@ def restore_tuner(name: str, storage: str | Path):
     if meta["scheduler"] != "fifo":
         require_state_api()
     # Tune needs the trainable again: the same one, rebuilt from what the search stored.
-    trainable = trainable_for(meta["base"], str(search.location / TRIALS_FOLDER), fs, meta.get("nested", False))
+    trainable = trainable_for(meta["base"], str(search.location / TRIALS_FOLDER), fs,
+                              trial_resources(meta["base"], meta.get("nested", False)))
     return tune.Tuner.restore(experiment, trainable=trainable, resume_errored=True, storage_filesystem=fs), meta
 
 

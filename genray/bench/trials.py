@@ -139,6 +139,7 @@ def run(parts: tuple[str, ...], storage: Path, overrides: list[str], previous: d
     import ray
 
     if parts and not ray.is_initialized():
+        from genray.bench.perf import free_port
         from genray.train import start_local_ray
 
         # The dashboard's state API frees a stopped nested trial's placement group (genray.tune).
@@ -163,14 +164,6 @@ def run(parts: tuple[str, ...], storage: Path, overrides: list[str], previous: d
         result[f"{part}_machine"] = result["machine"]  # when (and where) each part was measured
     result["claims"] = decide(result)
     return result
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def decide(result: dict[str, Any]) -> list[dict[str, Any]]:
