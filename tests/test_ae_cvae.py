@@ -112,8 +112,8 @@ def test_denoising_ae_trains_on_noisy_inputs_with_clean_targets(digits, loss):
     assert ((seen == 0).flatten(1).sum(1) >= 392).all()
     assert torch.equal(seen[seen != 0], x[seen != 0])
     logits = recorder.answer.detach()
-    assert step["loss"] == pytest.approx(reconstruction_loss(logits, x, loss).mean().item(), rel=1e-5)
-    assert step["loss"] != pytest.approx(reconstruction_loss(logits, seen, loss).mean().item(), rel=1e-3)
+    assert float(step["loss"]) == pytest.approx(reconstruction_loss(logits, x, loss).mean().item(), rel=1e-5)
+    assert float(step["loss"]) != pytest.approx(reconstruction_loss(logits, seen, loss).mean().item(), rel=1e-3)
     # Validation scores clean reconstructions (the family metric) and the denoising itself.
     metrics = family.eval_batch((x, y))
     assert {"val_mse", "val_denoise_mse", "val_noisy_mse"} <= set(metrics)
@@ -188,7 +188,7 @@ def test_cvae_elbo_is_recon_plus_analytic_kl_and_warms_up(digits):
     # The train loss weighs the KL by the warm-up factor.
     step = family.train_step((x, y), epoch=1.0)
     assert step["kl_weight"] == 0.5
-    assert step["loss"] == pytest.approx(step["recon"] + 0.5 * step["kl"], rel=1e-5)
+    assert float(step["loss"]) == pytest.approx(float(step["recon"] + 0.5 * step["kl"]), rel=1e-5)
 
 
 def test_cvae_samples_show_the_requested_digit(digits):

@@ -154,7 +154,7 @@ def test_a_folder_of_rgb_images_trains_an_rgb_unet_whose_loss_covers_only_the_ho
     # the baseline's squared error over the masked values: every channel of each hole, nothing else.
     hole_mse = ((blur_fill(image, mask) - image) ** 2 * mask).sum() / (3 * mask.sum())
     before = [p.clone() for p in net.parameters()]
-    assert family.train_step((image, mask), 0.0)["loss"] == pytest.approx(hole_mse.item(), rel=1e-5)
+    assert float(family.train_step((image, mask), 0.0)["loss"]) == pytest.approx(hole_mse.item(), rel=1e-5)
     assert any(not torch.equal(a, b) for a, b in zip(before, net.parameters()))
     # Without holes there is nothing to learn from, however far the output is from the image.
     plain = family_cls(UNetConfig(channels=4, prefill="zero"), spec=family.spec)

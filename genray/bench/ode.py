@@ -265,9 +265,9 @@ class StepClock(Hooks):
                 self.rss0 = -1
         self.starts.append((int(epoch), time.perf_counter(), time.thread_time()))
 
-    def after_step(self, metrics: dict[str, float]) -> None:
-        self.nfe_forward.append(metrics["nfe"])
-        self.nfe_backward.append(metrics["nfe_backward"])
+    def after_step(self, metrics) -> None:
+        self.nfe_forward.append(float(metrics["nfe"]))
+        self.nfe_backward.append(float(metrics["nfe_backward"]))
 
     def on_end(self, config: LoopConfig, rank: int) -> None:
         if rank == 0 and config.local_run_folder is not None:

@@ -29,7 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
 
 from genray.data.images import ImageSpec
-from genray.families.base import Family, seeded_generator
+from genray.families.base import Family, seeded_generator, StepMetrics
 from genray.families.convnets import Stages, leaky_relu
 from genray.families.gan import moment_mse
 
@@ -141,7 +141,7 @@ class AAEFamily(Family):
             "generator": torch.optim.Adam(enc.parameters(), lr=c.lr_g, betas=c.betas),
         }
 
-    def train_step(self, batch, epoch: float) -> dict[str, float]:
+    def train_step(self, batch, epoch: float) -> StepMetrics:
         c = self.cfg
         enc, dec, disc = (self.train_nets[k] for k in ("encoder", "decoder", "discriminator"))
         x, _ = batch
@@ -169,12 +169,12 @@ class AAEFamily(Family):
         # D's weights collect gradients too; its next step zeroes them first.
         self.optimizer_step(g_loss, "generator")
         return {
-            "loss": recon.item(),
-            "recon": recon.item(),
-            "d_loss": d_loss.item(),
-            "g_loss": g_loss.item(),
-            "d_prior": s_prior.mean().item(),
-            "d_code": s_code.mean().item(),
+            "loss": recon.detach(),
+            "recon": recon.detach(),
+            "d_loss": d_loss.detach(),
+            "g_loss": g_loss.detach(),
+            "d_prior": s_prior.mean().detach(),
+            "d_code": s_code.mean().detach(),
         }
 
     @torch.no_grad()

@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
 from genray.data.images import ImageSpec
-from genray.families.base import Family, seeded_generator
+from genray.families.base import Family, seeded_generator, StepMetrics
 from genray.families.vae import VAEConfig, decoder_net, encoder_trunk
 
 NoiseKind = Literal["none", "gaussian", "masking"]
@@ -121,13 +121,13 @@ class AEFamily(Family):
         params = self.nets["ae"].parameters()
         return {"ae": torch.optim.Adam(params, lr=self.cfg.lr, weight_decay=self.cfg.weight_decay)}
 
-    def train_step(self, batch, epoch: float) -> dict[str, float]:
+    def train_step(self, batch, epoch: float) -> StepMetrics:
         x, _ = batch
         noisy = corrupt(x, self.cfg.noise, self.cfg.noise_level)  # the input is noisy ...
         logits = self.train_nets["ae"](noisy)
         loss = reconstruction_loss(logits, x, self.cfg.loss).mean()  # ... the target is clean
         self.optimizer_step(loss, "ae")
-        return {"loss": loss.item(), "mse": pixel_mse(torch.sigmoid(logits.detach()), x).mean().item()}
+        return {"loss": loss.detach(), "mse": pixel_mse(torch.sigmoid(logits.detach()), x).mean().detach()}
 
     @torch.no_grad()
     def eval_batch(self, batch) -> dict[str, float]:

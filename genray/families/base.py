@@ -29,6 +29,9 @@ from genray.data.images import ImageSpec
 from genray.data.augment import AugmentConfig, augment
 
 
+# What a train step reports: metric name -> detached 0-dim tensor (read once an epoch) or number.
+StepMetrics = dict[str, "torch.Tensor | float"]
+
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -198,8 +201,10 @@ class Family(ABC):
         """One optimizer per player, over the raw modules' parameters."""
 
     @abstractmethod
-    def train_step(self, batch: Any, epoch: float) -> dict[str, float]:
-        """One optimisation step on a batch; `epoch` is fractional (for warm-ups)."""
+    def train_step(self, batch: Any, epoch: float) -> StepMetrics:
+        """One optimisation step on a batch; `epoch` is fractional (for warm-ups). Its metrics
+        are detached 0-dim tensors (or plain numbers): reading one (`float`, `.item()`) would
+        wait for the device, so the loop adds them up where they are and reads them once an epoch."""
 
     @abstractmethod
     def eval_batch(self, batch: Any) -> dict[str, float]:

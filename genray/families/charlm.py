@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from torch import nn
 
 from genray.data.text import TextDataConfig, load_text
-from genray.families.base import Family, seeded_generator
+from genray.families.base import Family, seeded_generator, StepMetrics
 
 UNKNOWN = 0  # the index of every character outside the vocabulary
 DEFAULT_VOCAB = "\t\n" + "".join(chr(c) for c in range(32, 127)) + "‘’“”–—…°ß"
@@ -123,12 +123,12 @@ class CharLMFamily(Family):
         pos = torch.searchsorted(self.sorted_codes, codes).clamp(max=len(self.sorted_codes) - 1)
         return torch.where(self.sorted_codes[pos] == codes, self.sorted_index[pos], UNKNOWN)
 
-    def train_step(self, batch, epoch: float) -> dict[str, float]:
+    def train_step(self, batch, epoch: float) -> StepMetrics:
         x, y = (self.to_index(t) for t in batch)  # (B, T) each
         logits, _ = self.train_nets["lstm"](x)
         loss = F.cross_entropy(logits.reshape(-1, self.classes), y.reshape(-1))  # nats per character
         self.optimizer_step(loss, "lstm", clip_norm=self.cfg.grad_clip)
-        return {"loss": loss.item(), "bits_per_char": loss.item() / math.log(2)}
+        return {"loss": loss.detach(), "bits_per_char": loss.detach() / math.log(2)}
 
     @torch.no_grad()
     def eval_batch(self, batch) -> dict[str, float]:

@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
 from genray.data.images import ImageSpec
-from genray.families.base import Family, Parts
+from genray.families.base import Family, Parts, StepMetrics
 from genray.families.convnets import Stages
 
 
@@ -84,12 +84,12 @@ class ClassifierFamily(Family):
         return Parts(blocks=[f"classifier.body.{i}" for i in convs],
                      head=[f"classifier.body.{dense}", "classifier.head"])
 
-    def train_step(self, batch, epoch: float) -> dict[str, float]:
+    def train_step(self, batch, epoch: float) -> StepMetrics:
         x, y = batch
         logits = self.train_nets["classifier"](x)
         loss = F.cross_entropy(logits, y)
         self.optimizer_step(loss, "classifier")
-        return {"loss": loss.item(), "acc": (logits.argmax(1) == y).float().mean().item()}
+        return {"loss": loss.detach(), "acc": (logits.argmax(1) == y).float().mean().detach()}
 
     @torch.no_grad()
     def eval_batch(self, batch) -> dict[str, float]:

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from genray.data.images import ImageSpec
-from genray.families.base import Family, seeded_normal
+from genray.families.base import Family, seeded_normal, StepMetrics
 from genray.families.classifier import require_classes
 from genray.families.vae import VAEConfig, decoder_net, encoder_trunk, neg_elbo_terms
 
@@ -81,14 +81,14 @@ class CVAEFamily(Family):
             return 1.0
         return min(1.0, epoch / self.cfg.kl_warmup_epochs)
 
-    def train_step(self, batch, epoch: float) -> dict[str, float]:
+    def train_step(self, batch, epoch: float) -> StepMetrics:
         x, y = batch
         logits, mu, logvar = self.train_nets["cvae"](x, y)
         recon, kl = neg_elbo_terms(x, logits, mu, logvar)
         beta = self.kl_weight(epoch)
         loss = (recon + beta * kl).mean()
         self.optimizer_step(loss, "cvae")
-        return {"loss": loss.item(), "recon": recon.mean().item(), "kl": kl.mean().item(), "kl_weight": beta}
+        return {"loss": loss.detach(), "recon": recon.mean().detach(), "kl": kl.mean().detach(), "kl_weight": beta}
 
     @torch.no_grad()
     def eval_batch(self, batch) -> dict[str, float]:

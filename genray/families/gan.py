@@ -43,7 +43,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
 from genray.data.images import ImageSpec
-from genray.families.base import Family, seeded_normal
+from genray.families.base import Family, seeded_normal, StepMetrics
 from genray.families.convnets import Stages, leaky_relu
 
 LOSSES = ("bce", "hinge", "lsgan", "wgan-gp")
@@ -227,7 +227,7 @@ class GANFamily(Family):
     def noise(self, n: int) -> torch.Tensor:
         return torch.randn(n, self.cfg.latent_dim, device=self.device)
 
-    def d_step(self, real: torch.Tensor) -> dict[str, float]:
+    def d_step(self, real: torch.Tensor) -> StepMetrics:
         """One D (critic) update on real images in [-1, 1] and as many fresh fakes."""
         c, gen, disc = self.cfg, self.train_nets["generator"], self.train_nets["discriminator"]
         n = real.shape[0]
@@ -239,8 +239,8 @@ class GANFamily(Family):
             s_real, s_fake, s_hat = disc(torch.cat([real, fake, x_hat])).split(n)
             gp = gradient_penalty(s_hat, x_hat)
             d_loss = s_fake.mean() - s_real.mean() + c.gp_weight * gp
-            out["gp"] = gp.item()
-            out["wasserstein"] = (s_real.mean() - s_fake.mean()).item()
+            out["gp"] = gp.detach()
+            out["wasserstein"] = (s_real.mean() - s_fake.mean()).detach()
         else:
             scores = disc(torch.cat([real, fake]))  # (2B,)
             labels = noisy_labels(n, n, c.label_noise, self.device)
@@ -248,17 +248,17 @@ class GANFamily(Family):
             d_loss = per_image[:n].mean() + per_image[n:].mean()
             s_real, s_fake = scores.split(n)
         self.optimizer_step(d_loss, "discriminator")
-        out.update(d_loss=d_loss.item(), d_real=s_real.mean().item(), d_fake=s_fake.mean().item())
+        out.update(d_loss=d_loss.detach(), d_real=s_real.mean().detach(), d_fake=s_fake.mean().detach())
         return out
 
-    def g_step(self, n: int) -> float:
+    def g_step(self, n: int) -> torch.Tensor:
         gen, disc = self.train_nets["generator"], self.train_nets["discriminator"]
         g_loss = generator_loss(self.cfg.loss, disc(gen(self.noise(n))))
         # D's weights get gradients too (DDP reduces them); the next D step zeroes them first.
         self.optimizer_step(g_loss, "generator")
         if self.cfg.ema > 0:
             self.update_ema()
-        return g_loss.item()
+        return g_loss.detach()
 
     @torch.no_grad()
     def update_ema(self) -> None:
@@ -269,7 +269,7 @@ class GANFamily(Family):
         for b_avg, b in zip(avg.buffers(), live.buffers()):
             b_avg.copy_(b)
 
-    def train_step(self, batch, epoch: float) -> dict[str, float]:
+    def train_step(self, batch, epoch: float) -> StepMetrics:
         x, _ = batch
         real = x * 2.0 - 1.0  # (B, C, S, S) in [-1, 1], the range of the tanh output
         sums: dict[str, float] = {}

@@ -29,7 +29,7 @@ from torch_geometric.loader.dataloader import Collater
 from torch_geometric.nn import GCNConv
 
 from genray.data.graphs import NodeDataConfig, load_node_data
-from genray.families.base import Family
+from genray.families.base import Family, StepMetrics
 
 
 class GCNConfig(BaseModel):
@@ -99,20 +99,27 @@ class GCNFamily(Family):
                 f"the graph has {graph.x.size(1)} node features but model.in_features={self.cfg.in_features}; "
                 f"set model.in_features={graph.x.size(1)}"
             )
-        if graph.y is not None and graph.y.numel() and int(graph.y.max()) >= self.cfg.num_classes:
+        # The labels are read on the host: a graph bound for a GPU is checked by to_device before
+        # its copy, so a training step never waits for the device here.
+        labels = graph.y
+        if labels is not None and labels.device.type == "cpu" and labels.numel() and int(labels.max()) >= self.cfg.num_classes:
             raise ValueError(
-                f"the graph has labels up to {int(graph.y.max())} but model.num_classes={self.cfg.num_classes}; "
-                f"set model.num_classes={int(graph.y.max()) + 1}"
+                f"the graph has labels up to {int(labels.max())} but model.num_classes={self.cfg.num_classes}; "
+                f"set model.num_classes={int(labels.max()) + 1}"
             )
 
-    def train_step(self, batch, epoch: float) -> dict[str, float]:
+    def to_device(self, batch):
+        self.check(batch)
+        return super().to_device(batch)
+
+    def train_step(self, batch, epoch: float) -> StepMetrics:
         self.check(batch)
         logits = self.train_nets["gcn"](batch.x, batch.edge_index)  # (N, C)
         mask = batch.train_mask
         loss = F.cross_entropy(logits[mask], batch.y[mask])
         self.optimizer_step(loss, "gcn")
         acc = (logits[mask].argmax(1) == batch.y[mask]).float().mean()
-        return {"loss": loss.item(), "acc": acc.item()}
+        return {"loss": loss.detach(), "acc": acc.detach()}
 
     @torch.no_grad()
     def eval_batch(self, batch) -> dict[str, float]:

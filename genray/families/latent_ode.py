@@ -39,7 +39,7 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from genray.data.spirals import SERIES_SPAN, SPIRAL_STOP, spiral_series
-from genray.families.base import Family
+from genray.families.base import Family, StepMetrics
 from genray.families.ode import SolverConfig, solve
 
 LOG_2PI = math.log(2 * math.pi)
@@ -311,7 +311,7 @@ class LatentODEFamily(Family):
             return 1.0
         return min(1.0, epoch / self.cfg.kl_warmup_epochs)
 
-    def train_step(self, batch, epoch: float) -> dict[str, float]:
+    def train_step(self, batch, epoch: float) -> StepMetrics:
         t_obs, x_obs = batch[0], batch[1]  # (B, n), (B, n, D); the clean values stay unseen
         n = t_obs.shape[1]
         low = max(1, math.ceil(self.cfg.min_encoded_fraction * n))
@@ -323,7 +323,7 @@ class LatentODEFamily(Family):
         for group in self.optimizers["latent_ode"].param_groups:
             group["lr"] = self.cfg.lr * self.cfg.lr_decay**epoch
         self.optimizer_step(loss, "latent_ode")
-        return {"loss": loss.item(), "nll": nll.mean().item(), "kl": kl.mean().item(), "kl_weight": beta}
+        return {"loss": loss.detach(), "nll": nll.mean().detach(), "kl": kl.mean().detach(), "kl_weight": beta}
 
     @torch.no_grad()
     def eval_batch(self, batch) -> dict[str, float]:

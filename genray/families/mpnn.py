@@ -32,7 +32,7 @@ from torch_geometric.loader.dataloader import Collater
 from torch_geometric.nn import NNConv, Set2Set, global_add_pool
 
 from genray.data.graphs import TARGETS, GraphDataConfig, load_graph_data
-from genray.families.base import Family
+from genray.families.base import Family, StepMetrics
 
 
 class MPNNConfig(BaseModel):
@@ -146,7 +146,7 @@ class MPNNFamily(Family):
         index, graphs = graph_index(batch)
         return net(batch.x, batch.edge_index, batch.edge_attr, index, graphs)
 
-    def train_step(self, batch, epoch: float) -> dict[str, float]:
+    def train_step(self, batch, epoch: float) -> StepMetrics:
         self.check(batch)
         raw = self.nets["mpnn"]
         with torch.no_grad():  # the training set's statistics, the same in every graph
@@ -156,7 +156,7 @@ class MPNNFamily(Family):
         pred = self.predict_standardised(self.train_nets["mpnn"], batch)
         loss = F.mse_loss(pred, target)
         self.optimizer_step(loss, "mpnn")
-        return {"loss": loss.item()}
+        return {"loss": loss.detach()}
 
     @torch.no_grad()
     def eval_batch(self, batch) -> dict[str, float]:

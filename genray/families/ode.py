@@ -30,7 +30,7 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from genray.data.spirals import SPIRAL_Y0, SpiralField, collate_gathered, spiral_trajectory, trajectory_windows
-from genray.families.base import Family
+from genray.families.base import Family, StepMetrics
 
 ADAPTIVE_METHODS = ("dopri5", "dopri8", "bosh3", "fehlberg2", "adaptive_heun")
 FIXED_METHODS = ("euler", "midpoint", "heun3", "rk4")
@@ -262,7 +262,7 @@ class ODEFamily(Family):
             return F.mse_loss(pred, target)
         return F.l1_loss(pred, target)
 
-    def train_step(self, batch, epoch: float) -> dict[str, float]:
+    def train_step(self, batch, epoch: float) -> StepMetrics:
         t_win, y_win = batch  # (B, W), (B, W, 2); every row of t_win is the same grid
         target = y_win.transpose(0, 1)  # (W, B, 2)
         field = self.nets["ode"].field
@@ -274,8 +274,8 @@ class ODEFamily(Family):
         for group in self.optimizers["ode"].param_groups:
             group["lr"] = lr
         self.optimizer_step(loss, "ode")  # with adjoint, the backward is a solve that evaluates the field again
-        loss_value = loss.item()
-        mse = loss_value if self.cfg.loss == "mse" else F.mse_loss(pred.detach(), target).item()
+        loss_value = loss.detach()
+        mse = loss_value if self.cfg.loss == "mse" else F.mse_loss(pred.detach(), target).detach()
         return {"loss": loss_value, "mse": mse, "nfe": float(forward_evals),
                 "nfe_backward": float(field.calls - calls - forward_evals), "lr": lr}
 

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
-from genray.families.base import Family
+from genray.families.base import Family, StepMetrics
 from genray.families.latent_ode import SeriesDataConfig, load_series, render_series, series_mse
 
 
@@ -99,7 +99,7 @@ class RNNFamily(Family):
     def make_optimizers(self):
         return {"rnn": torch.optim.Adam(self.nets["rnn"].parameters(), lr=self.cfg.lr)}
 
-    def train_step(self, batch, epoch: float) -> dict[str, float]:
+    def train_step(self, batch, epoch: float) -> StepMetrics:
         t_obs, x_obs = batch[0], batch[1]  # (B, n), (B, n, D); the clean values stay unseen
         n = t_obs.shape[1]
         low = max(1, math.ceil(self.cfg.min_read_fraction * n))
@@ -109,7 +109,7 @@ class RNNFamily(Family):
         for group in self.optimizers["rnn"].param_groups:
             group["lr"] = self.cfg.lr * self.cfg.lr_decay**epoch
         self.optimizer_step(loss, "rnn")
-        return {"loss": loss.item()}
+        return {"loss": loss.detach()}
 
     @torch.no_grad()
     def eval_batch(self, batch) -> dict[str, float]:

@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
 from genray.data.images import ImageSpec
-from genray.families.base import Family, seeded_normal
+from genray.families.base import Family, seeded_normal, StepMetrics
 from genray.families.convnets import Stages
 
 
@@ -99,14 +99,14 @@ class VAEFamily(Family):
             return 1.0
         return min(1.0, epoch / self.cfg.kl_warmup_epochs)
 
-    def train_step(self, batch, epoch: float) -> dict[str, float]:
+    def train_step(self, batch, epoch: float) -> StepMetrics:
         x, _ = batch
         logits, mu, logvar = self.train_nets["vae"](x)
         recon, kl = neg_elbo_terms(x, logits, mu, logvar)
         beta = self.kl_weight(epoch)
         loss = (recon + beta * kl).mean()
         self.optimizer_step(loss, "vae")
-        return {"loss": loss.item(), "recon": recon.mean().item(), "kl": kl.mean().item(), "kl_weight": beta}
+        return {"loss": loss.detach(), "recon": recon.mean().detach(), "kl": kl.mean().detach(), "kl_weight": beta}
 
     @torch.no_grad()
     def eval_batch(self, batch) -> dict[str, float]:

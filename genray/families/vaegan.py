@@ -37,7 +37,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
 from genray.data.images import ImageSpec
-from genray.families.base import Family, seeded_normal
+from genray.families.base import Family, seeded_normal, StepMetrics
 from genray.families.convnets import Stages, leaky_relu
 from genray.families.gan import Generator, moment_mse, sample_ranked_metric
 
@@ -130,7 +130,7 @@ class VAEGANFamily(Family):
         lrs = {"encoder": c.lr_enc, "decoder": c.lr_dec, "discriminator": c.lr_d}
         return {k: torch.optim.Adam(self.nets[k].parameters(), lr=lr, betas=c.betas) for k, lr in lrs.items()}
 
-    def train_step(self, batch, epoch: float) -> dict[str, float]:
+    def train_step(self, batch, epoch: float) -> StepMetrics:
         c = self.cfg
         enc, dec, disc = (self.train_nets[k] for k in ("encoder", "decoder", "discriminator"))
         x, _ = batch
@@ -166,13 +166,13 @@ class VAEGANFamily(Family):
         loss = c.kl_weight * prior + c.gamma * llike + gan
         self.optimizer_step(loss, "encoder", "decoder")
         return {
-            "loss": loss.item(),
-            "d_loss": d_loss.item(),
-            "prior": prior.item(),
-            "llike": llike.item(),
-            "gan": gan.item(),
-            "d_real": s_real.mean().item(),
-            "d_fake": s_p.mean().item(),
+            "loss": loss.detach(),
+            "d_loss": d_loss.detach(),
+            "prior": prior.detach(),
+            "llike": llike.detach(),
+            "gan": gan.detach(),
+            "d_real": s_real.mean().detach(),
+            "d_fake": s_p.mean().detach(),
         }
 
     @torch.no_grad()

@@ -37,6 +37,7 @@ from genray.config import RunConfig
 from genray.data import DataConfig, DataError, augment, resolve
 from genray.data.files import ShardBatches
 from genray.families import get_family
+from genray.families.base import StepMetrics
 from genray.metrics import global_throughput
 from genray.runs import HISTORY_FILE, TENSORBOARD, RunDir, parse_history
 from genray.storage import Location
@@ -52,8 +53,8 @@ class Hooks:
     def before_step(self, epoch: float) -> None:
         """Just before a train step; `epoch` is fractional (epoch + step / steps_per_epoch)."""
 
-    def after_step(self, metrics: dict[str, float]) -> None:
-        """After a train step, with the step's metrics."""
+    def after_step(self, metrics: StepMetrics) -> None:
+        """After a train step, with the step's metrics (0-dim tensors: `float` waits for the device)."""
 
     def on_epoch_end(self, epoch: int, metrics: dict[str, Any]) -> None:
         """After an epoch's metrics are complete, before they are reported."""
@@ -222,7 +223,7 @@ def run_loop(config: LoopConfig, session: Session) -> None:
         family.train()
         # Training inputs only, transformed on their device; the draws depend on (seed, rank, epoch).
         augment_gen = augment.generator(cfg.train.seed, rank, epoch) if augmenting else None
-        sums: dict[str, float] = {}
+        sums: dict[str, torch.Tensor | float] = {}
         samples, steps, t_steps, cpu_steps = 0, 0, time.perf_counter(), time.thread_time()
         batches = train_data.epoch(epoch)
         if steps_agree:
@@ -241,12 +242,12 @@ def run_loop(config: LoopConfig, session: Session) -> None:
                 step = family.train_step(batch, epoch + i / steps_per_epoch)
             for hook in config.hooks:
                 hook.after_step(step)
-            for k, v in step.items():
-                sums[k] = sums.get(k, 0.0) + v
+            add_step(sums, step)
             samples += family.batch_size(batch)
             steps += 1
             if first_step_at is None:
                 first_step_at = time.time()
+        sums = read_sums(sums)  # the epoch's one wait for the device's step metrics
         _, cpu_seconds = global_throughput(samples, time.thread_time() - cpu_steps)
         samples, seconds = global_throughput(samples, time.perf_counter() - t_steps)
         sums = all_reduce_sums({**sums, STEPS: steps, SKIPPED: train_data.skipped})
@@ -404,6 +405,24 @@ def measure_quality(family, n: int, data) -> dict[str, float]:
 
     images, wanted = drawn
     return {f"sample_{k}": v for k, v in sample_quality(images.cpu(), wanted, data=data).items()}
+
+
+def add_step(sums: dict[str, torch.Tensor | float], step: StepMetrics) -> None:
+    """Add a step's metrics to the epoch's sums where they are: a tensor stays on its device
+    (in float64, so a long epoch of bf16 losses adds up exactly), a number stays a number."""
+    for k, v in step.items():
+        if isinstance(v, torch.Tensor):
+            v = v.detach().to(torch.float64)
+        sums[k] = sums.get(k, 0.0) + v
+
+
+def read_sums(sums: dict[str, torch.Tensor | float]) -> dict[str, float]:
+    """The sums as numbers, with one copy from each device they are on."""
+    out = {k: float(v) for k, v in sums.items() if not isinstance(v, torch.Tensor)}
+    on_device = {k: v for k, v in sums.items() if isinstance(v, torch.Tensor)}
+    if on_device:
+        out.update(zip(on_device, torch.stack(list(on_device.values())).tolist()))
+    return out
 
 
 # Keys of the per-epoch sums that are counts, not metrics.
