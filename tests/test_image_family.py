@@ -113,6 +113,7 @@ def test_the_tiny_family_is_served_by_its_capabilities(tiny):
     info = cls.info(replica)
     assert info["family"] == "tiny" and info["latent_dim"] == 3 and info["lr"] == 1e-2
     assert info["endpoints"] == ["/sample", "/encode", "/decode", "/reconstruct"]
+    assert info["device"] == "cpu"  # no GPU here (a replica given one answers "cuda")
     request = typing.get_type_hints(cls.encode)["req"].model_validate({"images": [[[0.5] * 28] * 28]})
     z = torch.tensor(cls.encode(replica, request)["z"])
     assert torch.allclose(z, family.encode(torch.full((1, 1, 28, 28), 0.5)), atol=1e-6)

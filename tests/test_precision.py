@@ -142,3 +142,30 @@ def test_a_train_step_leaves_its_metrics_on_the_device(name, monkeypatch):
     assert reads <= HOST_READS.get(name, set()), f"{name} reads tensors in {reads - HOST_READS.get(name, set())}"
     assert all(isinstance(v, float) or (isinstance(v, torch.Tensor) and v.dim() == 0 and not v.requires_grad)
                for v in step.values()), step
+
+
+@pytest.mark.parametrize("name", ["vae", "gan", "unet"])
+def test_channels_last_changes_the_layout_not_the_numbers(name):
+    """What the loop and the image replicas do on CUDA, done on the CPU: conv weights and image
+    batches in NHWC, and training that follows the same path as in NCHW."""
+    # Dropout draws its mask in memory order, so it drops other units in NHWC: none here.
+    cfg = build_config(name, overrides=["model.dropout=0"] if name == "gan" else [])
+    family_cls = get_family(name)
+    batch = first_batch(family_cls, cfg, size=16)
+    losses = {}
+    for layout in ("nchw", "nhwc"):
+        torch.manual_seed(0)
+        family = family_cls(cfg.model)
+        if layout == "nhwc":
+            assert family.use_channels_last()
+            convs = [m for net in family.nets.values() for m in net.modules() if isinstance(m, torch.nn.Conv2d)]
+            assert convs and all(m.weight.is_contiguous(memory_format=torch.channels_last) for m in convs)
+        moved = family.to_device(batch)
+        memory_format = torch.channels_last if layout == "nhwc" else torch.contiguous_format
+        assert moved[0].is_contiguous(memory_format=memory_format)
+        family.train()
+        torch.manual_seed(1)
+        losses[layout] = [float(family.train_step(moved, epoch=1.0)["loss"]) for _ in range(3)]
+    assert losses["nhwc"] == pytest.approx(losses["nchw"], rel=1e-4)
+    # A family without 2-D convolutions keeps its layout.
+    assert not get_family("charlm")(build_config("charlm").model).use_channels_last()

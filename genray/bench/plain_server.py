@@ -17,10 +17,10 @@ from genray.checkpoint import load_family
 from genray.deploy.common import BadRequest, DecodeRequest, SampleRequest, bad_request, codes_to_tensor, encode_images
 
 
-def build(gan_path: str, vae_path: str, threads: int = 1) -> FastAPI:
+def build(gan_path: str, vae_path: str, threads: int = 1, device: str = "cpu") -> FastAPI:
     torch.set_num_threads(threads)
-    gan, _ = load_family(gan_path)
-    vae, _ = load_family(vae_path)
+    gan, _ = load_family(gan_path, device)
+    vae, _ = load_family(vae_path, device)
     api = FastAPI(title="plain baseline")  # no genray middleware: the plain stack
     api.add_exception_handler(BadRequest, bad_request)  # a wrong-sized code is a 422, as in genray
 
@@ -54,8 +54,9 @@ def main() -> None:
     parser.add_argument("--vae", required=True)
     parser.add_argument("--port", type=int, default=8100)
     parser.add_argument("--threads", type=int, default=1, help="torch threads")
+    parser.add_argument("--device", default="cpu", help="where the models run: cpu or cuda")
     args = parser.parse_args()
-    uvicorn.run(build(args.gan, args.vae, args.threads), host="127.0.0.1", port=args.port,
+    uvicorn.run(build(args.gan, args.vae, args.threads, args.device), host="127.0.0.1", port=args.port,
                 log_level="warning", access_log=False)
 
 

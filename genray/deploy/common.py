@@ -301,6 +301,19 @@ def deployment(api: FastAPI, **options: Any) -> Callable[[type], Any]:
     return wrap
 
 
+def replica_device() -> torch.device:
+    """Where a replica computes: its GPU when Serve gave it one (`num_gpus` in its
+    ray_actor_options, a fraction such as 0.25 included: Ray then shows it one device through
+    CUDA_VISIBLE_DEVICES), else the CPU. Outside Ray: the GPU when there is one."""
+    import ray
+
+    if not torch.cuda.is_available():
+        return torch.device("cpu")
+    if ray.is_initialized() and not ray.get_gpu_ids():
+        return torch.device("cpu")  # a replica that asked for no GPU leaves it to those that did
+    return torch.device("cuda")
+
+
 class ModelReplica:
     """What a replica of a model's deployment holds: the stored model's family, rebuilt in eval
     mode, and its checkpoint (family, epoch, metrics, config)."""
@@ -346,5 +359,5 @@ def sample_many(family, requests: list[tuple[int, Optional[int]]]) -> list[torch
     however it was batched."""
     codes = [family.prior_codes(n, seed) for n, seed in requests]
     with torch.inference_mode():
-        images = family.decode(torch.cat(codes))  # (sum n, C, S, S)
-    return list(images.split([n for n, _ in requests]))
+        images = family.decode(torch.cat(codes))  # (sum n, C, S, S), on the family's device
+    return list(images.cpu().split([n for n, _ in requests]))  # one copy back for the whole batch

@@ -55,6 +55,7 @@ from genray.deploy.common import (
     image_to_tensor,
     images_to_tensor,
     make_api,
+    replica_device,
     sample_many,
 )
 from genray.families.base import CAPABILITIES, Family
@@ -151,16 +152,16 @@ def sample_digits_many(family, requests: list[tuple[int, int, Optional[int]]]) -
     from its own seed, so a seeded request gets the same images however it was batched."""
     codes = torch.cat([family.prior_codes(n, seed) for _, n, seed in requests])  # (sum n, latent)
     digits = torch.cat([torch.full((n,), digit, dtype=torch.long) for digit, n, _ in requests])
-    images = family.decode(codes, digits)  # (sum n, C, S, S)
-    return list(images.split([n for _, n, _ in requests]))
+    images = family.decode(codes, digits)  # (sum n, C, S, S), on the family's device
+    return list(images.cpu().split([n for _, n, _ in requests]))  # one copy back for the batch
 
 
 def decode_many(family, codes: list[torch.Tensor]) -> list[torch.Tensor]:
     """All waiting requests' codes through the decoder at once (eval mode: each image is the same
     however the requests were batched)."""
     with torch.inference_mode():
-        images = family.decode(torch.cat(codes))
-    return list(images.split([len(z) for z in codes]))
+        images = family.decode(torch.cat(codes))  # codes built on the host, copied once
+    return list(images.cpu().split([len(z) for z in codes]))
 
 
 def encoded(family, req: EncodeRequest) -> dict:
@@ -293,7 +294,8 @@ ENDPOINTS = {
 
 
 class ImageReplica:
-    """A replica's model: the family class that image_deployment set, rebuilt from the checkpoint."""
+    """A replica's model: the family class that image_deployment set, rebuilt from the checkpoint
+    on the replica's device (its GPU when it was given one: genray.deploy.common.replica_device)."""
 
     family_name: str
     family_cls: type[Family]
@@ -303,7 +305,9 @@ class ImageReplica:
         if self.ckpt.family != self.family_name:
             raise ValueError(f"{model_path} holds a {self.ckpt.family} model; this deployment serves "
                              f"{self.family_name}")
-        self.family = self.family_cls.from_checkpoint(self.ckpt)
+        self.family = self.family_cls.from_checkpoint(self.ckpt, replica_device())
+        if self.family.device.type == "cuda":
+            self.family.use_channels_last()
 
 
 @functools.lru_cache(maxsize=None)
@@ -320,7 +324,7 @@ def image_deployment(name: str, family_cls: type[Family]):
         return {"family": self.ckpt.family, "epoch": self.ckpt.epoch, "latent_dim": cfg.latent_dim,
                 "image_shape": list(spec.shape), "labels": list(spec.labels) if spec.labels else None,
                 **{field: getattr(cfg, field) for field in family_cls.info_fields},
-                "metrics": self.ckpt.metrics, "endpoints": paths}
+                "metrics": self.ckpt.metrics, "endpoints": paths, "device": str(self.family.device)}
 
     class_name = f"{name.upper()}Deployment"
     methods = {"info": info}

@@ -190,6 +190,7 @@ class Family(ABC):
         self.precision = "fp32"
         self.scalers: dict[tuple[str, ...], torch.amp.GradScaler] = {}  # fp16: one per optimizer step
         self.compiled = False
+        self.channels_last = False  # 4-D batches and conv weights in NHWC (use_channels_last)
 
     # --- what a family defines -----------------------------------------------------------
     @abstractmethod
@@ -246,6 +247,19 @@ class Family(ABC):
         if self.precision == "fp32":
             return nullcontext()
         return torch.autocast(self.device.type, dtype=PRECISIONS[self.precision])
+
+    def use_channels_last(self) -> bool:
+        """Keep the convolutional networks' weights, and the 4-D batches to_device copies, in
+        channels-last (NHWC) memory: the layout a GPU's tensor cores take without transposing
+        every activation. The loop and the image replicas call it on CUDA; the numbers are the
+        same either way. Before training starts (the optimizers' state follows the weights).
+        Returns whether any network has a 2-D convolution (else nothing changes)."""
+        convolutional = [net for net in self.nets.values()
+                         if any(isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)) for m in net.modules())]
+        for net in convolutional:
+            net.to(memory_format=torch.channels_last)
+        self.channels_last = bool(convolutional)
+        return self.channels_last
 
     def compile(self) -> None:
         """Train through torch.compile'd networks (train.compile); again after each wrap()."""
@@ -358,6 +372,8 @@ class Family(ABC):
 
     def to_device(self, batch: Any) -> Any:
         if isinstance(batch, torch.Tensor):
+            if self.channels_last and batch.dim() == 4 and batch.is_floating_point():
+                return batch.to(self.device, memory_format=torch.channels_last, non_blocking=True)
             return batch.to(self.device, non_blocking=True)
         if isinstance(batch, (list, tuple)):
             return type(batch)(self.to_device(b) for b in batch)

@@ -148,6 +148,8 @@ def run_loop(config: LoopConfig, session: Session) -> None:
     family_cls = get_family(cfg.family)
     family = family_cls(cfg.model, device, spec=family_cls.spec_of(cfg.data))
     family.set_precision(cfg.train.precision)  # before a restore: fp16's loss scales are in the checkpoint
+    if device.type == "cuda":
+        family.use_channels_last()  # conv families only; before the optimizers hold any state
     start_epoch = 0
     with session.restored_checkpoint() as restored:
         if restored is not None:  # this run's own latest checkpoint: a resume or a worker restart
