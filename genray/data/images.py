@@ -289,6 +289,19 @@ def _find(folder: Path, stem: str) -> Path:
     raise DataError(f"MNIST file {stem}[.gz] not found in {folder}")
 
 
+def write_mnist(folder: str | Path, images: torch.Tensor, labels: torch.Tensor, part: str = "train") -> Path:
+    """Write images (N, 1, 28, 28) in [0, 1] and labels (N,) as MNIST's IDX files in `folder`,
+    as read_mnist reads them (pixels rounded to bytes)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    pixels = (images.squeeze(1).clamp(0, 1) * 255).round().to(torch.uint8).numpy()  # (N, 28, 28)
+    image_stem, label_stem = MNIST_FILES[part]
+    for stem, array in ((image_stem, pixels), (label_stem, labels.to(torch.uint8).numpy())):
+        header = struct.pack(">HBB", 0, 0x08, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
+        (folder / stem).write_bytes(header + array.tobytes())
+    return folder
+
+
 def read_mnist(folder: str | Path, part: str = "train") -> tuple[torch.Tensor, torch.Tensor]:
     """Images (N, 1, 28, 28) in [0, 1] and labels (N,) from MNIST IDX files in a folder."""
     folder = Path(folder)
