@@ -4,7 +4,8 @@
 - the same discretisation assembled independently as a scipy sparse matrix and solved directly gives
   the same time history;
 - the discrete maximum principle, the x1 <-> x2 symmetry when k = 1, CG's residuals, batch = single
-  solves, and clear errors for bad input.
+  solves, and clear errors for bad input;
+- float32 fields and CG agree with float64 to within float32's roundoff and CG's tolerance.
 """
 
 from __future__ import annotations
@@ -84,6 +85,25 @@ def test_manufactured_solution_converges_at_second_order():
     assert all(1.8 <= p <= 2.2 for p in orders), orders
 
 
+def test_float32_agrees_with_float64_on_the_manufactured_solution():
+    """float32 fields and CG, at float32's smallest rtol (1e-6), against float64 at 1e-12.
+
+    Tolerance 1e-5 (|u| <= 1.2 here): each step adds roundoff of a few float32 units (1.2e-7) and
+    CG's stopping error, below rtol = 1e-6 relative; measured 2.6e-7 (n = 8) to 7e-7 (n = 32, 64 steps).
+    That is 100x below the discretisation error at n = 32 (6.4e-5), so second order must still show.
+    """
+    t_end, sizes, errors = 1.0 / 16, (8, 16, 32), []
+    for n in sizes:
+        single = simulate(MANUFACTURED, n, 1.0 / n**2, t_end, rtol=1e-6, device=CPU, dtype="float32")
+        double = simulate(MANUFACTURED, n, 1.0 / n**2, t_end, rtol=1e-12, device=CPU)
+        assert single.u.dtype == torch.float32 and torch.all(single.residuals <= 1e-6)
+        assert (single.u.double() - double.u).abs().max().item() < 1e-5
+        x1, x2 = grid(n)
+        errors.append((single.u[0].double() - _u_exact(x1, x2, t_end)).abs().max().item())
+    orders = [math.log2(errors[i] / errors[i + 1]) for i in range(len(errors) - 1)]
+    assert all(1.8 <= p <= 2.2 for p in orders), orders
+
+
 # --- the same discretisation, assembled independently in scipy and solved directly ----------------
 
 
@@ -118,13 +138,17 @@ def _scipy_history(n: int, dt: float, steps: int, omega: float, k_in: float, k_o
     return u.reshape(m, m)
 
 
+# float64 at rtol 1e-13 must agree to 1e-8. float32 (its default rtol, 1e-5; at these n the V-cycle's
+# coarsest grid is the whole grid, solved directly, so CG is exact after one iteration): 12 steps of
+# float32 roundoff on |u| <= 0.4, whose own rounding is 2.4e-8; measured 1e-7, so 1e-6.
+@pytest.mark.parametrize("dtype, rtol, tolerance", [("float64", 1e-13, 1e-8), ("float32", None, 1e-6)])
 @pytest.mark.parametrize("n", [20, 32])
-def test_matches_sparse_direct_solve(n):
+def test_matches_sparse_direct_solve(n, dtype, rtol, tolerance):
     dt, steps, omega, k_in, k_out = 2e-3, 12, 20.0, 50.0, 1.0
-    ours = solve(n, dt, steps * dt, omega, k_in, k_out, rtol=1e-13, device=CPU)
+    ours = solve(n, dt, steps * dt, omega, k_in, k_out, rtol=rtol, device=CPU, dtype=dtype)
     reference = _scipy_history(n, dt, steps, omega, k_in, k_out)
-    assert ours.shape == (n + 1, n + 1) and ours.dtype == torch.float64
-    assert np.abs(ours[1:-1, 1:-1].numpy() - reference).max() < 1e-8
+    assert ours.shape == (n + 1, n + 1) and ours.dtype == getattr(torch, dtype)
+    assert np.abs(ours[1:-1, 1:-1].double().numpy() - reference).max() < tolerance
     rise = 1.0 - math.exp(-omega * steps * dt)
     assert torch.all(ours[0, :-1] == rise) and torch.all(ours[:-1, 0] == rise)  # heated edges
     assert torch.all(ours[-1, 1:] == 0) and torch.all(ours[1:, -1] == 0)  # cold edges
@@ -149,14 +173,20 @@ def test_symmetric_in_x1_x2_when_k_is_constant():
     assert (w - w.T).abs().max().item() > 1e-3
 
 
-def test_cg_meets_the_tolerance_at_every_step_in_few_iterations():
+@pytest.mark.parametrize("dtype, rtol", [("float64", 1e-9), ("float32", 1e-5)])
+def test_cg_meets_the_tolerance_at_every_step_in_few_iterations(dtype, rtol):
     iterations = {}
     for n in (64, 256):
-        result = simulate(course_problem(), n, 1e-3, 0.01, rtol=1e-9, device=CPU)
+        result = simulate(course_problem(), n, 1e-3, 0.01, rtol=rtol, device=CPU, dtype=dtype)
         assert result.steps == 10 and result.residuals.shape == (10, 1)
-        assert torch.all(result.residuals <= 1e-9)
+        assert torch.all(result.residuals <= rtol)
         assert torch.all(result.iterations >= 1)
         iterations[n] = result.iterations.max().item()
+        if dtype == "float32":
+            # The answer differs from float64's by CG's stopping error (rtol relative, per step) and
+            # roundoff: measured 2.4e-6 at n = 256 on |u| <= 0.4.
+            double = simulate(course_problem(), n, 1e-3, 0.01, rtol=1e-9, device=CPU)
+            assert (result.u.double() - double.u).abs().max().item() < 2e-5
     # Multigrid: the iteration count does not grow with n (Jacobi's doubles with each doubling of n).
     assert iterations[256] <= iterations[64] + 2 and iterations[256] <= 15, iterations
 
@@ -234,6 +264,9 @@ def test_conductivity_marks_the_triangle():
         (dict(omega=float("-inf")), r"omega must be finite"),
         (dict(n=100_000), r"n must be <= \d+ for a batch of 1.*MAX_SOLVER_BYTES"),
         (dict(rtol=0.0), r"rtol must be in \[1e-14, 1\)"),
+        (dict(rtol=1e-10, dtype="float32"), r"rtol must be in \[1e-06, 1\) for dtype float32, got 1e-10: .*float64"),
+        (dict(dtype="float16"), r"dtype must be one of \('float64', 'float32'\)"),
+        (dict(dtype=torch.bfloat16), r"dtype must be one of"),
         (dict(max_iter=0), r"max_iter must be an int >= 1"),
         (dict(preconditioner="ilu"), r"preconditioner must be one of"),
     ],

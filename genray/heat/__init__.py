@@ -2,6 +2,7 @@
 
     >>> from genray.heat import solve, render_png
     >>> u = solve(n=128, dt=1e-3, t_end=0.1)          # (129, 129) float64, indexed [i1, i2]
+    >>> u32 = solve(n=128, dt=1e-3, t_end=0.1, dtype="float32")  # float32 fields and CG, rtol 1e-5
     >>> png = render_png(u, title="t = 0.1")            # bytes of a PNG heat map
 
 The parts, one module each:
@@ -16,7 +17,10 @@ The parts, one module each:
 from genray.heat.problem import TRIANGLE, HeatProblem, conductivity_field, course_problem, grid
 from genray.heat.render import render_gif, render_png
 from genray.heat.stepper import (
+    DEFAULT_RTOL,
+    DTYPES,
     MAX_SOLVER_BYTES,
+    MIN_RTOL,
     PRECONDITIONERS,
     HeatResult,
     HeatStepper,
@@ -27,7 +31,10 @@ from genray.heat.stepper import (
 )
 
 __all__ = [
+    "DEFAULT_RTOL",
+    "DTYPES",
     "MAX_SOLVER_BYTES",
+    "MIN_RTOL",
     "PRECONDITIONERS",
     "TRIANGLE",
     "HeatProblem",

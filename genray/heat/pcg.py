@@ -42,8 +42,8 @@ def pcg(
     Each member stops when its true relative residual ||b - A x|| / ||b|| <= rtol; converged members are
     frozen (step length 0) while the others go on. The loop watches CG's recurrence for the residual and
     then checks the true residual: if they drifted apart, CG restarts from x; if a restart no longer
-    halves the true residual, that member has reached float64's roundoff floor (an ill-conditioned
-    system asked for a tiny rtol) and stops there, its residual reporting what was reached.
+    halves the true residual, that member has reached the roundoff floor of the working precision (an
+    ill-conditioned system asked for a tiny rtol) and stops there, its residual reporting what was reached.
     beta is the Polak-Ribiere ("flexible CG") formula, so the float32 preconditioner's rounding, which
     makes it very slightly nonlinear, does not spoil convergence.
     Returns x, iterations (B,) int64 and final true relative residuals (B,).

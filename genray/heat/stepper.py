@@ -6,8 +6,11 @@ multigrid V-cycle (multigrid.Multigrid) as the default preconditioner.
 Steps: round(t_end / dt), the step adjusted to t_end / steps so the run ends at t_end exactly.
 
 Devices and precision: every tensor lives on `device` (default: CUDA when available). The solution and
-CG are float64; only the preconditioner runs in float32 (preconditioner="multigrid64" keeps it in
-float64). Pure torch, no Ray, so the solver runs without a cluster.
+CG run in `dtype`, float64 (the default) or float32; the V-cycle runs in float32 either way
+(preconditioner="multigrid64" keeps it in float64). The operator, its conductivities and the multigrid
+hierarchy are built in float64 whatever the dtype and only then rounded, so float32 loses digits only
+where it must: in the stored coefficients and the arithmetic of the steps. Pure torch, no Ray, so the
+solver runs without a cluster.
 """
 
 from __future__ import annotations
@@ -38,6 +41,20 @@ _ARRAYS_PER_GRID = 40
 # "multigrid": V-cycle in float32 (default); "multigrid64": the same in float64; "jacobi": diagonal.
 PRECONDITIONERS = ("multigrid", "multigrid64", "jacobi", "none")
 
+# Working precisions of the solution and CG, by name.
+DTYPES = {"float64": torch.float64, "float32": torch.float32}
+# rtol when none is given, and the smallest that may be asked for, per dtype. ||b - A u|| is computed in
+# the working precision, so it cannot be resolved below about eps * ||A|| ||u|| / ||b||, which is >= eps
+# (float64 2.2e-16, float32 1.2e-7) and grows with k * dt * n^2. Measured in float32 on the course
+# problem at dt = 1e-3, CG's true residual stalls at 2e-7 (n = 64), 7e-7 (512), 1.1e-6 (1024) and
+# 1.5e-6 (2048); with k_in = 1000, dt = 1e-2 at 1.4e-4 (256). So the floors are 1e-14 and 1e-6, and
+# float32's default, 1e-5, sits a decade above its floor at every n up to 2048 for the course problem.
+# An rtol under the floor is refused (ValueError), not clamped: a caller who asks for 1e-10 in float32
+# wants digits float32 does not have, and should hear so rather than silently get fewer. Above the
+# floor, a system too ill-conditioned for the rtol stalls at its own floor and `simulate` warns (pcg).
+DEFAULT_RTOL = {"float64": 1e-10, "float32": 1e-5}
+MIN_RTOL = {"float64": 1e-14, "float32": 1e-6}
+
 
 def _is_int(x) -> bool:
     return isinstance(x, numbers.Integral) and not isinstance(x, bool)
@@ -57,7 +74,28 @@ def _max_n(batch: int, frames: int = 0) -> int:
     return max(int(math.isqrt(MAX_SOLVER_BYTES // per_cell)) - 1, 0)
 
 
-def _validate(n, dt, t_end, rtol, max_iter, batch: int, frames: int = 0) -> None:
+def _dtype_name(dtype) -> str:
+    """"float64" or "float32" from a name or a torch dtype; ValueError for anything else."""
+    for name, torch_dtype in DTYPES.items():
+        if dtype == name or dtype is torch_dtype:
+            return name
+    raise ValueError(f"dtype must be one of {tuple(DTYPES)} (or the torch dtypes), got {dtype!r}")
+
+
+def _rtol(rtol, dtype: str) -> float:
+    """The dtype's default rtol when none is given; ValueError if it is out of [MIN_RTOL[dtype], 1)."""
+    if rtol is None:
+        return DEFAULT_RTOL[dtype]
+    low = MIN_RTOL[dtype]
+    if not (_is_real(rtol) and low <= rtol < 1):
+        why = "" if dtype == "float64" else (
+            f": float32 does not resolve ||b - A u|| / ||b|| below about {low:g} (its roundoff is 1.2e-7);"
+            " use dtype='float64' for a smaller rtol")
+        raise ValueError(f"rtol must be in [{low:g}, 1) for dtype {dtype}, got {rtol!r}{why}")
+    return float(rtol)
+
+
+def _validate(n, dt, t_end, max_iter, batch: int, frames: int = 0) -> None:
     if not _is_int(n):
         raise ValueError(f"n must be an int >= 2, got {n!r}")
     n = int(n)
@@ -67,8 +105,6 @@ def _validate(n, dt, t_end, rtol, max_iter, batch: int, frames: int = 0) -> None
         raise ValueError(f"dt must be finite and > 0, got {dt!r}")
     if not (_is_real(t_end) and math.isfinite(t_end) and t_end >= 0):
         raise ValueError(f"t_end must be finite and >= 0, got {t_end!r}")
-    if not (_is_real(rtol) and 1e-14 <= rtol < 1):
-        raise ValueError(f"rtol must be in [1e-14, 1), got {rtol!r}")
     if max_iter is not None and not (_is_int(max_iter) and max_iter >= 1):
         raise ValueError(f"max_iter must be an int >= 1, got {max_iter!r}")
     need = _estimated_bytes(n, batch, frames)
@@ -106,6 +142,8 @@ class HeatStepper:
 
     Builds the operator (I/dt + c) - L_h and its preconditioner once; `step` advances a batch of full
     fields (B, n+1, n+1) from t to t + dt. Also the building block of the benchmark.
+    dtype: the precision of the fields and of CG, "float64" (default) or "float32" (or the torch
+    dtypes); rtol: default DEFAULT_RTOL[dtype], at least MIN_RTOL[dtype] (ValueError below it).
     """
 
     def __init__(
@@ -114,34 +152,41 @@ class HeatStepper:
         n: int,
         dt: float,
         *,
-        rtol: float = 1e-10,
+        rtol: float | None = None,
         max_iter: int | None = None,
         device=None,
         preconditioner: str = "multigrid",
+        dtype: str | torch.dtype = "float64",
     ):
-        _validate(n, dt, 0.0, rtol, max_iter, problem.batch_size)
+        self.dtype_name = _dtype_name(dtype)
+        rtol = _rtol(rtol, self.dtype_name)
+        _validate(n, dt, 0.0, max_iter, problem.batch_size)
         if preconditioner not in PRECONDITIONERS:
             raise ValueError(f"preconditioner must be one of {PRECONDITIONERS}, got {preconditioner!r}")
         if not math.isfinite(problem.reaction) or problem.reaction < 0:
             raise ValueError(f"reaction must be finite and >= 0, got {problem.reaction!r}")
         self.problem, self.n, self.dt, self.rtol = problem, int(n), float(dt), rtol
+        self.dtype = DTYPES[self.dtype_name]
         # Default cap: multigrid needs ~10 iterations; Jacobi / no preconditioner need O(n).
         self.max_iter = max_iter if max_iter is not None else 1000 + 10 * self.n
         n = self.n
         self.device = _default_device(device)
         self.batch = problem.batch_size
-        self.x1, self.x2 = grid(n, self.device)  # (n+1, n+1) each
+        self.x1, self.x2 = grid(n, self.device)  # (n+1, n+1) each, float64 whatever the dtype
 
-        k = self._field(problem.conductivity(self.x1, self.x2))  # (B, n+1, n+1)
+        # The operator and the multigrid hierarchy are built in float64, then rounded to self.dtype.
+        k = self._field(problem.conductivity(self.x1, self.x2), torch.float64)  # (B, n+1, n+1)
         if not bool(torch.isfinite(k).all()) or not bool((k > 0).all()):
             raise ValueError("conductivity must be finite and > 0 at every node")
-        self.kx, self.ky = face_conductivities(k)  # (B, n, n-1), (B, n-1, n)
+        kx, ky = face_conductivities(k)  # (B, n, n-1), (B, n-1, n)
         # The step operator A = (1/dt + c) I - L_h, a callable on interior values (B, n-1, n-1).
-        self.apply = heat_operator(self.kx, self.ky, n, 1.0 / self.dt + problem.reaction)
+        apply = heat_operator(kx, ky, n, 1.0 / self.dt + problem.reaction)
+        self.apply = apply if self.dtype == torch.float64 else apply.to(self.dtype)
+        self.kx, self.ky = kx.to(self.dtype), ky.to(self.dtype)  # for the right-hand side's boundary terms
         if preconditioner in ("multigrid", "multigrid64"):
-            diffusion = heat_operator(self.kx, self.ky, n, 0.0)
-            dtype = torch.float32 if preconditioner == "multigrid" else torch.float64
-            self.precondition = Multigrid(self.apply, diffusion, n, dtype)
+            diffusion = heat_operator(kx, ky, n, 0.0)
+            cycle_dtype = torch.float32 if preconditioner == "multigrid" else torch.float64
+            self.precondition = Multigrid(apply, diffusion, n, cycle_dtype)  # from the float64 operator
         elif preconditioner == "jacobi":
             dinv = 1.0 / self.apply.diag
             self.precondition = lambda r: dinv * r
@@ -155,10 +200,11 @@ class HeatStepper:
         op = self.apply
         return {"diag": op.diag, "x1": op.couplings[(1, 0)], "x2": op.couplings[(0, 1)]}
 
-    def _field(self, value) -> Tensor:
-        """Broadcast a problem function's output to a (B, n+1, n+1) float64 tensor."""
+    def _field(self, value, dtype: torch.dtype | None = None) -> Tensor:
+        """Broadcast a problem function's output to a (B, n+1, n+1) tensor in `dtype` (default the
+        working dtype). The problem's functions compute in float64; only their values are rounded."""
         size = (self.batch, self.n + 1, self.n + 1)
-        return torch.as_tensor(value, dtype=torch.float64, device=self.device).expand(size)
+        return torch.as_tensor(value, dtype=dtype or self.dtype, device=self.device).expand(size)
 
     def boundary(self, t: float) -> Tensor:
         return self._field(self.problem.boundary(self.x1, self.x2, t))
@@ -212,12 +258,12 @@ class HeatStepper:
 class HeatResult:
     """Output of `simulate`. Tensors other than `u` live on the CPU."""
 
-    u: Tensor  # (B, n+1, n+1) at t_end, on the solver's device
+    u: Tensor  # (B, n+1, n+1) at t_end, on the solver's device, in its dtype
     dt: float  # step actually used: t_end / steps
     iterations: Tensor  # (steps, B) int64: CG iterations of each step
     residuals: Tensor  # (steps, B) float64: final true relative residual ||b - Au|| / ||b|| of each step
     times: Tensor  # (F,) float64 frame times (just t_end when no frames were asked for)
-    frames: Tensor | None  # (F, B, n+1, n+1) float64, or None
+    frames: Tensor | None  # (F, B, n+1, n+1) in the solver's dtype, or None
 
     @property
     def steps(self) -> int:
@@ -235,30 +281,35 @@ def simulate(
     dt: float,
     t_end: float,
     *,
-    rtol: float = 1e-10,
+    rtol: float | None = None,
     max_iter: int | None = None,
     device=None,
     num_frames: int | None = None,
     preconditioner: str = "multigrid",
+    dtype: str | torch.dtype = "float64",
 ) -> HeatResult:
     """Integrate `problem` to t_end with round(t_end / dt) backward Euler steps (see `_time_grid`:
     the step is adjusted uniformly to t_end / steps so the run ends exactly at t_end).
 
-    rtol: CG stops at ||b - A u|| <= rtol ||b|| in every step (a RuntimeWarning says so if float64
-        roundoff stops it earlier). max_iter: CG iterations allowed per step (default 1000 + 10 n;
-        RuntimeError if exceeded). device: default CUDA when available. num_frames: keep this many
-        evenly spaced fields (t = 0 and t_end included; fewer if there are fewer steps) in
-        `HeatResult.frames`. preconditioner: one of PRECONDITIONERS.
+    rtol: CG stops at ||b - A u|| <= rtol ||b|| in every step (a RuntimeWarning says so if roundoff
+        stops it earlier); default DEFAULT_RTOL[dtype], at least MIN_RTOL[dtype]. max_iter: CG
+        iterations allowed per step (default 1000 + 10 n; RuntimeError if exceeded). device: default
+        CUDA when available. num_frames: keep this many evenly spaced fields (t = 0 and t_end
+        included; fewer if there are fewer steps) in `HeatResult.frames`. preconditioner: one of
+        PRECONDITIONERS. dtype: "float64" or "float32", the precision of the fields and of CG.
     Raises ValueError naming the argument for out-of-range input, including grids too large for
     MAX_SOLVER_BYTES.
     """
     if num_frames is not None and not (_is_int(num_frames) and num_frames >= 2):
         raise ValueError(f"num_frames must be an int >= 2, got {num_frames!r}")
-    _validate(n, dt, t_end, rtol, max_iter, problem.batch_size, num_frames or 0)
+    dtype = _dtype_name(dtype)
+    rtol = _rtol(rtol, dtype)
+    _validate(n, dt, t_end, max_iter, problem.batch_size, num_frames or 0)
     steps, step_dt = _time_grid(float(dt), float(t_end))
     with torch.inference_mode():
         stepper = HeatStepper(
-            problem, n, step_dt, rtol=rtol, max_iter=max_iter, device=device, preconditioner=preconditioner
+            problem, n, step_dt, rtol=rtol, max_iter=max_iter, device=device, preconditioner=preconditioner,
+            dtype=dtype,
         )
         u = stepper.initial()
         keep = set(_frame_steps(steps, num_frames)) if num_frames else set()
@@ -275,7 +326,7 @@ def simulate(
                 frames.append(u.cpu())
     if steps and bool((residuals > rtol).any()):
         warnings.warn(
-            f"CG stalled at relative residual {residuals.max().item():.2e} > rtol={rtol:g} (float64 roundoff "
+            f"CG stalled at relative residual {residuals.max().item():.2e} > rtol={rtol:g} ({dtype} roundoff "
             "for this ill-conditioned system: large k * dt * n^2); the result is accurate to that level",
             RuntimeWarning,
             stacklevel=2,
@@ -298,18 +349,21 @@ def solve(
     k_in: float = 50.0,
     k_out: float = 1.0,
     *,
-    rtol: float = 1e-10,
+    rtol: float | None = None,
     max_iter: int | None = None,
     device=None,
     preconditioner: str = "multigrid",
+    dtype: str | torch.dtype = "float64",
 ) -> Tensor:
-    """u at t_end for the course problem: float64 (n+1, n+1), indexed [i1, i2] on x_i = i/n."""
+    """u at t_end for the course problem: (n+1, n+1) in `dtype`, indexed [i1, i2] on x_i = i/n.
+    Keywords as in `simulate`."""
     for name, value in (("omega", omega), ("k_in", k_in), ("k_out", k_out)):
         if not _is_real(value):
             raise ValueError(f"{name} must be a real number, got {value!r}; use solve_batch for several")
     problem = course_problem(omega, k_in, k_out)
     result = simulate(
-        problem, n, dt, t_end, rtol=rtol, max_iter=max_iter, device=device, preconditioner=preconditioner
+        problem, n, dt, t_end, rtol=rtol, max_iter=max_iter, device=device, preconditioner=preconditioner,
+        dtype=dtype,
     )
     return result.u[0]
 
@@ -322,16 +376,18 @@ def solve_batch(
     k_in: float | Sequence[float] | Tensor = 50.0,
     k_out: float | Sequence[float] | Tensor = 1.0,
     *,
-    rtol: float = 1e-10,
+    rtol: float | None = None,
     max_iter: int | None = None,
     device=None,
     preconditioner: str = "multigrid",
+    dtype: str | torch.dtype = "float64",
 ) -> Tensor:
     """u at t_end for B parameter sets at once: (B, n+1, n+1). Scalars broadcast to the batch;
     CG runs on the whole batch together (one operator application per iteration for all members)."""
     problem = course_problem(omega, k_in, k_out)
     result = simulate(
-        problem, n, dt, t_end, rtol=rtol, max_iter=max_iter, device=device, preconditioner=preconditioner
+        problem, n, dt, t_end, rtol=rtol, max_iter=max_iter, device=device, preconditioner=preconditioner,
+        dtype=dtype,
     )
     return result.u
 
@@ -345,10 +401,11 @@ def solve_frames(
     k_out: float = 1.0,
     *,
     num_frames: int = 21,
-    rtol: float = 1e-10,
+    rtol: float | None = None,
     max_iter: int | None = None,
     device=None,
     preconditioner: str = "multigrid",
+    dtype: str | torch.dtype = "float64",
 ) -> tuple[Tensor, Tensor]:
     """Evenly spaced snapshots of the course problem: times (F,) and fields (F, n+1, n+1) on the CPU,
     t = 0 and t_end included (F <= num_frames when there are fewer steps than frames)."""
@@ -357,6 +414,6 @@ def solve_frames(
         raise ValueError("omega, k_in and k_out must be single numbers in solve_frames")
     result = simulate(
         problem, n, dt, t_end, rtol=rtol, max_iter=max_iter, device=device,
-        num_frames=num_frames, preconditioner=preconditioner,
+        num_frames=num_frames, preconditioner=preconditioner, dtype=dtype,
     )
     return result.times, result.frames[:, 0]
