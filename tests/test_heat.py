@@ -198,6 +198,58 @@ def test_roundoff_floor_is_reported_not_looped_on():
     assert torch.all(result.residuals < 1e-8) and torch.all(result.iterations < 60)
 
 
+# Four members that converge after different numbers of iterations (9 to 11 in float64 at dt = 1e-2);
+# in float32 at dt = 0.1 the k_in = 1e4 member stalls at its roundoff floor, through CG's restarts.
+_SPREAD = dict(omega=[20.0, 200.0, 5.0, 20.0], k_in=[1.0, 50.0, 1e3, 1e4], k_out=[1.0, 1.0, 0.1, 1.0])
+
+
+@pytest.mark.parametrize("dtype, dt", [("float64", 1e-2), ("float32", 0.1)])
+def test_checking_convergence_every_few_iterations_changes_nothing(dtype, dt):
+    """CG reads its convergence test to the host only every check_every iterations; a member that has
+    converged is frozen meanwhile, so fields, iteration counts and residuals are bit for bit those of
+    check_every = 1, over several steps and whatever the batch's spread of iteration counts."""
+    from genray.heat import HeatStepper
+
+    def history(check_every):
+        stepper = HeatStepper(course_problem(**_SPREAD), 48, dt, device=CPU, dtype=dtype, check_every=check_every)
+        u, steps = stepper.initial(), []
+        for s in range(3):
+            u, iterations, residuals = stepper.step(u, s * dt)
+            steps.append((u, iterations, residuals))
+        return steps
+
+    every = history(1)
+    assert len({its for _, iterations, _ in every for its in iterations.tolist()}) >= 2  # a real spread
+    for check_every in (3, 8, 64):
+        for got, want in zip(history(check_every), every):
+            assert all(torch.equal(g, w) for g, w in zip(got, want)), check_every
+    with pytest.raises(ValueError, match="check_every must be an int >= 1, got 0"):
+        HeatStepper(course_problem(), 8, dt, device=CPU, check_every=0)
+
+
+def test_reported_iterations_and_residuals_are_honest_when_checking_every_few_iterations():
+    """With check_every = 4: each member's residual, recomputed from its answer, is the one reported
+    and meets rtol; and each member alone converges within exactly its reported iteration count
+    (max_iter = count succeeds, count - 1 does not)."""
+    from genray.heat import HeatStepper
+
+    dt, rtol = 1e-2, 1e-10
+    stepper = HeatStepper(course_problem(**_SPREAD), 48, dt, rtol=rtol, device=CPU, check_every=4)
+    u = stepper.step(stepper.initial(), 0.0)[0]  # a warm state
+    b = stepper.rhs(u, 2 * dt)
+    x, iterations, residuals = stepper.solve_system(b, u[:, 1:-1, 1:-1].clone())
+    recomputed = torch.linalg.vector_norm(stepper.apply.residual(b, x), dim=(1, 2)) / torch.linalg.vector_norm(b, dim=(1, 2))
+    assert torch.equal(recomputed, residuals) and torch.all(residuals <= rtol)
+    for i, count in enumerate(iterations.tolist()):
+        member = course_problem(**{key: values[i] for key, values in _SPREAD.items()})
+        alone = HeatStepper(member, 48, dt, rtol=rtol, device=CPU, check_every=4, max_iter=count)
+        b_i, guess = alone.rhs(u[i : i + 1], 2 * dt), u[i : i + 1, 1:-1, 1:-1]
+        assert alone.solve_system(b_i, guess.clone())[1].item() == count
+        alone.max_iter = count - 1
+        with pytest.raises(RuntimeError, match="CG did not reach rtol"):
+            alone.solve_system(b_i, guess.clone())
+
+
 @pytest.mark.parametrize("preconditioner", ["multigrid", "multigrid64", "jacobi", "none"])
 def test_preconditioners_agree(preconditioner):
     reference = solve(24, 5e-3, 0.05, rtol=1e-12, preconditioner="multigrid64", device=CPU)

@@ -26,7 +26,7 @@ from torch import Tensor
 
 from genray.heat.multigrid import Multigrid
 from genray.heat.operator import face_conductivities, heat_operator
-from genray.heat.pcg import pcg
+from genray.heat.pcg import default_check_every, pcg
 from genray.heat.problem import HeatProblem, course_problem, grid
 
 # Memory limit for one solve (device memory, plus host memory for frames): the estimate below must
@@ -143,7 +143,9 @@ class HeatStepper:
     Builds the operator (I/dt + c) - L_h and its preconditioner once; `step` advances a batch of full
     fields (B, n+1, n+1) from t to t + dt. Also the building block of the benchmark.
     dtype: the precision of the fields and of CG, "float64" (default) or "float32" (or the torch
-    dtypes); rtol: default DEFAULT_RTOL[dtype], at least MIN_RTOL[dtype] (ValueError below it).
+    dtypes); rtol: default DEFAULT_RTOL[dtype], at least MIN_RTOL[dtype] (ValueError below it: refused,
+    not clamped). check_every: CG reads its convergence test to the host every this many iterations
+    (default pcg.default_check_every: 4 on CUDA, 1 on the CPU); the results do not depend on it.
     """
 
     def __init__(
@@ -157,6 +159,7 @@ class HeatStepper:
         device=None,
         preconditioner: str = "multigrid",
         dtype: str | torch.dtype = "float64",
+        check_every: int | None = None,
     ):
         self.dtype_name = _dtype_name(dtype)
         rtol = _rtol(rtol, self.dtype_name)
@@ -171,6 +174,9 @@ class HeatStepper:
         self.max_iter = max_iter if max_iter is not None else 1000 + 10 * self.n
         n = self.n
         self.device = _default_device(device)
+        self.check_every = default_check_every(self.device) if check_every is None else check_every
+        if not (_is_int(self.check_every) and self.check_every >= 1):
+            raise ValueError(f"check_every must be an int >= 1, got {check_every!r}")
         self.batch = problem.batch_size
         self.x1, self.x2 = grid(n, self.device)  # (n+1, n+1) each, float64 whatever the dtype
 
@@ -236,7 +242,8 @@ class HeatStepper:
     def solve_system(self, b: Tensor, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """PCG for A x = b on interior values (B, n-1, n-1) from the guess x (overwritten).
         Returns x, iterations (B,) and final true relative residuals (B,)."""
-        return pcg(self.apply, self.apply.residual, self.precondition, b, x, self.rtol, self.max_iter)
+        return pcg(self.apply, self.apply.residual, self.precondition, b, x, self.rtol, self.max_iter,
+                   self.check_every)
 
     def step(self, u: Tensor, t: float, guess: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
         """Advance the full fields u (B, n+1, n+1) from t to t + dt.
