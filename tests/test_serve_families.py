@@ -86,6 +86,7 @@ def test_heat_deployment_batches_and_limits(serve_url, apps):
     import math
 
     url = f"{serve_url}/{apps['heat']}"
+    assert requests.get(url + "/", timeout=60).json()["device"] == "cpu"  # no GPU lent to its replica
     body = {"n": 16, "dt": 0.01, "t_end": 0.05, "format": "probe", "points": [[0.5, 0.5], [0.0, 0.3]]}
     with concurrent.futures.ThreadPoolExecutor(4) as pool:
         answers = list(pool.map(lambda w: requests.post(url + "/solve", json={**body, "omega": w}, timeout=60),

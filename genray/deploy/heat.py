@@ -3,6 +3,8 @@
 POST /solve takes the problem's parameters and answers with the field as JSON, with probe
 values at requested points, or with a PNG heat map. Concurrent requests on the same grid and
 time step are solved together as one batch (CG is vectorised over parameter sets).
+A replica solves on the GPU that Ray lent it (ray_actor_options num_gpus in serve YAML), on its
+CPU otherwise, in float64 either way; GET / says which.
 """
 
 import base64
@@ -59,8 +61,21 @@ def probe(u: torch.Tensor, points: list[tuple[float, float]]) -> list[float]:
     return out
 
 
-def solve_many(requests: list[SolveRequest]) -> list[torch.Tensor]:
-    """Solve requests, batching those that share (n, dt, t_end) into one solve_batch call."""
+def replica_device() -> torch.device:
+    """CUDA when Ray lent this replica a GPU and torch can use it, else the CPU.
+
+    torch.cuda.is_available() alone would not do: Ray leaves CUDA_VISIBLE_DEVICES as it is for an
+    actor lent no GPU (unless RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO=1), so a CPU replica on a GPU node
+    sees every GPU there, those lent to other actors included. Outside a Ray worker no GPU is lent."""
+    import ray
+
+    lent = ray.is_initialized() and len(ray.get_gpu_ids()) > 0
+    return torch.device("cuda" if lent and torch.cuda.is_available() else "cpu")
+
+
+def solve_many(requests: list[SolveRequest], device: torch.device | str = "cpu") -> list[torch.Tensor]:
+    """Solve requests on `device`, batching those that share (n, dt, t_end) into one solve_batch
+    call. The fields come back on the CPU, where answer() reads them value by value."""
     from genray.heat import solve_batch
 
     groups: dict[tuple, list[int]] = {}
@@ -70,7 +85,7 @@ def solve_many(requests: list[SolveRequest]) -> list[torch.Tensor]:
     for (n, dt, t_end), members in groups.items():
         rs = [requests[i] for i in members]
         u = solve_batch(n, dt, t_end, omega=[r.omega for r in rs], k_in=[r.k_in for r in rs],
-                        k_out=[r.k_out for r in rs], rtol=1e-8, device="cpu")
+                        k_out=[r.k_out for r in rs], rtol=1e-8, device=device).cpu()
         for j, i in enumerate(members):
             fields[i] = u[j]
     return fields
@@ -95,11 +110,13 @@ api = make_api("genray heat")
 class HeatDeployment:
     def __init__(self):
         torch.set_num_threads(1)
+        self.device = replica_device()
 
     @api.get("/")
     def info(self) -> dict:
+        gpu = {"gpu": torch.cuda.get_device_name(self.device)} if self.device.type == "cuda" else {}
         return {"family": "heat", "limits": {"n": MAX_N, "steps": MAX_STEPS, "work": MAX_WORK, "points": MAX_POINTS},
-                "endpoints": ["/solve"]}
+                "endpoints": ["/solve"], "device": self.device.type, **gpu}
 
     @api.post("/solve")
     async def solve(self, req: SolveRequest) -> dict:
@@ -111,7 +128,7 @@ class HeatDeployment:
 
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.01)
     async def solve_batched(self, requests: list[SolveRequest]) -> list[torch.Tensor]:
-        return solve_many(requests)
+        return solve_many(requests, self.device)
 
 
 def build_app(args: dict):
