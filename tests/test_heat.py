@@ -379,6 +379,36 @@ def test_bench_smoke(tmp_path):
     assert any("| 1.00x / " in row for row in table.splitlines() if "splu |" in row or "pyamg sa + cg |" in row)
 
 
+def test_step_times_on_the_cpu_at_tiny_sizes(tmp_path):
+    """The GPU benchmark's timing function, run on the CPU: a row per (n, dtype), each field there and
+    plausible, the residuals within each dtype's default rtol; and its JSON with the machine."""
+    import json
+    import statistics
+
+    from genray.bench.heat import run_step_times, step_times, step_times_table
+    from genray.heat import DEFAULT_RTOL
+
+    rows = step_times(sizes=(32, 64), steps=2, warmup=1, device=CPU)
+    assert [(row["n"], row["dtype"]) for row in rows] == [(32, "float64"), (32, "float32"), (64, "float64"), (64, "float32")]
+    for row in rows:
+        assert set(row) == {"n", "dtype", "device", "rtol", "check_every", "ms_per_step", "step_ms",
+                            "iterations_per_step", "residual", "max_residual", "setup_seconds"}
+        assert row["device"] == "cpu" and row["check_every"] == 1 and row["rtol"] == DEFAULT_RTOL[row["dtype"]]
+        assert len(row["step_ms"]) == 2 and all(0 < ms < 5000 for ms in row["step_ms"])
+        assert row["ms_per_step"] == statistics.median(row["step_ms"])
+        assert 1 <= row["iterations_per_step"] <= 15  # the V-cycle's, not Jacobi's hundreds
+        assert 0 <= row["residual"] <= row["max_residual"] <= row["rtol"]
+        assert row["setup_seconds"] > 0
+    by = {(row["n"], row["dtype"]): row for row in rows}
+    assert by[64, "float32"]["iterations_per_step"] < by[64, "float64"]["iterations_per_step"]  # rtol 1e-5, not 1e-10
+    assert step_times_table(rows).count("\n| 64 | float32 | cpu |") == 1
+
+    result = run_step_times(sizes=(16,), out=tmp_path / "steps.json", device=CPU, steps=1)
+    stored = json.loads((tmp_path / "steps.json").read_text())
+    assert stored["rows"] == result["rows"] and len(stored["rows"]) == 2  # the CPU alone: no second device
+    assert stored["machine"]["device"] == "cpu" and stored["machine"]["cpu_count"] >= 1
+
+
 def test_bench_without_pyamg_stops_and_says_how_to_install_it(tmp_path, monkeypatch):
     import sys
 

@@ -14,6 +14,11 @@ Also: the bandwidth one application of the operator achieves (a minimal traffic 
 diagonal and the two coupling arrays, write A u) against a large torch tensor copy.
 
     python -m genray.bench.heat --sizes 128 256 512 --out runs/bench/heat.json
+
+`step_times` times genray's solver alone, per grid size and working precision, on a GPU and on the
+same machine's CPU cores (no scipy or pyamg: the GPU benchmark's row):
+
+    python -m genray.bench.heat --step-times --sizes 1024 2048 --out runs/bench/heat_steps.json
 """
 
 from __future__ import annotations
@@ -51,6 +56,11 @@ HEAT_CLAIMS = {
              budget={**HEAT_BUDGET, "n": n}, seeds=(0,))
     for n in (128, 256, 512)
 }
+
+
+def _device(device: str | torch.device | None) -> torch.device:
+    """The device asked for, default CUDA when available."""
+    return torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
 
 
 def _sync(device: torch.device) -> None:
@@ -287,6 +297,94 @@ def _bench_size(
     return rows, _operator_bandwidth(stepper)
 
 
+def step_times(
+    sizes: Sequence[int] = (1024, 2048),
+    dtypes: Sequence[str] = ("float64", "float32"),
+    device: str | torch.device | None = None,
+    *,
+    steps: int = 10,
+    warmup: int = 3,
+    dt: float = 1e-3,
+    rtol: float | None = None,
+    check_every: int | None = None,
+) -> list[dict]:
+    """Milliseconds per backward Euler step of genray's default solver (PCG, float32 V-cycle) on the
+    course problem, one row per (n, dtype) on `device` (default CUDA when available).
+
+    Each size and dtype gets its own HeatStepper; `warmup` untimed steps from u = 0 take the first-call
+    costs (CUDA's context and kernels, the caching allocator's pool) and leave a warm state, then
+    `steps` steps are timed one by one between two device syncs.
+    rtol: default the dtype's (genray.heat.DEFAULT_RTOL: 1e-10 in float64, 1e-5 in float32);
+    check_every: CG's convergence reads (default: 4 on CUDA, 1 on the CPU).
+    Row: n, dtype, device, rtol, check_every, ms_per_step (median of the timed steps), step_ms (each),
+    iterations_per_step (mean CG iterations), residual (the last step's final true relative
+    residual), max_residual (over the timed steps), setup_seconds (operator and V-cycle hierarchy).
+    """
+    device = _device(device)
+    problem = course_problem()
+    rows = []
+    with torch.inference_mode():
+        for n in sizes:
+            for dtype in dtypes:
+                _sync(device)
+                stepper, setup = _timed(lambda: HeatStepper(problem, int(n), dt, rtol=rtol, device=device,
+                                                            dtype=dtype, check_every=check_every))
+                _sync(device)
+                u = stepper.initial()  # (1, n+1, n+1)
+                for s in range(warmup):
+                    u = stepper.step(u, s * dt)[0]
+                seconds, iterations, residuals = [], [], []
+                for s in range(warmup, warmup + steps):
+                    _sync(device)
+                    start = time.perf_counter()
+                    u, its, res = stepper.step(u, s * dt)
+                    _sync(device)
+                    seconds.append(time.perf_counter() - start)
+                    iterations.append(its)  # (1,) each, read once the timing is done
+                    residuals.append(res)
+                residuals = torch.cat(residuals).double().cpu()
+                rows.append({
+                    "n": int(n), "dtype": stepper.dtype_name, "device": str(device), "rtol": stepper.rtol,
+                    "check_every": stepper.check_every,
+                    "ms_per_step": 1e3 * statistics.median(seconds),
+                    "step_ms": [1e3 * t for t in seconds],
+                    "iterations_per_step": torch.cat(iterations).double().mean().item(),
+                    "residual": residuals[-1].item(),
+                    "max_residual": residuals.max().item(),
+                    "setup_seconds": setup,
+                })
+    return rows
+
+
+def run_step_times(
+    sizes: Sequence[int] = (1024, 2048),
+    out: str | Path = Path("runs/bench/heat_steps.json"),
+    *,
+    device: str | torch.device | None = None,
+    steps: int = 10,
+    dt: float = 1e-3,
+) -> dict:
+    """step_times on `device` (default CUDA when available) and, when that is a GPU, on this machine's
+    CPU cores too (torch's threads); written as JSON to `out` with the machine, and returned."""
+    device = _device(device)
+    rows = step_times(sizes, device=device, steps=steps, dt=dt)
+    if device.type != "cpu":
+        rows += step_times(sizes, device="cpu", steps=steps, dt=dt)
+    result = {"benchmark": "heat step times", "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+              "machine": _machine(device), "torch": torch.__version__, "rows": rows}
+    _write_json(Path(out), result)
+    return result
+
+
+def step_times_table(rows: list[dict]) -> str:
+    """step_times' rows as a Markdown table."""
+    lines = ["| n | dtype | device | ms / step | CG iterations / step | final residual | rtol | check every |",
+             "|---:|---|---|---:|---:|---:|---:|---:|"]
+    lines += [f"| {r['n']} | {r['dtype']} | {r['device']} | {r['ms_per_step']:.1f} | {r['iterations_per_step']:.1f} "
+              f"| {r['residual']:.1e} | {r['rtol']:g} | {r['check_every']} |" for r in rows]
+    return "\n".join(lines)
+
+
 def run(
     sizes: Sequence[int] = (128, 256, 512),
     out: str | Path = Path("runs/bench/heat.json"),
@@ -309,9 +407,7 @@ def run(
     both as they are). On a machine shared with other work, 1 is far steadier: busy cores make
     thread barriers stall.
     """
-    if device is None:
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(device)
+    device = _device(device)
     _pyamg()  # before any timing: a missing pyamg stops the bench at once, not after the first size
     previous_threads = torch.get_num_threads()
     with contextlib.ExitStack() as limits:
@@ -347,12 +443,15 @@ def run(
         "bandwidth": {"copy_bytes_per_second": copy, "operator": operator},
     }
     result["claims"] = decisions(result)
-    out = Path(out)
+    _write_json(Path(out), result)
+    return result
+
+
+def _write_json(out: Path, result: dict) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(out.suffix + ".tmp")
     tmp.write_text(json.dumps(result, indent=2))
     tmp.replace(out)  # atomic: a reader never sees half a file
-    return result
 
 
 def decisions(result: dict) -> list[dict]:
@@ -420,14 +519,24 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--sizes", type=int, nargs="+", default=[128, 256, 512])
-    parser.add_argument("--out", type=Path, default=Path("runs/bench/heat.json"))
+    parser.add_argument("--sizes", type=int, nargs="+", default=None,
+                        help="grid sizes (default 128 256 512; with --step-times 1024 2048)")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="JSON file (default runs/bench/heat.json; with --step-times heat_steps.json)")
     parser.add_argument("--dt", type=float, default=1e-3)
-    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--steps", type=int, default=None, help="timed steps (default 5; with --step-times 10)")
     parser.add_argument("--device", default=None)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    parser.add_argument("--step-times", action="store_true",
+                        help="genray's solver alone, float64 and float32, on --device and on the CPU (step_times)")
     args = parser.parse_args(argv)
-    result = run(args.sizes, args.out, dt=args.dt, steps=args.steps, device=args.device, threads=args.threads)
+    if args.step_times:
+        rows = run_step_times(args.sizes or (1024, 2048), args.out or Path("runs/bench/heat_steps.json"), dt=args.dt,
+                              steps=args.steps or 10, device=args.device)["rows"]
+        print(step_times_table(rows))
+        return
+    result = run(args.sizes or [128, 256, 512], args.out or Path("runs/bench/heat.json"), dt=args.dt,
+                 steps=args.steps or 5, device=args.device, threads=args.threads)
     print(markdown_table(result))
 
 
