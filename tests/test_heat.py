@@ -204,27 +204,64 @@ _SPREAD = dict(omega=[20.0, 200.0, 5.0, 20.0], k_in=[1.0, 50.0, 1e3, 1e4], k_out
 
 
 @pytest.mark.parametrize("dtype, dt", [("float64", 1e-2), ("float32", 0.1)])
-def test_checking_convergence_every_few_iterations_changes_nothing(dtype, dt):
-    """CG reads its convergence test to the host only every check_every iterations; a member that has
-    converged is frozen meanwhile, so fields, iteration counts and residuals are bit for bit those of
-    check_every = 1, over several steps and whatever the batch's spread of iteration counts."""
+def test_reading_convergence_less_often_changes_nothing(dtype, dt):
+    """CG reads its convergence test to the host on a schedule (every check_every iterations, the first
+    read predicted from the previous step or not); a member that has converged is frozen meanwhile, so
+    fields, iteration counts and residuals are bit for bit those of reading after every iteration,
+    over several steps and whatever the batch's spread of iteration counts."""
     from genray.heat import HeatStepper
 
-    def history(check_every):
-        stepper = HeatStepper(course_problem(**_SPREAD), 48, dt, device=CPU, dtype=dtype, check_every=check_every)
+    def history(check_every, predict_checks):
+        stepper = HeatStepper(course_problem(**_SPREAD), 48, dt, device=CPU, dtype=dtype, check_every=check_every,
+                              predict_checks=predict_checks)
         u, steps = stepper.initial(), []
         for s in range(3):
             u, iterations, residuals = stepper.step(u, s * dt)
             steps.append((u, iterations, residuals))
         return steps
 
-    every = history(1)
+    every = history(1, False)
     assert len({its for _, iterations, _ in every for its in iterations.tolist()}) >= 2  # a real spread
-    for check_every in (3, 8, 64):
-        for got, want in zip(history(check_every), every):
-            assert all(torch.equal(g, w) for g, w in zip(got, want)), check_every
+    for schedule in [(3, False), (8, False), (64, False), (1, True), (4, True)]:
+        for got, want in zip(history(*schedule), every):
+            assert all(torch.equal(g, w) for g, w in zip(got, want)), schedule
     with pytest.raises(ValueError, match="check_every must be an int >= 1, got 0"):
         HeatStepper(course_problem(), 8, dt, device=CPU, check_every=0)
+
+
+def test_predicted_checks_read_the_host_four_times_a_step_and_run_no_idle_iteration():
+    """The schedule a GPU gets (predict_checks): from the second step on, 4 reads a step (the true
+    residual before and after, the recurrence's one iteration before the last step's count and at it)
+    where reading after every iteration takes count + 2, and every V-cycle is one a member needed."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from genray.heat import HeatStepper
+
+    class HostReads(TorchDispatchMode):  # bool(t) and t.item() both end in _local_scalar_dense
+        count = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            HostReads.count += func is torch.ops.aten._local_scalar_dense.default
+            return func(*args, **(kwargs or {}))
+
+    for predict_checks in (False, True):
+        stepper = HeatStepper(course_problem(), 64, 1e-3, device=CPU, predict_checks=predict_checks)
+        cycle, cycles = stepper.precondition, [0]
+
+        def counted(r, cycle=cycle):
+            cycles[0] += 1
+            return cycle(r)
+
+        stepper.precondition = counted
+        u = stepper.initial()
+        for s in range(5):
+            HostReads.count, cycles[0] = 0, 0
+            with HostReads():
+                u, iterations, _ = stepper.step(u, s * 1e-3)
+            count = iterations.item()
+            assert cycles[0] == count  # no iteration in which every member was frozen
+            if s > 0:
+                assert HostReads.count == (4 if predict_checks else count + 2), (predict_checks, count)
 
 
 def test_reported_iterations_and_residuals_are_honest_when_checking_every_few_iterations():
@@ -391,9 +428,10 @@ def test_step_times_on_the_cpu_at_tiny_sizes(tmp_path):
     rows = step_times(sizes=(32, 64), steps=2, warmup=1, device=CPU)
     assert [(row["n"], row["dtype"]) for row in rows] == [(32, "float64"), (32, "float32"), (64, "float64"), (64, "float32")]
     for row in rows:
-        assert set(row) == {"n", "dtype", "device", "rtol", "check_every", "ms_per_step", "step_ms",
+        assert set(row) == {"n", "dtype", "device", "rtol", "check_every", "predict_checks", "ms_per_step", "step_ms",
                             "iterations_per_step", "residual", "max_residual", "setup_seconds"}
-        assert row["device"] == "cpu" and row["check_every"] == 1 and row["rtol"] == DEFAULT_RTOL[row["dtype"]]
+        assert row["device"] == "cpu" and row["rtol"] == DEFAULT_RTOL[row["dtype"]]
+        assert (row["check_every"], row["predict_checks"]) == (1, False)  # the CPU's schedule: a read is free
         assert len(row["step_ms"]) == 2 and all(0 < ms < 5000 for ms in row["step_ms"])
         assert row["ms_per_step"] == statistics.median(row["step_ms"])
         assert 1 <= row["iterations_per_step"] <= 15  # the V-cycle's, not Jacobi's hundreds

@@ -28,15 +28,6 @@ def _safe_div(num: Tensor, den: Tensor) -> Tensor:
     return torch.where(ok, num / torch.where(ok, den, torch.ones_like(den)), torch.zeros_like(num))
 
 
-def default_check_every(device: torch.device) -> int:
-    """How often pcg reads its convergence test to the host: every 4 iterations on a GPU, every one on
-    the CPU. Each read waits for the device to finish all the work queued so far, so the GPU idles while
-    the host queues the next kernels; reading every 4th iteration costs instead up to 3 iterations in
-    which every member is already frozen, 1.5 on average, against the ~10 the V-cycle needs. On the
-    CPU the ops run as they are issued, a read costs nothing and an extra iteration does, so 1."""
-    return 4 if device.type == "cuda" else 1
-
-
 def pcg(
     apply: Callable[[Tensor], Tensor],
     residual: Callable[[Tensor, Tensor], Tensor],
@@ -46,7 +37,8 @@ def pcg(
     rtol: float,
     max_iter: int,
     check_every: int = 1,
-) -> tuple[Tensor, Tensor, Tensor]:
+    first_check: int = 1,
+) -> tuple[Tensor, Tensor, Tensor, int]:
     """Solve A x = b for a batch (B, m1, m2) from the initial guess x (updated in place).
 
     Each member stops when its true relative residual ||b - A x|| / ||b|| <= rtol; converged members are
@@ -56,23 +48,28 @@ def pcg(
     ill-conditioned system asked for a tiny rtol) and stops there, its residual reporting what was reached.
     beta is the Polak-Ribiere ("flexible CG") formula, so the float32 preconditioner's rounding, which
     makes it very slightly nonlinear, does not spoil convergence.
-    check_every: read "is any member still active?" to the host only every this many iterations
-    (see default_check_every). A frozen member's x and residual do not change and its count does not
-    grow, so x, iterations and residuals are the same for every check_every; only up to
-    check_every - 1 idle iterations are spent after the last member converges, and max_iter counts them.
-    Returns x, iterations (B,) int64 and final true relative residuals (B,).
+
+    Reads to the host: "is any member still active?" is read (on a GPU a sync: the host waits for all
+    the work queued so far) after iteration first_check, then every check_every iterations; after a
+    restart, every check_every. A frozen member's x, residual and count do not change, so x,
+    iterations and residuals are the same for every schedule: a read that comes late only costs
+    iterations in which every member is frozen, and max_iter counts those.
+    Returns x, iterations (B,) int64 (each member's own), final true relative residuals (B,), and the
+    iterations run before the first true-residual check (a host int, 0 if none ran; restarts left
+    out): what the next warm-started solve will about need, for its first_check.
     """
     bnorm = _norm(b)
     bnorm = torch.where(bnorm > 0, bnorm, torch.ones_like(bnorm))  # b = 0: absolute residual
     iterations = torch.zeros(b.shape[0], dtype=torch.int64, device=b.device)
     total, last = 0, torch.full_like(bnorm, math.inf)
+    next_check, first_pass = first_check, 0
     while True:
         r = residual(b, x)
         rel = _norm(r) / bnorm
         active = (rel > rtol) & (rel < 0.5 * last)  # (B,) still to solve and still making progress
         last = rel
         if not bool(active.any()):
-            return x, iterations, rel
+            return x, iterations, rel, first_pass
         if total >= max_iter:
             raise RuntimeError(
                 f"CG did not reach rtol={rtol:g} in max_iter={max_iter} iterations (relative residual "
@@ -91,12 +88,14 @@ def pcg(
             total += 1
             since_restart += 1
             active = active & (_norm(r) / bnorm > rtol)
-            # The one host read of the loop, every check_every iterations (a GPU sync).
-            if since_restart % check_every == 0 and not bool(active.any()):
-                break
+            if since_restart >= next_check:  # the loop's one read to the host
+                if not bool(active.any()):
+                    break
+                next_check = since_restart + check_every
             z_old, z = z, precondition(r)
             rz_new = _dot(r, z)
             beta = _safe_div(rz_new - _dot(r, z_old), rz)  # Polak-Ribiere
             p.mul_(beta.view(-1, 1, 1)).add_(z)
             rz = rz_new
+        next_check, first_pass = check_every, first_pass or total
         # loop back: check the true residual, then stop or restart
