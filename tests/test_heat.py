@@ -19,8 +19,10 @@ import scipy.sparse.linalg as spla
 import torch
 
 from genray.heat import (
+    DEFAULT_RTOL,
     TRIANGLE,
     HeatProblem,
+    HeatStepper,
     conductivity_field,
     course_problem,
     grid,
@@ -209,7 +211,6 @@ def test_reading_convergence_less_often_changes_nothing(dtype, dt):
     read predicted from the previous step or not); a member that has converged is frozen meanwhile, so
     fields, iteration counts and residuals are bit for bit those of reading after every iteration,
     over several steps and whatever the batch's spread of iteration counts."""
-    from genray.heat import HeatStepper
 
     def history(check_every, predict_checks):
         stepper = HeatStepper(course_problem(**_SPREAD), 48, dt, device=CPU, dtype=dtype, check_every=check_every,
@@ -234,8 +235,6 @@ def test_predicted_checks_read_the_host_four_times_a_step_and_run_no_idle_iterat
     residual before and after, the recurrence's one iteration before the last step's count and at it)
     where reading after every iteration takes count + 2, and every V-cycle is one a member needed."""
     from torch.utils._python_dispatch import TorchDispatchMode
-
-    from genray.heat import HeatStepper
 
     class HostReads(TorchDispatchMode):  # bool(t) and t.item() both end in _local_scalar_dense
         count = 0
@@ -268,8 +267,6 @@ def test_reported_iterations_and_residuals_are_honest_when_checking_every_few_it
     """With check_every = 4: each member's residual, recomputed from its answer, is the one reported
     and meets rtol; and each member alone converges within exactly its reported iteration count
     (max_iter = count succeeds, count - 1 does not)."""
-    from genray.heat import HeatStepper
-
     dt, rtol = 1e-2, 1e-10
     stepper = HeatStepper(course_problem(**_SPREAD), 48, dt, rtol=rtol, device=CPU, check_every=4)
     u = stepper.step(stepper.initial(), 0.0)[0]  # a warm state
@@ -423,22 +420,21 @@ def test_step_times_on_the_cpu_at_tiny_sizes(tmp_path):
     import statistics
 
     from genray.bench.heat import run_step_times, step_times, step_times_table
-    from genray.heat import DEFAULT_RTOL
 
     rows = step_times(sizes=(32, 64), steps=2, warmup=1, device=CPU)
     assert [(row["n"], row["dtype"]) for row in rows] == [(32, "float64"), (32, "float32"), (64, "float64"), (64, "float32")]
     for row in rows:
         assert set(row) == {"n", "dtype", "device", "rtol", "check_every", "predict_checks", "ms_per_step", "step_ms",
-                            "iterations_per_step", "residual", "max_residual", "setup_seconds"}
+                            "cg_iterations", "residual", "max_residual", "setup_seconds"}
         assert row["device"] == "cpu" and row["rtol"] == DEFAULT_RTOL[row["dtype"]]
         assert (row["check_every"], row["predict_checks"]) == (1, False)  # the CPU's schedule: a read is free
         assert len(row["step_ms"]) == 2 and all(0 < ms < 5000 for ms in row["step_ms"])
         assert row["ms_per_step"] == statistics.median(row["step_ms"])
-        assert 1 <= row["iterations_per_step"] <= 15  # the V-cycle's, not Jacobi's hundreds
+        assert 1 <= row["cg_iterations"] <= 15  # the V-cycle's, not Jacobi's hundreds
         assert 0 <= row["residual"] <= row["max_residual"] <= row["rtol"]
         assert row["setup_seconds"] > 0
     by = {(row["n"], row["dtype"]): row for row in rows}
-    assert by[64, "float32"]["iterations_per_step"] < by[64, "float64"]["iterations_per_step"]  # rtol 1e-5, not 1e-10
+    assert by[64, "float32"]["cg_iterations"] < by[64, "float64"]["cg_iterations"]  # rtol 1e-5, not 1e-10
     assert step_times_table(rows).count("\n| 64 | float32 | cpu |") == 1
 
     result = run_step_times(sizes=(16,), out=tmp_path / "steps.json", device=CPU, steps=1)

@@ -319,9 +319,9 @@ def step_times(
     check_every, predict_checks: when CG reads its convergence test to the host (HeatStepper; the
     default predicts the first read on CUDA and reads after every iteration on the CPU).
     Row: n, dtype, device, rtol, check_every, predict_checks, ms_per_step (median of the timed steps),
-    step_ms (each),
-    iterations_per_step (mean CG iterations), residual (the last step's final true relative
-    residual), max_residual (over the timed steps), setup_seconds (operator and V-cycle hierarchy).
+    step_ms (each), cg_iterations (mean CG iterations per step), residual (the last step's final true
+    relative residual), max_residual (over the timed steps), setup_seconds (operator and V-cycle
+    hierarchy). genray.bench.gpu reads n, dtype, device, ms_per_step, cg_iterations and residual.
     """
     device = _device(device)
     problem = course_problem()
@@ -351,7 +351,7 @@ def step_times(
                     "check_every": stepper.check_every, "predict_checks": stepper.predict_checks,
                     "ms_per_step": 1e3 * statistics.median(seconds),
                     "step_ms": [1e3 * t for t in seconds],
-                    "iterations_per_step": torch.cat(iterations).double().mean().item(),
+                    "cg_iterations": torch.cat(iterations).double().mean().item(),
                     "residual": residuals[-1].item(),
                     "max_residual": residuals.max().item(),
                     "setup_seconds": setup,
@@ -383,7 +383,7 @@ def step_times_table(rows: list[dict]) -> str:
     """step_times' rows as a Markdown table."""
     lines = ["| n | dtype | device | ms / step | CG iterations / step | final residual | rtol | host reads |",
              "|---:|---|---|---:|---:|---:|---:|---|"]
-    lines += [f"| {r['n']} | {r['dtype']} | {r['device']} | {r['ms_per_step']:.1f} | {r['iterations_per_step']:.1f} "
+    lines += [f"| {r['n']} | {r['dtype']} | {r['device']} | {r['ms_per_step']:.1f} | {r['cg_iterations']:.1f} "
               f"| {r['residual']:.1e} | {r['rtol']:g} | {'predicted, then ' if r['predict_checks'] else ''}"
               f"every {r['check_every']} |" for r in rows]
     return "\n".join(lines)

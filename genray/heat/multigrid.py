@@ -133,7 +133,8 @@ class Multigrid:
     op: the operator to precondition; diffusion: its part without the mass term (for the transfers).
     The hierarchy is built in float64 and then stored in `dtype`: a float32 cycle moves half the bytes
     (it is memory-bound; a whole step at n = 512 is 1.4x faster on CPU) and a preconditioner needs no
-    more digits; CG itself stays in float64, so the answer keeps float64 accuracy.
+    more digits; CG itself runs in the stepper's working dtype (float64 by default), so the answer keeps
+    that accuracy.
     """
 
     def __init__(self, op: Stencil, diffusion: Stencil, n: int, dtype: torch.dtype = torch.float32):
