@@ -3,8 +3,8 @@
 POST /solve takes the problem's parameters and answers with the field as JSON, with probe
 values at requested points, or with a PNG heat map. Concurrent requests on the same grid and
 time step are solved together as one batch (CG is vectorised over parameter sets).
-A replica solves on the GPU that Ray lent it (ray_actor_options num_gpus in serve YAML), on its
-CPU otherwise, in float64 either way; GET / says which.
+A replica solves on the GPU that Serve gave it (num_gpus in its ray_actor_options:
+genray.deploy.common.replica_device), on its CPU otherwise, in float64 either way; GET / says which.
 """
 
 import base64
@@ -14,7 +14,7 @@ import torch
 from pydantic import Field, model_validator
 from ray import serve
 
-from genray.deploy.common import BadRequest, StrictModel, deployment, make_api
+from genray.deploy.common import BadRequest, StrictModel, deployment, make_api, replica_device
 
 MAX_N = 256
 MAX_STEPS = 2000
@@ -61,18 +61,6 @@ def probe(u: torch.Tensor, points: list[tuple[float, float]]) -> list[float]:
     return out
 
 
-def replica_device() -> torch.device:
-    """CUDA when Ray lent this replica a GPU and torch can use it, else the CPU.
-
-    torch.cuda.is_available() alone would not do: Ray leaves CUDA_VISIBLE_DEVICES as it is for an
-    actor lent no GPU (unless RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO=1), so a CPU replica on a GPU node
-    sees every GPU there, those lent to other actors included. Outside a Ray worker no GPU is lent."""
-    import ray
-
-    lent = ray.is_initialized() and len(ray.get_gpu_ids()) > 0
-    return torch.device("cuda" if lent and torch.cuda.is_available() else "cpu")
-
-
 def solve_many(requests: list[SolveRequest], device: torch.device | str = "cpu") -> list[torch.Tensor]:
     """Solve requests on `device`, batching those that share (n, dt, t_end) into one solve_batch
     call. The fields come back on the CPU, where answer() reads them value by value."""
@@ -114,9 +102,8 @@ class HeatDeployment:
 
     @api.get("/")
     def info(self) -> dict:
-        gpu = {"gpu": torch.cuda.get_device_name(self.device)} if self.device.type == "cuda" else {}
         return {"family": "heat", "limits": {"n": MAX_N, "steps": MAX_STEPS, "work": MAX_WORK, "points": MAX_POINTS},
-                "endpoints": ["/solve"], "device": self.device.type, **gpu}
+                "endpoints": ["/solve"], "device": str(self.device)}
 
     @api.post("/solve")
     async def solve(self, req: SolveRequest) -> dict:
