@@ -413,13 +413,12 @@ def test_bench_smoke(tmp_path):
     assert any("| 1.00x / " in row for row in table.splitlines() if "splu |" in row or "pyamg sa + cg |" in row)
 
 
-def test_step_times_on_the_cpu_at_tiny_sizes(tmp_path):
-    """The GPU benchmark's timing function, run on the CPU: a row per (n, dtype), each field there and
-    plausible, the residuals within each dtype's default rtol; and its JSON with the machine."""
-    import json
+def test_step_times_on_the_cpu_at_tiny_sizes():
+    """The GPU benchmark's timing function (genray bench gpu's heat part), run on the CPU: a row per
+    (n, dtype), each field there and plausible, the residuals within each dtype's default rtol."""
     import statistics
 
-    from genray.bench.heat import run_step_times, step_times, step_times_table
+    from genray.bench.heat import step_times
 
     rows = step_times(sizes=(32, 64), steps=2, warmup=1, device=CPU)
     assert [(row["n"], row["dtype"]) for row in rows] == [(32, "float64"), (32, "float32"), (64, "float64"), (64, "float32")]
@@ -435,12 +434,6 @@ def test_step_times_on_the_cpu_at_tiny_sizes(tmp_path):
         assert row["setup_seconds"] > 0
     by = {(row["n"], row["dtype"]): row for row in rows}
     assert by[64, "float32"]["cg_iterations"] < by[64, "float64"]["cg_iterations"]  # rtol 1e-5, not 1e-10
-    assert step_times_table(rows).count("\n| 64 | float32 | cpu |") == 1
-
-    result = run_step_times(sizes=(16,), out=tmp_path / "steps.json", device=CPU, steps=1)
-    stored = json.loads((tmp_path / "steps.json").read_text())
-    assert stored["rows"] == result["rows"] and len(stored["rows"]) == 2  # the CPU alone: no second device
-    assert stored["machine"]["device"] == "cpu" and stored["machine"]["cpu_count"] >= 1
 
 
 def test_bench_without_pyamg_stops_and_says_how_to_install_it(tmp_path, monkeypatch):

@@ -15,10 +15,8 @@ diagonal and the two coupling arrays, write A u) against a large torch tensor co
 
     python -m genray.bench.heat --sizes 128 256 512 --out runs/bench/heat.json
 
-`step_times` times genray's solver alone, per grid size and working precision, on a GPU and on the
-same machine's CPU cores (no scipy or pyamg: the GPU benchmark's row):
-
-    python -m genray.bench.heat --step-times --sizes 1024 2048 --out runs/bench/heat_steps.json
+`step_times` times genray's solver alone, per grid size and working precision, on one device (no
+scipy or pyamg): the heat part of `genray bench gpu` (genray.bench.gpu), on a GPU and on the CPU cores.
 """
 
 from __future__ import annotations
@@ -359,36 +357,6 @@ def step_times(
     return rows
 
 
-def run_step_times(
-    sizes: Sequence[int] = (1024, 2048),
-    out: str | Path = Path("runs/bench/heat_steps.json"),
-    *,
-    device: str | torch.device | None = None,
-    steps: int = 10,
-    dt: float = 1e-3,
-) -> dict:
-    """step_times on `device` (default CUDA when available) and, when that is a GPU, on this machine's
-    CPU cores too (torch's threads); written as JSON to `out` with the machine, and returned."""
-    device = _device(device)
-    rows = step_times(sizes, device=device, steps=steps, dt=dt)
-    if device.type != "cpu":
-        rows += step_times(sizes, device="cpu", steps=steps, dt=dt)
-    result = {"benchmark": "heat step times", "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-              "machine": _machine(device), "torch": torch.__version__, "rows": rows}
-    _write_json(Path(out), result)
-    return result
-
-
-def step_times_table(rows: list[dict]) -> str:
-    """step_times' rows as a Markdown table."""
-    lines = ["| n | dtype | device | ms / step | CG iterations / step | final residual | rtol | host reads |",
-             "|---:|---|---|---:|---:|---:|---:|---|"]
-    lines += [f"| {r['n']} | {r['dtype']} | {r['device']} | {r['ms_per_step']:.1f} | {r['cg_iterations']:.1f} "
-              f"| {r['residual']:.1e} | {r['rtol']:g} | {'predicted, then ' if r['predict_checks'] else ''}"
-              f"every {r['check_every']} |" for r in rows]
-    return "\n".join(lines)
-
-
 def run(
     sizes: Sequence[int] = (128, 256, 512),
     out: str | Path = Path("runs/bench/heat.json"),
@@ -447,15 +415,12 @@ def run(
         "bandwidth": {"copy_bytes_per_second": copy, "operator": operator},
     }
     result["claims"] = decisions(result)
-    _write_json(Path(out), result)
-    return result
-
-
-def _write_json(out: Path, result: dict) -> None:
+    out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(out.suffix + ".tmp")
     tmp.write_text(json.dumps(result, indent=2))
     tmp.replace(out)  # atomic: a reader never sees half a file
+    return result
 
 
 def decisions(result: dict) -> list[dict]:
@@ -523,24 +488,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--sizes", type=int, nargs="+", default=None,
-                        help="grid sizes (default 128 256 512; with --step-times 1024 2048)")
-    parser.add_argument("--out", type=Path, default=None,
-                        help="JSON file (default runs/bench/heat.json; with --step-times heat_steps.json)")
+    parser.add_argument("--sizes", type=int, nargs="+", default=[128, 256, 512])
+    parser.add_argument("--out", type=Path, default=Path("runs/bench/heat.json"))
     parser.add_argument("--dt", type=float, default=1e-3)
-    parser.add_argument("--steps", type=int, default=None, help="timed steps (default 5; with --step-times 10)")
+    parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--device", default=None)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
-    parser.add_argument("--step-times", action="store_true",
-                        help="genray's solver alone, float64 and float32, on --device and on the CPU (step_times)")
     args = parser.parse_args(argv)
-    if args.step_times:
-        rows = run_step_times(args.sizes or (1024, 2048), args.out or Path("runs/bench/heat_steps.json"), dt=args.dt,
-                              steps=args.steps or 10, device=args.device)["rows"]
-        print(step_times_table(rows))
-        return
-    result = run(args.sizes or [128, 256, 512], args.out or Path("runs/bench/heat.json"), dt=args.dt,
-                 steps=args.steps or 5, device=args.device, threads=args.threads)
+    result = run(args.sizes, args.out, dt=args.dt, steps=args.steps, device=args.device, threads=args.threads)
     print(markdown_table(result))
 
 
