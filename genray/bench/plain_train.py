@@ -54,7 +54,7 @@ def train_plain(family_name: str, *, epochs: int, batch_size: int, overrides: li
     """The plain loop, in this process (`world` > 1: under torchrun, whose process group is
     up). On a GPU it does what a careful PyTorch user does, as genray's loop does: batches
     built in page-locked memory and copied without blocking, conv weights and batches in
-    channels-last, the run's train.precision by autocast."""
+    channels-last, the run's train.precision by autocast; train.compile as the loop does it."""
     torch.set_num_threads(threads)
     torch.manual_seed(seed)
     device = torch.device(device)
@@ -66,6 +66,8 @@ def train_plain(family_name: str, *, epochs: int, batch_size: int, overrides: li
         family.use_channels_last()
     if world > 1:
         family.wrap(DistributedDataParallel)
+    if cfg.train.compile:
+        family.compile()
     train_set, _ = family_cls.load_data(cfg.data)
     sampler = DistributedSampler(train_set, num_replicas=world, rank=rank, shuffle=True, seed=seed)
     loader = DataLoader(train_set, batch_size=batch_size, sampler=sampler, collate_fn=family_cls.collate_fn,

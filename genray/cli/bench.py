@@ -314,3 +314,15 @@ def bench_gpu(
     except ValueError as err:
         fail(str(err))
     publish("gpu", result, markdown_table(result), out, None, log=typer.echo)
+
+
+@bench_app.command("compile")
+def bench_compile(
+    device: str = typer.Option("cpu", help="cpu or cuda."),
+    out: Path = typer.Option(Path("bench_results"), help="Folder for compile.json and compile.md."),
+) -> None:
+    """What train.compile buys: the VAE and the GAN trained eager and compiled, 3 seeds."""
+    from genray.bench.compile import markdown_table, run
+
+    result = run(device=device, log=typer.echo)
+    publish("compile", result, markdown_table(result), out, None, log=typer.echo)
