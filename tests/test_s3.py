@@ -156,6 +156,8 @@ def test_locations_on_s3_read_write_list_and_copy(s3, tmp_path):
     (root / "up").upload_from(local, last=("m/manifest.json",))
     root.copy_to(Location("s3://models/loc-copy"))
     assert Location("s3://models/loc-copy").list() == ["a.txt", "sub/b.bin", "up/m/manifest.json", "up/w.pt"]
+    Location("s3://models/loc-copy").remove_tree()
+    assert Location("s3://models/loc-copy").list() == [] and root.list() == ["a.txt", "sub/b.bin", "up/m/manifest.json", "up/w.pt"]
     (root / "a.txt").remove()
     assert not (root / "a.txt").exists()
 
