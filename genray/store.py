@@ -63,14 +63,6 @@ def named_run(run: str, storage: str | None = None, *, search: bool = False) -> 
     return folder, {"pattern": "*/checkpoint_*", "metric": meta["metric"], "mode": meta["mode"]}
 
 
-def export_named(run: str, dest: str, *, storage: str | None = None, which: str = "best", search: bool = False,
-                 replace: bool = False) -> tuple[RunDir, Path | str]:
-    """`genray export`: RUN as named_run takes it, exported to `dest`. Returns (the run or search
-    folder, where the model went)."""
-    folder, options = named_run(run, storage, search=search)
-    return folder, export(folder, dest, which=which, replace=replace, **options)
-
-
 def copy_checkpoint(source: Path, dest: Location, *, replace: bool = False) -> Location:
     """Copy a local checkpoint folder to `dest` (a folder or s3:// prefix) so that a reader
     finds the whole checkpoint there or none, and verify the copy. An existing `dest` is an

@@ -1,6 +1,7 @@
 """The model registry (genray.registry): versions with manifests, aliases, every reference form,
-deletes, the errors, and exports racing for numbers, locally and on moto's S3 server. No Ray
-and no training: a run is three checkpoints written with genray.checkpoint.save."""
+deletes, the errors, exports racing for numbers, locally and on moto's S3 server, and the
+`genray export` / `genray models` commands. No Ray and no training: a run is three checkpoints
+written with genray.checkpoint.save."""
 
 import hashlib
 import json
@@ -11,8 +12,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from typer.testing import CliRunner
 
 from genray import checkpoint, registry
+from genray.cli import app
 from genray.config import build_config
 from genray.deploy import resolve_model_path
 from genray.registry import Model, RegistryError
@@ -89,6 +92,20 @@ def test_every_reference_form_resolves(run, tmp_path, monkeypatch):
     assert resolve_model_path("models/vae") == store / "vae" / "versions" / "3"
     assert checkpoint.read_manifest(resolve_model_path("models/vae@1"))["epoch"] == 2
     assert resolve_model_path("models/none") == store / "none"  # nothing there: its reader says so
+
+
+def test_a_serve_config_names_a_version_or_an_alias(run, tmp_path, monkeypatch):
+    from genray import serve_config
+
+    published(run, tmp_path / "models" / "vae", 2).set_alias("production", 1)
+    monkeypatch.chdir(tmp_path)
+    config = tmp_path / "serve.yaml"
+    for model in ("models/vae", "models/vae@production", "models/vae@2"):
+        config.write_text(f"applications:\n  - name: vae\n    args: {{model: {model}}}\n")
+        assert serve_config.load(config)["applications"][0]["args"]["model"] == model
+    config.write_text("applications:\n  - name: vae\n    args: {model: models/vae@canary}\n")
+    with pytest.raises(RegistryError, match="vae has no alias 'canary'; aliases: production"):
+        serve_config.load(config)
 
 
 def test_model_folders_exported_before_versions_keep_loading(run, tmp_path, monkeypatch):
@@ -242,3 +259,57 @@ def test_the_registry_on_s3(s3, s3_conditional_puts_atomic, run):
         registry.resolve("s3://models/vae@staging")
     with pytest.raises(RegistryError, match="no model 'other' in s3://models"):
         registry.resolve("s3://models/other@production")
+
+
+def test_the_commands(run, tmp_path):
+    from genray.store import export
+
+    runner = CliRunner()
+    store = tmp_path / "models"
+    model = store / "vae"
+
+    def ok(*args: str) -> str:
+        result = runner.invoke(app, list(args))
+        assert result.exit_code == 0, result.output
+        return result.output
+
+    def refused(*args: str) -> str:
+        result = runner.invoke(app, list(args))
+        assert result.exit_code == 2, result.output
+        (line,) = result.output.strip().splitlines()  # one line
+        assert line.startswith("error: ")
+        return line[len("error: "):]
+
+    assert ok("models", "list", str(store)) == f"no models in {store} (genray export RUN --to {store}/NAME adds one)\n"
+    assert ok("export", str(run), "--to", str(model), "--alias", "production") == (
+        f"exported vae (epoch 1) from {run} as version 1: {model}@1, alias production\n")
+    assert "(epoch 2) from" in ok("export", str(run), "--to", str(model), "--which", "latest")
+    assert ok("models", "list", str(store)) == "vae: versions 1 2; production -> 1\n"
+    listing = ok("models", "show", str(model)).splitlines()
+    assert listing[0] == f"{model}: 2 versions"
+    assert listing[1].split()[:4] == ["1", "vae", "epoch", "1"] and listing[1].split()[5] == "production"
+    assert listing[2].split()[:4] == ["2", "vae", "epoch", "2"] and listing[2].split()[5] == "-"
+    shown = ok("models", "show", f"{model}@production")
+    assert shown.startswith(f"{model}@1  ({model / 'versions' / '1'})\n") and "aliases:    production" in shown
+    assert f"sha256:     {checkpoint.sha256(model / 'versions' / '1' / 'weights.pt')}  weights.pt" in shown
+
+    assert ok("models", "alias", str(model), "canary", "2") == f"{model}@canary -> version 2 (set)\n"
+    assert ok("models", "alias", str(model), "production", "canary") == (
+        f"{model}@production -> version 2 (moved from version 1)\n")
+    assert refused("models", "delete", str(model), "2").startswith(
+        f"version 2 of {model} is in use: aliases canary, production point at it")
+    assert ok("models", "unalias", str(model), "canary") == f"removed {model}@canary (it pointed at version 2)\n"
+    assert ok("models", "alias", str(model), "production", "latest") == (
+        f"{model}@production -> version 2 (unchanged)\n")
+    assert ok("models", "delete", str(model), "1") == f"deleted {model}@1\n"
+    assert ok("models", "list", str(store)) == "vae: versions 2; production -> 2\n"
+
+    assert refused("models", "show", str(store / "nope")).startswith(f"no model 'nope' in {store}")
+    assert refused("models", "show", f"{model}@7") == f"{model} has no version 7; versions: 2"
+    assert refused("models", "alias", str(model), "7", "2").startswith("alias '7' is not allowed")
+    assert refused("models", "unalias", str(model), "canary").startswith(f"{model} has no alias 'canary'")
+    assert refused("models", "delete", str(model), "x") == "version 'x' is not a version number: versions are numbered 1, 2, 3, ..."
+    assert refused("models", "delete", str(model), "1") == f"{model} has no version 1; versions: 2"
+    assert refused("export", str(run), "--to", str(store / "b@d")).startswith("model name 'b@d' is not allowed")
+    plain = Path(export(run, store / "gan"))  # a model folder from before versions
+    assert refused("export", str(run), "--to", str(plain)).startswith(f"{plain} is a model folder exported before versions")
