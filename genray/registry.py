@@ -224,6 +224,9 @@ class Model:
         files = {p.relative_to(source).as_posix(): checkpoint.sha256(p) for p in sorted(source.rglob("*")) if p.is_file()}
         number = self._claim(record)
         folder = self.folder(number)
+        if folder.is_folder():  # never touch a version this export did not write
+            raise RegistryError(f"{folder} exists though its number {number} was free: was {self.location / CLAIMS} "
+                                "changed by hand? Every version's number must stay claimed there")
         try:
             copy_checkpoint(source, folder)
             manifest = {**record, "version": number, "model": self.name, "files": files, "created": _now()}

@@ -142,6 +142,11 @@ def test_delete_is_refused_while_an_alias_points_at_the_version(run, tmp_path):
     assert registry.publish(run, model.location).number == 4
     with pytest.raises(RegistryError, match=r"has no version 3; versions: 2, 4"):
         registry.resolve(f"{model}@3")
+    # Claims lost by hand: the export that takes an existing version's number refuses, and leaves it.
+    (model.location.path / "claims" / "4").unlink()
+    with pytest.raises(RegistryError, match=r"versions/4 exists though its number 4 was free"):
+        registry.publish(run, model.location)
+    assert model.versions() == [2, 4] and checkpoint.load(model.folder(4)).epoch == 1
     # An alias that names a deleted version (set while the version was being deleted) says so.
     (model.location / "aliases" / "stale.json").write_text(json.dumps({"version": 3}))
     with pytest.raises(RegistryError, match=r"alias 'stale' of .* points at version 3, which is not there"):
