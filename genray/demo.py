@@ -16,7 +16,7 @@ def run_demo(*, workers: int, epochs: int, out: Path, storage: str, store: Path,
 
     from genray.config import build_config
     from genray.deploy import build_app
-    from genray.store import export
+    from genray.registry import publish
     from genray.train import fit, start_local_ray
 
     t0 = time.perf_counter()
@@ -30,9 +30,9 @@ def run_demo(*, workers: int, epochs: int, out: Path, storage: str, store: Path,
     try:
         print(f"== 1/4 training {cfg.family} with {workers} Ray Train workers for {epochs} epochs")
         summary = fit(cfg)
-        print(f"== 2/4 exporting the best checkpoint to {store}")
-        model = export(summary.run, store, replace=True)
-        print(f"== 3/4 serving it on http://127.0.0.1:{port}/vae")
+        print(f"== 2/4 exporting the best checkpoint to {store} as its next version")
+        model = publish(summary.run, store)
+        print(f"== 3/4 serving {model} on http://127.0.0.1:{port}/vae")
         serve.start(http_options={"host": "127.0.0.1", "port": port})
         serve.run(build_app({"model": str(model)}), name="vae", route_prefix="/vae")
         url = f"http://127.0.0.1:{port}/vae"
@@ -47,7 +47,7 @@ def run_demo(*, workers: int, epochs: int, out: Path, storage: str, store: Path,
         print()
         print(f"run folder:       {summary.run_dir}")
         print(f"tensorboard:      tensorboard --logdir {summary.run.tensorboard}")
-        print(f"exported model:   {model}")
+        print(f"exported model:   {model} ({model.folder})")
         print(f"samples (PNG):    {samples_png.resolve()}")
         print(f"val -ELBO:        {metrics['val_neg_elbo']:.2f} nats/image after {epochs} epochs "
               f"(recon {metrics['val_recon']:.2f} + KL {metrics['val_kl']:.2f})")

@@ -342,8 +342,9 @@ def draw(kind: str, model: Optional[str] = None, **options) -> Figure:
     if model is None:
         raise ValueError(f"picture {kind!r} needs a model path (a {' / '.join(families_drawn(kind))} checkpoint)")
     from genray.checkpoint import load_family
+    from genray.registry import model_folder
 
-    family, ckpt = load_family(model)
+    family, ckpt = load_family(model_folder(model))  # a registry reference is its version's folder
     if not draws(kind, ckpt.family):
         raise ValueError(f"picture {kind!r} draws {' / '.join(families_drawn(kind))} models; {model} is a "
                          f"{ckpt.family}")

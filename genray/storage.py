@@ -16,6 +16,7 @@ import hashlib
 import os
 import shutil
 import tempfile
+import uuid
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
@@ -149,14 +150,59 @@ class Location:
         return self.read_bytes().decode()
 
     def write_bytes(self, data: bytes) -> None:
-        """Write a whole file or object; a local file is replaced atomically."""
+        """Write a whole file or object, replacing it atomically: a local file is staged and
+        renamed into place, an object is one put; a reader sees the old content or the new."""
         if self.on_s3:
             s3_client().put_object(Bucket=self.bucket, Key=self.key, Body=data)
             return
+        os.replace(self._staged(data), self._path)
+
+    def create(self, data: bytes) -> bool:
+        """Write a whole file or object only where there is none: True when this call wrote it,
+        False when one was there already. Of writers racing for one name exactly one wins, and
+        a reader sees all of `data` or nothing: locally the file is staged and hard-linked into
+        place (link(2) fails on an existing name); on S3 a conditional put (If-None-Match: *),
+        which the store decides atomically. A store that ignores the condition (some older
+        S3-compatible servers) lets every writer win."""
+        if not self.on_s3:
+            staged = self._staged(data)
+            try:
+                os.link(staged, self._path)
+                return True
+            except FileExistsError:
+                return False
+            finally:
+                staged.unlink()
+        from botocore.exceptions import ClientError
+
+        for _ in range(max_attempts()):
+            try:
+                s3_client().put_object(Bucket=self.bucket, Key=self.key, Body=data, IfNoneMatch="*")
+                return True
+            except ClientError as err:
+                code = str(err.response.get("Error", {}).get("Code", ""))
+                if code in {"PreconditionFailed", "412"}:
+                    return False
+                # 409 ConditionalRequestConflict: another conditional write of the key was in
+                # flight, and S3 asks to try again; its outcome decides the next answer.
+                if code not in {"ConditionalRequestConflict", "409"}:
+                    raise
+        raise OSError(f"{self}: conditional write kept conflicting after {max_attempts()} attempts")
+
+    def _staged(self, data: bytes) -> Path:
+        """`data` in a new temporary file beside this local path (a name of its own, so that
+        writers of the same file never write into each other's), to be renamed or linked."""
         self._path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self._path.with_name(f".{self._path.name}.tmp")
-        tmp.write_bytes(data)
-        os.replace(tmp, self._path)
+        tmp = self._path.with_name(f".{self._path.name}.{uuid.uuid4().hex[:12]}.tmp")
+        # os.open, not mkstemp: the file gets the umask's mode (mkstemp's is 0600), as a plain write's would.
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        return tmp
 
     def write_text(self, text: str) -> None:
         self.write_bytes(text.encode())
@@ -167,6 +213,17 @@ class Location:
             s3_client().delete_object(Bucket=self.bucket, Key=self.key)
         else:
             self._path.unlink(missing_ok=True)
+
+    def remove_tree(self) -> None:
+        """Delete this folder (S3 prefix) and everything under it; one that is not there is no error."""
+        if not self.on_s3:
+            if self._path.exists():
+                shutil.rmtree(self._path)
+            return
+        client = s3_client()
+        keys = [{"Key": self.join(name).key} for name in self.list()]
+        for start in range(0, len(keys), 1000):  # delete_objects takes at most 1000 keys
+            client.delete_objects(Bucket=self.bucket, Delete={"Objects": keys[start:start + 1000], "Quiet": True})
 
     def list(self) -> list[str]:
         """Every file (object) under this folder (prefix), relative to it, sorted; [] when

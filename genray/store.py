@@ -1,10 +1,11 @@
-"""The model store: exported checkpoints that deployments load.
+"""Exporting a checkpoint: choosing a run's checkpoint and copying it, verified, out of the run.
 
-A stored model is a checkpoint folder (see genray.checkpoint) at <store>/<model name>, where
-the store is a local folder or an s3:// prefix (written and read with boto3). Export picks the
-best checkpoint of a run by its family's metric and copies it there; replacing a model keeps
-the old one beside it, so an export never loses one. Locally the copy is renamed into place;
-on S3 the manifest is written last, so a reader never takes a half-written model for a whole one.
+Export picks the best checkpoint of a run by its family's metric (or the latest) and copies it
+to a folder or an s3:// prefix (written and read with boto3): a plain model folder, which is a
+checkpoint folder (see genray.checkpoint), or a version in the model registry (genray.registry,
+what `genray export` writes). Replacing a plain model folder keeps the old one beside it, so an
+export never loses one. Locally the copy is renamed into place; on S3 the manifest is written
+last, so a reader never takes a half-written model for a whole one.
 """
 
 from __future__ import annotations
@@ -13,7 +14,9 @@ import os
 import shutil
 import tempfile
 import time
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 from genray import checkpoint
 from genray.runs import RunDir
@@ -30,29 +33,43 @@ def export(
     metric: str | None = None,
     mode: str | None = None,
 ) -> Path | str:
-    """Copy a run's (or search's) chosen checkpoint to `dest`, a model-store folder or s3:// URI,
-    and verify the copy."""
+    """Copy a run's (or search's) chosen checkpoint to `dest`, a plain model folder or s3:// URI,
+    and verify the copy (genray.registry.publish adds it to a registry model as a version instead)."""
+    with chosen_checkpoint(run_dir, which=which, pattern=pattern, metric=metric, mode=mode) as (_, source):
+        return copy_checkpoint(source, Location(dest).resolved(), replace=replace).native()
+
+
+@contextmanager
+def chosen_checkpoint(run_dir: str | Path | Location | RunDir, *, which: str = "best", pattern: str = "checkpoint_*",
+                      metric: str | None = None, mode: str | None = None) -> Iterator[tuple[checkpoint.Checkpoint, Path]]:
+    """The run's checkpoint that `which` picks (see RunDir.best_checkpoint) and a local folder
+    holding it (itself, or a download of an S3 one for the block), verified before use."""
     run = run_dir if isinstance(run_dir, RunDir) else RunDir.at(run_dir)
     chosen = run.best_checkpoint(which, pattern=pattern, metric=metric, mode=mode)
-    target = Location(dest).resolved()
     with Location(chosen.path).as_local_folder() as source:
         checkpoint.load(source)  # checksums verified before anything is copied
-        if target.on_s3:
-            return _export_to_s3(source, target, replace)
-        return _export_to_folder(source, target.path, replace)
+        yield chosen, source
 
 
-def export_named(run: str, dest: str, *, storage: str | None = None, which: str = "best", search: bool = False,
-                 replace: bool = False) -> tuple[RunDir, Path | str]:
-    """`genray export`: RUN is a run's s3:// URI, a folder, or a name under `storage` (default
-    runs); with `search`, a Tune search (default storage: searches) whose best trial's best
-    checkpoint is exported. Returns (the run or search folder, where the model went)."""
+def named_run(run: str, storage: str | None = None, *, search: bool = False) -> tuple[RunDir, dict[str, str]]:
+    """RUN as `genray export` takes it: a run's s3:// URI, a folder, or a name under `storage`
+    (default runs); with `search`, a Tune search (default storage: searches), whose trials'
+    checkpoints are ranked by the search's metric. Returns (the run or search folder, the
+    options of chosen_checkpoint that pick from it)."""
     folder = RunDir.find(run, storage or ("searches" if search else "runs"))
-    options = {}
-    if search:
-        meta = folder.search_spec()
-        options = {"pattern": "*/checkpoint_*", "metric": meta["metric"], "mode": meta["mode"]}
-    return folder, export(folder, dest, which=which, replace=replace, **options)
+    if not search:
+        return folder, {}
+    meta = folder.search_spec()
+    return folder, {"pattern": "*/checkpoint_*", "metric": meta["metric"], "mode": meta["mode"]}
+
+
+def copy_checkpoint(source: Path, dest: Location, *, replace: bool = False) -> Location:
+    """Copy a local checkpoint folder to `dest` (a folder or s3:// prefix) so that a reader
+    finds the whole checkpoint there or none, and verify the copy. An existing `dest` is an
+    error, or with `replace` moved aside to <dest>.replaced-<time>."""
+    if dest.on_s3:
+        return Location(_export_to_s3(source, dest, replace))
+    return Location(_export_to_folder(source, dest.path, replace))
 
 
 def _stamp() -> str:

@@ -58,7 +58,7 @@ class JobSpec(BaseModel):
     # a /tmp one on whichever node ran each worker), so a spec says where its checkpoints go.
     storage: str
     resume: bool = False  # continue <storage>/<name> when it exists (a re-submitted job picks up)
-    export: Optional[str] = None  # model store folder or s3:// URI for the best checkpoint
+    export: Optional[str] = None  # the model (<store>/<name>, genray.registry) the best checkpoint is a new version of
     runtime_env: dict[str, Any] = Field(default_factory=dict)  # e.g. env_vars: {AWS_ENDPOINT_URL: ...}
 
     def run_config(self) -> RunConfig:

@@ -55,9 +55,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"best: {summary.best_checkpoint}")
     print(f"{metric}: {summary.metrics.get(metric, float('nan')):.4f} (last epoch); {summary.wall_s:.1f} s")
     if spec.export:
-        from genray.store import export
+        from genray.registry import publish
 
-        model = export(summary.run_uri, spec.export, replace=True)
+        model = publish(summary.run_uri, spec.export)
         print(f"exported: {model}")
     return 0
 

@@ -7,7 +7,8 @@ runner = CliRunner()
 
 
 @pytest.mark.parametrize("command", ["train", "export", "serve", "demo", "tune", "heat", "bench", "bench quality",
-                                     "bench heat", "bench ode", "bench gnn", "bench tune", "bench serve"])
+                                     "bench heat", "bench ode", "bench gnn", "bench tune", "bench serve", "models",
+                                     "models list", "models show", "models alias", "models unalias", "models delete"])
 def test_every_command_has_help(command):
     result = runner.invoke(app, [*command.split(), "--help"])
     assert result.exit_code == 0, result.output
@@ -17,7 +18,7 @@ def test_every_command_has_help(command):
 def test_top_level_help_lists_commands():
     result = runner.invoke(app, ["--help"])
     assert result.exit_code == 0
-    for command in ("train", "export", "serve", "demo"):
+    for command in ("train", "export", "serve", "demo", "models"):
         assert command in result.output
 
 

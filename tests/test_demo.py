@@ -16,7 +16,7 @@ from PIL import Image
 import leaks
 from conftest import free_port
 
-from genray import checkpoint
+from genray import checkpoint, registry
 from genray.runs import read_history
 
 
@@ -31,7 +31,9 @@ def test_demo_trains_serves_answers_and_leaves_no_ray_process(tmp_path):
     assert "== 1/4 training vae with 1 Ray Train workers for 1 epochs" in done.stdout, done.stdout[-2000:]
     (run,) = (tmp_path / "runs").glob("vae-demo-*")
     assert [(h["epoch"], h["workers"]) for h in read_history(run)] == [(0, 1)]
-    assert checkpoint.load(tmp_path / "models" / "vae", weights=False).family == "vae"
+    version, number = registry.resolve(tmp_path / "models" / "vae")  # the run is the model's first version
+    assert number == 1 and checkpoint.load(version, weights=False).family == "vae"
+    assert f"exported model:   {tmp_path / 'models' / 'vae'}@1 ({version})" in done.stdout
     samples = Image.open(tmp_path / "demo_out" / "samples.png")
     assert samples.format == "PNG" and min(samples.size) >= 8 * 28  # the grid of 64 samples
     assert f"samples (PNG):    {(tmp_path / 'demo_out' / 'samples.png').resolve()}" in done.stdout

@@ -13,7 +13,7 @@ import requests
 from botocore.exceptions import EndpointConnectionError
 from typer.testing import CliRunner
 
-from genray import checkpoint, storage
+from genray import checkpoint, registry, storage
 from genray.storage import Location, ObjectNotFound
 
 from s3server import FaultyProxy, s3  # noqa: F401  (the fixture)
@@ -156,6 +156,8 @@ def test_locations_on_s3_read_write_list_and_copy(s3, tmp_path):
     (root / "up").upload_from(local, last=("m/manifest.json",))
     root.copy_to(Location("s3://models/loc-copy"))
     assert Location("s3://models/loc-copy").list() == ["a.txt", "sub/b.bin", "up/m/manifest.json", "up/w.pt"]
+    Location("s3://models/loc-copy").remove_tree()
+    assert Location("s3://models/loc-copy").list() == [] and root.list() == ["a.txt", "sub/b.bin", "up/m/manifest.json", "up/w.pt"]
     (root / "a.txt").remove()
     assert not (root / "a.txt").exists()
 
@@ -271,6 +273,6 @@ def test_search_on_s3_finishes_resumes_and_exports_the_best(s3, ray_session):
 
     best = CliRunner().invoke(app, ["export", "t", "--best", "--storage", storage, "--to", "s3://models/tuned"])
     assert best.exit_code == 0, best.output
-    exported = checkpoint.load("s3://models/tuned")
+    exported = checkpoint.load(registry.resolve("s3://models/tuned@1")[0])
     assert exported.family == "vae"
     assert exported.metrics["val_neg_elbo"] == pytest.approx(min(r["best_val_neg_elbo"] for r in rows))

@@ -51,6 +51,23 @@ def test_local_files_and_folders(tmp_path):
         root.upload_from(copy)
 
 
+def test_local_create_remove_tree_and_writers_of_one_file(tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    once = Location(tmp_path / "claims" / "1")
+    assert once.create(b"first") and not once.create(b"second") and once.read_bytes() == b"first"
+    # Writers of one file never write into each other's temporary file: one whole text wins.
+    shared = Location(tmp_path / "alias.json")
+    texts = [str(i).encode() * 10_000 for i in range(8)]
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(shared.write_bytes, texts))
+    assert shared.read_bytes() in texts
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["1", "alias.json", "claims"], "temporary files left"
+    Location(tmp_path / "claims").remove_tree()
+    Location(tmp_path / "claims").remove_tree()  # one that is not there is no error
+    assert not (tmp_path / "claims").exists() and shared.exists()
+
+
 def test_local_views_for_ray_and_the_cache(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("GENRAY_CACHE", str(tmp_path / "cache"))

@@ -74,22 +74,26 @@ def train(
 
 def export(
     run: str = typer.Argument(..., help="Run name (under --storage), run folder or s3:// URI; a search name with --best."),
-    to: str = typer.Option(..., "--to", help="Model store folder or s3:// URI to write, e.g. models/vae."),
+    to: str = typer.Option(..., "--to", help="The model, <store>/<name> (a folder or s3:// URI), e.g. models/vae."),
     storage: Optional[str] = typer.Option(None, help="Folder or s3:// prefix that holds the runs (default runs, or searches with --best)."),
     which: str = typer.Option("best", help="best (by the family's metric) or latest."),
     best: bool = typer.Option(False, "--best", help="RUN is a Tune search: export its best trial's best checkpoint."),
-    replace: bool = typer.Option(False, help="Replace an existing model (the old one is kept beside it)."),
+    alias: Optional[str] = typer.Option(None, help="Point this alias (e.g. production) at the new version."),
 ) -> None:
-    """Copy a run's (or a search's) best checkpoint into the model store that deployments load."""
-    from genray.checkpoint import CheckpointError, read_manifest
-    from genray.store import export_named
+    """Add a run's (or a search's) best checkpoint to the model store as the model's next version,
+    which deployments load (see `genray models`)."""
+    from genray.checkpoint import CheckpointError
+    from genray.registry import publish
+    from genray.store import named_run
 
     try:
-        source, dest = export_named(run, to, storage=storage, which=which, search=best, replace=replace)
+        source, options = named_run(run, storage, search=best)
+        version = publish(source, to, which=which, alias=alias, **options)
     except (CheckpointError, FileExistsError, ValueError) as err:
         fail(str(err))
-    manifest = read_manifest(dest)
-    typer.echo(f"exported {manifest['family']} (epoch {manifest['epoch']}) from {source} to {dest}")
+    manifest = version.manifest
+    typer.echo(f"exported {manifest['family']} (epoch {manifest['epoch']}) from {source} as version "
+               f"{version.number}: {version}" + (f", alias {alias}" if alias else ""))
 
 
 def demo(
@@ -97,7 +101,7 @@ def demo(
     epochs: int = typer.Option(20, help="Epochs."),
     out: Path = typer.Option(Path("demo_out"), help="Where the PNGs go."),
     storage: str = typer.Option("runs", help="Folder that holds the runs."),
-    store: Path = typer.Option(Path("models/vae"), help="Model store folder to export to."),
+    store: Path = typer.Option(Path("models/vae"), help="The model to add the run to as a version: <store>/<name>."),
     port: int = typer.Option(8000, help="HTTP port for Serve."),
     keep_serving: bool = typer.Option(False, help="Keep the endpoint up after the demo (Ctrl-C stops)."),
 ) -> None:

@@ -5,8 +5,9 @@ builder reads the stored model's manifest and binds its family's deployment, as 
 registry entry (genray.families.FAMILIES) says: the image deployment built from the family's
 capabilities (genray.deploy.images), or a hand-written one where the API is the family's own
 (gnn, ode, latent_ode, charlm, unet; heat, which has no model, is its own app). A model is a
-folder or an s3:// URI in the model store; a replica reads it with boto3 (endpoint and
-credentials from the AWS chain of the replica's node, or the application's runtime_env).
+reference into the model store (genray.registry), resolved here to one version's folder or
+s3:// URI; a replica reads it with boto3 (endpoint and credentials from the AWS chain of the
+replica's node, or the application's runtime_env).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import Any
 
 from genray.checkpoint import read_manifest
 from genray.families import FAMILIES, Entry, get_family
+from genray.registry import model_folder
 from genray.storage import Location
 
 IMAGE_DEPLOYMENT = "genray.deploy.images:image_deployment"
@@ -49,15 +51,17 @@ DEPLOYMENTS = Served(lambda entry: entry.deployment or IMAGE_DEPLOYMENT)
 
 
 def resolve_model_path(model: str) -> Path | str:
-    """A store path from serve YAML: an s3:// URI, an absolute path, or a path relative to
-    $GENRAY_HOME (default: cwd)."""
+    """The folder a serve YAML's model names: an s3:// URI, an absolute path, or a path relative
+    to $GENRAY_HOME (default: cwd). A registry reference (genray.registry: models/vae, the latest
+    version; models/vae@3; models/vae@production) is the folder of that one version, so that
+    every replica loads the same immutable version."""
     location = Location(model)
-    if location.on_s3:
-        return str(location)  # without a trailing slash
-    path = Path(model).expanduser()
-    if not path.is_absolute():
-        path = Path(os.environ.get("GENRAY_HOME", os.getcwd())) / path
-    return path.resolve()
+    if not location.on_s3:
+        path = Path(model).expanduser()
+        if not path.is_absolute():
+            path = Path(os.environ.get("GENRAY_HOME", os.getcwd())) / path
+        location = Location(path.resolve())
+    return model_folder(location).native()  # an S3 URI without a trailing slash
 
 
 def build_app(args: dict[str, Any]):
