@@ -50,18 +50,25 @@ class Served(Mapping):
 DEPLOYMENTS = Served(lambda entry: entry.deployment or IMAGE_DEPLOYMENT)
 
 
+def absolute_reference(model: str) -> str:
+    """A serve YAML's model as every replica reads it, wherever it runs: an s3:// URI as it is, a
+    local path made absolute (relative to $GENRAY_HOME, default cwd), a registry selector
+    (@3, @production) kept."""
+    location = Location(model)
+    if location.on_s3:
+        return location.native()
+    path = Path(model).expanduser()
+    if not path.is_absolute():
+        path = Path(os.environ.get("GENRAY_HOME", os.getcwd())) / path
+    return str(path.resolve())
+
+
 def resolve_model_path(model: str) -> Path | str:
     """The folder a serve YAML's model names: an s3:// URI, an absolute path, or a path relative
     to $GENRAY_HOME (default: cwd). A registry reference (genray.registry: models/vae, the latest
     version; models/vae@3; models/vae@production) is the folder of that one version, so that
     every replica loads the same immutable version."""
-    location = Location(model)
-    if not location.on_s3:
-        path = Path(model).expanduser()
-        if not path.is_absolute():
-            path = Path(os.environ.get("GENRAY_HOME", os.getcwd())) / path
-        location = Location(path.resolve())
-    return model_folder(location).native()  # an S3 URI without a trailing slash
+    return model_folder(Location(absolute_reference(model))).native()  # an S3 URI without a trailing slash
 
 
 def build_app(args: dict[str, Any]):
@@ -79,10 +86,10 @@ def build_app(args: dict[str, Any]):
 
 
 def deployment_for(model: str):
-    """(the Serve deployment of the stored model's family, the model's resolved path or URI)."""
-    path = resolve_model_path(model)
-    family = read_manifest(path)["family"]  # clear error if the path holds no model
-    return family_deployment(family), str(path)
+    """(the Serve deployment of the stored model's family, the reference its replicas load: the
+    model made absolute, its selector kept, so that they follow an alias or the latest version)."""
+    family = read_manifest(resolve_model_path(model))["family"]  # clear error if the path holds no model
+    return family_deployment(family), absolute_reference(model)
 
 
 def family_deployment(name: str):
