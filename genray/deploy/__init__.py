@@ -72,15 +72,28 @@ def resolve_model_path(model: str) -> Path | str:
 
 
 def build_app(args: dict[str, Any]):
-    """Serve application builder: args = {"model": path to a stored model}."""
+    """Serve application builder. args = {"model": a stored model or registry reference}, or,
+    for many models of one family in one app (each request names its own: genray.deploy.versions),
+    {"models": a model store, "family": NAME, "max_models_per_replica": N}."""
+    from genray.train.driver import check_reachable_from_every_node
+
+    if "models" in args:
+        unknown = set(args) - {"models", "family", "max_models_per_replica"}
+        if unknown or "family" not in args:
+            raise ValueError(f"a multiplexed app takes args 'models' (a store), 'family' and 'max_models_per_replica'"
+                             f"{f'; unknown: {sorted(unknown)}' if unknown else '; family is missing'}")
+        size = args.get("max_models_per_replica", 4)
+        if not isinstance(size, int) or isinstance(size, bool) or size < 1:
+            raise ValueError(f"max_models_per_replica must be an integer >= 1, got {size!r}")
+        store = absolute_reference(str(args["models"]))
+        check_reachable_from_every_node(model=store)
+        return family_deployment(str(args["family"])).bind(store, size)
     unknown = set(args) - {"model"}
     if unknown:
-        raise ValueError(f"unknown application args {sorted(unknown)}; expected 'model'")
+        raise ValueError(f"unknown application args {sorted(unknown)}; expected 'model' (or 'models' and 'family')")
     if "model" not in args:
         raise ValueError("application args need 'model': the path of an exported model")
     deployment, path = deployment_for(str(args["model"]))
-    from genray.train.driver import check_reachable_from_every_node
-
     check_reachable_from_every_node(model=path)  # every replica, on any node, loads it
     return deployment.bind(path)
 

@@ -322,10 +322,13 @@ class ModelReplica:
     a rollout), rebuilt in eval mode; `family` and `ckpt` are those of the version the current
     request was given. Batched methods get the family from their requests, never from `self`."""
 
-    def __init__(self, model_ref: str):
-        from genray.deploy.versions import ServedModel
+    def __init__(self, model_ref: str, max_models_per_replica: int = 0):
+        from genray.deploy.versions import MultiplexedModels, ServedModel
 
-        self.served = ServedModel(model_ref, self.load, self.warm)
+        if max_models_per_replica:  # model_ref is a store; each request names its model
+            self.served = MultiplexedModels(model_ref, self.load, self.warm, max_models_per_replica)
+        else:
+            self.served = ServedModel(model_ref, self.load, self.warm)
 
     def load(self, folder: str) -> tuple[Any, Any]:
         """(family, checkpoint) of a checkpoint folder, on the CPU."""
@@ -338,7 +341,10 @@ class ModelReplica:
     def loaded(self):
         from genray.deploy.versions import CHOICE
 
-        return CHOICE.get() or self.served.stable
+        loaded = CHOICE.get() or getattr(self.served, "stable", None)
+        if loaded is None:
+            raise BadRequest(f"this app serves many models: name one ({self.served.describe()['models']})")
+        return loaded
 
     @property
     def family(self):

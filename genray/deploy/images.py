@@ -335,6 +335,8 @@ def image_deployment(name: str, family_cls: type[Family]):
     paths = [ENDPOINTS[c][0] for c in capabilities]
 
     def info(self) -> dict:
+        if not hasattr(self.served, "stable"):  # many models, each request names its own
+            return {"family": name, "endpoints": paths, **self.served.describe()}
         cfg, spec = self.family.cfg, self.family.spec
         return {"family": self.ckpt.family, "epoch": self.ckpt.epoch, "latent_dim": cfg.latent_dim,
                 "image_shape": list(spec.shape), "labels": list(spec.labels) if spec.labels else None,

@@ -18,10 +18,19 @@ The choice is made per request by `ModelChoice`, an ASGI middleware of every gen
 FastAPI runs the endpoint; the endpoint reads it as `replica.family` (a context variable), and
 the answer carries the version in the `x-genray-model-version` header (`<model>@<N>`). Batched
 endpoints pass the family they were given into their batch, since a batch may mix versions.
+
+`MultiplexedModels` serves many models of one family from a store instead (the best trials of
+a search, many versions): each request names its model, NAME (the latest version), NAME@N or
+NAME@ALIAS, in the `serve_multiplexed_model_id` header (Serve routes it to a replica that has
+the model loaded) or in a `model` field of its JSON body; a replica loads models on demand and
+keeps at most `max_models_per_replica`, the least recently used going first (Serve's
+@serve.multiplexed). An alias is read when its model is loaded.
 """
 
 from __future__ import annotations
 
+import asyncio
+import json
 import logging
 import os
 import threading
@@ -36,6 +45,8 @@ log = logging.getLogger(__name__)
 
 VERSION_HEADER = "x-genray-model-version"
 CLIENT_KEY_HEADER = "x-client-key"
+MODEL_ID_HEADER = "serve_multiplexed_model_id"  # Serve's own: it routes by it
+MODEL_FIELD = "model"
 # Seconds between two reads of the registry by a replica's watcher; GENRAY_WATCH_S overrides it.
 WATCH_S = 2.0
 
@@ -150,6 +161,44 @@ class ServedModel:
         self._stop.set()
 
 
+class MultiplexedModels:
+    """The models of one family in `store` that a replica loads on demand (see the module's
+    docstring); `load` and `warm` as for ServedModel."""
+
+    def __init__(self, store: str, load: Callable[[str], tuple[Any, Any]], warm: Callable[[Any], Any] | None,
+                 max_models: int):
+        from ray import serve
+
+        if max_models < 1:
+            raise ValueError(f"max_models_per_replica must be at least 1, got {max_models}")
+        self.store, self._load, self._warm, self.max_models = Location(store), load, warm, max_models
+        self.loads = 0  # models this replica has loaded (again, after an eviction, too)
+        # Wired per instance, so that each app sets its own bound (Serve detects it at runtime).
+        async def load(model_id: str) -> Loaded:  # a function: Serve keeps its LRU cache on it
+            return await self._load_id(model_id)
+
+        self.get = serve.multiplexed(max_num_models_per_replica=max_models)(load)
+        _SERVED[:] = [self]
+
+    async def _load_id(self, model_id: str) -> Loaded:
+        from genray import registry
+
+        if "/" in model_id or model_id.startswith("."):
+            raise registry.RegistryError(f"model {model_id!r}: name a model of the store, NAME, NAME@N or NAME@ALIAS")
+        model, selector = registry.parse(self.store / model_id)
+        number = await asyncio.to_thread(model.number, selector)
+        folder = model.folder(number)
+        await asyncio.to_thread(model.manifest, number)  # a deleted version: its clear error
+        family, ckpt = await asyncio.to_thread(self._load, folder.native())
+        if self._warm is not None:
+            await asyncio.to_thread(self._warm, family)
+        self.loads += 1
+        return Loaded(f"{model.name}@{number}", number, family, ckpt)
+
+    def describe(self) -> dict[str, Any]:
+        return {"models": str(self.store), "max_models_per_replica": self.max_models, "loads": self.loads}
+
+
 def registry_free_folder(ref: str) -> str:
     """A model folder that is no registry model (a model exported before versions)."""
     return Location(ref).native()
@@ -172,8 +221,26 @@ class ModelChoice:
         if scope["type"] != "http" or model is None:
             await self.app(scope, receive, send)
             return
-        key = next((v.decode("latin-1") for k, v in scope.get("headers", []) if k == CLIENT_KEY_HEADER.encode()), None)
-        chosen = model.choose(key)
+        headers = dict(scope.get("headers", []))
+        if isinstance(model, MultiplexedModels):
+            if scope["method"] != "POST":  # GET / and the open pages name no model
+                await self.app(scope, receive, send)
+                return
+            model_id = headers.get(MODEL_ID_HEADER.encode(), b"").decode("latin-1")
+            scope, receive, from_body = await without_model_field(scope, receive)
+            model_id = model_id or from_body
+            if not model_id:
+                await refuse(send, 400, f"name the model: the {MODEL_ID_HEADER} header or a '{MODEL_FIELD}' field "
+                                        "(NAME, NAME@N or NAME@ALIAS)")
+                return
+            try:
+                chosen = await model.get(model_id)
+            except ValueError as err:  # RegistryError: unknown model, version or alias
+                await refuse(send, 404, str(err))
+                return
+        else:
+            key = headers.get(CLIENT_KEY_HEADER.encode())
+            chosen = model.choose(key.decode("latin-1") if key else None)
         token = CHOICE.set(chosen)
 
         async def send_with_version(message):
@@ -229,3 +296,44 @@ def wait_for(app: str, url: str, api_key: str | None, expect: dict[str, Any], ti
             return True
         time.sleep(0.1 if streak else 0.5)
     return False
+
+
+async def without_model_field(scope, receive):
+    """(scope, receive, model) of a JSON request with its body's `model` field taken out (the
+    request models forbid unknown fields), or the request as it was and None."""
+    content_type = dict(scope.get("headers", [])).get(b"content-type", b"")
+    if not content_type.startswith(b"application/json"):
+        return scope, receive, None
+    chunks, more = [], True
+    while more:  # the Guard in front has capped the body's size
+        message = await receive()
+        chunks.append(message.get("body", b""))
+        more = message.get("more_body", False)
+    body = b"".join(chunks)
+    model = None
+    try:
+        parsed = json.loads(body)
+    except ValueError:
+        parsed = None  # FastAPI says what is wrong with it
+    if isinstance(parsed, dict) and isinstance(parsed.get(MODEL_FIELD), str):
+        model = parsed.pop(MODEL_FIELD)
+        body = json.dumps(parsed).encode()
+    headers = [(k, v) for k, v in scope["headers"] if k != b"content-length"]
+    scope = {**scope, "headers": [*headers, (b"content-length", str(len(body)).encode())]}
+    sent = False
+
+    async def replay():
+        nonlocal sent
+        if sent:
+            return await receive()  # what comes after the body (a disconnect)
+        sent = True
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    return scope, replay, model
+
+
+async def refuse(send, status: int, message: str) -> None:
+    body = json.dumps({"error": message}).encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})
