@@ -23,6 +23,7 @@ from the replicas, so the figures are a floor, not the capacity of a real node.
 
 from __future__ import annotations
 
+import os
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -41,6 +42,7 @@ def run(*, total: int, concurrency: int, warmup: int, gan_model: str | None, por
     from genray.deploy import build_app
     from genray.deploy.heat import HeatDeployment
 
+    load_at_start = os.getloadavg()[0]  # other work on the machine slows a loopback test
     if not ray.is_initialized():
         ray.init(address="local", log_to_driver=False)
     serve.start(http_options={"host": "127.0.0.1", "port": port})
@@ -61,7 +63,8 @@ def run(*, total: int, concurrency: int, warmup: int, gan_model: str | None, por
                 serve.delete(name)
         results_versions = versions(base, Path(tmp), total=total, concurrency=concurrency, warmup=warmup)
     return {"machine": machine(), "gan_model": gan_model or "untrained weights", "warmup": warmup,
-            "endpoints": results, **results_versions}
+            "endpoints": results, **results_versions,
+            "load_average": {"start": load_at_start, "end": os.getloadavg()[0]}}
 
 
 MULTIPLEX_MODELS = 8
@@ -165,5 +168,7 @@ def markdown_table(result: dict[str, Any]) -> str:
                   f"vae@production while " + ", ".join(f"{what} ({at} s)" for at, what in r["steps"])
                   + f": **{r['errors']} failed** ({', '.join(r['error_kinds']) or 'none'}); "
                   f"{r['throughput_rps']} req/s, p99 {r['p99_ms']} ms.", ""]
-    lines += [machine_line(result["machine"]), ""]
+    load = result.get("load_average")
+    lines += [machine_line(result["machine"]) + (f" Load average {load['start']:.1f} at the start, {load['end']:.1f} "
+                                                 "at the end." if load else ""), ""]
     return "\n".join(lines)
