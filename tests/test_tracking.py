@@ -1,6 +1,7 @@
 """Experiment tracking in MLflow (genray.tracking): a run's params, every epoch's metrics and its
 preview grids in a real local store and through a real `mlflow server` on loopback; a resumed run
-and a restarted worker continue the same MLflow run; an export tags it; genray without MLflow."""
+and a restarted worker continue the same MLflow run; an export tags it; a Tune search's trials;
+genray without MLflow."""
 
 import json
 import os
@@ -248,3 +249,30 @@ def test_a_run_tracked_on_a_real_mlflow_server(tmp_path):
         grids = [a.path for a in client.list_artifacts(logged.info.run_id, "images")]
         assert any(path.startswith("images/samples+step+1+") for path in grids), grids
     assert list((tmp_path / "server" / "artifacts").rglob("samples+step+1+*.png"))  # stored by the server
+
+
+@pytest.mark.tune
+@pytest.mark.ray
+def test_each_trial_of_a_search_is_an_mlflow_run_with_its_sampled_params(ray_session, store, tmp_path):
+    from dataclasses import replace
+
+    from mlflow import MlflowClient
+
+    from genray.tune import build_tuner, load_space, to_domain
+
+    spec = replace(load_space("vae", None), space={"model.lr": to_domain("model.lr", {"grid": [1e-3, 3e-3]})})
+    base = build_config("vae", overrides=[*FAST, "train.epochs=1", "train.preview_every=0",
+                                          "tracking.tracker=mlflow", f"tracking.uri={store}"])
+    results = build_tuner("vae", name="searched", storage=tmp_path, spec=spec, base=base, scheduler="fifo",
+                          num_samples=1, max_concurrent=2).fit()
+    assert not results.errors
+    client = MlflowClient(tracking_uri=store)
+    experiment = client.get_experiment_by_name("searched")  # the search's name, by default
+    runs = {r.data.tags["genray.trial"]: r for r in client.search_runs([experiment.experiment_id])}
+    assert len(runs) == 2
+    for result in results:
+        logged = runs[result.metrics["trial_id"]]
+        assert logged.data.tags["genray.search"] == "searched" and logged.info.status == "FINISHED"
+        assert float(logged.data.params["model.lr"]) == result.config["train_loop_config"]["model.lr"]
+        assert metric_steps(client, logged.info.run_id, "val_neg_elbo") == [
+            (0, pytest.approx(result.metrics["val_neg_elbo"]))]

@@ -155,6 +155,9 @@ def tune(
     report: Optional[str] = typer.Option(None, help="Write search NAME's report: parallel coordinates (report.png) "
                                                     "and parameter importance (report.md), in <storage>/<NAME>/report."),
     perturbation_interval: int = typer.Option(1, help="PBT/PB2: epochs between exploit/explore steps."),
+    tracker: Optional[str] = typer.Option(
+        None, help="Record every trial in an experiment tracker: mlflow or none (tracking.tracker; the "
+                   "experiment is the search's name unless tracking.experiment is set)."),
     address: Optional[str] = typer.Option(None, help="Ray cluster address (default: $RAY_ADDRESS or a local Ray)."),
 ) -> None:
     """Search hyperparameters with Ray Tune: random, grid or Optuna TPE sampling; ASHA,
@@ -179,6 +182,8 @@ def tune(
         return
     try:
         if resume:
+            if tracker is not None:
+                fail("--tracker: a resumed search keeps the tracking it started with")
             connect(address)
             tuner, meta = restore_tuner(resume, storage)
             search_name, metric_name, metric_mode = resume, meta["metric"], meta["mode"]
@@ -186,6 +191,8 @@ def tune(
             if family is None:
                 fail("name a FAMILY (e.g. `genray tune vae`) or --resume NAME")
             overrides = list(set_) + [f"train.workers={workers}"] + ([f"train.epochs={epochs}"] if epochs else [])
+            if tracker is not None:
+                overrides.append(f"tracking.tracker={tracker}")
             spec, base, planned = plan_search(family, space=space, scheduler=scheduler, searcher=searcher,
                                               overrides=overrides, storage=storage, name=name, metric=metric,
                                               mode=mode)
