@@ -226,7 +226,10 @@ class MLflowTracker(Tracker):
         store = local_store(tracking.uri)
         if store is not None:
             store.parent.mkdir(parents=True, exist_ok=True)  # SQLite makes the file, not its folder
-        _experiment_id(mlflow.MlflowClient(tracking_uri=tracking.uri), tracking)
+        try:
+            _experiment_id(mlflow.MlflowClient(tracking_uri=tracking.uri), tracking)
+        except mlflow.exceptions.MlflowException as err:  # an unknown scheme, a store refused, no server
+            raise ConfigError(f"tracking.uri: MLflow cannot use {tracking.uri!r}: {err.message}") from None
 
     @classmethod
     def tag(cls, record: dict[str, Any], key: str, value: str) -> str | None:

@@ -189,6 +189,11 @@ def test_flattening_and_the_default_store(tmp_path, monkeypatch):
     assert settled == TrackingConfig(tracker="mlflow", uri=f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}",
                                      experiment="vae")
     assert (tmp_path / "mlruns" / "mlflow.db").is_file()
+    # What MLflow refuses, the command refuses at once, with MLflow's reason.
+    with pytest.raises(ConfigError, match="tracking.uri: MLflow cannot use 'file:.*MLFLOW_ALLOW_FILE_STORE"):
+        prepare(TrackingConfig(tracker="mlflow", uri="file:old-mlruns"), "vae")
+    with pytest.raises(ConfigError, match="tracking.uri: MLflow cannot use 'htp://127.0.0.1:1'"):
+        prepare(TrackingConfig(tracker="mlflow", uri="htp://127.0.0.1:1"), "vae")
 
 
 def test_without_mlflow_asking_for_it_says_how_to_install_it_and_no_tracker_never_imports_it(tmp_path, monkeypatch):
