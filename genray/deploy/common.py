@@ -24,6 +24,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from PIL import Image
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PlainValidator, model_validator
 
+from genray import telemetry
 from genray.checkpoint import load_family
 from genray.data.images import ImageSpec
 from genray.deploy.guard import Guard
@@ -222,6 +223,7 @@ def encode_images(images: torch.Tensor, fmt: str) -> Union[dict[str, Any], Respo
     """(B, C, H, W) in [0, 1] -> JSON (base64 PNGs, nested lists, or one grid PNG), or for
     "npy" a binary response that skips JSON altogether."""
     images = images.detach().cpu().clamp(0, 1)
+    telemetry.items_produced(len(images))
     if fmt == "npy":
         buffer = io.BytesIO()
         np.save(buffer, images.numpy().astype(np.float32, copy=False), allow_pickle=False)
@@ -242,8 +244,11 @@ async def validation_error(request: Request, exc: RequestValidationError) -> JSO
     """FastAPI's 422 with a one-line message that names each bad field; bad JSON is a 400."""
     errors = exc.errors()
     if any(e.get("type") == "json_invalid" for e in errors):
+        telemetry.rejected(["body"])
         return JSONResponse(status_code=400, content={"error": "request body is not valid JSON", "errors": []})
     items = [{"field": _field(e.get("loc", ())), "message": e.get("msg", "invalid")} for e in errors]
+    telemetry.rejected(telemetry.UNKNOWN_FIELD if e.get("type") == "extra_forbidden" else i["field"]
+                       for e, i in zip(errors, items))
     message = "; ".join(f"{i['field']}: {i['message']}" for i in items[:5])
     return JSONResponse(status_code=422, content={"error": message, "errors": items})
 
@@ -272,8 +277,9 @@ async def internal_error(request: Request, exc: Exception) -> JSONResponse:
 
 
 def make_api(title: str) -> FastAPI:
-    """The FastAPI app of a deployment: JSON errors, the Guard (API key, body cap) in front,
-    GET /healthz (open, like the playground page: genray.deploy.guard.OPEN_PATHS)."""
+    """The FastAPI app of a deployment: JSON errors, the Guard (API key, body cap) in front and
+    request metrics in front of that (genray.telemetry), GET /healthz (open, like the playground
+    page: genray.deploy.guard.OPEN_PATHS)."""
     api = FastAPI(title=title)
     api.add_exception_handler(RequestValidationError, validation_error)
     api.add_exception_handler(BadRequest, bad_request)
@@ -281,6 +287,7 @@ def make_api(title: str) -> FastAPI:
     api.add_exception_handler(Exception, internal_error)
     api.add_middleware(ModelChoice)  # inner: a refused request never counts towards a canary's share
     api.add_middleware(Guard)
+    api.add_middleware(telemetry.RequestMetrics)  # outermost: counts the Guard's refusals too
     add_playground(api)  # GET /playground: the page that queries this API from a browser
 
     @api.get("/healthz")
@@ -364,6 +371,7 @@ class ModelReplica:
 def by_family(requests: list[tuple], run) -> list:
     """A batch's answers in order when its requests carry (family, *args): each family's requests
     in one call of run(family, [args, ...]) (during a rollout a batch may mix two versions)."""
+    telemetry.batch_formed(len(requests))
     answers: list = [None] * len(requests)
     for family in {id(r[0]): r[0] for r in requests}.values():
         mine = [i for i, r in enumerate(requests) if r[0] is family]

@@ -8,12 +8,14 @@ genray.deploy.common.replica_device), on its CPU otherwise, in float64 either wa
 """
 
 import base64
+import time
 from typing import Literal, Optional
 
 import torch
 from pydantic import Field, model_validator
 from ray import serve
 
+from genray import telemetry
 from genray.deploy.common import BadRequest, StrictModel, deployment, make_api, replica_device
 
 MAX_N = 256
@@ -63,8 +65,9 @@ def probe(u: torch.Tensor, points: list[tuple[float, float]]) -> list[float]:
 
 def solve_many(requests: list[SolveRequest], device: torch.device | str = "cpu") -> list[torch.Tensor]:
     """Solve requests on `device`, batching those that share (n, dt, t_end) into one solve_batch
-    call. The fields come back on the CPU, where answer() reads them value by value."""
-    from genray.heat import solve_batch
+    call. The fields come back on the CPU, where answer() reads them value by value. Each
+    solve's CG iterations and seconds go to genray.telemetry."""
+    from genray.heat import course_problem, simulate
 
     groups: dict[tuple, list[int]] = {}
     for i, r in enumerate(requests):
@@ -72,8 +75,13 @@ def solve_many(requests: list[SolveRequest], device: torch.device | str = "cpu")
     fields: list[Optional[torch.Tensor]] = [None] * len(requests)
     for (n, dt, t_end), members in groups.items():
         rs = [requests[i] for i in members]
-        u = solve_batch(n, dt, t_end, omega=[r.omega for r in rs], k_in=[r.k_in for r in rs],
-                        k_out=[r.k_out for r in rs], rtol=1e-8, device=device).cpu()
+        start = time.perf_counter()
+        # solve_batch's solve, keeping the CG iterations of each step (steps, B)
+        result = simulate(course_problem([r.omega for r in rs], [r.k_in for r in rs], [r.k_out for r in rs]),
+                          n, dt, t_end, rtol=1e-8, device=device)
+        u = result.u.cpu()
+        telemetry.heat_solved(result.iterations.double().mean(0).tolist() if result.steps else [0.0] * len(rs),
+                              time.perf_counter() - start)
         for j, i in enumerate(members):
             fields[i] = u[j]
     return fields
@@ -115,6 +123,7 @@ class HeatDeployment:
 
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.01)
     async def solve_batched(self, requests: list[SolveRequest]) -> list[torch.Tensor]:
+        telemetry.batch_formed(len(requests))
         return solve_many(requests, self.device)
 
 
