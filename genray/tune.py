@@ -53,13 +53,14 @@ from ray.train import CheckpointConfig, UserCallback
 from ray.train.v2._internal.execution.callback import ControllerCallback
 from ray.util.queue import Queue
 
-from genray import checkpoint
+from genray import checkpoint, telemetry
 from genray.config import ConfigError, RunConfig, apply_override
 from genray.data import DataConfig, resolve
 from genray.data.files import find_source
 from genray.families import get_family
 from genray.metrics import store_root
 from genray.runs import RunDir
+from genray.searches import STATES
 from genray.storage import Location
 from genray.tracking import prepare as prepare_tracking
 from genray.tracking import require as require_tracker
@@ -183,6 +184,34 @@ def trial_config(base: dict[str, Any], overrides: dict[str, Any]) -> RunConfig:
     for key, value in overrides.items():
         apply_override(tree, key.split("."), value)
     return RunConfig.model_validate(tree)
+
+
+class TrialCounts(tune.Callback):
+    """On the Tune driver: how many of the search's trials are in each state, as
+    genray_tune_trials (genray.telemetry), at most once a second and when the search ends. A
+    trial that ended before its epochs (a scheduler stopped it) is "stopped", as in
+    genray.searches."""
+
+    def __init__(self, search: str, epochs: int):
+        self.search, self.epochs, self.last = search, epochs, 0.0
+
+    def counts(self, trials: list) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for trial in trials:
+            state = STATES.get(trial.status, "running")
+            if state == "done":
+                budget = trial.config.get("train_loop_config", {}).get("train.epochs", self.epochs)
+                state = "stopped" if int((trial.last_result or {}).get("epoch", -1)) + 1 < budget else "finished"
+            counts[state] = counts.get(state, 0) + 1
+        return counts
+
+    def on_step_end(self, iteration: int, trials: list, **info) -> None:
+        if time.monotonic() - self.last >= 1.0:
+            self.last = time.monotonic()
+            telemetry.tune_trials(self.search, self.counts(trials))
+
+    def on_experiment_end(self, trials: list, **info) -> None:
+        telemetry.tune_trials(self.search, self.counts(trials))
 
 
 class ToTune(UserCallback):
@@ -630,7 +659,7 @@ def build_tuner(
             # workers (which makes a second, outer round of retries pointless for those).
             failure_config=tune.FailureConfig(
                 max_failures=base.train.max_failures if runs_in_trial(base) and not nested else 0),
-            callbacks=callbacks,
+            callbacks=[*(callbacks or []), TrialCounts(name, base.train.epochs)],
             verbose=1,
         ),
     )

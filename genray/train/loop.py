@@ -33,7 +33,7 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, DistributedSampler, Subset
 
-from genray import checkpoint
+from genray import checkpoint, telemetry
 from genray.config import RunConfig
 from genray.data import DataConfig, DataError, augment, resolve
 from genray.data.files import ShardBatches
@@ -52,11 +52,17 @@ class Hooks:
     def on_start(self, config: LoopConfig, rank: int) -> None:
         """Before the first step; the family, data and run log are ready."""
 
+    def on_epoch_start(self, epoch: int) -> None:
+        """At an epoch's start, before its first batch is read."""
+
     def before_step(self, epoch: float) -> None:
         """Just before a train step; `epoch` is fractional (epoch + step / steps_per_epoch)."""
 
     def after_step(self, metrics: StepMetrics) -> None:
         """After a train step, with the step's metrics (0-dim tensors: `float` waits for the device)."""
+
+    def on_batch(self, samples: int) -> None:
+        """After a train step, with the samples its batch held on this rank."""
 
     def on_epoch_end(self, epoch: int, metrics: dict[str, Any]) -> None:
         """After an epoch's metrics are complete, before they are reported."""
@@ -145,6 +151,8 @@ def run_loop(config: LoopConfig, session: Session) -> None:
     if isinstance(cfg.data, DataConfig):  # the images' shape and classes, as the checkpoints record them
         cfg = cfg.model_copy(update={"data": resolve(cfg.data)})
     rank, world, device = session.rank, session.world, session.device
+    # genray_train_* metrics of this rank (a no-op without Ray); last, so other hooks' time is not a step's.
+    config = dataclasses.replace(config, hooks=(*config.hooks, telemetry.TrainMetrics(device)))
     torch.set_num_threads(cfg.train.threads_per_worker)
     # The same seed on every rank gives identical initial weights (DDP also broadcasts rank 0's).
     torch.manual_seed(cfg.train.seed)
@@ -234,6 +242,8 @@ def run_loop(config: LoopConfig, session: Session) -> None:
             augment_gen = augment.generator(cfg.train.seed, rank, epoch) if augmenting else None
             sums: dict[str, torch.Tensor | float] = {}
             samples, steps, t_steps, cpu_steps = 0, 0, time.perf_counter(), time.thread_time()
+            for hook in config.hooks:
+                hook.on_epoch_start(epoch)
             batches = train_data.epoch(epoch)
             if steps_agree:
                 batches = nonempty_on_every_rank(batches)
@@ -252,7 +262,10 @@ def run_loop(config: LoopConfig, session: Session) -> None:
                 for hook in config.hooks:
                     hook.after_step(step)
                 add_step(sums, step)
-                samples += family.batch_size(batch)
+                batch_samples = family.batch_size(batch)
+                samples += batch_samples
+                for hook in config.hooks:
+                    hook.on_batch(batch_samples)
                 steps += 1
                 if first_step_at is None:
                     first_step_at = time.time()
@@ -300,9 +313,10 @@ def run_loop(config: LoopConfig, session: Session) -> None:
             checkpoint_name = None
             if rank == 0 and (last or (epoch + 1) % cfg.train.checkpoint_every == 0):
                 checkpoint_name = f"checkpoint_epoch{epoch:05d}"
-                session.report(metrics, config.local_run_folder, checkpoint_name,
-                               lambda folder: checkpoint.save(folder, family=cfg.family, config=cfg.to_dict(),
-                                                              state=family.state_dict(), epoch=epoch, metrics=metrics))
+                session.report(metrics, config.local_run_folder, checkpoint_name, telemetry.timed_checkpoint(
+                    config.run_dir.name, lambda folder: checkpoint.save(folder, family=cfg.family, config=cfg.to_dict(),
+                                                                        state=family.state_dict(), epoch=epoch,
+                                                                        metrics=metrics)))
             else:
                 session.report(metrics)
             if log is not None:  # after report: the checkpoint it names is stored by now

@@ -20,6 +20,7 @@ import ray.train.torch
 import torch
 from ray.train import CheckpointUploadMode
 
+from genray import telemetry
 from genray.train.loop import LoopConfig, Session, run_loop
 
 
@@ -56,7 +57,8 @@ class RayTrainSession(Session):
         return ray.train.get_dataset_shard(name)
 
     def wrap(self, net: torch.nn.Module) -> torch.nn.Module:
-        return ray.train.torch.prepare_model(net, move_to_device=False)
+        # The all-reduce timed for genray_train_step_seconds{phase="allreduce"}
+        return telemetry.time_allreduce(ray.train.torch.prepare_model(net, move_to_device=False))
 
     def report(self, metrics: dict[str, Any], run_folder: Path | None = None, checkpoint_name: str | None = None,
                write: Callable[[Path], Any] | None = None) -> None:
