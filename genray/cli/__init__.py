@@ -1,10 +1,10 @@
 """The `genray` command: the typer app, built from thin commands that read their options, call
 genray's modules and print. run.py: train, export, demo, tune, heat; serve.py: serve, query,
-picture; jobs.py: submit and `genray job`; bench.py: `genray bench`; models.py: `genray models`."""
+picture; jobs.py: submit and `genray job`; status.py: status; bench.py: `genray bench`; models.py: `genray models`."""
 
 import typer
 
-from genray.cli import bench, jobs, models, run, serve
+from genray.cli import bench, jobs, models, run, serve, status
 
 app = typer.Typer(
     help="Train, search and serve classic generative and scientific models on Ray.",
@@ -24,6 +24,7 @@ app.command()(run.heat)
 app.command()(jobs.submit)
 app.command()(serve.query)
 app.command()(serve.picture)
+app.command()(status.status)
 app.add_typer(jobs.job_app, name="job")
 app.add_typer(bench.bench_app, name="bench")
 app.add_typer(models.models_app, name="models")
