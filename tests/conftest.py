@@ -39,8 +39,16 @@ def ray_session():
 
     # The dashboard serves Ray's state API, which Ray Train's PlacementGroupCleaner needs to see
     # that a stopped Tune trial's controller is dead and free its workers' placement group.
-    start_local_ray(num_cpus=2, include_dashboard=True, dashboard_port=free_port(),
-             log_to_driver=False)
+    # Ray's metrics agent exports every second, not every 10 s (tests/test_observe.py reads what
+    # genray records); only this Ray's processes inherit the setting.
+    interval = "RAY_metrics_report_interval_ms"
+    ours = interval not in os.environ
+    os.environ.setdefault(interval, "1000")
+    try:
+        start_local_ray(num_cpus=2, include_dashboard=True, dashboard_port=free_port(), log_to_driver=False)
+    finally:
+        if ours:
+            del os.environ[interval]
     try:
         yield ray
     finally:
