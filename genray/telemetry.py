@@ -12,17 +12,17 @@ and each record call costs one check.
 Serving (labels: app = the route prefix Serve gives the request, endpoint = the route's path):
     genray_requests                 counter    app, endpoint, status, version
     genray_request_seconds          histogram  app, endpoint, version      entry to last byte
-    genray_batch_size               histogram  app, endpoint               requests per @serve.batch call
+    genray_batch_size               histogram  app, endpoint               requests in one @serve.batch call
     genray_items_produced           counter    app, endpoint               images sent back
     genray_validation_rejections    counter    app, endpoint, field        one per bad field
-    genray_heat_cg_iterations       histogram  app                         mean CG iterations per time step of a solve
-    genray_heat_solve_seconds       histogram  app                         the batched solve a request was part of
+    genray_heat_cg_iterations       histogram  app                         a solve's mean CG iterations per step
+    genray_heat_solve_seconds       histogram  app                         the batched solve a request was in
 Training (every rank of every run, a Tune trial's too):
-    genray_train_samples_per_second gauge      run, rank                   this rank's samples / its step seconds, per epoch
-    genray_train_step_seconds       histogram  run, rank, phase            phase: data | compute | allreduce (TrainMetrics)
+    genray_train_samples_per_second gauge      run, rank                   the rank's samples / step seconds, last epoch
+    genray_train_step_seconds       histogram  run, rank, phase            data | compute | allreduce (TrainMetrics)
     genray_train_phase_seconds      counter    run, rank, phase            the same seconds, summed exactly
     genray_train_loss               gauge      run                         the epoch's train_loss (rank 0)
-    genray_train_metric             gauge      run, metric                 the family's metric, e.g. val_neg_elbo (rank 0)
+    genray_train_metric             gauge      run, metric                 the family's metric (val_neg_elbo...; rank 0)
     genray_epoch_seconds            histogram  run                         the epoch's epoch_s (rank 0)
     genray_checkpoint_seconds       histogram  run                         writing one checkpoint (rank 0)
 Searches:
@@ -63,9 +63,10 @@ class Metric:
 
 
 METRICS = {
-    "genray_requests": Metric("counter", "HTTP requests answered, by status code", ("app", "endpoint", "status", "version")),
-    "genray_request_seconds": Metric("histogram", "Seconds from a request's arrival at the replica to its answer's last byte",
-                                     ("app", "endpoint", "version"), LATENCY_BUCKETS),
+    "genray_requests": Metric("counter", "HTTP requests answered, by status code",
+                              ("app", "endpoint", "status", "version")),
+    "genray_request_seconds": Metric("histogram", "Seconds from a request's arrival at the replica to its answer's "
+                                     "last byte", ("app", "endpoint", "version"), LATENCY_BUCKETS),
     "genray_batch_size": Metric("histogram", "Requests in one @serve.batch call", ("app", "endpoint"),
                                 (1, 2, 4, 8, 16, 32, 64, 128)),
     "genray_items_produced": Metric("counter", "Images sent back", ("app", "endpoint")),
@@ -73,8 +74,8 @@ METRICS = {
                                            ("app", "endpoint", "field")),
     "genray_heat_cg_iterations": Metric("histogram", "CG iterations per time step, the mean over one request's solve",
                                         ("app",), (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 50, 100, 200, 500)),
-    "genray_heat_solve_seconds": Metric("histogram", "Seconds of the batched heat solve a request was part of", ("app",),
-                                        LATENCY_BUCKETS),
+    "genray_heat_solve_seconds": Metric("histogram", "Seconds of the batched heat solve a request was part of",
+                                        ("app",), LATENCY_BUCKETS),
     "genray_train_samples_per_second": Metric("gauge", "Samples this rank trained per second of its steps, last epoch",
                                               ("run", "rank")),
     "genray_train_step_seconds": Metric("histogram", "Seconds of one train step's phase: data, compute or allreduce",
@@ -353,12 +354,17 @@ def time_allreduce(net):
 class TrainMetrics:
     """The loop's hooks that record genray_train_* for one rank of a run. It has the methods of
     genray.train.loop.Hooks without subclassing it: that package imports Ray Train, which a Serve
-    replica importing this module must not."""
+    replica importing this module must not. Steps are recorded PENDING at a time (a record costs
+    ~4 us) and at the end of each epoch; on CUDA, a step once the device has passed its events
+    (asked without waiting), and all at the end of the epoch, when the loop has waited for the
+    device anyway."""
+
+    PENDING = 64
 
     def __init__(self, device):
         self.clock = _Clock(getattr(device, "type", str(device)) == "cuda")
         self.on = False
-        self.steps: list[tuple[float | None, Any, Any, list[_Round]]] = []  # (data s, start, end, rounds)
+        self.steps: list[tuple[float, Any, Any, list[_Round]]] = []  # (data s, start, end, all-reduce rounds)
 
     def on_start(self, config, rank: int) -> None:
         from genray.families import get_family
@@ -381,17 +387,22 @@ class TrainMetrics:
     def after_step(self, metrics) -> None:
         if self.on:
             self.steps.append((self.data, self.start, self.clock.stamp(), ALLREDUCE.take()))
+            if len(self.steps) >= self.PENDING:
+                self._record_steps(wait=False)
 
     def on_batch(self, samples: int) -> None:
         self.samples += samples
         self.last_end = time.perf_counter()
 
-    def on_epoch_end(self, epoch: int, metrics: dict[str, Any]) -> None:
-        if not self.on:
-            return
+    def _record_steps(self, wait: bool) -> None:
+        """Record the steps whose times can be read (all of them with `wait`), oldest first."""
         run, rank = self.run, self.rank
         total: dict[str, float] = {}
+        done = 0
         for data, start, end, rounds in self.steps:
+            if self.clock.cuda and not wait and not (end.query() and all(r.done is None or r.done.query()
+                                                                         for r in rounds)):
+                break
             allreduce = sum(ALLREDUCE.clock.seconds(r.launched, r.done) for r in rounds
                             if r.launched is not None and r.done is not None)
             phases = {"data": data, "compute": max(0.0, self.clock.seconds(start, end) - allreduce)}
@@ -400,9 +411,16 @@ class TrainMetrics:
             for phase, seconds in phases.items():
                 record("genray_train_step_seconds", seconds, run=run, rank=rank, phase=phase)
                 total[phase] = total.get(phase, 0.0) + seconds
+            done += 1
+        del self.steps[:done]
         for phase, seconds in total.items():
             record("genray_train_phase_seconds", seconds, run=run, rank=rank, phase=phase)
-        self.steps = []
+
+    def on_epoch_end(self, epoch: int, metrics: dict[str, Any]) -> None:
+        if not self.on:
+            return
+        self._record_steps(wait=True)
+        run, rank = self.run, self.rank
         record("genray_train_samples_per_second", self.samples / max(self.last_end - self.epoch_start, 1e-9),
                run=run, rank=rank)
         if rank == "0":

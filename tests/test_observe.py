@@ -234,7 +234,7 @@ def test_the_grafana_dashboard_is_importable_and_queries_genray_metrics_with_the
         for name, labels in refs:
             if name.startswith("ray_genray_"):
                 assert name in exported, f"{name} is no metric of genray.telemetry ({expr})"
-                allowed = set(genray_names[exported[name]].labels) | set(telemetry.PROCESS_LABELS) | {"le", "ray_io_cluster"}
+                allowed = {*genray_names[exported[name]].labels, *telemetry.PROCESS_LABELS, "le", "ray_io_cluster"}
                 assert labels <= allowed, f"{name}: labels {labels - allowed} it does not have ({expr})"
                 seen.add(exported[name])
     assert seen == set(telemetry.METRICS), f"no panel for {set(telemetry.METRICS) - seen}"
@@ -258,7 +258,8 @@ def test_the_dashboards_ray_metrics_exist_in_the_scrape(observed):
 def test_the_launcher_clusters_export_metrics_on_a_fixed_port_and_run_prometheus_on_the_head():
     for path in ("cluster/aws-gpu.yaml", "cluster/local.yaml"):
         config = yaml.safe_load((REPO / path).read_text())
-        starts = [c for c in config["head_start_ray_commands"] + config["worker_start_ray_commands"] if "ray start" in c]
+        commands = config["head_start_ray_commands"] + config["worker_start_ray_commands"]
+        starts = [c for c in commands if "ray start" in c]
         assert len(starts) == 2 and all("--metrics-export-port=8080" in c for c in starts), path
         head = " ".join(config["head_start_ray_commands"])
         assert "ray metrics launch-prometheus" in head and "RAY_PROMETHEUS_HOST=http://127.0.0.1:9090" in head, path
@@ -286,7 +287,8 @@ def test_every_kuberay_pod_exports_metrics_on_the_port_the_podmonitors_scrape():
 
 def test_rates_and_p99_between_two_scrapes_are_prometheus_rate_and_histogram_quantile():
     def at(t, count, buckets):
-        samples = [telemetry.Sample("ray_genray_requests_total", {"app": "/a", "status": "200", "WorkerId": "w"}, count)]
+        labels = {"app": "/a", "status": "200", "WorkerId": "w"}
+        samples = [telemetry.Sample("ray_genray_requests_total", labels, count)]
         samples += [telemetry.Sample("ray_genray_request_seconds_bucket", {"app": "/a", "le": le, "WorkerId": "w"}, n)
                     for le, n in buckets.items()]
         return telemetry.Scrape(samples, at=t)
@@ -367,7 +369,8 @@ def test_a_rejected_field_is_a_bounded_label_and_recording_never_fails_the_calle
     monkeypatch.setattr(telemetry, "_made", {"genray_validation_rejections": counter})
     telemetry.rejected(["images.3", "images.0", "\u0080", telemetry.UNKNOWN_FIELD, "z.0.1", "a" * 65])
     assert sorted(tags["field"] for _, tags in counter.calls) == ["(unknown)", "images", "z"]
-    monkeypatch.setattr(telemetry, "_made", {"genray_items_produced": Recorded(UnicodeEncodeError("ascii", "", 0, 1, "x"))})
+    failing = Recorded(UnicodeEncodeError("ascii", "", 0, 1, "not ascii"))
+    monkeypatch.setattr(telemetry, "_made", {"genray_items_produced": failing})
     telemetry.items_produced(3)  # logged, not raised
 
 
@@ -401,7 +404,8 @@ def test_status_shows_runs_searches_and_apps_with_their_rates(observed, serve_ur
     (search / "genray_search.json").write_text(json.dumps({"family": "vae", "metric": "val_neg_elbo", "mode": "min",
                                                            "scheduler": "asha", "base": {"train": {"epochs": 3}}}))
     trials = [[json.dumps({"trial_id": t, "status": s, "config": {"train_loop_config": {"model.lr": 0.01}},
-                           "relative_logdir": f"run_trial_{t}"}), "{}"] for t, s in (("a", "RUNNING"), ("b", "TERMINATED"))]
+                           "relative_logdir": f"run_trial_{t}"}), "{}"]
+              for t, s in (("a", "RUNNING"), ("b", "TERMINATED"))]
     (search / "experiment_state-2026-01-01_00-00-00.json").write_text(json.dumps({"trial_data": trials}))
     (search / "run_trial_a" / "result.json").write_text(json.dumps({"epoch": 0, "val_neg_elbo": 250.0}) + "\n")
 
@@ -423,7 +427,7 @@ def test_status_shows_runs_searches_and_apps_with_their_rates(observed, serve_ur
         sender.join()
     assert result.exit_code == 0, result.output
     out = result.output
-    assert "runs in progress" in out and re.search(r"half\s+vae\s+epoch 1/3\s+val_neg_elbo=321\.5\s+idle 1 min ago", out)
+    assert re.search(r"runs in progress .*\n\s+half\s+vae\s+epoch 1/3\s+val_neg_elbo=321\.5\s+idle 1 min ago", out)
     assert f" {RUN} " not in out  # finished
     assert re.search(r"s1\s+vae\s+1 running, 1 stopped early\s+best val_neg_elbo=250", out), out
     heat = re.search(re.escape(apps["heat"]) + r"\s+([0-9.]+)\s+([0-9.]+) ms", out)
