@@ -517,9 +517,10 @@ def test_step_times_on_the_cpu_at_tiny_sizes():
     rows = step_times(sizes=(32, 64), steps=2, warmup=1, device=CPU)
     assert [(row["n"], row["dtype"]) for row in rows] == [(32, "float64"), (32, "float32"), (64, "float64"), (64, "float32")]
     for row in rows:
-        assert set(row) == {"n", "dtype", "device", "rtol", "check_every", "predict_checks", "ms_per_step", "step_ms",
-                            "cg_iterations", "residual", "max_residual", "setup_seconds"}
-        assert row["device"] == "cpu" and row["rtol"] == DEFAULT_RTOL[row["dtype"]]
+        assert set(row) == {"n", "dtype", "device", "rtol", "check_every", "predict_checks", "compiled", "ms_per_step",
+                            "step_ms", "cg_iterations", "residual", "max_residual", "setup_seconds", "first_step_seconds"}
+        assert row["device"] == "cpu" and row["rtol"] == DEFAULT_RTOL[row["dtype"]] and not row["compiled"]
+        assert row["first_step_seconds"] > 0
         assert (row["check_every"], row["predict_checks"]) == (1, False)  # the CPU's schedule: a read is free
         assert len(row["step_ms"]) == 2 and all(0 < ms < 5000 for ms in row["step_ms"])
         assert row["ms_per_step"] == statistics.median(row["step_ms"])
