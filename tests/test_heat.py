@@ -531,6 +531,18 @@ def test_step_times_on_the_cpu_at_tiny_sizes():
     assert by[64, "float32"]["cg_iterations"] < by[64, "float64"]["cg_iterations"]  # rtol 1e-5, not 1e-10
 
 
+def test_gpu_bench_decides_the_heat_claims_on_compiled_rows_where_present():
+    """genray bench gpu: at a size with a compiled float64 GPU row, that row decides; else the eager one."""
+    from genray.bench import gpu
+
+    def row(n, ms, compiled, device="cuda:0"):
+        return {"n": n, "dtype": "float64", "device": device, "compiled": compiled, "ms_per_step": ms}
+
+    rows = [row(1024, 30.0, False), row(2048, 40.0, False), row(1024, 4.0, True), row(1024, 1.0, False, "cpu")]
+    result = {"device": "cuda", "quick": False, "heat": {"budget": gpu.HEAT_BUDGET, "rows": rows}}
+    assert gpu.claim_values(result) == {"heat_1024_float64_ms": {0: 4.0}, "heat_2048_float64_ms": {0: 40.0}}
+
+
 def test_bench_without_pyamg_stops_and_says_how_to_install_it(tmp_path, monkeypatch):
     import sys
 
