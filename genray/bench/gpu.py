@@ -128,10 +128,11 @@ def heat(device: str, budget: dict, log: Callable[[str], None]) -> dict[str, Any
     then eager on the CPU cores (the comparison's other side; on a CPU-only run the two are the same
     device and the CPU rows are not repeated). Each row says whether it was `compiled`.
 
-    Compiling costs the first warm-up step of each compiled row (its first_step_seconds): estimated at
-    30-60 s per (n, dtype) on the GPU machine, so 2-4 of the bench's 8 minutes; a CPU run at toy sizes
-    (--quick) has no compiled rows, which on the CPU are slower than eager ones and would cost the
-    quick run a minute of compiling."""
+    Compiling costs the first warm-up step of each compiled row (its first_step_seconds). Estimated,
+    not yet measured on a GPU: 30-90 s per (n, dtype) (the V-cycle graph has ~800 nodes at n = 1024
+    and ~900 at 2048; on this project's 2-core CPU inductor takes 30-100 s for ~600 at n = 512), so
+    2-6 of the bench's 8 minutes. A CPU run (--quick, the tests') has no compiled rows: on the CPU they
+    are slower than eager ones and compiling would cost the quick run a minute."""
     from genray.bench.heat import step_times
 
     sizes = tuple(budget["sizes"])

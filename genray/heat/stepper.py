@@ -160,10 +160,13 @@ class HeatStepper:
     compile: run CG's iterations compiled (pcg.CGIteration): each half of an iteration (the update of
         x and r; the V-cycle and the next direction) is one torch.compile'd graph, and on CUDA one
         CUDA graph, replayed as one launch where eager PyTorch launches ~300 kernels per V-cycle. For
-        large grids on a GPU, where launching kernels, not the GPU, bounds eager steps. The graphs
-        compile on the first step (10-20 s on this project's CPU at n = 64, more for larger n) and are
-        reused by every later step of this stepper; results match eager ones to roundoff (inductor fuses and reorders
-        sums), iteration counts to within one. The compiled steps run under torch.inference_mode.
+        large grids on a GPU, where launching kernels, not the GPU, bounds eager steps; on the CPU it
+        is slower than eager. The graphs compile on the first step (on this project's 2-core CPU
+        10-30 s at n = 64, 30-100 s at n = 256 and 512) and every later step of this stepper reuses
+        them; results match eager ones to roundoff (inductor fuses and reorders sums), iteration
+        counts to within one. The compiled steps run under torch.inference_mode. Make one compiled
+        stepper per run, not one per request: each compiles anew, and a process may compile at most
+        256 (torch._dynamo.config.accumulated_recompile_limit; FailOnRecompileLimitHit after that).
     """
 
     def __init__(
