@@ -185,12 +185,15 @@ class Client:
     """One genray application at `url`, e.g. http://127.0.0.1:8000/vae.
 
     api_key: sent as `Authorization: Bearer <key>` (what genray.deploy.guard reads).
+    model: for an app that serves many models, the one to query (NAME, NAME@N or NAME@ALIAS;
+    sent in Serve's serve_multiplexed_model_id header). `version` is the model version that
+    answered the last request (its x-genray-model-version header), e.g. "vae@3".
     timeout: seconds for one request. retries: further tries after a 503, a proxy's 5xx or a
     refused connection, `backoff` * 2^i seconds apart (or the server's Retry-After). `retried` counts
     the tries this client has made after a request's first, over all its requests."""
 
     def __init__(self, url: str, api_key: Optional[str] = None, *, timeout: float = 60.0, retries: int = 3,
-                 backoff: float = 0.5, session: Optional[requests.Session] = None):
+                 backoff: float = 0.5, session: Optional[requests.Session] = None, model: Optional[str] = None):
         if not url.startswith(("http://", "https://")):
             raise ValueError(f"url must start with http:// or https://, got {url!r}")
         if timeout <= 0 or retries < 0 or backoff < 0:
@@ -201,6 +204,9 @@ class Client:
         self.session = session or requests.Session()
         if api_key:
             self.session.headers["Authorization"] = f"Bearer {api_key}"
+        if model:
+            self.session.headers["serve_multiplexed_model_id"] = model
+        self.version: Optional[str] = None
 
     def __repr__(self) -> str:
         return f"Client({self.url!r})"
@@ -226,6 +232,7 @@ class Client:
                 self.retried += 1
                 time.sleep(self._retry_after(response, attempt))
                 continue
+            self.version = response.headers.get("x-genray-model-version", self.version)
             return self._answer(response, url)
         raise AssertionError("unreachable")
 

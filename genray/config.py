@@ -1,10 +1,11 @@
 """Typed run configs: YAML files plus `--set key.path=value` overrides, validated by pydantic.
 
-A run config has four parts:
-    family: vae
-    model:  {...}   the family's own Config (genray/families/<family>.py)
-    data:   {...}   genray.data.DataConfig
-    train:  {...}   TrainConfig below: epochs, workers, checkpoints, ...
+A run config has these parts:
+    family:   vae
+    model:    {...}   the family's own Config (genray/families/<family>.py)
+    data:     {...}   genray.data.DataConfig
+    train:    {...}   TrainConfig below: epochs, workers, checkpoints, ...
+    tracking: {...}   TrackingConfig below: an experiment tracker (MLflow) that also records the run
 Unknown keys and bad values are errors that name the key: `model.latent_dim: Input should be
 greater than or equal to 1 (got 0)`.
 """
@@ -96,6 +97,20 @@ class TrainConfig(BaseModel):
         return world / self.max_workers if self.scale_lr == "linear" and self.max_workers > 0 else 1.0
 
 
+class TrackingConfig(BaseModel):
+    """Where rank 0 also records the run, besides its history and TensorBoard (genray.tracking)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    tracker: Literal["none", "mlflow"] = "none"
+    # An MLflow tracking URI: http(s)://host:port (a tracking server: what a run on a cluster of
+    # several nodes needs), sqlite:///path/mlflow.db, ... None: a SQLite store in ./mlruns, made
+    # absolute on the driver so that every process of the run on this machine writes to it.
+    uri: str | None = None
+    # None: the family's name for `genray train`, the search's name for `genray tune`.
+    experiment: str | None = Field(None, min_length=1, max_length=500)
+
+
 class RunConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -106,6 +121,7 @@ class RunConfig(BaseModel):
     model: Any = Field(default_factory=dict)
     data: Any = Field(default_factory=dict)  # the family's DataConfig (images: genray.data.DataConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
 
     @field_validator("family")
     @classmethod

@@ -11,7 +11,10 @@ A model is the folder <store>/<name>:
                               "config", "files": {name: sha256 of every other file}, "created"}
     claims/<N>               reserves the number N; kept when version N is deleted, so that one
                              number never names two different checkpoints
-    aliases/<alias>.json     {"version": N, "set": date}
+    aliases/<alias>.json     {"version": N, "set": date, "previous": the version before, or null}
+    rollouts/<alias>.json    {"canary": N, "percent": P, "started": date}: while it is there, the
+                             deployments serving <model>@<alias> send P% of their requests to
+                             version N (genray rollout; promote moves the alias, rollback ends it)
 
 A version is there once its version.json is: that file is written last, after the checkpoint is
 copied and verified, so no reader takes an export in progress (or one that died) for a version.
@@ -53,7 +56,7 @@ from genray.runs import RunDir
 from genray.storage import Location, ObjectNotFound
 from genray.store import chosen_checkpoint, copy_checkpoint
 
-VERSIONS, CLAIMS, ALIASES = "versions", "claims", "aliases"
+VERSIONS, CLAIMS, ALIASES, ROLLOUTS = "versions", "claims", "aliases", "rollouts"
 VERSION_FILE = "version.json"
 LATEST = "latest"  # the newest version, in a reference; no alias may take the name
 MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
@@ -130,6 +133,9 @@ class Model:
     def _alias_file(self, alias: str) -> Location:
         return self.location / ALIASES / f"{alias}.json"
 
+    def _rollout_file(self, alias: str) -> Location:
+        return self.location / ROLLOUTS / f"{alias}.json"
+
     # --- reading -----------------------------------------------------------------------------
 
     def exists(self) -> bool:
@@ -175,8 +181,21 @@ class Model:
         return number
 
     def _read_alias(self, alias: str) -> int | None:
+        record = self._alias_record(alias)
+        return None if record is None else int(record["version"])
+
+    def _alias_record(self, alias: str) -> dict[str, Any] | None:
         try:
-            return int(json.loads(self._alias_file(alias).read_text())["version"])
+            return json.loads(self._alias_file(alias).read_text())
+        except ObjectNotFound:
+            return None
+
+    def rollout(self, alias: str) -> dict[str, Any] | None:
+        """The rollout under way on `alias` ({"canary", "percent", "started"}), or None: one
+        small read, what a deployment polls beside the alias."""
+        check_alias_name(alias)
+        try:
+            return json.loads(self._rollout_file(alias).read_text())
         except ObjectNotFound:
             return None
 
@@ -252,8 +271,55 @@ class Model:
         check_alias_name(alias)
         self.manifest(number)
         before = self._read_alias(alias)
-        self._alias_file(alias).write_text(json.dumps({"version": number, "set": _now()}))
+        self._alias_file(alias).write_text(json.dumps({"version": number, "set": _now(), "previous": before}))
         return before
+
+    def start_rollout(self, alias: str, number: int, percent: float) -> dict[str, Any]:
+        """Send `percent` of the requests of the deployments serving this model's `alias` to
+        version `number` (the canary), the rest to the version the alias points at; a rollout
+        under way is replaced."""
+        stable = self.alias_version(alias)
+        self.manifest(number)
+        if number == stable:
+            raise RegistryError(f"alias {alias!r} of {self} already points at version {number}: a canary must be "
+                                "another version")
+        if not 0 < percent <= 100:
+            raise RegistryError(f"a canary takes more than 0 and at most 100 percent of the requests, got {percent:g}")
+        record = {"canary": number, "percent": float(percent), "started": _now()}
+        self._rollout_file(alias).write_text(json.dumps(record))
+        return record
+
+    def promote(self, alias: str) -> int:
+        """End the rollout on `alias` by moving the alias to its canary; returns that version."""
+        record = self._rollout_under_way(alias)
+        self.set_alias(alias, record["canary"])  # first: the canary's share never drops in between
+        self._rollout_file(alias).remove()
+        return record["canary"]
+
+    def rollback(self, alias: str) -> int:
+        """Undo the last step on `alias`: a rollout under way ends (every request back to the
+        alias's version); otherwise the alias goes back to the version it pointed at before.
+        Returns the version the alias's requests go to now."""
+        if self.rollout(alias) is not None:
+            self._rollout_file(alias).remove()
+            return self.alias_version(alias)
+        record = self._alias_record(alias)
+        if record is None:
+            self.alias_version(alias)  # unknown model or alias: its clear error
+        previous = record.get("previous")
+        if previous is None:
+            raise RegistryError(f"alias {alias!r} of {self} has no rollout under way and no earlier version to "
+                                "go back to")
+        self.set_alias(alias, previous)
+        return previous
+
+    def _rollout_under_way(self, alias: str) -> dict[str, Any]:
+        record = self.rollout(alias)
+        if record is None:
+            self.alias_version(alias)
+            raise RegistryError(f"no rollout under way on {self}@{alias}; start one with "
+                                f"`genray rollout APP --to VERSION --canary PERCENT`")
+        return record
 
     def remove_alias(self, alias: str) -> int:
         """Remove `alias`; returns the version it pointed at."""
@@ -266,6 +332,10 @@ class Model:
         claimed: the next export never takes it again."""
         self.manifest(number)  # an unknown model or version: a clear error
         pointing = sorted(alias for alias, version in self.aliases().items() if version == number)
+        canaries = sorted(alias for alias in self.aliases() if (self.rollout(alias) or {}).get("canary") == number)
+        if canaries:
+            raise RegistryError(f"version {number} of {self} is the canary of a rollout on {canaries[0]}: promote "
+                                f"or roll it back first (`genray rollout APP --promote` or `--rollback`)")
         if pointing:
             raise RegistryError(
                 f"version {number} of {self} is in use: alias{'es' * (len(pointing) > 1)} {', '.join(pointing)} "

@@ -4,6 +4,8 @@
     history.jsonl        one line of metrics per epoch, with the checkpoint it wrote
     tensorboard/         TensorBoard events
     checkpoint_epochN/   checkpoints (genray.checkpoint), kept and pruned by Ray Train
+    tracking.json        the experiment tracker's run that records this one (genray.tracking), when
+                         tracking is on: a restarted or resumed run continues it
 
 Storage is a local folder or an s3:// prefix (genray.storage). For a run on S3 the driver keeps a
 local mirror of the small files (config, history, TensorBoard events) in the cache, so that
@@ -28,10 +30,12 @@ from genray.checkpoint import CheckpointError
 from genray.config import ConfigError, RunConfig, build_config
 from genray.data import DataConfig, resolve
 from genray.storage import Location, ObjectNotFound
+from genray.tracking import prepare
 
 RUN_CONFIG_FILE = "genray.yaml"
 HISTORY_FILE = "history.jsonl"
 TENSORBOARD = "tensorboard"
+TRACKING_FILE = "tracking.json"
 SEARCH_SPEC_FILE = "genray_search.json"
 MIRROR_AREA = "runs"  # the mirrors' folder in the cache (genray.storage.cache_dir)
 
@@ -86,6 +90,10 @@ class RunDir:
     @property
     def history_file(self) -> Location:
         return self.location / HISTORY_FILE
+
+    @property
+    def tracking_file(self) -> Location:
+        return self.location / TRACKING_FILE
 
     @property
     def mirror(self) -> Path:
@@ -198,22 +206,26 @@ def parse_history(text: str) -> list[dict[str, Any]]:
 
 
 def new_run(cfg: RunConfig, resume: bool) -> tuple[RunConfig, RunDir]:
-    """Name the run (<family>-<time> unless named), create or check its folder and store its config."""
+    """Name the run (<family>-<time> unless named), create or check its folder and store its config,
+    with its tracking settled (genray.tracking.prepare: its store and experiment, by default the
+    family's)."""
     if cfg.name is None:
         cfg = cfg.model_copy(update={"name": f"{cfg.family}-{time.strftime('%Y%m%d-%H%M%S')}"})
     if isinstance(cfg.data, DataConfig):  # an image family: record what its images are
         cfg = cfg.model_copy(update={"data": resolve(cfg.data)})
+    cfg = cfg.model_copy(update={"tracking": prepare(cfg.tracking, cfg.family)})
     run = RunDir(cfg.storage, cfg.name)
     run.start(cfg, resume)
     return cfg, run
 
 
 def load_run_config(name_or_dir: str, storage: str = "runs", overrides: list[str] = ()) -> RunConfig:
-    """The stored config of an existing run, with `train.*` overrides (e.g. more epochs).
-    `name_or_dir` is a run name under `storage`, a run folder, or a run's s3:// URI."""
+    """The stored config of an existing run, with `train.*` overrides (e.g. more epochs) and
+    `tracking.*` ones (tracking turned on for the rest of a run). `name_or_dir` is a run name under
+    `storage`, a run folder, or a run's s3:// URI."""
     for text in overrides:
-        if not text.startswith("train."):
-            raise ConfigError(f"resume: only train.* settings can change when resuming, got {text!r}")
+        if not text.startswith(("train.", "tracking.")):
+            raise ConfigError(f"resume: only train.* and tracking.* settings can change when resuming, got {text!r}")
     run = RunDir.find(name_or_dir, storage, marker=RUN_CONFIG_FILE)
     try:
         base = run.read_config()

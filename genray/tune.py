@@ -19,7 +19,9 @@ waits on CPUs that its own stopped trials hold.
 A search lives in <storage>/<name>/ (a folder or an s3:// prefix): Tune's experiment folder,
 `train/` with every trial's run (so `tensorboard --logdir <storage>/<name>/train` shows all
 trials together), and results.csv / results.json once it finishes. On S3, Tune and each trial's
-Train run write through the same pyarrow filesystem as `genray train` (genray.storage).
+Train run write through the same pyarrow filesystem as `genray train` (genray.storage). With
+tracking on, the search is an experiment of the tracker and each trial a run in it, tagged with
+the search and the trial (genray.tracking).
 """
 
 from __future__ import annotations
@@ -59,6 +61,8 @@ from genray.families import get_family
 from genray.metrics import store_root
 from genray.runs import RunDir
 from genray.storage import Location
+from genray.tracking import prepare as prepare_tracking
+from genray.tracking import require as require_tracker
 from genray.train import LoopConfig, Session, failure_config_for, run_loop, scaling_for, start_timeout_s, trainer_for
 from genray.train.driver import (check_precision, check_reachable_from_every_node, data_error_in, explain_start_failure,
                                  streams_of)
@@ -151,6 +155,7 @@ def plan_search(family: str, *, space: str | None, overrides: list[str], storage
     from genray.config import build_config
 
     base = build_config(family, None, overrides)
+    require_tracker(base.tracking)
     if isinstance(base.data, DataConfig):  # every trial records the images' shape and classes
         base = base.model_copy(update={"data": resolve(base.data)})
     spec = load_space(family, space, base.data)
@@ -347,7 +352,8 @@ def run_trial(config: dict[str, Any], base: dict[str, Any], train_storage: str, 
         run_dir.location.path.mkdir(parents=True, exist_ok=True)
     streams = streams_of(cfg)
     loop = LoopConfig(run=cfg, run_dir=run_dir, store=store, init_from=init_from, filesystem=fs,
-                      streamed_rows=streams.train_rows if streams is not None else None)
+                      streamed_rows=streams.train_rows if streams is not None else None,
+                      tags={"genray.search": Location(train_storage).parent.name, "genray.trial": trial_id})
     if in_trial:
         train_in_trial(loop)
     else:
@@ -586,7 +592,7 @@ def build_tuner(
     spec = replace(spec, scheduler=scheduler, searcher=spec.searcher or "random")
     if scheduler != "fifo":
         require_state_api()
-    check_reachable_from_every_node(str(storage), base.data)
+    check_reachable_from_every_node(str(storage), base.data, tracking=base.tracking)
     search_alg, space = make_searcher(spec, max_concurrent=max_concurrent, seed=seed, num_samples=num_samples)
     search = RunDir(storage, name)
     train_storage = search.location / TRIALS_FOLDER
@@ -594,7 +600,9 @@ def build_tuner(
         train_storage.path.mkdir(parents=True, exist_ok=True)
     # PBT and PB2 exploit older checkpoints.
     keep = max(base.train.keep_checkpoints, 4 if scheduler in ("pbt", "pb2") else 2)
-    base = base.model_copy(update={"train": base.train.model_copy(update={"keep_checkpoints": keep})})
+    base = base.model_copy(update={"train": base.train.model_copy(update={"keep_checkpoints": keep}),
+                                   # the search is the tracker's experiment unless it names one
+                                   "tracking": prepare_tracking(base.tracking, name)})
     storage_path, fs = search.storage.ray_storage()
     resources = trial_resources(base.to_dict(), nested)  # lists a streamed source's files once
     trainable = trainable_for(base.to_dict(), str(train_storage), fs, resources)

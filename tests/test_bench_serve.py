@@ -20,4 +20,10 @@ def test_bench_serve_smoke(serve_url, tmp_path):
         r = result["endpoints"][endpoint]
         assert r["requests"] == 40 and r["errors"] == 0, r
         assert 0 < r["p50_ms"] <= r["p99_ms"] and r["throughput_rps"] > 0
-    assert "| `heat/solve` | 40 | 4 | 0 |" in (tmp_path / "serve.md").read_text()
+    markdown = (tmp_path / "serve.md").read_text()
+    assert "| `heat/solve` | 40 | 4 | 0 |" in markdown
+    multiplex, rollout = result["multiplex"], result["rollout"]
+    assert multiplex["warm"]["errors"] == 0 and multiplex["cold"]["requests"] >= multiplex["models"]
+    assert 0 < multiplex["warm"]["p50_ms"] and 0 < multiplex["cold"]["p50_ms"] <= multiplex["cold"]["p99_ms"]
+    assert rollout["requests"] == 40 and rollout["errors"] == 0 and len(rollout["steps"]) == 3
+    assert "loaded by the request (cold)" in markdown and "**0 failed**" in markdown

@@ -27,8 +27,9 @@ def test_loop_config_round_trips_through_rays_dict(tmp_path):
     back = LoopConfig.from_dict(config.to_dict())
     assert back.run == cfg and back.run_dir == config.run_dir and back.store == "models"
     assert back.init_from is None and back.filesystem is None and len(back.hooks) == 1
-    assert back.streamed_rows is None
+    assert back.streamed_rows is None and back.tags == {}
     assert LoopConfig.from_dict({**config.to_dict(), "streamed_rows": 40}).streamed_rows == 40
+    assert LoopConfig.from_dict({**config.to_dict(), "tags": {"genray.trial": "t1"}}).tags == {"genray.trial": "t1"}
     assert back.local_run_folder == tmp_path / "r"
     with pytest.raises(ValueError, match="expected keys"):
         LoopConfig.from_dict({**config.to_dict(), "run_uri": "x"})

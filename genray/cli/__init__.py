@@ -16,6 +16,7 @@ app = typer.Typer(
 # In this order in `genray --help`.
 app.command()(run.train)
 app.command()(run.export)
+app.command()(models.rollout)
 app.command()(serve.serve)
 app.command()(run.demo)
 app.command()(run.tune)

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from contextlib import contextmanager
-from typing import Iterator
+from typing import Iterator, Optional
 
 import typer
 
@@ -118,3 +118,49 @@ def delete(
         number = registry.version_number(version)
         target.delete(number)
     typer.echo(f"deleted {target}@{number}")
+
+
+def rollout(
+    app_name: str = typer.Argument(..., metavar="APP", help="The application (its route prefix, e.g. vae); it must "
+                                                             "serve an alias, e.g. models/vae@production."),
+    to: Optional[int] = typer.Option(None, "--to", help="The version to roll out."),
+    canary: Optional[float] = typer.Option(None, "--canary", help="Percent of the requests the new version takes "
+                                                                   "(0 < P <= 100); without it, every request at once."),
+    promote: bool = typer.Option(False, "--promote", help="Move the alias to the canary: all traffic."),
+    rollback: bool = typer.Option(False, "--rollback", help="End the canary, or move the alias back a version."),
+    model: Optional[str] = typer.Option(None, "--model", help="The app's model reference, MODEL@ALIAS (default: "
+                                                                "what the running app's GET / says)."),
+    url: str = typer.Option("http://127.0.0.1:8000", envvar="GENRAY_URL", help="Serve's HTTP address."),
+    api_key: Optional[str] = typer.Option(None, envvar="GENRAY_API_KEY", help="The deployment's API key, if it has one."),
+    wait: float = typer.Option(60.0, help="Seconds to wait until the app answers as asked (0: don't wait)."),
+) -> None:
+    """Move an app's traffic between versions of its model: a canary share, promotion, rollback.
+    The replicas watch the registry: each loads and warms the new version before it takes requests."""
+    from genray.deploy.versions import rollout_target, wait_for
+
+    if canary is not None and to is None:
+        fail("--canary goes with --to VERSION")
+    if sum([to is not None, promote, rollback]) != 1:
+        fail("give one of --to VERSION (with --canary PERCENT for a canary), --promote or --rollback")
+    with refusals():
+        target, alias = rollout_target(app_name, model, url, api_key)
+        if promote:
+            number = target.promote(alias)
+            expect, said = {"version": f"{target.name}@{number}", "canary": None}, f"promoted {target.name}@{number}"
+        elif rollback:
+            number = target.rollback(alias)
+            expect, said = {"version": f"{target.name}@{number}", "canary": None}, \
+                f"rolled back: every request to {target.name}@{number}"
+        elif canary is None:
+            target.set_alias(alias, to)
+            expect, said = {"version": f"{target.name}@{to}", "canary": None}, f"{alias} -> {target.name}@{to}"
+        else:
+            record = target.start_rollout(alias, to, canary)
+            expect = {"canary": {"version": f"{target.name}@{to}", "percent": record["percent"]}}
+            said = f"canary {target.name}@{to} takes {canary:g}% of {app_name}'s requests"
+    typer.echo(said)
+    if wait > 0 and model is None:
+        if not wait_for(app_name, url, api_key, expect, wait):
+            fail(f"the app did not answer as {expect} within {wait:g} s; the registry holds the change, the replicas "
+                 "take it when they next read it")
+        typer.echo("every replica asked answers so")

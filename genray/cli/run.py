@@ -37,11 +37,15 @@ def train(
     name: Optional[str] = typer.Option(None, help="Run name; the run folder is <storage>/<name>."),
     storage: str = typer.Option("runs", help="Folder or s3://bucket/prefix that holds the runs."),
     resume: Optional[str] = typer.Option(None, help="Continue run NAME from its latest checkpoint."),
+    tracker: Optional[str] = typer.Option(
+        None, help="Also record the run in an experiment tracker: mlflow or none (tracking.tracker; "
+                   "--set tracking.uri=http://host:5000 names a server, default ./mlruns)."),
     address: Optional[str] = typer.Option(None, help="Ray cluster address (default: $RAY_ADDRESS or a local Ray)."),
 ) -> None:
     """Train a model family with Ray Train (N workers, DDP, checkpoints)."""
     from genray.config import build_config
     from genray.runs import load_run_config
+    from genray.tracking import require as require_tracker
     from genray.train import fit
 
     overrides = list(set_)
@@ -49,6 +53,8 @@ def train(
         overrides.append(f"train.workers={workers}")
     if epochs is not None:
         overrides.append(f"train.epochs={epochs}")
+    if tracker is not None:
+        overrides.append(f"tracking.tracker={tracker}")
     try:
         if resume:
             if family or config or name:
@@ -59,6 +65,7 @@ def train(
                 fail("name a FAMILY (e.g. `genray train vae`) or a --config file")
             overrides += [f"storage={storage}"] + ([f"name={name}"] if name else [])
             cfg = build_config(family, config, overrides)
+        require_tracker(cfg.tracking)  # before Ray starts
         connect(address)
         summary = fit(cfg, resume=bool(resume))
     except (ConfigError, ValueError, FileExistsError) as err:
@@ -69,6 +76,9 @@ def train(
     typer.echo(f"{metric}: {summary.metrics.get(metric, float('nan')):.4f} (last epoch)")
     typer.echo(f"wall time:   {summary.wall_s:.1f} s")
     typer.echo(f"tensorboard: tensorboard --logdir {summary.run.tensorboard}")
+    tracking = summary.run.read_config()["tracking"]  # as the run settled it: store and experiment
+    if tracking["tracker"] != "none":
+        typer.echo(f"tracking:    {tracking['tracker']} experiment {tracking['experiment']!r} at {tracking['uri']}")
     typer.echo(f"export:      genray export {summary.name} --storage {storage} --to models/{cfg.family}")
 
 
@@ -85,6 +95,7 @@ def export(
     from genray.checkpoint import CheckpointError
     from genray.registry import publish
     from genray.store import named_run
+    from genray.tracking import VERSION_TAG, tag_export
 
     try:
         source, options = named_run(run, storage, search=best)
@@ -94,6 +105,14 @@ def export(
     manifest = version.manifest
     typer.echo(f"exported {manifest['family']} (epoch {manifest['epoch']}) from {source} as version "
                f"{version.number}: {version}" + (f", alias {alias}" if alias else ""))
+    try:
+        tracked = tag_export(version)
+    except Exception as err:  # the version is made: a tracker that does not take the tag only warns
+        typer.secho(f"warning: could not tag the tracked run with {VERSION_TAG}={version}: {err}",
+                    fg=typer.colors.YELLOW, err=True)
+    else:
+        if tracked is not None:
+            typer.echo(f"tracked run {tracked}: tag {VERSION_TAG}={version}")
 
 
 def demo(
@@ -136,6 +155,9 @@ def tune(
     report: Optional[str] = typer.Option(None, help="Write search NAME's report: parallel coordinates (report.png) "
                                                     "and parameter importance (report.md), in <storage>/<NAME>/report."),
     perturbation_interval: int = typer.Option(1, help="PBT/PB2: epochs between exploit/explore steps."),
+    tracker: Optional[str] = typer.Option(
+        None, help="Record every trial in an experiment tracker: mlflow or none (tracking.tracker; the "
+                   "experiment is the search's name unless tracking.experiment is set)."),
     address: Optional[str] = typer.Option(None, help="Ray cluster address (default: $RAY_ADDRESS or a local Ray)."),
 ) -> None:
     """Search hyperparameters with Ray Tune: random, grid or Optuna TPE sampling; ASHA,
@@ -160,6 +182,8 @@ def tune(
         return
     try:
         if resume:
+            if tracker is not None:
+                fail("--tracker: a resumed search keeps the tracking it started with")
             connect(address)
             tuner, meta = restore_tuner(resume, storage)
             search_name, metric_name, metric_mode = resume, meta["metric"], meta["mode"]
@@ -167,6 +191,8 @@ def tune(
             if family is None:
                 fail("name a FAMILY (e.g. `genray tune vae`) or --resume NAME")
             overrides = list(set_) + [f"train.workers={workers}"] + ([f"train.epochs={epochs}"] if epochs else [])
+            if tracker is not None:
+                overrides.append(f"tracking.tracker={tracker}")
             spec, base, planned = plan_search(family, space=space, scheduler=scheduler, searcher=searcher,
                                               overrides=overrides, storage=storage, name=name, metric=metric,
                                               mode=mode)

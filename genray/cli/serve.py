@@ -37,6 +37,8 @@ def query(
     url: str = typer.Option("http://127.0.0.1:8000", envvar="GENRAY_URL", help="Serve's HTTP address."),
     api_key: Optional[str] = typer.Option(None, envvar="GENRAY_API_KEY", help="The deployment's API key, if it has one."),
     timeout: float = typer.Option(60.0, help="Seconds to wait for an answer."),
+    model: Optional[str] = typer.Option(None, "--model", help="For an app of many models: which one (NAME, NAME@N, "
+                                                             "NAME@ALIAS)."),
 ) -> None:
     """Query a deployed model: POST the --set fields as JSON to URL/APP/ENDPOINT; print the answer
     (images abbreviated) and write its images with --out. Example: genray query vae sample --set n=16 --out s.png"""
@@ -45,7 +47,7 @@ def query(
 
     try:
         body = parse_sets(set_)
-        client = Client(f"{url.rstrip('/')}/{app_name.strip('/')}", api_key=api_key, timeout=timeout)
+        client = Client(f"{url.rstrip('/')}/{app_name.strip('/')}", api_key=api_key, timeout=timeout, model=model)
         answer = client.request("GET", "/") if endpoint in ("info", "/") and not body else client.post(endpoint, body)
     except (ConfigError, ValueError) as err:
         fail(str(err))
@@ -58,6 +60,8 @@ def query(
         except ValueError as err:
             fail(str(err))
     typer.echo(shown(answer, pngs))
+    if client.version:
+        typer.echo(f"answered by {client.version}")
     if out is not None:
         typer.echo(f"wrote {out} ({len(pngs)} image{'s' * (len(pngs) != 1)})")
 

@@ -50,39 +50,59 @@ class Served(Mapping):
 DEPLOYMENTS = Served(lambda entry: entry.deployment or IMAGE_DEPLOYMENT)
 
 
+def absolute_reference(model: str) -> str:
+    """A serve YAML's model as every replica reads it, wherever it runs: an s3:// URI as it is, a
+    local path made absolute (relative to $GENRAY_HOME, default cwd), a registry selector
+    (@3, @production) kept."""
+    location = Location(model)
+    if location.on_s3:
+        return location.native()
+    path = Path(model).expanduser()
+    if not path.is_absolute():
+        path = Path(os.environ.get("GENRAY_HOME", os.getcwd())) / path
+    return str(path.resolve())
+
+
 def resolve_model_path(model: str) -> Path | str:
     """The folder a serve YAML's model names: an s3:// URI, an absolute path, or a path relative
     to $GENRAY_HOME (default: cwd). A registry reference (genray.registry: models/vae, the latest
     version; models/vae@3; models/vae@production) is the folder of that one version, so that
     every replica loads the same immutable version."""
-    location = Location(model)
-    if not location.on_s3:
-        path = Path(model).expanduser()
-        if not path.is_absolute():
-            path = Path(os.environ.get("GENRAY_HOME", os.getcwd())) / path
-        location = Location(path.resolve())
-    return model_folder(location).native()  # an S3 URI without a trailing slash
+    return model_folder(Location(absolute_reference(model))).native()  # an S3 URI without a trailing slash
 
 
 def build_app(args: dict[str, Any]):
-    """Serve application builder: args = {"model": path to a stored model}."""
+    """Serve application builder. args = {"model": a stored model or registry reference}, or,
+    for many models of one family in one app (each request names its own: genray.deploy.versions),
+    {"models": a model store, "family": NAME, "max_models_per_replica": N}."""
+    from genray.train.driver import check_reachable_from_every_node
+
+    if "models" in args:
+        unknown = set(args) - {"models", "family", "max_models_per_replica"}
+        if unknown or "family" not in args:
+            raise ValueError(f"a multiplexed app takes args 'models' (a store), 'family' and 'max_models_per_replica'"
+                             f"{f'; unknown: {sorted(unknown)}' if unknown else '; family is missing'}")
+        size = args.get("max_models_per_replica", 4)
+        if not isinstance(size, int) or isinstance(size, bool) or size < 1:
+            raise ValueError(f"max_models_per_replica must be an integer >= 1, got {size!r}")
+        store = absolute_reference(str(args["models"]))
+        check_reachable_from_every_node(model=store)
+        return family_deployment(str(args["family"])).bind(store, size)
     unknown = set(args) - {"model"}
     if unknown:
-        raise ValueError(f"unknown application args {sorted(unknown)}; expected 'model'")
+        raise ValueError(f"unknown application args {sorted(unknown)}; expected 'model' (or 'models' and 'family')")
     if "model" not in args:
         raise ValueError("application args need 'model': the path of an exported model")
     deployment, path = deployment_for(str(args["model"]))
-    from genray.train.driver import check_reachable_from_every_node
-
     check_reachable_from_every_node(model=path)  # every replica, on any node, loads it
     return deployment.bind(path)
 
 
 def deployment_for(model: str):
-    """(the Serve deployment of the stored model's family, the model's resolved path or URI)."""
-    path = resolve_model_path(model)
-    family = read_manifest(path)["family"]  # clear error if the path holds no model
-    return family_deployment(family), str(path)
+    """(the Serve deployment of the stored model's family, the reference its replicas load: the
+    model made absolute, its selector kept, so that they follow an alias or the latest version)."""
+    family = read_manifest(resolve_model_path(model))["family"]  # clear error if the path holds no model
+    return family_deployment(family), absolute_reference(model)
 
 
 def family_deployment(name: str):

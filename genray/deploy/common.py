@@ -27,6 +27,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PlainValidato
 from genray.checkpoint import load_family
 from genray.data.images import ImageSpec
 from genray.deploy.guard import Guard
+from genray.deploy.versions import ModelChoice
 from genray.deploy.playground import add_playground
 from genray.images import from_png, grid, to_base64_png
 
@@ -278,6 +279,7 @@ def make_api(title: str) -> FastAPI:
     api.add_exception_handler(BadRequest, bad_request)
     api.add_exception_handler(StarletteHTTPException, http_error)
     api.add_exception_handler(Exception, internal_error)
+    api.add_middleware(ModelChoice)  # inner: a refused request never counts towards a canary's share
     api.add_middleware(Guard)
     add_playground(api)  # GET /playground: the page that queries this API from a browser
 
@@ -315,15 +317,59 @@ def replica_device() -> torch.device:
 
 
 class ModelReplica:
-    """What a replica of a model's deployment holds: the stored model's family, rebuilt in eval
-    mode, and its checkpoint (family, epoch, metrics, config)."""
+    """What a replica of a model's deployment holds: the version its model reference names
+    (genray.deploy.versions.ServedModel: reloaded when an alias moves, a canary beside it during
+    a rollout), rebuilt in eval mode; `family` and `ckpt` are those of the version the current
+    request was given. Batched methods get the family from their requests, never from `self`."""
 
-    def __init__(self, model_path: str):
-        self.family, self.ckpt = load_family(model_path)
+    def __init__(self, model_ref: str, max_models_per_replica: int = 0):
+        from genray.deploy.versions import MultiplexedModels, ServedModel
+
+        if max_models_per_replica:  # model_ref is a store; each request names its model
+            self.served = MultiplexedModels(model_ref, self.load, self.warm, max_models_per_replica)
+        else:
+            self.served = ServedModel(model_ref, self.load, self.warm)
+
+    def load(self, folder: str) -> tuple[Any, Any]:
+        """(family, checkpoint) of a checkpoint folder, on the CPU."""
+        return load_family(folder)
+
+    def warm(self, family: Any) -> None:
+        """One forward pass of a freshly loaded version, before it takes requests; none here."""
+
+    @property
+    def loaded(self):
+        from genray.deploy.versions import CHOICE
+
+        loaded = CHOICE.get() or getattr(self.served, "stable", None)
+        if loaded is None:
+            raise BadRequest(f"this app serves many models: name one ({self.served.describe()['models']})")
+        return loaded
+
+    @property
+    def family(self):
+        return self.loaded.family
+
+    @property
+    def ckpt(self):
+        return self.loaded.ckpt
 
     def describe(self, **fields: Any) -> dict:
-        """GET /'s answer: the model's family, checkpoint epoch and metrics, then `fields`."""
-        return {"family": self.ckpt.family, "epoch": self.ckpt.epoch, "metrics": self.ckpt.metrics, **fields}
+        """GET /'s answer: the model's family, checkpoint epoch and metrics, then `fields`; the
+        reference served, its version (and a canary's) last."""
+        return {"family": self.ckpt.family, "epoch": self.ckpt.epoch, "metrics": self.ckpt.metrics, **fields,
+                **self.served.describe()}
+
+
+def by_family(requests: list[tuple], run) -> list:
+    """A batch's answers in order when its requests carry (family, *args): each family's requests
+    in one call of run(family, [args, ...]) (during a rollout a batch may mix two versions)."""
+    answers: list = [None] * len(requests)
+    for family in {id(r[0]): r[0] for r in requests}.values():
+        mine = [i for i, r in enumerate(requests) if r[0] is family]
+        for i, answer in zip(mine, run(family, [requests[i][1:] for i in mine])):
+            answers[i] = answer
+    return answers
 
 
 # --- request models shared by the image-generating deployments (vae, aae, vaegan, gan) -----

@@ -13,7 +13,8 @@ from genray.deploy import Served
 EXAMPLES: Mapping[str, tuple[str, dict[str, Any]]] = Served(lambda entry: entry.example)
 
 
-def untrained_model(family: str, folder: Path, data: dict[str, Any] | None = None, name: str | None = None) -> str:
+def untrained_model(family: str, folder: Path, data: dict[str, Any] | None = None, name: str | None = None,
+                    seed: int | None = None) -> str:
     """A checkpoint of freshly built weights (the family's default config): it costs the same
     to serve as a trained one, so it is enough to exercise and time the serving path. `data`
     sets fields of the run config's data section, e.g. an image model's shape {"image_size": 64,
@@ -27,6 +28,10 @@ def untrained_model(family: str, folder: Path, data: dict[str, Any] | None = Non
 
     cfg = build_config(family, overrides=[f"data.{key}={json.dumps(value)}" for key, value in (data or {}).items()])
     family_cls = get_family(family)
+    if seed is not None:  # the weights of this seed (models that differ, for tests and benches)
+        import torch
+
+        torch.manual_seed(seed)
     model = family_cls(cfg.model, spec=family_cls.spec_of(cfg.data))
     path = Path(folder) / (name or family)
     checkpoint.save(path, family=family, config=cfg.to_dict(), state=model.state_dict(), epoch=0, metrics={})

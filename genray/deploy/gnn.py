@@ -10,7 +10,7 @@ indices out of range, edge_attr rows != edges); `to_graph` checks the feature wi
 the loaded model. Either way a bad graph is a 422 whose message names the field.
 """
 
-from typing import Annotated, ClassVar, Optional
+from typing import Annotated, Any, ClassVar, Optional
 
 import torch
 from pydantic import Field, ValidationInfo, field_validator
@@ -19,7 +19,7 @@ from torch_geometric.data import Batch, Data
 from torch_geometric.utils import to_undirected
 
 from genray.data.graphs import RGG_FEATURES
-from genray.deploy.common import BadRequest, Finite, ModelReplica, StrictModel, deployment, make_api
+from genray.deploy.common import BadRequest, Finite, ModelReplica, StrictModel, by_family, deployment, make_api
 
 MAX_FEATURE = 1e6  # |feature| beyond this is nothing a model has seen; float32 sums could overflow
 Feature = Annotated[Finite, Field(ge=-MAX_FEATURE, le=MAX_FEATURE)]
@@ -178,12 +178,12 @@ class GCNDeployment(ModelReplica):
 
     @gcn_api.post("/predict")
     async def predict(self, req: GCNRequest) -> dict:
-        graph = to_graph(req, self.family.cfg.in_features, 0)
-        return await self.predict_batched(graph)
+        family = self.family
+        return await self.predict_batched((family, to_graph(req, family.cfg.in_features, 0)))
 
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.005)
-    async def predict_batched(self, graphs: list[Data]) -> list[dict]:
-        return predict_nodes(self.family, graphs)
+    async def predict_batched(self, requests: list[tuple[Any, Data]]) -> list[dict]:
+        return by_family(requests, lambda family, args: predict_nodes(family, [graph for graph, in args]))
 
 
 mpnn_api = make_api("genray mpnn")
@@ -203,9 +203,9 @@ class MPNNDeployment(ModelReplica):
 
     @mpnn_api.post("/predict")
     async def predict(self, req: MPNNRequest) -> dict:
-        graph = to_graph(req, self.family.cfg.node_features, self.family.cfg.edge_features)
-        return await self.predict_batched(graph)
+        family = self.family
+        return await self.predict_batched((family, to_graph(req, family.cfg.node_features, family.cfg.edge_features)))
 
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.005)
-    async def predict_batched(self, graphs: list[Data]) -> list[dict]:
-        return predict_graphs(self.family, graphs)
+    async def predict_batched(self, requests: list[tuple[Any, Data]]) -> list[dict]:
+        return by_family(requests, lambda family, args: predict_graphs(family, [graph for graph, in args]))

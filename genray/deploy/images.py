@@ -54,6 +54,8 @@ from genray.deploy.common import (
     encode_images,
     image_to_tensor,
     images_to_tensor,
+    ModelReplica,
+    by_family,
     make_api,
     replica_device,
     sample_many,
@@ -211,22 +213,24 @@ def any_model(request: type[ImageRequest]) -> type[ImageRequest]:
 
 def _sample() -> dict[str, Any]:
     async def sample(self, req: SampleRequest) -> dict:
-        return encode_images(await self.sample_batched((req.n, req.seed)), req.format)
+        return encode_images(await self.sample_batched((self.family, req.n, req.seed)), req.format)
 
     @serve.batch(**BATCH)
-    async def sample_batched(self, requests: list[tuple[int, Optional[int]]]) -> list[torch.Tensor]:
-        return sample_many(self.family, requests)
+    async def sample_batched(self, requests: list[tuple[Family, int, Optional[int]]]) -> list[torch.Tensor]:
+        return by_family(requests, sample_many)
 
     return {"sample": sample, "sample_batched": sample_batched}
 
 
 def _sample_digit() -> dict[str, Any]:
     async def sample(self, req: any_model(DigitSampleRequest)) -> dict:
-        return encode_images(await self.sample_batched((sampled_class(self.family, req), req.n, req.seed)), req.format)
+        family = self.family
+        return encode_images(await self.sample_batched((family, sampled_class(family, req), req.n, req.seed)),
+                             req.format)
 
     @serve.batch(**BATCH)
-    async def sample_batched(self, requests: list[tuple[int, int, Optional[int]]]) -> list[torch.Tensor]:
-        return sample_digits_many(self.family, requests)
+    async def sample_batched(self, requests: list[tuple[Family, int, int, Optional[int]]]) -> list[torch.Tensor]:
+        return by_family(requests, sample_digits_many)
 
     return {"sample": sample, "sample_batched": sample_batched}
 
@@ -240,12 +244,13 @@ def _encode() -> dict[str, Any]:
 
 def _decode() -> dict[str, Any]:
     async def decode(self, req: DecodeRequest) -> dict:
-        images = await self.decode_batched(codes_to_tensor(req.z, self.family.cfg.latent_dim))
+        family = self.family
+        images = await self.decode_batched((family, codes_to_tensor(req.z, family.cfg.latent_dim)))
         return encode_images(images, req.format)
 
     @serve.batch(**BATCH)
-    async def decode_batched(self, codes: list[torch.Tensor]) -> list[torch.Tensor]:
-        return decode_many(self.family, codes)
+    async def decode_batched(self, requests: list[tuple[Family, torch.Tensor]]) -> list[torch.Tensor]:
+        return by_family(requests, lambda family, args: decode_many(family, [z for z, in args]))
 
     return {"decode": decode, "decode_batched": decode_batched}
 
@@ -293,21 +298,31 @@ ENDPOINTS = {
 }
 
 
-class ImageReplica:
-    """A replica's model: the family class that image_deployment set, rebuilt from the checkpoint
-    on the replica's device (its GPU when it was given one: genray.deploy.common.replica_device)."""
+class ImageReplica(ModelReplica):
+    """A replica's model: the family class that image_deployment set, rebuilt from each version's
+    checkpoint on the replica's device (its GPU when it was given one: replica_device)."""
 
     family_name: str
     family_cls: type[Family]
 
-    def __init__(self, model_path: str):
-        self.ckpt = checkpoint.load(model_path)
-        if self.ckpt.family != self.family_name:
-            raise ValueError(f"{model_path} holds a {self.ckpt.family} model; this deployment serves "
-                             f"{self.family_name}")
-        self.family = self.family_cls.from_checkpoint(self.ckpt, replica_device())
-        if self.family.device.type == "cuda":
-            self.family.use_channels_last()
+    def load(self, folder: str) -> tuple[Family, Any]:
+        ckpt = checkpoint.load(folder)
+        if ckpt.family != self.family_name:
+            raise ValueError(f"{folder} holds a {ckpt.family} model; this deployment serves {self.family_name}")
+        family = self.family_cls.from_checkpoint(ckpt, replica_device())
+        if family.device.type == "cuda":
+            family.use_channels_last()
+        return family, ckpt
+
+    def warm(self, family: Family) -> None:
+        """One image through the decoder (the network every generating endpoint runs)."""
+        with torch.inference_mode():
+            if "sample" in family.capabilities:
+                family.decode(family.prior_codes(1, 0))
+            elif "sample_digit" in family.capabilities:
+                family.decode(family.prior_codes(1, 0), torch.zeros(1, dtype=torch.long))
+            elif "decode" in family.capabilities:
+                family.decode(torch.zeros(1, family.cfg.latent_dim))
 
 
 @functools.lru_cache(maxsize=None)
@@ -320,11 +335,14 @@ def image_deployment(name: str, family_cls: type[Family]):
     paths = [ENDPOINTS[c][0] for c in capabilities]
 
     def info(self) -> dict:
+        if not hasattr(self.served, "stable"):  # many models, each request names its own
+            return {"family": name, "endpoints": paths, **self.served.describe()}
         cfg, spec = self.family.cfg, self.family.spec
         return {"family": self.ckpt.family, "epoch": self.ckpt.epoch, "latent_dim": cfg.latent_dim,
                 "image_shape": list(spec.shape), "labels": list(spec.labels) if spec.labels else None,
                 **{field: getattr(cfg, field) for field in family_cls.info_fields},
-                "metrics": self.ckpt.metrics, "endpoints": paths, "device": str(self.family.device)}
+                "metrics": self.ckpt.metrics, "endpoints": paths, "device": str(self.family.device),
+                **self.served.describe()}
 
     class_name = f"{name.upper()}Deployment"
     methods = {"info": info}

@@ -172,6 +172,7 @@ class UNetDeployment(ModelReplica):
             "metrics": self.ckpt.metrics,
             "limits": {"side": [MIN_SIDE, MAX_SIDE]},
             "endpoints": [f"/{self.family.cfg.task}"],
+            **self.served.describe(),
         }
 
     @api.post("/inpaint")

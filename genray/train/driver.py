@@ -22,12 +22,13 @@ from ray.train import CheckpointConfig, FailureConfig, ScalingConfig, UserCallba
 from ray.train.torch import TorchTrainer
 from ray.train.v2._internal.exceptions import WorkerGroupStartupTimeoutError
 
-from genray.config import ConfigError, RunConfig
+from genray.config import ConfigError, RunConfig, TrackingConfig
 from genray.data import DataConfig, DataError
 from genray.families import get_family
 from genray.metrics import store_root
 from genray.runs import RunDir, new_run
 from genray.storage import Location
+from genray.tracking import local_store
 from genray.train.loop import Hooks, LoopConfig
 from genray.train.worker import train_loop_per_worker
 
@@ -156,11 +157,13 @@ def check_precision(cfg: RunConfig, use_gpu: bool) -> None:
 SHARED_ENV = "GENRAY_SHARED_STORAGE"
 
 
-def check_reachable_from_every_node(storage: str | None = None, data: Any = None, model: str | None = None) -> None:
+def check_reachable_from_every_node(storage: str | None = None, data: Any = None, model: str | None = None,
+                                    tracking: TrackingConfig | None = None) -> None:
     """On a cluster of several nodes, refuse runs stored in `storage`, reading `data` (a data
-    config) or a served `model` whose place is a path on this machine's disk: Ray Train's workers
-    (or Serve's replicas) on the other nodes would write the run's checkpoints to (and read the
-    data or model from) their own disks, where nothing else finds them."""
+    config), tracked in a local store (`tracking`) or a served `model` whose place is a path on
+    this machine's disk: Ray Train's workers (or Serve's replicas) on the other nodes would write
+    the run's checkpoints (and tracking) to (and read the data or model from) their own disks,
+    where nothing else finds them."""
     if not ray.is_initialized():
         return
     nodes = sum(1 for node in ray.nodes() if node["Alive"])
@@ -171,6 +174,9 @@ def check_reachable_from_every_node(storage: str | None = None, data: Any = None
     source = getattr(data, "source", None)
     if isinstance(source, str) and (os.sep in source or os.path.exists(source)):  # not a built-in name
         places.append(("data.source", source))
+    if tracking is not None and tracking.tracker != "none":
+        store = local_store(tracking.uri)
+        places.append(("tracking.uri", str(store) if store is not None else None))
     for key, where in places:
         if where is None:
             continue
@@ -315,7 +321,7 @@ def fit(cfg: RunConfig, *, resume: bool = False, verbose: bool = True, hooks: Se
     run inside the worker loop, on every worker."""
     if not ray.is_initialized():
         ray.init()
-    check_reachable_from_every_node(cfg.storage, cfg.data)
+    check_reachable_from_every_node(cfg.storage, cfg.data, tracking=cfg.tracking)
     cfg, run = new_run(cfg, resume)
     # On S3, Ray Train and rank 0's run log share one filesystem that knows the endpoint.
     _, fs = run.storage.ray_storage()

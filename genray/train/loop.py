@@ -11,7 +11,8 @@ the loop in one process, without Ray. `Hooks` let a caller watch every step and 
 
 Rank 0 writes history.jsonl and TensorBoard events in the run folder (genray.runs); for a run
 on S3 it writes them to a local folder and copies them to the bucket after every epoch,
-through the pyarrow filesystem the checkpoints are stored with.
+through the pyarrow filesystem the checkpoints are stored with. With tracking on, rank 0 also
+records the run in an experiment tracker (genray.tracking).
 """
 
 from __future__ import annotations
@@ -39,8 +40,9 @@ from genray.data.files import ShardBatches
 from genray.families import get_family
 from genray.families.base import StepMetrics
 from genray.metrics import global_throughput
-from genray.runs import HISTORY_FILE, TENSORBOARD, RunDir, parse_history
+from genray.runs import HISTORY_FILE, TENSORBOARD, TRACKING_FILE, RunDir, parse_history
 from genray.storage import Location
+from genray.tracking import open_tracker
 
 
 class Hooks:
@@ -77,11 +79,13 @@ class LoopConfig:
     # The training rows the driver streams through Ray Data (the session's dataset shards "train"
     # and "val"); None: the family loads its data in memory.
     streamed_rows: int | None = None
+    # More tags for the run in the experiment tracker (a Tune trial's search and trial id).
+    tags: dict[str, str] = dataclasses.field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {"run": self.run.to_dict(), "run_dir": str(self.run_dir), "store": self.store,
                 "init_from": self.init_from, "filesystem": self.filesystem, "hooks": list(self.hooks),
-                "streamed_rows": self.streamed_rows}
+                "streamed_rows": self.streamed_rows, "tags": dict(self.tags)}
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> LoopConfig:
@@ -218,91 +222,95 @@ def run_loop(config: LoopConfig, session: Session) -> None:
     # made, so collections during training see only what training allocates.
     gc.collect()
     gc.freeze()
-    for epoch in range(start_epoch, cfg.train.epochs):
-        t0, started_at = time.perf_counter(), time.time()
-        if family.apply_finetune(finetune, epoch) and world > 1:
-            family.wrap(session.wrap)  # blocks were unfrozen: a new DDP wrapper that syncs their gradients
-        family.train()
-        # Training inputs only, transformed on their device; the draws depend on (seed, rank, epoch).
-        augment_gen = augment.generator(cfg.train.seed, rank, epoch) if augmenting else None
-        sums: dict[str, torch.Tensor | float] = {}
-        samples, steps, t_steps, cpu_steps = 0, 0, time.perf_counter(), time.thread_time()
-        batches = train_data.epoch(epoch)
-        if steps_agree:
-            batches = nonempty_on_every_rank(batches)
-        for i, batch in enumerate(batches):
-            batch = family.to_device(batch)
-            if augment_gen is not None:
-                batch = family.augment_batch(batch, cfg.data.augment, augment_gen)
-                if writer is not None and cfg.train.preview_every and epoch == start_epoch and i == 0:
+    # Rank 0's log is closed however the loop ends: a Tune trial that its scheduler stops leaves
+    # it at a report, through SystemExit.
+    try:
+        for epoch in range(start_epoch, cfg.train.epochs):
+            t0, started_at = time.perf_counter(), time.time()
+            if family.apply_finetune(finetune, epoch) and world > 1:
+                family.wrap(session.wrap)  # blocks were unfrozen: a new DDP wrapper that syncs their gradients
+            family.train()
+            # Training inputs only, transformed on their device; the draws depend on (seed, rank, epoch).
+            augment_gen = augment.generator(cfg.train.seed, rank, epoch) if augmenting else None
+            sums: dict[str, torch.Tensor | float] = {}
+            samples, steps, t_steps, cpu_steps = 0, 0, time.perf_counter(), time.thread_time()
+            batches = train_data.epoch(epoch)
+            if steps_agree:
+                batches = nonempty_on_every_rank(batches)
+            for i, batch in enumerate(batches):
+                batch = family.to_device(batch)
+                if augment_gen is not None:
+                    batch = family.augment_batch(batch, cfg.data.augment, augment_gen)
+                    if writer is not None and cfg.train.preview_every and epoch == start_epoch and i == 0:
+                        from genray.images import grid
+
+                        writer.add_image("augment/inputs", grid(batch[0][:64].detach().cpu()), epoch)
+                for hook in config.hooks:
+                    hook.before_step(epoch + i / steps_per_epoch)
+                with family.autocast():
+                    step = family.train_step(batch, epoch + i / steps_per_epoch)
+                for hook in config.hooks:
+                    hook.after_step(step)
+                add_step(sums, step)
+                samples += family.batch_size(batch)
+                steps += 1
+                if first_step_at is None:
+                    first_step_at = time.time()
+            sums = read_sums(sums)  # the epoch's one wait for the device's step metrics
+            _, cpu_seconds = global_throughput(samples, time.thread_time() - cpu_steps)
+            samples, seconds = global_throughput(samples, time.perf_counter() - t_steps)
+            sums = all_reduce_sums({**sums, STEPS: steps, SKIPPED: train_data.skipped})
+            steps, skipped = sums.pop(STEPS), sums.pop(SKIPPED)
+            metrics = {f"train_{k}": v / max(1, steps) for k, v in sums.items()}
+            metrics["train_samples_per_s"] = samples / max(seconds, 1e-9)
+            # Per CPU-second of the training thread: what a busy machine disturbs least.
+            metrics["train_samples_per_cpu_s"] = samples / max(cpu_seconds, 1e-9)
+            metrics["epoch_started_at"] = started_at  # unix time; consecutive ones give the full epoch wall
+            if epoch == start_epoch and first_step_at is not None:
+                metrics["first_step_at"] = first_step_at  # unix time this worker finished its first step
+            metrics.update(evaluate(family, val_data, epoch, val_total))
+            if streamed:
+                metrics["data_skipped"] = skipped + metrics.pop(SKIPPED)  # bad files left out this epoch
+                if preview_batch is None and val_data.first is not None:
+                    preview_batch = [t[:64] for t in val_data.first]
+            if world > 1 and (finetune.freeze != "none" or finetune.init_from):
+                metrics["param_rank_spread"] = rank_spread(family)  # 0 when DDP kept the ranks in step
+            last = epoch == cfg.train.epochs - 1
+            # A family ranked by sample quality (GANs: classifier-FID) is measured every epoch:
+            # its checkpoints are scored by that metric. Sample quality needs labelled images.
+            ranked_by_quality = family_cls.metric_for(cfg.data).startswith("sample_")
+            labelled = family.spec.num_classes >= 2
+            if rank == 0 and labelled and (ranked_by_quality or cfg.train.quality_every
+                                           and (last or epoch % cfg.train.quality_every == 0)):
+                metrics.update(measure_quality(family, cfg.train.quality_samples, cfg.data))
+            # The worker group's size and spread: an elastic run's changes, a placement's effect.
+            metrics.update(epoch=epoch, epoch_s=time.perf_counter() - t0, workers=world, nodes=session.nodes,
+                           lr_factor=lr_factor)
+            for hook in config.hooks:
+                hook.on_epoch_end(epoch, metrics)
+
+            if log is not None:  # before report: a Tune trial its scheduler stops never returns from it
+                previews = {}
+                if cfg.train.preview_every and epoch % cfg.train.preview_every == 0 and preview_batch is not None:
                     from genray.images import grid
 
-                    writer.add_image("augment/inputs", grid(batch[0][:64].detach().cpu()), epoch)
-            for hook in config.hooks:
-                hook.before_step(epoch + i / steps_per_epoch)
-            with family.autocast():
-                step = family.train_step(batch, epoch + i / steps_per_epoch)
-            for hook in config.hooks:
-                hook.after_step(step)
-            add_step(sums, step)
-            samples += family.batch_size(batch)
-            steps += 1
-            if first_step_at is None:
-                first_step_at = time.time()
-        sums = read_sums(sums)  # the epoch's one wait for the device's step metrics
-        _, cpu_seconds = global_throughput(samples, time.thread_time() - cpu_steps)
-        samples, seconds = global_throughput(samples, time.perf_counter() - t_steps)
-        sums = all_reduce_sums({**sums, STEPS: steps, SKIPPED: train_data.skipped})
-        steps, skipped = sums.pop(STEPS), sums.pop(SKIPPED)
-        metrics = {f"train_{k}": v / max(1, steps) for k, v in sums.items()}
-        metrics["train_samples_per_s"] = samples / max(seconds, 1e-9)
-        # Per CPU-second of the training thread: what a busy machine disturbs least.
-        metrics["train_samples_per_cpu_s"] = samples / max(cpu_seconds, 1e-9)
-        metrics["epoch_started_at"] = started_at  # unix time; consecutive ones give the full epoch wall
-        if epoch == start_epoch and first_step_at is not None:
-            metrics["first_step_at"] = first_step_at  # unix time this worker finished its first step
-        metrics.update(evaluate(family, val_data, epoch, val_total))
-        if streamed:
-            metrics["data_skipped"] = skipped + metrics.pop(SKIPPED)  # bad files left out this epoch
-            if preview_batch is None and val_data.first is not None:
-                preview_batch = [t[:64] for t in val_data.first]
-        if world > 1 and (finetune.freeze != "none" or finetune.init_from):
-            metrics["param_rank_spread"] = rank_spread(family)  # 0 when DDP kept the ranks in step
-        last = epoch == cfg.train.epochs - 1
-        # A family ranked by sample quality (GANs: classifier-FID) is measured every epoch:
-        # its checkpoints are scored by that metric. Sample quality needs labelled images.
-        ranked_by_quality = family_cls.metric_for(cfg.data).startswith("sample_")
-        labelled = family.spec.num_classes >= 2
-        if rank == 0 and labelled and (ranked_by_quality or cfg.train.quality_every
-                                       and (last or epoch % cfg.train.quality_every == 0)):
-            metrics.update(measure_quality(family, cfg.train.quality_samples, cfg.data))
-        # The worker group's size and spread: an elastic run's changes, a placement's effect.
-        metrics.update(epoch=epoch, epoch_s=time.perf_counter() - t0, workers=world, nodes=session.nodes,
-                       lr_factor=lr_factor)
-        for hook in config.hooks:
-            hook.on_epoch_end(epoch, metrics)
+                    previews = {tag: grid(images) for tag, images in family.preview(preview_batch).items()}
+                log.record_epoch(epoch, metrics, previews)
 
-        if writer is not None:
-            for k, v in metrics.items():
-                if not k.endswith("_at"):  # timestamps are for the history, not for plots
-                    writer.add_scalar(k, v, epoch)
-            if cfg.train.preview_every and epoch % cfg.train.preview_every == 0 and preview_batch is not None:
-                from genray.images import grid
-
-                for tag, images in family.preview(preview_batch).items():
-                    writer.add_image(tag, grid(images), epoch)
-            writer.flush()
-
-        checkpoint_name = None
-        if rank == 0 and (last or (epoch + 1) % cfg.train.checkpoint_every == 0):
-            checkpoint_name = f"checkpoint_epoch{epoch:05d}"
-            session.report(metrics, config.local_run_folder, checkpoint_name,
-                           lambda folder: checkpoint.save(folder, family=cfg.family, config=cfg.to_dict(),
-                                                          state=family.state_dict(), epoch=epoch, metrics=metrics))
-        else:
-            session.report(metrics)
-        if log is not None:  # after report: the checkpoint it names is stored by now
-            log.append(metrics, checkpoint_name)
+            checkpoint_name = None
+            if rank == 0 and (last or (epoch + 1) % cfg.train.checkpoint_every == 0):
+                checkpoint_name = f"checkpoint_epoch{epoch:05d}"
+                session.report(metrics, config.local_run_folder, checkpoint_name,
+                               lambda folder: checkpoint.save(folder, family=cfg.family, config=cfg.to_dict(),
+                                                              state=family.state_dict(), epoch=epoch, metrics=metrics))
+            else:
+                session.report(metrics)
+            if log is not None:  # after report: the checkpoint it names is stored by now
+                log.append(metrics, checkpoint_name)
+    except BaseException as err:
+        if log is not None:
+            log.close(err)
+        raise
     if log is not None:
         log.close()
     for hook in config.hooks:
@@ -310,11 +318,13 @@ def run_loop(config: LoopConfig, session: Session) -> None:
 
 
 class RunLog:
-    """Rank 0's record of a run: history.jsonl (one line per epoch) and TensorBoard events.
+    """Rank 0's record of a run: history.jsonl (one line per epoch), TensorBoard events and, when
+    the run config turns tracking on, an experiment tracker's run (genray.tracking).
 
     They are written in the run folder; for a run on s3:// they are written in a local folder
     and copied to the bucket after every epoch, through the filesystem Ray Train stores the
-    checkpoints with. A restarted or resumed loop drops the history of the epochs it repeats.
+    checkpoints with. A restarted or resumed loop drops the history of the epochs it repeats, and
+    continues the tracker's run that the run folder names (tracking.json, written there at once).
     """
 
     def __init__(self, config: LoopConfig, start_epoch: int):
@@ -327,18 +337,45 @@ class RunLog:
         else:
             self.local = Path(tempfile.mkdtemp(prefix="genray-run-"))
             self.remote_path = self.run.location.pyarrow_path
-        self.history = [r for r in self.read_history() if r.get("epoch", -1) < start_epoch]
+        self.history = [r for r in parse_history(self.read_text(HISTORY_FILE) or "") if r.get("epoch", -1) < start_epoch]
         self.writer = SummaryWriter(str(self.local / TENSORBOARD), purge_step=start_epoch)
+        self.last_epoch = config.run.train.epochs - 1
+        self.recorded = start_epoch - 1  # the newest epoch recorded
+        stored = self.read_text(TRACKING_FILE)
+        stored = json.loads(stored) if stored else None
+        self.tracker = open_tracker(config.run, self.run, config.tags, stored)
+        if self.tracker.record is not None and self.tracker.record != stored:
+            self.write_now(TRACKING_FILE, json.dumps(self.tracker.record))
 
-    def read_history(self) -> list[dict[str, Any]]:
+    def read_text(self, name: str) -> str | None:
+        """A file of the run folder; None when it is not there."""
         if self.fs is None:
-            return self.run.history()
+            path = self.local / name
+            return path.read_text() if path.is_file() else None
         try:
-            with self.fs.open_input_stream(f"{self.remote_path}/{HISTORY_FILE}") as f:
-                text = f.read().decode()
+            with self.fs.open_input_stream(f"{self.remote_path}/{name}") as f:
+                return f.read().decode()
         except FileNotFoundError:
-            return []
-        return parse_history(text)
+            return None
+
+    def write_now(self, name: str, text: str) -> None:
+        """Write a file of the run folder at once (on S3 too, not with the next epoch's copy)."""
+        if self.fs is None:
+            Location(self.local / name).write_text(text)
+            return
+        with self.fs.open_output_stream(f"{self.remote_path}/{name}") as f:
+            f.write(text.encode())
+
+    def record_epoch(self, epoch: int, metrics: dict[str, Any], previews: dict[str, torch.Tensor]) -> None:
+        """The epoch's scalars and preview grids ((C, H, W), by tag) to TensorBoard and the tracker."""
+        scalars = {k: v for k, v in metrics.items() if not k.endswith("_at")}  # timestamps are for the history
+        for k, v in scalars.items():
+            self.writer.add_scalar(k, v, epoch)
+        for tag, image in previews.items():
+            self.writer.add_image(tag, image, epoch)
+        self.writer.flush()
+        self.tracker.log_epoch(epoch, scalars, previews)
+        self.recorded = epoch
 
     def append(self, metrics: dict[str, Any], checkpoint_name: str | None) -> None:
         record = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
@@ -353,10 +390,23 @@ class RunLog:
             # node leaves nothing behind.
             pyarrow.fs.copy_files(str(self.local), self.remote_path, destination_filesystem=self.fs)
 
-    def close(self) -> None:
+    def close(self, error: BaseException | None = None) -> None:
+        """Close the log; `error`: what ended the loop early, if anything."""
         self.writer.close()
-        if self.fs is not None:
-            shutil.rmtree(self.local, ignore_errors=True)  # everything is in the bucket by now
+        if self.recorded == self.last_epoch:
+            status = "FINISHED"  # a trial stopped at its last report finished all the same
+        else:
+            status = "KILLED" if isinstance(error, (SystemExit, KeyboardInterrupt)) else "FAILED"
+        try:
+            self.tracker.close(status)
+        except Exception as err:
+            if error is None:
+                raise
+            # The loop is failing already: its own error is the one to see.
+            print(f"genray: could not end the tracker's run ({status}): {err}", flush=True)
+        finally:
+            if self.fs is not None:
+                shutil.rmtree(self.local, ignore_errors=True)  # everything is in the bucket by now
 
 
 def restore(folder: str, run: RunDir, device: torch.device) -> checkpoint.Checkpoint:
