@@ -372,6 +372,100 @@ def test_invalid_batch_and_frames():
         solve_frames(8, 1e-2, 0.05, num_frames=1, device=CPU)
 
 
+# --- the compiled path (HeatStepper(compile=True)) ---------------------------------------------------
+# On the CPU, torch.compile runs inductor's C++ kernels without CUDA graphs; the GPU runs the same
+# graphs as CUDA graphs. Compiling costs seconds here, so one fixture compiles each case once.
+
+# (n, dtype, tolerance on max |u_compiled - u_eager| / max |u_eager| after every step). n = 64 has a
+# two-grid V-cycle, float32 in both dtypes; n = 32 is solved by the coarsest grid's dense inverse
+# alone, which keeps float32's compile short and still runs its update, direction and restarts.
+# float64: the V-cycle only preconditions, so CG takes inductor's fused, reordered sums to the same
+# 1e-10 answer: measured 5e-16, tolerance 1e-12. float32: fields differ by CG's stopping error (rtol
+# 1e-5 relative) and float32 roundoff: measured 7e-8 at n = 64, tolerance 1e-5.
+_COMPILED_CASES = [(64, "float64", 1e-12), (32, "float32", 1e-5)]
+_COMPILED_STEPS = 4
+
+
+@pytest.fixture(scope="module")
+def compiled_and_eager():
+    """For each case, `simulate` of a batch of two problems (different k_in, omega) over
+    _COMPILED_STEPS steps, compiled and eager, with every step's field; and the number of graphs
+    dynamo compiled during the compiled run."""
+    from torch._dynamo.utils import counters
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    problem = course_problem(omega=[20.0, 5.0], k_in=[50.0, 1e3])
+    runs = {}
+    for n, dtype, _ in _COMPILED_CASES:
+        before = counters["stats"]["unique_graphs"]
+        kwargs = dict(device=CPU, dtype=dtype, num_frames=_COMPILED_STEPS + 1)
+        compiled = simulate(problem, n, 1e-3, _COMPILED_STEPS * 1e-3, compile=True, **kwargs)
+        graphs = counters["stats"]["unique_graphs"] - before
+        runs[n, dtype] = compiled, simulate(problem, n, 1e-3, _COMPILED_STEPS * 1e-3, **kwargs), graphs
+    torch.set_num_threads(threads)
+    return runs
+
+
+@pytest.mark.parametrize("n, dtype, tolerance", _COMPILED_CASES)
+def test_compiled_steps_give_the_eager_fields_and_iterations(compiled_and_eager, n, dtype, tolerance):
+    compiled, eager, _ = compiled_and_eager[n, dtype]
+    assert compiled.frames.shape == eager.frames.shape == (_COMPILED_STEPS + 1, 2, n + 1, n + 1)
+    assert compiled.u.dtype == getattr(torch, dtype)
+    for step in range(1, _COMPILED_STEPS + 1):
+        got, want = compiled.frames[step].double(), eager.frames[step].double()
+        assert (got - want).abs().max().item() <= tolerance * want.abs().max().item(), step
+    assert (compiled.iterations - eager.iterations).abs().max().item() <= 1
+    assert torch.all(compiled.residuals <= DEFAULT_RTOL[dtype])
+
+
+@pytest.mark.parametrize("n, dtype, tolerance", _COMPILED_CASES)
+def test_a_compiled_stepper_compiles_its_two_graphs_once(compiled_and_eager, n, dtype, tolerance):
+    """The update of x and r and the V-cycle with the next direction: two graphs for all the steps."""
+    assert compiled_and_eager[n, dtype][2] == 2
+
+
+def test_the_compiled_iteration_is_one_graph_without_host_reads():
+    """What CGIteration(compile=True) compiles, traced by dynamo alone into a backend that keeps the
+    graphs (as torch._dynamo.explain does, but without its global torch._dynamo.reset()), and without
+    fullgraph, which would capture a .item() into the graph instead of breaking it: one graph per part.
+    A read to the host (.item(), bool(t)) would break the graph there; on a GPU it would also be a sync
+    and keep the part out of a CUDA graph."""
+    from genray.heat.pcg import CGIteration, CGWork
+
+    stepper = HeatStepper(course_problem(omega=[20.0, 5.0]), 64, 1e-3, device=CPU)
+    work = CGWork((2, 63, 63), torch.float64, CPU)
+    iteration = CGIteration(stepper.apply, stepper.precondition, work, stepper.rtol)
+    work.r.normal_(), work.active.fill_(True), work.bnorm.fill_(1.0)
+    for part in (iteration.update, iteration.direction):
+        graphs = []
+
+        def keep(graph, example_inputs):
+            graphs.append(graph)
+            return graph.forward
+
+        torch.compile(part, backend=keep, dynamic=False, isolate_recompiles=True)()
+        assert len(graphs) == 1
+        calls = {str(node.target) for graph in graphs for node in graph.graph.nodes}
+        assert not calls & {"item", "tolist", "__bool__"}, calls
+
+
+def test_a_compiled_iteration_refuses_to_recompile():
+    """A compiled part has room for one graph: whatever would compile a second one (here a new rtol,
+    which the graph holds as a constant) raises instead of quietly running another graph."""
+    from genray.heat.pcg import CGIteration, CGWork
+
+    work = CGWork((1, 3, 3), torch.float64, CPU)
+    iteration = CGIteration(lambda p: 2.0 * p, lambda r: r.clone(), work, 1e-8, compile=True)
+    work.r.fill_(1.0), work.active.fill_(True), work.bnorm.fill_(3.0)
+    iteration.direction()  # p = z = r
+    iteration.update()  # A = 2 I: x = r / 2 in one step
+    assert torch.allclose(work.x, torch.full_like(work.x, 0.5)) and work.iterations.tolist() == [1]
+    iteration.rtol = 1e-6
+    with pytest.raises(torch._dynamo.exc.FailOnRecompileLimitHit):
+        iteration.update()
+
+
 # --- pictures -------------------------------------------------------------------------------------
 
 
@@ -423,9 +517,10 @@ def test_step_times_on_the_cpu_at_tiny_sizes():
     rows = step_times(sizes=(32, 64), steps=2, warmup=1, device=CPU)
     assert [(row["n"], row["dtype"]) for row in rows] == [(32, "float64"), (32, "float32"), (64, "float64"), (64, "float32")]
     for row in rows:
-        assert set(row) == {"n", "dtype", "device", "rtol", "check_every", "predict_checks", "ms_per_step", "step_ms",
-                            "cg_iterations", "residual", "max_residual", "setup_seconds"}
-        assert row["device"] == "cpu" and row["rtol"] == DEFAULT_RTOL[row["dtype"]]
+        assert set(row) == {"n", "dtype", "device", "rtol", "check_every", "predict_checks", "compiled", "ms_per_step",
+                            "step_ms", "cg_iterations", "residual", "max_residual", "setup_seconds", "first_step_seconds"}
+        assert row["device"] == "cpu" and row["rtol"] == DEFAULT_RTOL[row["dtype"]] and not row["compiled"]
+        assert row["first_step_seconds"] > 0
         assert (row["check_every"], row["predict_checks"]) == (1, False)  # the CPU's schedule: a read is free
         assert len(row["step_ms"]) == 2 and all(0 < ms < 5000 for ms in row["step_ms"])
         assert row["ms_per_step"] == statistics.median(row["step_ms"])
@@ -434,6 +529,18 @@ def test_step_times_on_the_cpu_at_tiny_sizes():
         assert row["setup_seconds"] > 0
     by = {(row["n"], row["dtype"]): row for row in rows}
     assert by[64, "float32"]["cg_iterations"] < by[64, "float64"]["cg_iterations"]  # rtol 1e-5, not 1e-10
+
+
+def test_gpu_bench_decides_the_heat_claims_on_compiled_rows_where_present():
+    """genray bench gpu: at a size with a compiled float64 GPU row, that row decides; else the eager one."""
+    from genray.bench import gpu
+
+    def row(n, ms, compiled, device="cuda:0"):
+        return {"n": n, "dtype": "float64", "device": device, "compiled": compiled, "ms_per_step": ms}
+
+    rows = [row(1024, 30.0, False), row(2048, 40.0, False), row(1024, 4.0, True), row(1024, 1.0, False, "cpu")]
+    result = {"device": "cuda", "quick": False, "heat": {"budget": gpu.HEAT_BUDGET, "rows": rows}}
+    assert gpu.claim_values(result) == {"heat_1024_float64_ms": {0: 4.0}, "heat_2048_float64_ms": {0: 40.0}}
 
 
 def test_bench_without_pyamg_stops_and_says_how_to_install_it(tmp_path, monkeypatch):

@@ -306,6 +306,7 @@ def step_times(
     rtol: float | None = None,
     check_every: int = 1,
     predict_checks: bool | None = None,
+    compile: bool = False,
 ) -> list[dict]:
     """Milliseconds per backward Euler step of genray's default solver (PCG, float32 V-cycle) on the
     course problem, one row per (n, dtype) on `device` (default CUDA when available).
@@ -316,11 +317,17 @@ def step_times(
     rtol: default the dtype's (genray.heat.DEFAULT_RTOL: 1e-10 in float64, 1e-5 in float32);
     check_every, predict_checks: when CG reads its convergence test to the host (HeatStepper; the
     default predicts the first read on CUDA and reads after every iteration on the CPU).
-    Row: n, dtype, device, rtol, check_every, predict_checks, ms_per_step (median of the timed steps),
+    compile: time HeatStepper(compile=True), CG's iterations compiled (CUDA graphs on CUDA); the graphs
+    compile during the first warm-up step, so warmup must be >= 1 and the row's first_step_seconds
+    says what compiling cost.
+    Row: n, dtype, device, rtol, check_every, predict_checks, compiled, ms_per_step (median of the timed steps),
     step_ms (each), cg_iterations (mean CG iterations per step), residual (the last step's final true
     relative residual), max_residual (over the timed steps), setup_seconds (operator and V-cycle
-    hierarchy). genray.bench.gpu reads n, dtype, device, ms_per_step, cg_iterations and residual.
+    hierarchy), first_step_seconds (the first warm-up step: compiling, when compiled). genray.bench.gpu
+    reads n, dtype, device, compiled, ms_per_step, cg_iterations and residual.
     """
+    if compile and warmup < 1:
+        raise ValueError(f"warmup must be >= 1 with compile=True (the first step compiles), got {warmup}")
     device = _device(device)
     problem = course_problem()
     rows = []
@@ -329,11 +336,17 @@ def step_times(
             for dtype in dtypes:
                 _sync(device)
                 stepper, setup = _timed(lambda: HeatStepper(problem, int(n), dt, rtol=rtol, device=device, dtype=dtype,
-                                                            check_every=check_every, predict_checks=predict_checks))
+                                                            check_every=check_every, predict_checks=predict_checks,
+                                                            compile=compile))
                 _sync(device)
                 u = stepper.initial()  # (1, n+1, n+1)
+                first_step = 0.0
                 for s in range(warmup):
+                    start = time.perf_counter()
                     u = stepper.step(u, s * dt)[0]
+                    _sync(device)
+                    if s == 0:
+                        first_step = time.perf_counter() - start
                 seconds, iterations, residuals = [], [], []
                 for s in range(warmup, warmup + steps):
                     _sync(device)
@@ -347,12 +360,13 @@ def step_times(
                 rows.append({
                     "n": int(n), "dtype": stepper.dtype_name, "device": str(device), "rtol": stepper.rtol,
                     "check_every": stepper.check_every, "predict_checks": stepper.predict_checks,
-                    "ms_per_step": 1e3 * statistics.median(seconds),
+                    "compiled": stepper.compile, "ms_per_step": 1e3 * statistics.median(seconds),
                     "step_ms": [1e3 * t for t in seconds],
                     "cg_iterations": torch.cat(iterations).double().mean().item(),
                     "residual": residuals[-1].item(),
                     "max_residual": residuals.max().item(),
                     "setup_seconds": setup,
+                    "first_step_seconds": first_step,
                 })
     return rows
 

@@ -161,6 +161,15 @@ class Multigrid:
             chol = torch.linalg.cholesky(ops[-1].dense())  # float64
             self.levels[-1].inverse = torch.cholesky_inverse(chol).to(dtype)  # (B, M, M)
 
+    def tensors(self) -> tuple[Tensor, ...]:
+        """Every tensor a cycle reads: the levels' operators, smoother diagonals, transfers, inverse."""
+        out: list[Tensor] = []
+        for level in self.levels:
+            out += [*level.op.tensors(), level.dinv_red, level.dinv_black]
+            out += list(level.transfer.weights.values()) if level.transfer is not None else []
+            out += [level.inverse] if level.inverse is not None else []
+        return tuple(out)
+
     def __call__(self, r: Tensor) -> Tensor:
         # Scale each member to max |r| = 1 first: CG's late residuals could underflow float32 otherwise.
         # The cycle is linear, so scaling back gives the same z.

@@ -71,6 +71,9 @@ class Stencil:
             out[there].addcmul_(c, u[here])
         return out
 
+    def tensors(self) -> tuple[Tensor, ...]:
+        return (self.diag, *self.couplings.values())
+
     def to(self, dtype: torch.dtype) -> "Stencil":
         return Stencil(self.diag.to(dtype), {off: c.to(dtype) for off, c in self.couplings.items()})
 
