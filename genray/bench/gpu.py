@@ -124,21 +124,21 @@ def serving(device: str, budget: dict, log: Callable[[str], None]) -> dict[str, 
 
 
 def heat(device: str, budget: dict, log: Callable[[str], None]) -> dict[str, Any]:
-    """The solver on `device`, eager and, on CUDA, compiled (HeatStepper(compile=True): CUDA graphs);
+    """The solver on `device`, eager and, on CUDA, compiled in float64 (HeatStepper(compile=True): CUDA graphs);
     then eager on the CPU cores (the comparison's other side; on a CPU-only run the two are the same
     device and the CPU rows are not repeated). Each row says whether it was `compiled`.
 
     Compiling costs the first warm-up step of each compiled row (its first_step_seconds). Estimated,
     not yet measured on a GPU: 30-90 s per (n, dtype) (the V-cycle graph has ~800 nodes at n = 1024
     and ~900 at 2048; on this project's 2-core CPU inductor takes 30-100 s for ~600 at n = 512), so
-    2-6 of the bench's 8 minutes. A CPU run (--quick, the tests') has no compiled rows: on the CPU they
+    1-3 of the bench's 8 minutes for the two float64 rows. A CPU run (--quick, the tests') has no compiled rows: on the CPU they
     are slower than eager ones and compiling would cost the quick run a minute."""
     from genray.bench.heat import step_times
 
     sizes = tuple(budget["sizes"])
     rows = step_times(sizes=sizes, dtypes=HEAT_DTYPES, device=device, steps=budget["steps"], warmup=budget["warmup"])
-    if device == "cuda":
-        rows += step_times(sizes=sizes, dtypes=HEAT_DTYPES, device=device, steps=budget["steps"],
+    if device == "cuda":  # float64 only: the claims' rows, and compiling every row might not fit 8 minutes
+        rows += step_times(sizes=sizes, dtypes=("float64",), device=device, steps=budget["steps"],
                            warmup=budget["warmup"], compile=True)
     if device != "cpu":
         torch.set_num_threads(os.cpu_count() or 1)
