@@ -30,6 +30,7 @@ import torch
 
 from genray.bench import machine, machine_line
 from genray.bench.claims import HEADER, Claim, claim_row
+from genray.bench.perf import serving_rows
 
 FAMILIES = ("vae", "gan")
 PRECISIONS = ("fp32", "bf16")
@@ -252,14 +253,7 @@ def markdown_table(result: dict[str, Any]) -> str:
         s = result["serving"]
         lines += [f"Serving: each request {s['requests_per_round']} times x {s['rounds']} rounds after "
                   f"{s['warmup']} warm-up; Ray Serve ({s['mode']}), 1 replica per app; plain: one uvicorn process, "
-                  "no batching. Median over rounds.", "",
-                  "| request | concurrency | server | req/s | p50 ms | p99 ms | errors |", "|---|---:|---|---:|---:|---:|---:|"]
-        for case, by_c in s["endpoints"].items():
-            for c, servers in by_c.items():
-                for server, r in servers.items():
-                    lines.append(f"| `{case}` | {c} | {server} | {r['throughput_rps']:.0f} | {r['p50_ms']:.2f} | "
-                                 f"{r['p99_ms']:.2f} | {r['errors']} |")
-        lines.append("")
+                  "no batching. Median over rounds.", "", *serving_rows(s), ""]
     if "heat" in result:
         h = result["heat"]
         lines += ["Heat solver: backward Euler steps of the course problem, multigrid-preconditioned CG; median ms "

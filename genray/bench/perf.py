@@ -499,6 +499,17 @@ def decisions(result: dict[str, Any]) -> list[dict[str, Any]]:
     return out
 
 
+def serving_rows(serving: dict[str, Any]) -> list[str]:
+    """The serving part's table: a row per request case, concurrency and server."""
+    rows = ["| request | concurrency | server | req/s | p50 ms | p99 ms | errors |", "|---|---:|---|---:|---:|---:|---:|"]
+    for case, by_c in serving["endpoints"].items():
+        for c, servers in by_c.items():
+            for server, r in servers.items():
+                rows.append(f"| `{case}` | {c} | {server} | {r['throughput_rps']:.0f} | {r['p50_ms']:.2f} | "
+                            f"{r['p99_ms']:.2f} | {r['errors']} |")
+    return rows
+
+
 def markdown_table(result: dict[str, Any]) -> str:
     lines: list[str] = []
     load = result["load_average"]
@@ -528,14 +539,7 @@ def markdown_table(result: dict[str, Any]) -> str:
                   f"interleaved rounds per cell after {s['warmup']} warm-up. Ray Serve: {s['mode']}, "
                   f"{' and '.join(map(str, s['replicas']))} replica(s) per app, @serve.batch (max 32, no wait); "
                   "plain: one uvicorn process, no batching, no access log. Median over rounds.", "",
-                  "| request | concurrency | server | req/s | p50 ms | p99 ms | errors |",
-                  "|---|---:|---|---:|---:|---:|---:|"]
-        for case, by_c in s["endpoints"].items():
-            for c, servers in by_c.items():
-                for server, r in servers.items():
-                    lines.append(f"| `{case}` | {c} | {server} | {r['throughput_rps']:.0f} | {r['p50_ms']:.2f} | "
-                                 f"{r['p99_ms']:.2f} | {r['errors']} |")
-        lines.append("")
+                  *serving_rows(s), ""]
     if "inference" in result:
         lines += ["Inference alone (no HTTP, no Serve): each deployment's endpoint method on its example request, "
                   "1 thread, untrained weights of the default config (same cost as trained), median ms.", "",
