@@ -6,7 +6,7 @@ from dataclasses import replace
 
 import pytest
 
-from genray import checkpoint
+from genray import checkpoint, registry
 from genray.config import ConfigError, build_config
 from genray.tune import build_tuner, load_space, summarize, to_domain
 
@@ -110,7 +110,7 @@ def test_asha_search_stops_the_worst_trial_early_and_exports_the_best(ray_sessio
 
     out = CliRunner().invoke(app, ["export", "s", "--best", "--storage", str(storage), "--to", str(tmp_path / "m")])
     assert out.exit_code == 0, out.output
-    exported = checkpoint.load(tmp_path / "m")
+    exported = checkpoint.load(registry.resolve(tmp_path / "m")[0].native())  # its version 1
     assert exported.family == "vae"
     assert exported.metrics["val_neg_elbo"] == pytest.approx(rows[0]["best_val_neg_elbo"])
 
