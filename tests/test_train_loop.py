@@ -2,6 +2,7 @@
 worker, the hooks, and what one in-process run leaves in its run folder."""
 
 import ast
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -71,6 +72,41 @@ def test_an_in_process_run_calls_its_hooks_and_fills_its_folder(tmp_path):
     assert [h["epoch"] for h in run.history()] == [0, 1]
     assert [c.epoch for c in run.checkpoints()] == [0, 1] and checkpoint.load(run.history()[1]["checkpoint"]).epoch == 1
     assert list(run.tensorboard.glob("events.out.tfevents.*"))
+
+
+class RestartsFrom(Session):
+    """The loop in this process given `folder` as its run's latest checkpoint, as Ray Train hands
+    a restarted worker group or a resumed run."""
+
+    def __init__(self, folder: Path):
+        super().__init__()
+        self.folder = folder
+
+    @contextmanager
+    def restored_checkpoint(self):
+        yield str(self.folder)
+
+
+def test_a_restart_rebuilds_the_history_line_of_a_checkpoint_reported_just_before_the_worker_was_lost(tmp_path):
+    """An epoch's history line is appended after its report stored the checkpoint: a worker lost in
+    between leaves a checkpoint that history.jsonl lacks, and the restart writes that epoch's line
+    from the checkpoint's own metrics, so the history has every epoch once."""
+    overrides = ["model.latent_dim=2", "data.limit=64", "train.batch_size=32", "train.quality_every=0",
+                 "train.preview_every=0"]
+    run = RunDir(tmp_path, "r")
+    run_loop(LoopConfig(run=build_config("vae", overrides=[*overrides, "train.epochs=2"]), run_dir=run,
+                        store=str(tmp_path / "models")), Session())
+    lost = run.history()[1]
+    lines = run.history_file.read_text().splitlines(keepends=True)
+    run.history_file.write_text(lines[0])  # epoch 1 reported (checkpoint stored), its line never written
+
+    cfg = build_config("vae", overrides=[*overrides, "train.epochs=3"])
+    run_loop(LoopConfig(run=cfg, run_dir=run, store=str(tmp_path / "models")), RestartsFrom(run.checkpoints()[-1].path))
+    history = run.history()
+    assert [h["epoch"] for h in history] == [0, 1, 2]
+    assert history[1]["checkpoint"] == lost["checkpoint"] == str(run.checkpoints()[1].path)
+    assert history[1]["val_neg_elbo"] == pytest.approx(lost["val_neg_elbo"])
+    assert history[1]["train_loss"] == pytest.approx(lost["train_loss"])
 
 
 def test_an_in_process_run_reads_an_image_folder_and_records_its_shape(tmp_path):

@@ -218,7 +218,7 @@ def run_loop(config: LoopConfig, session: Session) -> None:
     # Skipping bad files can empty one rank's batch: every rank then skips that step (DDP steps together).
     steps_agree = streamed and world > 1 and cfg.data.on_bad_file == "skip"
 
-    log = RunLog(config, start_epoch) if rank == 0 else None
+    log = RunLog(config, start_epoch, ckpt if restored is not None else None) if rank == 0 else None
     writer = log.writer if log is not None else None
     for hook in config.hooks:
         hook.on_start(config, rank)
@@ -312,7 +312,7 @@ def run_loop(config: LoopConfig, session: Session) -> None:
 
             checkpoint_name = None
             if rank == 0 and (last or (epoch + 1) % cfg.train.checkpoint_every == 0):
-                checkpoint_name = f"checkpoint_epoch{epoch:05d}"
+                checkpoint_name = checkpoint_name_of(epoch)
                 session.report(metrics, config.local_run_folder, checkpoint_name, telemetry.timed_checkpoint(
                     config.run_dir.name, lambda folder: checkpoint.save(folder, family=cfg.family, config=cfg.to_dict(),
                                                                         state=family.state_dict(), epoch=epoch,
@@ -339,9 +339,12 @@ class RunLog:
     and copied to the bucket after every epoch, through the filesystem Ray Train stores the
     checkpoints with. A restarted or resumed loop drops the history of the epochs it repeats, and
     continues the tracker's run that the run folder names (tracking.json, written there at once).
+    An epoch's line is appended after its report (which stores its checkpoint), so a worker lost
+    between the two leaves a checkpoint the history lacks: the restart rebuilds that line from the
+    checkpoint's own metrics.
     """
 
-    def __init__(self, config: LoopConfig, start_epoch: int):
+    def __init__(self, config: LoopConfig, start_epoch: int, restored: checkpoint.Checkpoint | None = None):
         from torch.utils.tensorboard import SummaryWriter
 
         self.run = config.run_dir
@@ -352,6 +355,9 @@ class RunLog:
             self.local = Path(tempfile.mkdtemp(prefix="genray-run-"))
             self.remote_path = self.run.location.pyarrow_path
         self.history = [r for r in parse_history(self.read_text(HISTORY_FILE) or "") if r.get("epoch", -1) < start_epoch]
+        if restored is not None and not any(r.get("epoch") == restored.epoch for r in self.history):
+            record = {**restored.metrics, "epoch": restored.epoch}
+            self.history.append({**record, "checkpoint": self.checkpoint_path(checkpoint_name_of(restored.epoch))})
         self.writer = SummaryWriter(str(self.local / TENSORBOARD), purge_step=start_epoch)
         self.last_epoch = config.run.train.epochs - 1
         self.recorded = start_epoch - 1  # the newest epoch recorded
@@ -393,7 +399,7 @@ class RunLog:
 
     def append(self, metrics: dict[str, Any], checkpoint_name: str | None) -> None:
         record = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
-        record["checkpoint"] = str(self.run.location / checkpoint_name) if checkpoint_name else None
+        record["checkpoint"] = self.checkpoint_path(checkpoint_name) if checkpoint_name else None
         self.history.append(record)
         Location(self.local / HISTORY_FILE).write_text("".join(json.dumps(r) + "\n" for r in self.history))
         self.writer.flush()
@@ -403,6 +409,9 @@ class RunLog:
             # The whole folder each epoch: a few small files, and a restarted worker on another
             # node leaves nothing behind.
             pyarrow.fs.copy_files(str(self.local), self.remote_path, destination_filesystem=self.fs)
+
+    def checkpoint_path(self, name: str) -> str:
+        return str(self.run.location / name)
 
     def close(self, error: BaseException | None = None) -> None:
         """Close the log; `error`: what ended the loop early, if anything."""
@@ -421,6 +430,11 @@ class RunLog:
         finally:
             if self.fs is not None:
                 shutil.rmtree(self.local, ignore_errors=True)  # everything is in the bucket by now
+
+
+def checkpoint_name_of(epoch: int) -> str:
+    """The folder name of epoch `epoch`'s checkpoint in the run folder."""
+    return f"checkpoint_epoch{epoch:05d}"
 
 
 def restore(folder: str, run: RunDir, device: torch.device) -> checkpoint.Checkpoint:
