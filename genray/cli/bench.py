@@ -326,3 +326,31 @@ def bench_compile(
 
     result = run(device=device, log=typer.echo)
     publish("compile", result, markdown_table(result), out, None, log=typer.echo)
+
+
+@bench_app.command("dashboard")
+def bench_dashboard(
+    quick: bool = typer.Option(False, "--quick", help="Shorter runs (a smoke test)."),
+    port: int = typer.Option(8766, help="Loopback port for Serve's HTTP proxy."),
+    prometheus: Optional[str] = typer.Option(None, help="The Prometheus binary (default: `prometheus` on PATH)."),
+    out: Path = typer.Option(Path("bench_results"), help="Folder for dashboard.json, .md and .png."),
+    redraw: bool = typer.Option(False, "--redraw", help="No run: draw dashboard.png again from <out>/dashboard.json."),
+) -> None:
+    """The Grafana dashboard (cluster/grafana/genray.json) drawn from a real run: apps under traffic,
+    a training run, a search, every panel's query answered by a real Prometheus."""
+    from genray.bench.dashboard import DashboardError, figure_of, markdown_table, run
+
+    if redraw:
+        result = previous_results(out, "dashboard")
+        if result is None:
+            fail(f"--redraw draws {out / 'dashboard.json'}, which is not there: run the bench first")
+        figure = figure_of(result)
+    else:
+        try:
+            result, figure = run(quick=quick, port=port, prometheus=prometheus, log=typer.echo)
+        except DashboardError as err:
+            fail(str(err))
+    out.mkdir(parents=True, exist_ok=True)
+    figure.savefig(out / "dashboard.png", dpi=80, facecolor=figure.get_facecolor())
+    publish("dashboard", result, markdown_table(result), out, None, log=typer.echo)
+    typer.echo(f"wrote {out / 'dashboard.png'}")
