@@ -106,6 +106,21 @@ def train_in_process(cfg):
     return run
 
 
+def restored_from(folder):
+    """A Session of genray's loop in this process that is handed `folder` as its run's latest
+    checkpoint, as Ray Train hands one to a resumed run's or a restarted group's workers."""
+    from contextlib import contextmanager
+
+    from genray.train.loop import Session
+
+    class Restored(Session):
+        @contextmanager
+        def restored_checkpoint(self):
+            yield str(folder)
+
+    return Restored()
+
+
 # --- nothing left behind -------------------------------------------------------------------
 
 @pytest.fixture(scope="session", autouse=True)

@@ -21,7 +21,7 @@ from genray.runs import new_run
 from genray.tracking import absolute_uri, flatten, params_of, prepare
 from genray.train.loop import LoopConfig, RunLog, Session, run_loop
 
-from conftest import free_port, train_in_process
+from conftest import free_port, restored_from, train_in_process
 from s3server import s3  # noqa: F401  (the module's moto S3 endpoint, for the run on S3)
 
 FAST = ["data.limit=96", "train.quality_every=0", "train.workers=1", "model.latent_dim=2"]
@@ -95,18 +95,6 @@ def test_an_export_tags_the_run_with_its_model_version(tracked, tmp_path):
     assert f"tracked run {logged.info.run_id}: tag genray.model_version=" in result.output
 
 
-class Resumed(Session):
-    """The loop in this process resuming from `folder`, as Ray Train hands a resumed run its latest checkpoint."""
-
-    def __init__(self, folder: str):
-        super().__init__()
-        self.folder = folder
-
-    @contextmanager
-    def restored_checkpoint(self):
-        yield self.folder
-
-
 def test_a_resumed_run_continues_its_mlflow_run(store, tmp_path):
     from genray.metrics import store_root
     from genray.runs import load_run_config
@@ -114,7 +102,7 @@ def test_a_resumed_run_continues_its_mlflow_run(store, tmp_path):
     run = train_in_process(tracked_config(tmp_path, "resumed", store))
     first = json.loads(run.tracking_file.read_text())
     cfg, again = new_run(load_run_config("resumed", str(tmp_path), ["train.epochs=4"]), resume=True)
-    run_loop(LoopConfig(run=cfg, run_dir=again, store=str(store_root())), Resumed(str(run.checkpoints()[-1].path)))
+    run_loop(LoopConfig(run=cfg, run_dir=again, store=str(store_root())), restored_from(run.checkpoints()[-1].path))
 
     assert json.loads(run.tracking_file.read_text()) == first
     client, logged = mlflow_run(run)

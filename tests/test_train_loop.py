@@ -2,7 +2,6 @@
 worker, the hooks, and what one in-process run leaves in its run folder."""
 
 import ast
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -11,6 +10,8 @@ from genray import checkpoint
 from genray.config import build_config
 from genray.runs import RunDir
 from genray.train.loop import Hooks, LoopConfig, Session, run_loop
+
+from conftest import restored_from
 
 
 def test_the_loop_module_imports_no_ray():
@@ -74,19 +75,6 @@ def test_an_in_process_run_calls_its_hooks_and_fills_its_folder(tmp_path):
     assert list(run.tensorboard.glob("events.out.tfevents.*"))
 
 
-class RestartsFrom(Session):
-    """The loop in this process given `folder` as its run's latest checkpoint, as Ray Train hands
-    a restarted worker group or a resumed run."""
-
-    def __init__(self, folder: Path):
-        super().__init__()
-        self.folder = folder
-
-    @contextmanager
-    def restored_checkpoint(self):
-        yield str(self.folder)
-
-
 def test_a_restart_rebuilds_the_history_line_of_a_checkpoint_reported_just_before_the_worker_was_lost(tmp_path):
     """An epoch's history line is appended after its report stored the checkpoint: a worker lost in
     between leaves a checkpoint that history.jsonl lacks, and the restart writes that epoch's line
@@ -101,7 +89,7 @@ def test_a_restart_rebuilds_the_history_line_of_a_checkpoint_reported_just_befor
     run.history_file.write_text(lines[0])  # epoch 1 reported (checkpoint stored), its line never written
 
     cfg = build_config("vae", overrides=[*overrides, "train.epochs=3"])
-    run_loop(LoopConfig(run=cfg, run_dir=run, store=str(tmp_path / "models")), RestartsFrom(run.checkpoints()[-1].path))
+    run_loop(LoopConfig(run=cfg, run_dir=run, store=str(tmp_path / "models")), restored_from(run.checkpoints()[-1].path))
     history = run.history()
     assert [h["epoch"] for h in history] == [0, 1, 2]
     assert history[1]["checkpoint"] == lost["checkpoint"] == str(run.checkpoints()[1].path)
