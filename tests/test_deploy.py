@@ -86,12 +86,11 @@ def test_relative_model_paths_resolve_from_genray_home(monkeypatch, tmp_path):
 
 
 @pytest.mark.ray
-def test_train_export_serve_query_resume(ray_session, serve_url, tmp_path):
+def test_train_export_serve_query(ray_session, serve_url, tmp_path):
     from ray import serve
 
     from genray.config import build_config
     from genray.store import export
-    from genray.runs import load_run_config, read_history
     from genray.train import fit
 
     storage = tmp_path / "runs"
@@ -121,12 +120,7 @@ def test_train_export_serve_query_resume(ray_session, serve_url, tmp_path):
     with pytest.raises(ValueError, match="already exists"):
         fit(cfg)
 
-    # Resume: one more epoch, continuing from the latest checkpoint (epoch 1), not from scratch.
-    resumed = fit(load_run_config("e2e", str(storage), ["train.epochs=3"]), resume=True)
-    history = read_history(first.run_dir)
-    assert [h["epoch"] for h in history] == [0, 1, 2]
-    assert history[2]["val_neg_elbo"] < history[0]["val_neg_elbo"], history  # training goes on from epoch 1
-    assert resumed.metrics["epoch"] == 2
+    # Resuming is test_reliability's (a killed driver, locally) and test_s3's (from the bucket).
 
     model = export(first.run_dir, tmp_path / "models" / "vae")
     # Deploy exactly what serve/vae.yaml declares, pointed at this test's model.
