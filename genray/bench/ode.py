@@ -387,17 +387,30 @@ def run_impl(impl: str, path: str, s: dict, storage: Path) -> dict:
 
 def bench_ode(quick: bool, path: str, storage: Path, rounds: int, log=print) -> dict:
     """Interleaved rounds; each runs every implementation for both adjoint settings, rotating the
-    order. On the ray-train path the training loop also runs without Ray Train
+    order (with `quick`, a smoke run, all of a round's runs at once). On the ray-train path the training loop also runs without Ray Train
     ("genray-in-process"), which splits genray's overhead into its own code and the Ray Train worker."""
+    from concurrent.futures import ThreadPoolExecutor
+
     settings = ode_settings(quick)
     impls = IMPLEMENTATIONS[path]
     runs: dict[tuple[bool, str], list[dict]] = {}
     per_round: dict[bool, dict[str, list[float]]] = {False: {}, True: {}}  # ms/iter, each run's median
     for r in range(rounds):
-        for k, adjoint in enumerate((False, True) if r % 2 == 0 else (True, False)):
-            s = {**settings, "adjoint": adjoint}
-            shift = (r + k) % len(impls)
-            got = {impl: run_impl(impl, path, s, storage) for impl in impls[shift:] + impls[:shift]}
+        adjoints = (False, True) if r % 2 == 0 else (True, False)
+        jobs = [(adjoint, impl) for k, adjoint in enumerate(adjoints)
+                for impl in impls[(r + k) % len(impls):] + impls[:(r + k) % len(impls)]]  # in the order they run
+
+        def one(job: tuple[bool, str]) -> dict:
+            adjoint, impl = job
+            return run_impl(impl, path, {**settings, "adjoint": adjoint}, storage)
+
+        if quick:  # a smoke run's times mean nothing: its processes run at once, each on its one thread
+            with ThreadPoolExecutor(len(jobs)) as pool:
+                done = dict(zip(jobs, pool.map(one, jobs)))
+        else:
+            done = {job: one(job) for job in jobs}
+        for adjoint in adjoints:
+            got = {impl: done[adjoint, impl] for impl in impls}
             for impl in impls:
                 runs.setdefault((adjoint, impl), []).append(got[impl])
             med = {i: statistics.median(got[i]["iter_s"][WARMUP:] or got[i]["iter_s"]) for i in impls}

@@ -48,25 +48,32 @@ def run(*, total: int, concurrency: int, warmup: int, gan_model: str | None, por
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     base = f"http://127.0.0.1:{port}"
     results = {}
-    with tempfile.TemporaryDirectory(prefix="genray-bench-serve-") as tmp:
-        gan_path = gan_model or untrained_model("gan", Path(tmp))
-        apps = {
-            "gan/sample": (build_app({"model": gan_path}), "gan", {"n": 1, "seed": 0}),  # seed: the request's index
-            "heat/solve": (HeatDeployment.bind(), "heat", HEAT_BODY),
-        }
-        for endpoint, (app, name, body) in apps.items():
-            serve.run(app, name=name, route_prefix=f"/{name}")
-            try:
-                url = f"{base}/{endpoint}"
-                results[endpoint] = load(url, body, total=total, concurrency=concurrency, warmup=warmup)
-            finally:
-                serve.delete(name)
-        results_versions = versions(base, Path(tmp), total=total, concurrency=concurrency, warmup=warmup)
+    try:
+        with tempfile.TemporaryDirectory(prefix="genray-bench-serve-") as tmp:
+            gan_path = gan_model or untrained_model("gan", Path(tmp))
+            apps = {
+                "gan/sample": (build_app({"model": gan_path}), "gan", {"n": 1, "seed": 0}),  # seed: the request's index
+                "heat/solve": (HeatDeployment.bind(), "heat", HEAT_BODY),
+            }
+            for endpoint, (app, name, body) in apps.items():
+                serve.run(app, name=name, route_prefix=f"/{name}")
+                try:
+                    url = f"{base}/{endpoint}"
+                    results[endpoint] = load(url, body, total=total, concurrency=concurrency, warmup=warmup)
+                finally:
+                    serve.delete(name, _blocking=False)
+            results_versions = versions(base, Path(tmp), total=total, concurrency=concurrency, warmup=warmup)
+    finally:
+        # Each app is deleted without waiting: its replica takes seconds to stop (Serve's graceful
+        # shutdown), and the next app starts meanwhile. Here run() waits until all of them are gone.
+        for name in APPS:
+            serve.delete(name)
     return {"machine": machine(), "gan_model": gan_model or "untrained weights", "warmup": warmup,
             "endpoints": results, **results_versions,
             "load_average": {"start": load_at_start, "end": os.getloadavg()[0]}}
 
 
+APPS = ("gan", "heat", "many", "rolled")  # the apps run() adds, one at a time
 MULTIPLEX_MODELS = 8
 Z = {"z": [[0.1] * 8], "format": "npy"}  # one code of the default VAE's latent size
 
@@ -107,7 +114,7 @@ def versions(base: str, folder: Path, *, total: int, concurrency: int, warmup: i
             requests.post(url, json=Z, headers={MODEL_ID_HEADER: f"m{i % MULTIPLEX_MODELS}"}, timeout=60).raise_for_status()
             cold_ms.append(1000 * (time.perf_counter() - started))
     finally:
-        serve.delete("many")
+        serve.delete("many", _blocking=False)
     multiplex = {"models": MULTIPLEX_MODELS, "max_models_per_replica": 2, "warm": warm,
                  "cold": {"requests": len(cold_ms), "p50_ms": round(percentile(cold_ms, 50), 2),
                           "p99_ms": round(percentile(cold_ms, 99), 2)}}
@@ -136,7 +143,7 @@ def versions(base: str, folder: Path, *, total: int, concurrency: int, warmup: i
             steps.append((round(time.perf_counter() - started, 2), what))
         loader.join()
     finally:
-        serve.delete("rolled")
+        serve.delete("rolled", _blocking=False)
     return {"multiplex": multiplex, "rollout": {**out, "steps": steps}}
 
 
