@@ -24,6 +24,27 @@ def test_digits_are_mnist_shaped_and_split_deterministically():
     assert not torch.equal(val.tensors[1], other.tensors[1])
 
 
+def test_the_digits_are_scikit_learns_read_without_importing_it():
+    """digits_28x28 reads scikit-learn's data file itself (importing scikit-learn costs ~3 s in
+    every worker): the same images and labels as sklearn.datasets.load_digits, resized to 28x28."""
+    import subprocess
+    import sys
+
+    import torch.nn.functional as F
+    from sklearn.datasets import load_digits
+
+    from genray.data.images import digits_28x28
+
+    images, labels = digits_28x28()
+    bunch = load_digits()
+    expected = torch.from_numpy(bunch.images.astype(np.float32) / 16.0).unsqueeze(1)
+    expected = F.pad(F.interpolate(expected, size=(20, 20), mode="bilinear", align_corners=False), (4, 4, 4, 4))
+    assert torch.equal(images, expected.clamp(0.0, 1.0)) and torch.equal(labels, torch.from_numpy(bunch.target))
+    loaded = subprocess.run([sys.executable, "-c", "import sys; from genray.data.images import digits_28x28; "
+                             "digits_28x28(); print('sklearn' in sys.modules)"], capture_output=True, text=True)
+    assert loaded.stdout.strip() == "False", loaded.stderr
+
+
 def test_limit_caps_training_images():
     train, _ = load_images(DataConfig(limit=50))
     assert len(train) == 50
