@@ -142,8 +142,7 @@ def draw(drawn: list[dict[str, Any]], dashboard: dict[str, Any], title: str):
         return (pos["x"] / 24, 1 - (top + (pos["y"] + pos["h"]) * unit_h) / height, pos["w"] / 24,
                 pos["h"] * unit_h / height)
 
-    fig.text(0.01, 1 - 0.3 / height, title + "  (x: seconds since the run began)", color="white", fontsize=13,
-             va="center")
+    fig.text(0.01, 1 - 0.3 / height, title + " (x: seconds)", color="white", fontsize=12, va="center")
     for row in rows:
         left, low, _, h = box(row["gridPos"])
         fig.text(left + 0.005, low + h / 2, row["title"], color="#d8d9da", fontsize=12, weight="bold", va="center")
@@ -340,10 +339,10 @@ def run(*, quick: bool, port: int, prometheus: str | None, log: Callable[[str], 
 
 def figure_of(result: dict[str, Any]):
     """The picture of a run's result (what dashboard.json holds)."""
-    title = (f"genray dashboard (cluster/grafana/genray.json), every panel from Prometheus over a "
-             f"{result['window_s']:.0f} s run: 3 apps under traffic, a 2-worker training run, a search")
+    title = (f"cluster/grafana/genray.json, every panel from Prometheus over a {result['window_s']:.0f} s run: "
+             f"3 apps under traffic, a 2-worker run, a search")
     if "load_average" in result:
-        title += f" (load average {result['load_average'][0]:.0f} to {result['load_average'][1]:.0f} on 2 cores)"
+        title += f"; load average {result['load_average'][0]:.0f}-{result['load_average'][1]:.0f} on 2 cores"
     return draw(result["drawn"], json.loads(DASHBOARD.read_text()), title)
 
 
