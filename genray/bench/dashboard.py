@@ -115,7 +115,7 @@ def query_panels(prometheus: str, dashboard: dict[str, Any], start: float, end: 
 LEGEND_MAX = 8
 
 
-def plt_blank():
+def blank_handle():
     from matplotlib.lines import Line2D
 
     return Line2D([], [], linestyle="none")
@@ -166,7 +166,7 @@ def draw(drawn: list[dict[str, Any]], dashboard: dict[str, Any], title: str):
             handles, labels = ax.get_legend_handles_labels()
             if len(handles) > LEGEND_MAX:
                 handles, labels = handles[:LEGEND_MAX - 1], labels[:LEGEND_MAX - 1] + [f"+{len(labels) - LEGEND_MAX + 1} more"]
-                handles.append(plt_blank())
+                handles.append(blank_handle())
             ax.legend(handles, [label[:32] for label in labels], fontsize=5.5, loc="upper left",
                       bbox_to_anchor=(0, -0.12), ncol=4, frameon=False, labelcolor="#c7d0d9", handlelength=1.2)
         else:
